@@ -1,0 +1,1 @@
+"""Loom control plane: a Kopf operator for Worker, Pipeline, RouterPolicy and Schedule."""

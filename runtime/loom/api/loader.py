@@ -1,0 +1,255 @@
+"""Load specs from plain YAML (the original Loom's files) or custom-resource manifests.
+
+A file may hold several YAML documents. Every problem in every document is
+collected, named by file, kind, resource and field path, so ``loom validate``
+can print them all at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeAlias
+
+import yaml
+from pydantic import ValidationError
+
+from loom.api.common import GROUP_VERSION
+from loom.api.pipeline import PipelineSpec
+from loom.api.router_policy import RouterPolicySpec
+from loom.api.schedule import ScheduleSpec
+from loom.api.worker import WorkerSpec
+
+Kind = Literal["Worker", "Pipeline", "RouterPolicy", "Schedule"]
+AnySpec: TypeAlias = WorkerSpec | PipelineSpec | RouterPolicySpec | ScheduleSpec
+
+SPEC_MODELS: dict[str, type[AnySpec]] = {
+    "Worker": WorkerSpec,
+    "Pipeline": PipelineSpec,
+    "RouterPolicy": RouterPolicySpec,
+    "Schedule": ScheduleSpec,
+}
+#: Kinds whose spec carries a ``name`` defaulted from ``metadata.name``.
+_NAMED = {"Worker", "Pipeline", "Schedule"}
+
+
+@dataclass
+class Resource:
+    """One loaded resource: its kind, names and validated spec."""
+
+    kind: str
+    name: str
+    spec: Any
+    namespace: str | None = None
+    source: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    is_manifest: bool = False
+
+    def manifest(self, namespace: str | None = None) -> dict[str, Any]:
+        """The custom-resource manifest for this resource."""
+        meta: dict[str, Any] = {"name": self.name}
+        if namespace or self.namespace:
+            meta["namespace"] = namespace or self.namespace
+        return {
+            "apiVersion": GROUP_VERSION,
+            "kind": self.kind,
+            "metadata": meta,
+            "spec": self.spec.to_manifest_dict(),
+        }
+
+
+class LoadError(Exception):
+    """Every problem found while loading, each naming its file, resource and field."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def format_validation_error(exc: ValidationError, prefix: str) -> list[str]:
+    """Pydantic errors as ``prefix.field.path: message`` lines (camelCase field names)."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p != "__root__")
+        where = f"{prefix}.{loc}" if loc else prefix
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {msg}")
+    return lines
+
+
+def infer_kind(doc: dict[str, Any]) -> str:
+    """The kind of a plain (non-manifest) YAML document, by its characteristic keys."""
+    if isinstance(doc.get("kind"), str):
+        return str(doc["kind"])
+    keys = set(doc)
+    if keys & {"pipeline_stages", "pipelineStages"}:
+        return "Pipeline"
+    if keys & {"cron", "interval_seconds", "intervalSeconds", "dispatch_type", "dispatchType"}:
+        return "Schedule"
+    if keys & {"tier_overrides", "tierOverrides", "rate_limits", "rateLimits", "tiers", "tenant_limits"} and not (
+        keys & {"system_prompt", "systemPrompt", "processing_backend", "processingBackend", "worker_kind"}
+    ):
+        return "RouterPolicy"
+    return "Worker"
+
+
+def parse_document(doc: Any, source: str, index: int) -> list[Resource]:
+    """Validate one YAML document into resources (a scheduler file with ``schedules:`` yields several)."""
+    where = f"{source}[{index}]" if index else source
+    if not isinstance(doc, dict):
+        raise LoadError([f"{where}: expected a mapping, got {type(doc).__name__}"])
+    if "apiVersion" in doc:
+        return [_parse_manifest(doc, where, source)]
+    if isinstance(doc.get("schedules"), list):
+        resources: list[Resource] = []
+        problems: list[str] = []
+        for i, entry in enumerate(doc["schedules"]):
+            try:
+                resources += parse_document({"kind": "Schedule", **entry}, f"{where}.schedules[{i}]", 0)
+            except LoadError as exc:
+                problems += exc.problems
+        if problems:
+            raise LoadError(problems)
+        return resources
+    kind = infer_kind(doc)
+    body = {k: v for k, v in doc.items() if k != "kind"}
+    return [_validate(kind, body, None, where, source, {}, is_manifest=False)]
+
+
+def _parse_manifest(doc: dict[str, Any], where: str, source: str) -> Resource:
+    problems = []
+    if doc.get("apiVersion") != GROUP_VERSION:
+        problems.append(f"{where}: apiVersion must be {GROUP_VERSION}, got {doc.get('apiVersion')!r}")
+    kind = doc.get("kind")
+    if kind not in SPEC_MODELS:
+        problems.append(f"{where}: kind must be one of {', '.join(SPEC_MODELS)}, got {kind!r}")
+    metadata = doc.get("metadata") or {}
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    if not name:
+        problems.append(f"{where}: metadata.name is required")
+    spec = doc.get("spec")
+    if not isinstance(spec, dict):
+        problems.append(f"{where}: spec must be a mapping")
+    if problems:
+        raise LoadError(problems)
+    assert isinstance(kind, str) and isinstance(spec, dict) and isinstance(name, str)
+    return _validate(kind, spec, name, f"{where}: {kind}/{name}", source, metadata, is_manifest=True)
+
+
+def _validate(
+    kind: str,
+    body: dict[str, Any],
+    meta_name: str | None,
+    where: str,
+    source: str,
+    metadata: dict[str, Any],
+    *,
+    is_manifest: bool,
+) -> Resource:
+    model = SPEC_MODELS.get(kind)
+    if model is None:
+        raise LoadError([f"{where}: unknown kind {kind!r} (expected {', '.join(SPEC_MODELS)})"])
+    if kind in _NAMED and meta_name and not body.get("name"):
+        body = {**body, "name": meta_name}
+    prefix = "spec" if is_manifest else kind
+    try:
+        spec = model.model_validate(body)
+    except ValidationError as exc:
+        raise LoadError([f"{where}: {line}" for line in format_validation_error(exc, prefix)]) from None
+    name = meta_name or getattr(spec, "name", None) or Path(source).stem
+    return Resource(
+        kind=kind,
+        name=name,
+        spec=spec,
+        namespace=metadata.get("namespace"),
+        source=source,
+        metadata=dict(metadata),
+        is_manifest=is_manifest,
+    )
+
+
+def load_text(text: str, source: str = "<string>") -> list[Resource]:
+    """Load every document in a YAML string; raises LoadError with all problems."""
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise LoadError([f"{source}: invalid YAML: {exc}"]) from None
+    resources: list[Resource] = []
+    problems: list[str] = []
+    for i, doc in enumerate(docs):
+        try:
+            resources += parse_document(doc, source, i)
+        except LoadError as exc:
+            problems += exc.problems
+    if problems:
+        raise LoadError(problems)
+    return resources
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files named directly, plus ``*.yaml``/``*.yml`` files inside named directories (sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*") if q.suffix in (".yaml", ".yml") and q.is_file())
+        else:
+            out.append(p)
+    return out
+
+
+def load_paths(paths: Iterable[str | Path]) -> list[Resource]:
+    """Load files and directories; raises LoadError listing every problem in every file."""
+    resources: list[Resource] = []
+    problems: list[str] = []
+    for path in expand_paths(paths):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            problems.append(f"{path}: cannot read: {exc.strerror or exc}")
+            continue
+        try:
+            resources += load_text(text, str(path))
+        except LoadError as exc:
+            problems += exc.problems
+    if problems:
+        raise LoadError(problems)
+    return resources
+
+
+def load_one(path: str | Path, kind: str) -> Resource:
+    """Load exactly one resource of ``kind`` from a file (what ``loom worker --config`` needs)."""
+    found = [r for r in load_paths([path]) if r.kind == kind]
+    if len(found) != 1:
+        raise LoadError([f"{path}: expected exactly one {kind}, found {len(found)}"])
+    return found[0]
+
+
+def import_object(path: str) -> Any:
+    """Import ``package.module.Name``; errors say which part was not found."""
+    module_name, _, attr = path.rpartition(".")
+    if not module_name:
+        raise ImportError(f"{path!r} is not a class path (package.module.Name)")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(f"cannot import module {module_name!r} for {path!r}: {exc}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ImportError(f"module {module_name!r} has no attribute {attr!r}") from None
+
+
+def resolve_schema_refs(spec: WorkerSpec) -> WorkerSpec:
+    """Replace ``*_schema_ref`` (pydantic model paths) by their JSON Schemas, at load time."""
+    updates: dict[str, Any] = {}
+    for ref_field, schema_field in (("input_schema_ref", "input_schema"), ("output_schema_ref", "output_schema")):
+        ref = getattr(spec, ref_field)
+        if ref:
+            model = import_object(ref)
+            if not hasattr(model, "model_json_schema"):
+                raise TypeError(f"{ref_field} {ref!r} is not a pydantic model")
+            updates[schema_field] = model.model_json_schema()
+            updates[ref_field] = None
+    return spec.model_copy(update=updates) if updates else spec

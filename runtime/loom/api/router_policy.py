@@ -1,0 +1,152 @@
+"""The RouterPolicy custom resource: model tiers, tier overrides and rate limits.
+
+The router is deterministic (no LLM): it picks ``loom.tasks.<worker_type>.<tier>``
+from the task's tier, the overrides and the worker's default, and admits tasks
+under per-tier and per-tenant limits. A task over a limit waits up to
+``onLimit.maxWaitSeconds`` and then becomes a dead letter (reason ``rate_limited``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from loom.api.common import ResourceRequirements, SecretKeyRef, SpecModel, TierName, WorkerType, cel
+
+Backend = Literal["anthropic", "openai", "ollama", "local"]
+
+
+class TierDefinition(SpecModel):
+    """Which model answers for a tier, and how to reach it."""
+
+    name: TierName = Field(description="Tier name, e.g. local, standard, frontier.")
+    backend: Backend = Field(
+        default="local",
+        description="anthropic, openai (any OpenAI-compatible API), ollama, or local (embedded llama.cpp).",
+    )
+    model: str | None = Field(default=None, description="Model name at the backend.")
+    base_url: str | None = Field(default=None, description="API base URL; the backend's default if unset.")
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret holding the API key (mounted as an environment variable)."
+    )
+    api_key_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="Environment variable holding the API key (local mode, or set by apiKeySecretRef).",
+    )
+    timeout_seconds: float = Field(default=60, gt=0, le=3600, description="Per-call timeout.")
+    max_retries: int = Field(default=3, ge=0, le=20, description="Retries of retryable provider errors.")
+
+
+class RateLimit(SpecModel):
+    """Limits for one tier or one tenant. Unset means unlimited."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1, description="Tasks admitted per minute.")
+    tokens_per_minute: int | None = Field(
+        default=None, ge=1, description="LLM tokens per minute (estimated before dispatch, then corrected)."
+    )
+    max_concurrent: int | None = Field(default=None, ge=1, description="Tasks in flight at once.")
+
+
+class TenantLimits(SpecModel):
+    """Per-tenant limits, applied on top of the tier limits."""
+
+    default: RateLimit | None = Field(default=None, description="Limits for every tenant not listed.")
+    overrides: dict[str, RateLimit] = Field(default_factory=dict, description="Limits per tenant id.")
+
+
+class OnLimit(SpecModel):
+    """What happens to a task over a limit."""
+
+    max_wait_seconds: float = Field(
+        default=30, ge=0, le=3600, description="Backpressure: wait this long for capacity, then dead-letter."
+    )
+
+
+_POLICY_RULES = [
+    cel(
+        "size(self.tiers) == 0 || self.rateLimits.all(k, self.tiers.exists(t, t.name == k))",
+        "rateLimits keys must be tier names defined in tiers",
+    ),
+    cel(
+        "size(self.tiers) == 0 || self.tierOverrides.all(k, self.tiers.exists(t, t.name == self.tierOverrides[k]))",
+        "tierOverrides values must be tier names defined in tiers",
+    ),
+    cel(
+        "self.tiers.all(t, self.tiers.exists_one(u, u.name == t.name))",
+        "tier names must be unique",
+    ),
+]
+
+
+class RouterPolicySpec(SpecModel):
+    """Tier definitions, tier overrides and limits for the router of a namespace."""
+
+    model_config = SpecModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": _POLICY_RULES}}
+
+    tiers: list[TierDefinition] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Model tiers; empty means local, standard and frontier on the local backend.",
+    )
+    tier_overrides: dict[WorkerType, TierName] = Field(
+        default_factory=dict, description="Force a worker type onto a tier, e.g. {summarizer: local}."
+    )
+    rate_limits: dict[TierName, RateLimit] = Field(
+        default_factory=dict, description="Per-tier limits (token buckets and a concurrency cap)."
+    )
+    tenant_limits: TenantLimits = Field(default_factory=TenantLimits)
+    on_limit: OnLimit = Field(default_factory=OnLimit)
+    replicas: int = Field(
+        default=1, ge=1, le=20, description="Router replicas; each enforces 1/replicas of every limit."
+    )
+    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+
+    @model_validator(mode="after")
+    def _tiers_known(self) -> RouterPolicySpec:
+        names = [t.name for t in self.tiers]
+        problems = []
+        if len(set(names)) != len(names):
+            problems.append("tier names must be unique")
+        if names:
+            problems += [f"rateLimits.{k}: unknown tier" for k in self.rate_limits if k not in names]
+            problems += [
+                f"tierOverrides.{k}: unknown tier {v!r}" for k, v in self.tier_overrides.items() if v not in names
+            ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def tier_names(self) -> list[str]:
+        """Defined tier names (the original three when none are defined)."""
+        return [t.name for t in self.tiers] or ["local", "standard", "frontier"]
+
+    def tier(self, name: str) -> TierDefinition:
+        """The definition of a tier (a local-backend default when none are defined)."""
+        for t in self.tiers:
+            if t.name == name:
+                return t
+        if not self.tiers and name in self.tier_names:
+            return TierDefinition(name=name)
+        raise KeyError(f"unknown tier {name!r}")
+
+
+class WorkerRoute(SpecModel):
+    """What the router knows of one worker type."""
+
+    default_model_tier: TierName
+    tiers: list[TierName]
+
+
+class RouterConfig(SpecModel):
+    """The router's runtime configuration: the policy plus the catalog of worker types.
+
+    The operator fills ``workers`` from the Worker resources of the namespace; in local
+    mode ``loom up`` fills it from the manifests. When ``workers`` is None the router
+    routes any worker type (tier checks still apply).
+    """
+
+    policy: RouterPolicySpec = Field(default_factory=RouterPolicySpec)
+    workers: dict[str, WorkerRoute] | None = None

@@ -1,0 +1,1 @@
+"""Subcommand modules of the ``loom`` CLI (discovered by ``loom.cli.main``)."""

@@ -1,0 +1,55 @@
+"""Options every role shares: NATS connection, logging, metrics port."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from loom.settings import NatsSettings
+
+
+def add_nats_options(parser: argparse.ArgumentParser) -> None:
+    """``--nats-url`` and friends, each defaulting to its ``LOOM_NATS_*`` environment variable."""
+    env = os.environ.get
+    g = parser.add_argument_group("NATS connection")
+    g.add_argument("--nats-url", default=env("LOOM_NATS_URL", NatsSettings.url), help="env LOOM_NATS_URL")
+    g.add_argument("--nats-creds", default=env("LOOM_NATS_CREDS"), help="credentials file; env LOOM_NATS_CREDS")
+    g.add_argument("--nats-user", default=env("LOOM_NATS_USER"), help="env LOOM_NATS_USER")
+    g.add_argument("--nats-password", default=env("LOOM_NATS_PASSWORD"), help="env LOOM_NATS_PASSWORD")
+    g.add_argument("--nats-token", default=env("LOOM_NATS_TOKEN"), help="env LOOM_NATS_TOKEN")
+    g.add_argument("--nats-tls-ca", default=env("LOOM_NATS_TLS_CA"), help="env LOOM_NATS_TLS_CA")
+    g.add_argument("--nats-tls-cert", default=env("LOOM_NATS_TLS_CERT"), help="env LOOM_NATS_TLS_CERT")
+    g.add_argument("--nats-tls-key", default=env("LOOM_NATS_TLS_KEY"), help="env LOOM_NATS_TLS_KEY")
+
+
+def add_runtime_options(parser: argparse.ArgumentParser, *, metrics: bool = True) -> None:
+    """NATS options plus logging and (for long-running roles) the metrics/health port."""
+    add_nats_options(parser)
+    env = os.environ.get
+    g = parser.add_argument_group("logging and metrics")
+    g.add_argument(
+        "--log-json", action="store_true", default=env("LOOM_LOG_JSON", "") in ("1", "true"), help="env LOOM_LOG_JSON"
+    )
+    g.add_argument("--log-level", default=env("LOOM_LOG_LEVEL", "INFO"), help="env LOOM_LOG_LEVEL")
+    if metrics:
+        g.add_argument(
+            "--metrics-port",
+            type=int,
+            default=int(env("LOOM_METRICS_PORT", "9090")),
+            help="/metrics and /healthz, /readyz port (0 = pick a free one, -1 = off); env LOOM_METRICS_PORT",
+        )
+
+
+def nats_settings(args: argparse.Namespace, name: str = "loom") -> NatsSettings:
+    """NatsSettings from parsed options."""
+    return NatsSettings(
+        url=args.nats_url,
+        creds_file=args.nats_creds,
+        user=args.nats_user,
+        password=args.nats_password,
+        token=args.nats_token,
+        tls_ca=args.nats_tls_ca,
+        tls_cert=args.nats_tls_cert,
+        tls_key=args.nats_tls_key,
+        name=name,
+    )

@@ -1,0 +1,55 @@
+"""Typed task errors: what failed, whether a retry can help, and the dead-letter reason it maps to."""
+
+from __future__ import annotations
+
+from loom.messages import DeadLetterReason
+
+
+class TaskError(Exception):
+    """A task could not be done.
+
+    ``retryable`` errors are redelivered (with backoff) until the worker's
+    ``max_deliver``; the rest fail at once. Either way the caller gets a failed
+    result and the task ends as a dead letter with ``reason``.
+    """
+
+    code: str = "task_failed"
+    retryable: bool = True
+    reason: DeadLetterReason = DeadLetterReason.TASK_FAILED
+
+    def __init__(self, message: str, *, code: str | None = None, retryable: bool | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class InvalidInput(TaskError):
+    """The payload breaks the worker's input contract; retrying cannot help."""
+
+    code = "invalid_input"
+    retryable = False
+    reason = DeadLetterReason.INVALID_INPUT
+
+
+class InvalidOutput(TaskError):
+    """The output breaks the worker's output contract (after any model retries)."""
+
+    code = "invalid_output"
+    retryable = True
+
+
+class TaskTimeout(TaskError):
+    """The task ran past ``timeout_seconds``."""
+
+    code = "timeout"
+    retryable = True
+    reason = DeadLetterReason.TIMEOUT
+
+
+class OutOfScope(TaskError):
+    """The request asks for something this deployment does not do (e.g. an unconfigured backend)."""
+
+    code = "out_of_scope"
+    retryable = False

@@ -1,0 +1,202 @@
+"""Typed messages on the bus, with the original Loom's field names plus ``tenant``.
+
+Messages travel as JSON. Unknown fields are ignored on input so newer senders
+do not break older readers; a message that fails validation is a dead letter
+(reason ``malformed``), never silently dropped.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import Enum, IntEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+def new_id() -> str:
+    """A fresh message id."""
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now (UTC)."""
+    return datetime.now(UTC)
+
+
+class Priority(IntEnum):
+    """Higher runs first when tasks wait for capacity."""
+
+    LOW = 0
+    NORMAL = 1
+    HIGH = 2
+    CRITICAL = 3
+
+
+class TaskStatus(str, Enum):
+    """Outcome of a task."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class Message(BaseModel):
+    """Base: JSON in and out, unknown fields ignored."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    def to_bytes(self) -> bytes:
+        """Serialise for the wire."""
+        return self.model_dump_json(exclude_none=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Any:
+        """Parse from the wire; raises pydantic.ValidationError on a malformed message."""
+        return cls.model_validate_json(data)
+
+
+def _parse_priority(value: Any) -> Any:
+    if isinstance(value, str) and not value.isdigit():
+        try:
+            return Priority[value.upper()]
+        except KeyError:
+            raise ValueError(f"priority must be one of {', '.join(p.name.lower() for p in Priority)}") from None
+    return value
+
+
+class TaskMessage(Message):
+    """A unit of work for one worker type."""
+
+    task_id: str = Field(default_factory=new_id, min_length=1)
+    parent_task_id: str | None = None
+    worker_type: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
+    payload: dict[str, Any] = Field(default_factory=dict)
+    model_tier: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")
+    priority: Priority = Priority.NORMAL
+    request_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    tenant: str = Field(default="default", min_length=1, max_length=128)
+    created_at: datetime = Field(default_factory=utcnow)
+
+    _normalise_priority = field_validator("priority", mode="before")(_parse_priority)
+
+    @property
+    def result_key(self) -> str:
+        """The id results are published under: ``loom.results.<parent_task_id or task_id>``."""
+        return self.parent_task_id or self.task_id
+
+
+class TokenUsage(BaseModel):
+    """Tokens a model call consumed."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt plus completion tokens."""
+        return self.prompt_tokens + self.completion_tokens
+
+
+class TaskResult(Message):
+    """What a worker made of a task."""
+
+    task_id: str
+    parent_task_id: str | None = None
+    worker_type: str
+    status: TaskStatus
+    output: dict[str, Any] | None = None
+    error: str | None = None
+    error_code: str | None = None
+    model_used: str | None = None
+    model_tier: str | None = None
+    token_usage: TokenUsage = Field(default_factory=TokenUsage)
+    processing_time_ms: float = 0.0
+    attempt: int = 1
+    tenant: str = "default"
+    request_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    completed_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def result_key(self) -> str:
+        """The id this result is published under."""
+        return self.parent_task_id or self.task_id
+
+
+class GoalMessage(Message):
+    """A goal for a pipeline (``loom.goals.<pipeline>``) or the orchestrator (``loom.goals.incoming``)."""
+
+    goal_id: str = Field(default_factory=new_id, min_length=1)
+    instruction: str = ""
+    context: dict[str, Any] = Field(default_factory=dict)
+    pipeline: str | None = None
+    priority: Priority = Priority.NORMAL
+    request_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    tenant: str = Field(default="default", min_length=1, max_length=128)
+    created_at: datetime = Field(default_factory=utcnow)
+
+    _normalise_priority = field_validator("priority", mode="before")(_parse_priority)
+
+
+class StageRecord(BaseModel):
+    """One stage's entry in a goal result's timeline."""
+
+    name: str
+    worker_type: str
+    status: str  # completed | failed | skipped | timeout
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_ms: float = 0.0
+    attempts: int = 0
+    error: str | None = None
+
+
+class GoalResult(Message):
+    """A finished goal: final output and the per-stage timeline."""
+
+    goal_id: str
+    status: TaskStatus
+    output: dict[str, Any] | None = None
+    error: str | None = None
+    pipeline: str | None = None
+    stages: list[StageRecord] = Field(default_factory=list)
+    token_usage: TokenUsage = Field(default_factory=TokenUsage)
+    processing_time_ms: float = 0.0
+    tenant: str = "default"
+    request_id: str | None = None
+    completed_at: datetime = Field(default_factory=utcnow)
+
+
+class DeadLetterReason(str, Enum):
+    """Why a message could not be done. Bounded: used as a metric label."""
+
+    MALFORMED = "malformed"
+    UNKNOWN_WORKER_TYPE = "unknown_worker_type"
+    UNKNOWN_TIER = "unknown_tier"
+    RATE_LIMITED = "rate_limited"
+    INVALID_INPUT = "invalid_input"
+    TASK_FAILED = "task_failed"
+    MAX_DELIVERIES = "max_deliveries"
+    TIMEOUT = "timeout"
+
+
+class DeadLetter(Message):
+    """A message that cannot be done, with its reason and the original bytes (for replay)."""
+
+    dead_letter_id: str = Field(default_factory=new_id)
+    reason: DeadLetterReason
+    detail: str = ""
+    subject: str
+    original: str = Field(description="The original message body (UTF-8, or base64 when prefixed 'b64:').")
+    task_id: str | None = None
+    worker_type: str | None = None
+    model_tier: str | None = None
+    tenant: str | None = None
+    deliveries: int | None = None
+    source: str = ""  # which role produced it (router, worker, advisory)
+    at: datetime = Field(default_factory=utcnow)
