@@ -11,11 +11,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from loom.api.common import ResourceRequirements, SpecModel, TierName, WorkerType, cel
 
 STAGE_NAME_PATTERN = r"^[a-z0-9_]([-_a-z0-9]*[a-z0-9_])?$"
+#: Goal subjects that are not a pipeline's: ``loom.goals.incoming`` belongs to the goal orchestrator.
+RESERVED_PIPELINE_NAMES = frozenset({"incoming"})
 #: ``path op literal``: the original's == / != against true, false, null, numbers or strings.
 CONDITION_RE = re.compile(
     r"""^\s*(?P<path>[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)+)\s*(?P<op>==|!=)\s*"""
@@ -74,6 +76,13 @@ class PipelineSpec(SpecModel):
     pipeline_stages: list[Stage] = Field(min_length=1, max_length=50, description="The stages.")
     replicas: int = Field(default=1, ge=0, le=100, description="Orchestrator replicas.")
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str | None) -> str | None:
+        if value in RESERVED_PIPELINE_NAMES:
+            raise ValueError(f"pipeline name {value!r} is reserved (loom.goals.{value} is the orchestrator's subject)")
+        return value
 
     @model_validator(mode="after")
     def _graph(self) -> PipelineSpec:

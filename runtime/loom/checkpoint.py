@@ -1,0 +1,122 @@
+"""Checkpoints of a goal orchestrator's working context, in NATS KV (default) or Redis/Valkey.
+
+When the orchestrator's context grows past its token threshold it writes a
+checkpoint — an executive summary, the work completed and still pending, and
+the decisions taken — and continues from what it reads back, so the context
+stays bounded. The same record lets a restarted (or another) orchestrator
+pick the goal up where it was left instead of starting over.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from loom.messages import utcnow
+
+if TYPE_CHECKING:
+    from loom.bus import Bus
+
+CHECKPOINT_BUCKET = "loom-checkpoints"
+REDIS_PREFIX = "loom:checkpoint:"
+
+
+class Checkpoint(BaseModel):
+    """The compressed state of one goal's orchestration."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    goal_id: str
+    sequence: int = Field(default=1, ge=1, description="Increases with every checkpoint of the goal.")
+    executive_summary: str = ""
+    completed: list[dict[str, Any]] = Field(default_factory=list)
+    pending: list[dict[str, Any]] = Field(default_factory=list)
+    decisions: list[str] = Field(default_factory=list)
+    context_tokens: int = 0
+    data: dict[str, Any] = Field(default_factory=dict, description="Owner-specific state (e.g. the goal).")
+    created_at: datetime = Field(default_factory=utcnow)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Checkpoint:
+        return cls.model_validate_json(data)
+
+
+class CheckpointStore(ABC):
+    """Where checkpoints live. Keys are ``[A-Za-z0-9_.-]`` strings chosen by the owner."""
+
+    @abstractmethod
+    async def save(self, key: str, checkpoint: Checkpoint) -> None:
+        """Write (replace) the checkpoint under ``key``."""
+
+    @abstractmethod
+    async def load(self, key: str) -> Checkpoint | None:
+        """The checkpoint under ``key``, or None."""
+
+    @abstractmethod
+    async def delete(self, key: str) -> None:
+        """Forget ``key`` (no error when absent)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+class KVCheckpointStore(CheckpointStore):
+    """Checkpoints in the NATS JetStream KV bucket ``loom-checkpoints`` (no extra infrastructure)."""
+
+    def __init__(self, bus: Bus, *, bucket: str = CHECKPOINT_BUCKET, ttl: float | None = None):
+        self._bus = bus
+        self._bucket = bucket
+        self._ttl = ttl
+        self._kv: Any = None
+
+    async def _store(self) -> Any:
+        if self._kv is None:
+            self._kv = await self._bus.key_value(self._bucket, ttl=self._ttl)
+        return self._kv
+
+    async def save(self, key: str, checkpoint: Checkpoint) -> None:
+        kv = await self._store()
+        await kv.put(key, checkpoint.to_bytes())
+
+    async def load(self, key: str) -> Checkpoint | None:
+        from loom.bus import kv_get
+
+        data = await kv_get(await self._store(), key)
+        return None if data is None else Checkpoint.from_bytes(data)
+
+    async def delete(self, key: str) -> None:
+        from loom.bus import kv_delete
+
+        await kv_delete(await self._store(), key)
+
+
+class RedisCheckpointStore(CheckpointStore):
+    """Checkpoints in Redis or Valkey (``redis://[:password@]host:port/db``), under ``loom:checkpoint:``."""
+
+    def __init__(self, url: str, *, ttl: float | None = None, prefix: str = REDIS_PREFIX):
+        import redis.asyncio as redis
+
+        self._client = redis.Redis.from_url(url)
+        self._ttl = None if ttl is None else max(1, int(ttl))
+        self._prefix = prefix
+
+    async def save(self, key: str, checkpoint: Checkpoint) -> None:
+        await self._client.set(self._prefix + key, checkpoint.to_bytes(), ex=self._ttl)
+
+    async def load(self, key: str) -> Checkpoint | None:
+        data = await self._client.get(self._prefix + key)
+        if data is None:
+            return None
+        return Checkpoint.from_bytes(data if isinstance(data, bytes) else data.encode())
+
+    async def delete(self, key: str) -> None:
+        await self._client.delete(self._prefix + key)
+
+    async def close(self) -> None:
+        await self._client.aclose()

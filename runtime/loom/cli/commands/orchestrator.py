@@ -1,0 +1,58 @@
+"""``loom orchestrator --config FILE``: decompose goals over workers with a model, dispatch, synthesize."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from loom.api.loader import LoadError
+from loom.cli.common import add_runtime_options, nats_settings
+
+NAME = "orchestrator"
+HELP = "Run the goal orchestrator: consume loom.goals.incoming, decompose, dispatch, checkpoint, synthesize."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="Orchestrator YAML (name, workers, decomposer, ...).")
+    parser.add_argument(
+        "--ack-wait",
+        type=float,
+        default=30.0,
+        help="Seconds without a heartbeat before a goal goes to another replica (default 30).",
+    )
+    parser.add_argument(
+        "--max-deliver", type=int, default=10, help="Deliveries of one goal before giving up."
+    )
+    parser.add_argument(
+        "--drain-grace", type=float, default=5.0, help="Seconds running goals get on shutdown."
+    )
+    add_runtime_options(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from loom.cli.coordinator_run import run_role
+    from loom.llm.factory import ProviderConfigError, build_model_client
+    from loom.orchestrator.config import load_config
+    from loom.orchestrator.service import OrchestratorOptions, OrchestratorService
+
+    try:
+        config, catalog = load_config(args.config)
+    except LoadError as exc:
+        print(f"loom orchestrator: invalid config:\n{exc}", file=sys.stderr)
+        return 2
+    tier = config.decomposer.tier
+    try:
+        provider = build_model_client(tier)  # fails fast on a missing key or model, before taking goals
+    except ProviderConfigError as exc:
+        print(f"loom orchestrator: {exc}", file=sys.stderr)
+        return 2
+    service = OrchestratorService(
+        config,
+        catalog,
+        nats_settings(args, name=f"loom-orchestrator-{config.name}"),
+        lambda: provider,
+        OrchestratorOptions(
+            ack_wait=args.ack_wait, max_deliver=args.max_deliver, drain_grace=args.drain_grace
+        ),
+    )
+    return run_role(args, service.run, service.ready.is_set)

@@ -1,0 +1,36 @@
+"""``loom scheduler --config FILE...``: fire cron and interval schedules (one dispatch per slot)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from loom.api.loader import LoadError
+from loom.cli.common import add_runtime_options, nats_settings
+
+NAME = "scheduler"
+HELP = "Run the scheduler: dispatch goals or tasks on cron or interval schedules."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        required=True,
+        nargs="+",
+        action="extend",
+        help="Schedule manifests, plain schedule YAML, or files with a schedules: list (files or dirs).",
+    )
+    add_runtime_options(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from loom.cli.coordinator_run import run_role
+    from loom.scheduler.service import SchedulerService, load_schedules
+
+    try:
+        schedules = load_schedules(args.config)
+    except LoadError as exc:
+        print(f"loom scheduler: invalid config:\n{exc}", file=sys.stderr)
+        return 2
+    service = SchedulerService(schedules, nats_settings(args, name="loom-scheduler"))
+    return run_role(args, service.run, service.ready.is_set)

@@ -1,0 +1,136 @@
+"""``loom orchestrator``: takes goals from ``loom.goals.incoming`` and runs a GoalSession for each.
+
+Goals are acknowledged only when finished; heartbeats keep a running goal from
+redelivery. A goal redelivered after a crash resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from loom.api.worker import WorkerSpec
+from loom.bus import Bus, Delivery
+from loom.checkpoint import CheckpointStore, KVCheckpointStore, RedisCheckpointStore
+from loom.dead_letters import build_dead_letter
+from loom.llm.base import Provider
+from loom.messages import DeadLetterReason, GoalMessage, TaskStatus
+from loom.orchestrator.config import OrchestratorConfig
+from loom.orchestrator.session import GoalSession
+from loom.pipeline import metrics as goal_metrics
+from loom.settings import NatsSettings
+from loom.subjects import STREAM_GOALS, result_subject
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OrchestratorOptions:
+    ack_wait: float = 30.0
+    max_deliver: int = 10
+    drain_grace: float = 5.0
+
+
+def checkpoint_store(config: OrchestratorConfig, bus: Bus) -> CheckpointStore:
+    """The configured checkpoint backend."""
+    cp = config.checkpoint
+    if cp.backend == "redis":
+        assert cp.url is not None
+        return RedisCheckpointStore(cp.url, ttl=cp.ttl_seconds)
+    return KVCheckpointStore(bus, ttl=cp.ttl_seconds)
+
+
+class OrchestratorService:
+    """Consumes the orchestrator's goals until ``stop`` is set."""
+
+    def __init__(
+        self,
+        config: OrchestratorConfig,
+        catalog: dict[str, WorkerSpec],
+        settings: NatsSettings,
+        provider_factory: Callable[[], Provider],
+        options: OrchestratorOptions | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.config = config
+        self.catalog = catalog
+        self.settings = settings
+        self.provider_factory = provider_factory
+        self.options = options or OrchestratorOptions()
+        self.clock = clock
+        self.ready = asyncio.Event()
+        self.session: GoalSession | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        bus = await Bus.connect(self.settings)
+        provider = self.provider_factory()
+        store = checkpoint_store(self.config, bus)
+        try:
+            self.session = GoalSession(bus, self.config, self.catalog, provider, store, clock=self.clock)
+            durable = await bus.ensure_goal_consumer(
+                None,
+                ack_wait=self.options.ack_wait,
+                max_deliver=self.options.max_deliver,
+                max_ack_pending=self.config.max_concurrent_goals * 16,
+            )
+            log.info(
+                "orchestrator %s: consuming %s with workers %s",
+                self.config.name,
+                durable,
+                ", ".join(sorted(self.catalog)),
+            )
+            await bus.consume(
+                STREAM_GOALS,
+                durable,
+                lambda d: self._handle(bus, d),
+                max_in_flight=self.config.max_concurrent_goals,
+                batch=self.config.max_concurrent_goals,
+                stop=stop,
+                drain_grace=self.options.drain_grace,
+                on_bound=self.ready.set,
+            )
+        finally:
+            self.ready.clear()
+            await store.close()
+            await provider.close()
+            await bus.close()
+
+    async def _handle(self, bus: Bus, d: Delivery) -> None:
+        assert self.session is not None
+        name = self.config.name
+        try:
+            goal = GoalMessage.from_bytes(d.data)
+            result_subject(goal.goal_id)
+        except (ValidationError, ValueError) as exc:
+            await bus.publish_dead_letter(
+                build_dead_letter(
+                    DeadLetterReason.MALFORMED,
+                    f"not a goal: {exc}",
+                    subject=d.subject,
+                    data=d.data,
+                    origin=f"{STREAM_GOALS}:{d.stream_seq}",
+                    role="orchestrator",
+                    deliveries=d.num_delivered,
+                )
+            )
+            await d.term()
+            return
+        goal_metrics.GOALS_RECEIVED.labels(name).inc()
+        in_flight = goal_metrics.GOALS_IN_FLIGHT.labels(name)
+        in_flight.inc()
+        try:
+            result = await self.session.run(
+                goal, heartbeat=d.in_progress, heartbeat_every=max(0.2, self.options.ack_wait / 3)
+            )
+        finally:
+            in_flight.dec()
+        outcome = "completed" if result.status == TaskStatus.COMPLETED else "failed"
+        goal_metrics.GOALS_COMPLETED.labels(name, outcome).inc()
+        goal_metrics.GOAL_DURATION.labels(name).observe(result.processing_time_ms / 1000.0)
+        await d.ack()

@@ -1,0 +1,1 @@
+"""The pipeline orchestrator: stages of a Pipeline run as routed tasks, durable across restarts."""

@@ -1,0 +1,115 @@
+"""``loom pipeline``: one pipeline's goal consumer, running up to ``max_concurrent_goals`` goals at once.
+
+Each pipeline reads only ``loom.goals.<name>`` through its own durable consumer,
+so pipelines never take each other's goals and replicas of one pipeline share
+the work. A goal message is acknowledged only when the goal has finished; while
+it runs, progress heartbeats keep JetStream from handing it to another replica.
+If the process dies, the goal is redelivered after ``ack_wait`` and resumed from
+its stored state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from loom.api.pipeline import PipelineSpec
+from loom.bus import Bus, Delivery
+from loom.dead_letters import build_dead_letter
+from loom.messages import DeadLetterReason, GoalMessage
+from loom.pipeline.plan import PipelinePlan
+from loom.pipeline.runner import GoalRunner
+from loom.pipeline.state import DEFAULT_STATE_TTL, StateStore
+from loom.settings import NatsSettings
+from loom.subjects import STREAM_GOALS, result_subject
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """Delivery settings of the goal consumer."""
+
+    #: Seconds without a heartbeat before a goal is handed to another replica.
+    ack_wait: float = 30.0
+    #: Deliveries of one goal (restarts included) before JetStream gives up on it.
+    max_deliver: int = 10
+    #: How long finished goals keep their result for replays.
+    state_ttl: float = DEFAULT_STATE_TTL
+    #: On shutdown, seconds running goals get before they are released to another replica.
+    drain_grace: float = 5.0
+
+
+class PipelineService:
+    """Consumes one pipeline's goals until ``stop`` is set."""
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        settings: NatsSettings,
+        options: PipelineOptions | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.plan = PipelinePlan(spec)
+        self.settings = settings
+        self.options = options or PipelineOptions()
+        self.clock = clock
+        self.runner: GoalRunner | None = None
+        self.ready = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        bus = await Bus.connect(self.settings)
+        try:
+            store = await StateStore.open(bus, ttl=self.options.state_ttl)
+            self.runner = GoalRunner(bus, self.plan, store, clock=self.clock)
+            spec = self.plan.spec
+            durable = await bus.ensure_goal_consumer(
+                self.plan.name,
+                ack_wait=self.options.ack_wait,
+                max_deliver=self.options.max_deliver,
+                max_ack_pending=spec.max_concurrent_goals * max(1, spec.replicas) * 4,
+            )
+            log.info("pipeline %s: consuming %s (levels %s)", self.plan.name, durable, self.plan.levels)
+            await bus.consume(
+                STREAM_GOALS,
+                durable,
+                lambda d: self._handle(bus, d),
+                max_in_flight=spec.max_concurrent_goals,
+                batch=spec.max_concurrent_goals,
+                stop=stop,
+                drain_grace=self.options.drain_grace,
+                on_bound=self.ready.set,
+            )
+        finally:
+            self.ready.clear()
+            await bus.close()
+
+    async def _handle(self, bus: Bus, d: Delivery) -> None:
+        assert self.runner is not None
+        try:
+            goal = GoalMessage.from_bytes(d.data)
+            result_subject(goal.goal_id)
+        except (ValidationError, ValueError) as exc:
+            await bus.publish_dead_letter(
+                build_dead_letter(
+                    DeadLetterReason.MALFORMED,
+                    f"not a goal this pipeline can run: {exc}",
+                    subject=d.subject,
+                    data=d.data,
+                    origin=f"{STREAM_GOALS}:{d.stream_seq}",
+                    role="pipeline",
+                    deliveries=d.num_delivered,
+                )
+            )
+            await d.term()
+            return
+        await self.runner.run(
+            goal, heartbeat=d.in_progress, heartbeat_every=max(0.2, self.options.ack_wait / 3)
+        )
+        await d.ack()

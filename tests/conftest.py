@@ -1,0 +1,25 @@
+"""Shared fixtures: a real NATS server per test (fresh JetStream state)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.nats_server import NatsServer
+
+
+@pytest.fixture
+def nats_server() -> Iterator[NatsServer]:
+    """A fresh nats-server with JetStream for one test."""
+    server = NatsServer().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def nats_url(nats_server: NatsServer) -> str:
+    """URL of the test's NATS server."""
+    return nats_server.url

@@ -1,0 +1,119 @@
+"""Orchestrator configs and in-process services for tests, with a scripted fake model over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loom.api.router_policy import TierDefinition
+from loom.llm.factory import build_model_client
+from loom.orchestrator.config import OrchestratorConfig, load_config
+from loom.orchestrator.service import OrchestratorOptions, OrchestratorService
+from loom.settings import NatsSettings
+from tests.fakes.llm_server import Reply
+
+WORKERS: list[dict[str, Any]] = [
+    {
+        "name": "summarizer",
+        "description": "Summarizes a text.",
+        "system_prompt": "Summarize.",
+        "input_schema": {
+            "type": "object",
+            "required": ["text"],
+            "properties": {"text": {"type": "string"}},
+            "additionalProperties": False,
+        },
+    },
+    {
+        "name": "counter",
+        "description": "Counts items.",
+        "worker_kind": "processor",
+        "processing_backend": "loom.contrib.noop.EchoBackend",
+        "input_schema": {"type": "object", "required": ["items"], "properties": {"items": {"type": "array"}}},
+    },
+]
+
+
+def write_config(tmp: Path, llm_url: str, **overrides: Any) -> Path:
+    """An orchestrator YAML using the fake model at ``llm_url`` (OpenAI wire format)."""
+    doc: dict[str, Any] = {
+        "name": "brain",
+        "workers": WORKERS,
+        "decomposer": {
+            "tier": {
+                "name": "planner",
+                "backend": "openai",
+                "model": "fake-planner",
+                "base_url": llm_url,
+                "max_retries": 0,
+            },
+            "feedback_rounds": 1,
+        },
+        "synthesis": "merge",
+        "checkpoint": {"backend": "kv", "token_threshold": 100_000},
+        "timeouts": {"subtask_seconds": 30, "goal_seconds": 120},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(doc.get(key), dict):
+            doc[key] = doc[key] | value
+        else:
+            doc[key] = value
+    path = tmp / "orchestrator.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def system_of(body: dict[str, Any]) -> str:
+    return " ".join(str(m.get("content")) for m in body.get("messages", []) if m.get("role") == "system")
+
+
+def planner(
+    plans: list[dict[str, Any]], answer: dict[str, Any] | None = None
+) -> Callable[[dict[str, Any]], Reply]:
+    """A responder: the n-th planning request of a conversation gets ``plans[n]``; synthesis ``answer``."""
+
+    def respond(body: dict[str, Any]) -> Reply:
+        system = system_of(body)
+        if "planner" in system:
+            users = sum(1 for m in body["messages"] if m.get("role") == "user")
+            return Reply(json=plans[min(users, len(plans)) - 1])
+        if "synthesizer" in system:
+            return Reply(json=answer or {"answer": "no answer scripted"})
+        return Reply(status=400, error=f"unexpected request: {json.dumps(body)[:200]}")
+
+    return respond
+
+
+@contextlib.asynccontextmanager
+async def running_orchestrator(
+    config_path: Path, nats_url: str, options: OrchestratorOptions | None = None
+) -> AsyncIterator[OrchestratorService]:
+    config, catalog = load_config(config_path)
+    tier: TierDefinition = config.decomposer.tier
+    provider = build_model_client(tier)
+    service = OrchestratorService(
+        config, catalog, NatsSettings(url=nats_url, name="test-orchestrator"), lambda: provider, options
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    ready = asyncio.create_task(service.ready.wait())
+    done, _ = await asyncio.wait({task, ready}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        ready.cancel()
+        task.result()
+    assert ready in done, "orchestrator did not bind its consumer"
+    try:
+        yield service
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+def config_model(path: Path) -> OrchestratorConfig:
+    return load_config(path)[0]

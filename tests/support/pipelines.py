@@ -1,0 +1,57 @@
+"""Running pipeline services in-process and submitting goals to them, over a real NATS server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from loom.api.pipeline import PipelineSpec
+from loom.bus import Bus
+from loom.messages import GoalMessage, GoalResult
+from loom.pipeline.service import PipelineOptions, PipelineService
+from loom.settings import NatsSettings
+
+
+@contextlib.asynccontextmanager
+async def running_pipeline(
+    url: str, spec: dict[str, Any] | PipelineSpec, options: PipelineOptions | None = None
+) -> AsyncIterator[PipelineService]:
+    """A PipelineService consuming its goals until the block ends."""
+    if not isinstance(spec, PipelineSpec):
+        spec = PipelineSpec.model_validate(spec)
+    service = PipelineService(spec, NatsSettings(url=url, name="test-pipeline"), options)
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    ready = asyncio.create_task(service.ready.wait())
+    done, _ = await asyncio.wait({task, ready}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        ready.cancel()
+        task.result()
+    assert ready in done, "pipeline service did not bind its consumer"
+    try:
+        yield service
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def submit(bus: Bus, goal: GoalMessage, within: float = 30.0) -> GoalResult:
+    """Subscribe to the goal's result, publish the goal, wait for the GoalResult."""
+    sub = await bus.subscribe_results(goal.goal_id)
+    try:
+        await bus.publish_goal(goal)
+        return await wait_goal_result(sub, within)
+    finally:
+        await sub.close()
+
+
+async def wait_goal_result(sub: Any, within: float) -> GoalResult:
+    """The first GoalResult on a result subscription (stage results on the same subject are skipped)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        data = await sub.get(timeout=max(0.0, deadline - loop.time()))
+        with contextlib.suppress(ValueError):  # stage results on the same subject are not goal results
+            return GoalResult.from_bytes(data)
