@@ -157,7 +157,8 @@ def _validate(
     try:
         spec = model.model_validate(body)
     except ValidationError as exc:
-        raise LoadError([f"{where}: {line}" for line in format_validation_error(exc, prefix)]) from None
+        lines = format_validation_error(exc, prefix) + _cross_field_problems(model, body, exc, prefix)
+        raise LoadError([f"{where}: {line}" for line in lines]) from None
     name = meta_name or getattr(spec, "name", None) or Path(source).stem
     return Resource(
         kind=kind,
@@ -168,6 +169,36 @@ def _validate(
         metadata=dict(metadata),
         is_manifest=is_manifest,
     )
+
+
+def _cross_field_problems(
+    model: type[AnySpec], body: dict[str, Any], exc: ValidationError, prefix: str
+) -> list[str]:
+    """Model-level problems hidden by field errors (pydantic skips ``after`` validators when a field fails).
+
+    Validates again without the failing top-level fields and keeps only the model-level errors,
+    so one run of ``loom validate`` names every problem.
+    """
+    from pydantic.alias_generators import to_camel, to_snake
+
+    bad = {str(err["loc"][0]) for err in exc.errors() if err["loc"]}
+    if not bad:
+        return []
+    try:
+        model.model_validate({k: v for k, v in body.items() if k not in bad})
+    except ValidationError as again:
+        # a rule about a field that was dropped for failing would be a false report ("needs X" when X is bad)
+        names = {n for b in bad for n in (to_camel(b), to_snake(b))}
+        out = []
+        for err in again.errors():
+            if err["loc"]:
+                continue
+            parts = [p for p in str(err["msg"]).removeprefix("Value error, ").split("; ")
+                     if not any(n in p for n in names)]
+            if parts:
+                out.append(f"{prefix}: {'; '.join(parts)}")
+        return out
+    return []
 
 
 def load_text(text: str, source: str = "<string>") -> list[Resource]:

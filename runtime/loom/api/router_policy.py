@@ -91,10 +91,14 @@ class RouterPolicySpec(SpecModel):
         description="Model tiers; empty means local, standard and frontier on the local backend.",
     )
     tier_overrides: dict[WorkerType, TierName] = Field(
-        default_factory=dict, description="Force a worker type onto a tier, e.g. {summarizer: local}."
+        default_factory=dict,
+        max_length=100,
+        description="Force a worker type onto a tier, e.g. {summarizer: local}.",
     )
     rate_limits: dict[TierName, RateLimit] = Field(
-        default_factory=dict, description="Per-tier limits (token buckets and a concurrency cap)."
+        default_factory=dict,
+        max_length=20,
+        description="Per-tier limits (token buckets and a concurrency cap).",
     )
     tenant_limits: TenantLimits = Field(default_factory=TenantLimits)
     on_limit: OnLimit = Field(default_factory=OnLimit)
@@ -138,6 +142,9 @@ class WorkerRoute(SpecModel):
 
     default_model_tier: TierName
     tiers: list[TierName]
+    max_output_tokens: int = Field(
+        default=2000, gt=0, description="The worker's output budget, part of the tokens-per-minute estimate."
+    )
 
 
 class RouterConfig(SpecModel):

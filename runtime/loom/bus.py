@@ -1,0 +1,788 @@
+"""The one module that talks to NATS: streams, durable consumers, publishing and the pull loop.
+
+Tasks and goals live in JetStream work-queue streams with explicit acks, so a
+task published while no worker listens, or held by a worker that dies, is not
+lost. Results go over core NATS to ``loom.results.<id>``; callers subscribe
+before they publish. Dead letters are kept in their own stream for replay.
+
+The pull loop keeps pull requests outstanding for exactly the free slots of a
+process (``max_in_flight``), so messages flow as soon as they are stored and a
+process never holds more than it can work on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+from loom.dead_letters import decode_original
+from loom.messages import DeadLetter, GoalMessage, GoalResult, TaskMessage, TaskResult
+from loom.settings import NatsSettings
+from loom.subjects import (
+    DEAD_LETTER,
+    RESULTS_PREFIX,
+    ROUTER_CONSUMER,
+    STREAM_DEAD_LETTER,
+    STREAM_GOALS,
+    STREAM_INCOMING,
+    STREAM_TASKS,
+    TASKS_INCOMING,
+    goal_consumer,
+    goal_subject,
+    result_subject,
+    task_subject,
+    worker_consumer,
+)
+
+log = logging.getLogger(__name__)
+
+#: Stream that captures MAX_DELIVERIES advisories durably, consumed by the routers' shared durable.
+STREAM_ADVISORIES = "LOOM_ADVISORIES"
+ADVISORY_CONSUMER = "router-advisories"
+MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+ADVISED_STREAMS = (STREAM_TASKS, STREAM_INCOMING)
+
+DUPLICATE_WINDOW = 120.0
+DEAD_LETTER_MAX_AGE = 7 * 24 * 3600.0
+PUBLISH_TIMEOUT = 10.0
+
+_PULL_EXPIRES = 30.0
+_PULL_HEARTBEAT = 5.0
+_ACK = b"+ACK"
+_NAK = b"-NAK"
+_TERM = b"+TERM"
+_WPI = b"+WPI"
+
+
+class BusError(Exception):
+    """A JetStream operation failed (publish not stored, stream misconfigured, ...)."""
+
+
+@dataclass(frozen=True)
+class ConsumerLag:
+    """Queue depth of one durable consumer: what autoscaling and the lag gauge read."""
+
+    num_pending: int
+    num_ack_pending: int
+    num_redelivered: int = 0
+
+    @property
+    def total(self) -> int:
+        """Pending plus unacknowledged: the real backlog."""
+        return self.num_pending + self.num_ack_pending
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """A message read back from a stream by sequence."""
+
+    stream: str
+    seq: int
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class StoredDeadLetter:
+    """A dead letter and where it is stored."""
+
+    seq: int
+    dead_letter: DeadLetter
+
+
+class Delivery:
+    """One JetStream message handed to a handler. Settle it exactly once: ack, nak or term."""
+
+    __slots__ = ("_meta", "_nc", "_reply", "data", "headers", "settled", "subject")
+
+    def __init__(self, nc: NATS, msg: Msg):
+        self._nc = nc
+        self._reply = msg.reply
+        self.data: bytes = msg.data
+        self.subject: str = msg.subject
+        self.headers: dict[str, str] | None = msg.headers
+        self.settled = False
+        self._meta: tuple[int, int] | None = None
+
+    def _parse(self) -> tuple[int, int]:
+        if self._meta is None:
+            t = self._reply.split(".")
+            if len(t) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+                self._meta = (int(t[4]), int(t[5]))
+            elif len(t) >= 11:  # $JS.ACK.<domain>.<acc>.<stream>.<consumer>.<delivered>.<sseq>...
+                self._meta = (int(t[6]), int(t[7]))
+            else:
+                raise BusError(f"not a JetStream delivery (reply {self._reply!r})")
+        return self._meta
+
+    @property
+    def num_delivered(self) -> int:
+        """How many times this message has been delivered (1 on first delivery)."""
+        return self._parse()[0]
+
+    @property
+    def stream_seq(self) -> int:
+        """Sequence of the message in its stream."""
+        return self._parse()[1]
+
+    async def ack(self) -> None:
+        """Done: remove from the work queue. Does not wait for the server."""
+        if not self.settled:
+            self.settled = True
+            await self._nc.publish(self._reply, _ACK)
+
+    async def nak(self, delay: float | None = None) -> None:
+        """Give it back for redelivery, after ``delay`` seconds if given."""
+        if not self.settled:
+            self.settled = True
+            body = _NAK if not delay else b'-NAK {"delay": %d}' % int(delay * 1e9)
+            await self._nc.publish(self._reply, body)
+
+    async def term(self) -> None:
+        """Never redeliver (it has been dead-lettered)."""
+        if not self.settled:
+            self.settled = True
+            await self._nc.publish(self._reply, _TERM)
+
+    async def in_progress(self) -> None:
+        """Still working on it: reset the ack timer."""
+        if not self.settled:
+            await self._nc.publish(self._reply, _WPI)
+
+
+class ResultSubscription:
+    """Results arriving on ``loom.results.<key>``; iterate, or ``await get(timeout)``."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._sub: Any = None
+
+    async def _on_msg(self, msg: Msg) -> None:
+        self._queue.put_nowait(msg.data)
+
+    async def get(self, timeout: float | None = None) -> bytes:  # noqa: ASYNC109 - the documented API
+        """The next result body; raises TimeoutError when none arrives in time."""
+        if timeout is None:
+            return await self._queue.get()
+        return await asyncio.wait_for(self._queue.get(), timeout)
+
+    def pending(self) -> int:
+        """Results received and not yet taken."""
+        return self._queue.qsize()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._queue.get()
+
+    async def close(self) -> None:
+        """Stop receiving."""
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+
+def ssl_context(settings: NatsSettings) -> ssl.SSLContext | None:
+    """A client TLS context from CA / client certificate files, or None for plain TCP."""
+    if not (settings.tls_ca or settings.tls_cert or settings.url.startswith("tls://")):
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.tls_ca)
+    if settings.tls_cert:
+        ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return ctx
+
+
+def _stream_configs() -> list[js_api.StreamConfig]:
+    wq = js_api.RetentionPolicy.WORK_QUEUE
+    file = js_api.StorageType.FILE
+    return [
+        js_api.StreamConfig(
+            name=STREAM_INCOMING,
+            subjects=[TASKS_INCOMING],
+            retention=wq,
+            storage=file,
+            duplicate_window=DUPLICATE_WINDOW,
+            description="Router input (one shared durable consumer).",
+        ),
+        js_api.StreamConfig(
+            name=STREAM_TASKS,
+            subjects=["loom.tasks.*.*"],
+            retention=wq,
+            storage=file,
+            duplicate_window=DUPLICATE_WINDOW,
+            description="Worker input, one durable consumer per type and tier.",
+        ),
+        js_api.StreamConfig(
+            name=STREAM_DEAD_LETTER,
+            subjects=[DEAD_LETTER],
+            retention=js_api.RetentionPolicy.LIMITS,
+            storage=file,
+            max_age=DEAD_LETTER_MAX_AGE,
+            duplicate_window=DUPLICATE_WINDOW,
+            description="Dead letters with their reason and original message.",
+        ),
+        js_api.StreamConfig(
+            name=STREAM_GOALS,
+            subjects=["loom.goals.>"],
+            retention=wq,
+            storage=file,
+            duplicate_window=DUPLICATE_WINDOW,
+            description="Goals for pipelines and the orchestrator.",
+        ),
+        js_api.StreamConfig(
+            name=STREAM_ADVISORIES,
+            subjects=[f"{MAX_DELIVERIES_ADVISORY}.{s}.*" for s in ADVISED_STREAMS],
+            retention=wq,
+            storage=file,
+            duplicate_window=DUPLICATE_WINDOW,
+            description="MAX_DELIVERIES advisories, turned into dead letters by the routers.",
+        ),
+    ]
+
+
+class Bus:
+    """A NATS connection with Loom's streams, consumers and message helpers."""
+
+    def __init__(self, nc: NATS, settings: NatsSettings):
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=PUBLISH_TIMEOUT)
+        self.settings = settings
+        #: Bumped on every reconnect so pull loops know their pull requests are gone.
+        self.epoch = 0
+        self.closing = False
+
+    # -- connection -------------------------------------------------------------------------------
+
+    @classmethod
+    async def connect(cls, settings: NatsSettings, *, ensure_streams: bool = True) -> Bus:
+        """Connect (reconnecting forever with backoff) and, by default, declare the streams."""
+        holder: list[Bus] = []
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats error: %s", exc)
+
+        async def on_disconnect() -> None:
+            if holder and not holder[0].closing:
+                log.warning("disconnected from NATS; reconnecting")
+
+        async def on_reconnect() -> None:
+            if holder:
+                holder[0].epoch += 1
+            log.warning("reconnected to NATS at %s", nc.connected_url.netloc if nc.connected_url else "?")
+
+        opts: dict[str, Any] = {
+            "servers": [u.strip() for u in settings.url.split(",") if u.strip()],
+            "name": settings.name,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 1,
+            "error_cb": on_error,
+            "disconnected_cb": on_disconnect,
+            "reconnected_cb": on_reconnect,
+            "pending_size": 8 * 1024 * 1024,
+        }
+        if settings.creds_file:
+            opts["user_credentials"] = settings.creds_file
+        if settings.user:
+            opts["user"] = settings.user
+            opts["password"] = settings.password or ""
+        if settings.token:
+            opts["token"] = settings.token
+        tls = ssl_context(settings)
+        if tls is not None:
+            opts["tls"] = tls
+        nc = await nats.connect(**opts)
+        bus = cls(nc, settings)
+        holder.append(bus)
+        if ensure_streams:
+            await bus.ensure_streams()
+        return bus
+
+    @property
+    def is_connected(self) -> bool:
+        """True while the connection is up."""
+        return bool(self.nc.is_connected)
+
+    async def close(self) -> None:
+        """Drain subscriptions and pending publishes, then close."""
+        if self.nc.is_closed:
+            return
+        self.closing = True
+        try:
+            await self.nc.drain()
+        except Exception as exc:  # a drain that cannot finish still has to close the socket
+            log.warning("drain failed (%s); closing", exc)
+            await self.nc.close()
+
+    # -- streams and consumers -----------------------------------------------------------------------
+
+    async def ensure_streams(self) -> None:
+        """Declare every stream; an existing stream with a different config is updated."""
+        for config in _stream_configs():
+            try:
+                await self.js.add_stream(config)
+            except BadRequestError as exc:
+                if exc.err_code != 10058:  # stream name already in use with a different configuration
+                    raise
+                await self.js.update_stream(config)
+
+    async def _ensure_consumer(self, stream: str, config: js_api.ConsumerConfig) -> str:
+        """Create or update a durable consumer (creation is idempotent for the same config)."""
+        try:
+            await self.js.add_consumer(stream, config)
+        except BadRequestError as exc:
+            if exc.err_code not in (10148, 10013, 10105):
+                raise
+            # An existing consumer whose config differs: update what may be updated.
+            req = {"stream_name": stream, "config": config.as_dict(), "action": "update"}
+            resp = await self.nc.request(
+                f"$JS.API.CONSUMER.CREATE.{stream}.{config.durable_name}", json.dumps(req).encode(), timeout=5
+            )
+            body = json.loads(resp.data)
+            if "error" in body:
+                raise BusError(
+                    f"cannot update consumer {config.durable_name} on {stream}: {body['error']}"
+                ) from exc
+        assert config.durable_name
+        return config.durable_name
+
+    async def ensure_worker_consumer(
+        self, worker_type: str, tier: str, *, ack_wait: float, max_deliver: int, max_ack_pending: int
+    ) -> str:
+        """The durable pull consumer shared by all replicas of (worker type, tier)."""
+        name = worker_consumer(worker_type, tier)
+        return await self._ensure_consumer(
+            STREAM_TASKS,
+            js_api.ConsumerConfig(
+                name=name,
+                durable_name=name,
+                filter_subject=task_subject(worker_type, tier),
+                ack_policy=js_api.AckPolicy.EXPLICIT,
+                ack_wait=ack_wait,
+                max_deliver=max_deliver,
+                max_ack_pending=max_ack_pending,
+                deliver_policy=js_api.DeliverPolicy.ALL,
+            ),
+        )
+
+    async def ensure_goal_consumer(
+        self, pipeline: str | None, *, ack_wait: float, max_deliver: int, max_ack_pending: int
+    ) -> str:
+        """The durable pull consumer of one pipeline (``loom.goals.<name>``) or the orchestrator."""
+        name = goal_consumer(pipeline)
+        return await self._ensure_consumer(
+            STREAM_GOALS,
+            js_api.ConsumerConfig(
+                name=name,
+                durable_name=name,
+                filter_subject=goal_subject(pipeline),
+                ack_policy=js_api.AckPolicy.EXPLICIT,
+                ack_wait=ack_wait,
+                max_deliver=max_deliver,
+                max_ack_pending=max_ack_pending,
+                deliver_policy=js_api.DeliverPolicy.ALL,
+            ),
+        )
+
+    async def ensure_router_consumer(self, *, ack_wait: float, max_deliver: int, max_ack_pending: int) -> str:
+        """The routers' one shared durable on ``loom.tasks.incoming``: each task is routed once."""
+        return await self._ensure_consumer(
+            STREAM_INCOMING,
+            js_api.ConsumerConfig(
+                name=ROUTER_CONSUMER,
+                durable_name=ROUTER_CONSUMER,
+                filter_subject=TASKS_INCOMING,
+                ack_policy=js_api.AckPolicy.EXPLICIT,
+                ack_wait=ack_wait,
+                max_deliver=max_deliver,
+                max_ack_pending=max_ack_pending,
+                deliver_policy=js_api.DeliverPolicy.ALL,
+            ),
+        )
+
+    async def ensure_advisory_consumer(self) -> str:
+        """The routers' shared durable on the captured MAX_DELIVERIES advisories."""
+        return await self._ensure_consumer(
+            STREAM_ADVISORIES,
+            js_api.ConsumerConfig(
+                name=ADVISORY_CONSUMER,
+                durable_name=ADVISORY_CONSUMER,
+                ack_policy=js_api.AckPolicy.EXPLICIT,
+                ack_wait=30.0,
+                max_deliver=-1,
+                max_ack_pending=64,
+                deliver_policy=js_api.DeliverPolicy.ALL,
+            ),
+        )
+
+    async def consumer_info(self, stream: str, durable: str) -> ConsumerLag:
+        """Pending and unacknowledged counts of a durable consumer."""
+        info = await self.js.consumer_info(stream, durable)
+        return ConsumerLag(
+            num_pending=int(info.num_pending or 0),
+            num_ack_pending=int(info.num_ack_pending or 0),
+            num_redelivered=int(info.num_redelivered or 0),
+        )
+
+    async def stream_messages(self, stream: str) -> int:
+        """Messages currently stored in a stream."""
+        info = await self.js.stream_info(stream)
+        return int(info.state.messages)
+
+    # -- publishing -----------------------------------------------------------------------------------
+
+    async def js_publish(
+        self, subject: str, data: bytes, *, msg_id: str | None = None, headers: dict[str, str] | None = None
+    ) -> int:
+        """Publish into a stream and wait until it is stored; returns the stream sequence."""
+        if msg_id:
+            headers = {**(headers or {}), "Nats-Msg-Id": msg_id}
+        try:
+            resp = await self.nc.request(subject, data, timeout=PUBLISH_TIMEOUT, headers=headers)
+        except nats.errors.NoRespondersError:
+            raise BusError(f"no stream stores {subject!r} (streams not declared?)") from None
+        body = json.loads(resp.data)
+        if "error" in body:
+            raise BusError(
+                f"publish to {subject!r} failed: {body['error'].get('description', body['error'])}"
+            )
+        return int(body["seq"])
+
+    async def publish_task(
+        self, task: TaskMessage, *, subject: str = TASKS_INCOMING, msg_id: str | None = None
+    ) -> None:
+        """Submit a task (to the router by default), stored before this returns."""
+        await self.js_publish(subject, task.to_bytes(), msg_id=msg_id)
+
+    async def publish_goal(self, goal: GoalMessage, *, msg_id: str | None = None) -> None:
+        """Submit a goal to its pipeline (``loom.goals.<pipeline>``) or the orchestrator."""
+        await self.js_publish(goal_subject(goal.pipeline), goal.to_bytes(), msg_id=msg_id)
+
+    async def publish_result(self, result: TaskResult | GoalResult) -> None:
+        """Send a result to ``loom.results.<key>`` (core NATS: callers subscribe before publishing)."""
+        key = result.result_key if isinstance(result, TaskResult) else result.goal_id
+        await self.nc.publish(result_subject(key), result.to_bytes())
+
+    async def publish_raw(self, subject: str, data: bytes) -> None:
+        """Core NATS publish (no storage)."""
+        await self.nc.publish(subject, data)
+
+    async def publish_dead_letter(self, dl: DeadLetter) -> None:
+        """Store a dead letter; its id is the Nats-Msg-Id, so the same failure is stored once."""
+        await self.js_publish(
+            DEAD_LETTER,
+            dl.to_bytes(),
+            msg_id=dl.dead_letter_id,
+            headers={"Loom-Reason": dl.reason.value, "Loom-Dead-Letter-Id": dl.dead_letter_id},
+        )
+
+    async def subscribe_results(self, key: str) -> ResultSubscription:
+        """Subscribe to ``loom.results.<key>`` (do this BEFORE publishing the task or goal)."""
+        rs = ResultSubscription()
+        rs._sub = await self.nc.subscribe(result_subject(key), cb=rs._on_msg, pending_msgs_limit=1_000_000)
+        await self.nc.flush()
+        return rs
+
+    async def subscribe_all_results(self, cb: Callable[[bytes], None]) -> Any:
+        """Call ``cb(body)`` for every result on ``loom.results.>`` (the router's release signal)."""
+
+        async def on_msg(msg: Msg) -> None:
+            cb(msg.data)
+
+        sub = await self.nc.subscribe(f"{RESULTS_PREFIX}.>", cb=on_msg, pending_msgs_limit=1_000_000)
+        await self.nc.flush()
+        return sub
+
+    # -- stored messages and dead letters ---------------------------------------------------------------
+
+    async def get_stream_message(self, stream: str, seq: int) -> StoredMessage | None:
+        """A stored message by sequence, or None when it is gone."""
+        try:
+            raw = await self.js.get_msg(stream, seq)
+        except NotFoundError:
+            return None
+        return StoredMessage(stream, seq, raw.subject or "", raw.data or b"", dict(raw.headers or {}))
+
+    async def delete_stream_message(self, stream: str, seq: int) -> bool:
+        """Remove a stored message; False when it was already gone."""
+        try:
+            return bool(await self.js.delete_msg(stream, seq))
+        except NotFoundError:
+            return False
+        except BadRequestError as exc:
+            if exc.err_code == 10057:  # no message found
+                return False
+            raise
+
+    async def dead_letters(self) -> list[StoredDeadLetter]:
+        """Every stored dead letter, oldest first."""
+        out: list[StoredDeadLetter] = []
+        try:
+            info = await self.js.stream_info(STREAM_DEAD_LETTER)
+        except NotFoundError:
+            return out
+        seq = int(info.state.first_seq or 1)
+        last = int(info.state.last_seq or 0)
+        while seq <= last:
+            try:
+                raw = await self.js.get_msg(STREAM_DEAD_LETTER, seq, subject=DEAD_LETTER, next=True)
+            except NotFoundError:
+                break
+            assert raw.seq is not None
+            try:
+                out.append(StoredDeadLetter(raw.seq, DeadLetter.from_bytes(raw.data or b"")))
+            except ValueError as exc:
+                log.warning("dead letter #%d is unreadable: %s", raw.seq, exc)
+            seq = raw.seq + 1
+        return out
+
+    async def find_dead_letter(self, dead_letter_id: str) -> StoredDeadLetter | None:
+        """A dead letter by id (a unique prefix is enough)."""
+        matches = [
+            d for d in await self.dead_letters() if d.dead_letter.dead_letter_id.startswith(dead_letter_id)
+        ]
+        if len(matches) > 1 and not any(d.dead_letter.dead_letter_id == dead_letter_id for d in matches):
+            raise BusError(f"dead letter id prefix {dead_letter_id!r} is ambiguous ({len(matches)} match)")
+        exact = [d for d in matches if d.dead_letter.dead_letter_id == dead_letter_id]
+        return exact[0] if exact else (matches[0] if matches else None)
+
+    async def replay_dead_letter(self, stored: StoredDeadLetter, *, keep: bool = False) -> None:
+        """Publish the original message again to its original subject, then drop the dead letter."""
+        dl = stored.dead_letter
+        await self.js_publish(dl.subject, decode_original(dl.original))
+        if not keep:
+            await self.delete_stream_message(STREAM_DEAD_LETTER, stored.seq)
+
+    # -- key-value ------------------------------------------------------------------------------------
+
+    async def key_value(self, bucket: str, *, ttl: float | None = None) -> KeyValue:
+        """A JetStream Key-Value bucket, created (file storage) if missing."""
+        try:
+            return await self.js.key_value(bucket)
+        except BucketNotFoundError:
+            return await self.js.create_key_value(
+                js_api.KeyValueConfig(bucket=bucket, ttl=ttl, storage=js_api.StorageType.FILE)
+            )
+
+    # -- consuming ------------------------------------------------------------------------------------
+
+    async def consume(
+        self,
+        stream: str,
+        durable: str,
+        handler: Callable[[Delivery], Awaitable[None]],
+        *,
+        max_in_flight: int,
+        batch: int,
+        stop: asyncio.Event,
+        drain_grace: float = 30.0,
+        on_bound: Callable[[], None] | None = None,
+    ) -> None:
+        """Pull from a durable consumer; run ``handler`` on each message, at most ``max_in_flight`` at once.
+
+        Returns after ``stop`` is set: no more pulls; messages still arriving are
+        nak'ed; running handlers get ``drain_grace`` seconds, then are cancelled and
+        their messages nak'ed (redelivered at once to another replica).
+        """
+        loop = _PullLoop(self, stream, durable, handler, max_in_flight, batch)
+        await loop.run(stop, drain_grace, on_bound)
+
+
+class _PullLoop:
+    """Keeps pull requests outstanding for the free slots; accounting by the server's status replies."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        stream: str,
+        durable: str,
+        handler: Callable[[Delivery], Awaitable[None]],
+        max_in_flight: int,
+        batch: int,
+    ):
+        if max_in_flight < 1 or batch < 1:
+            raise ValueError("max_in_flight and batch must be >= 1")
+        self.bus = bus
+        self.nc = bus.nc
+        self.handler = handler
+        self.max_in_flight = max_in_flight
+        self.batch = batch
+        self.api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self.where = f"{stream}/{durable}"
+        self.requested = 0
+        self.in_flight = 0
+        self.stopping = False
+        self.tasks: dict[asyncio.Task[None], Delivery] = {}
+        self.wake = asyncio.Event()
+        self.last_activity = time.monotonic()
+        self.pause_until = 0.0
+        self.epoch = bus.epoch
+        self.threshold = max(1, min(batch, max_in_flight) // 2)
+
+    async def run(self, stop: asyncio.Event, drain_grace: float, on_bound: Callable[[], None] | None) -> None:
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox, cb=self._on_msg, pending_msgs_limit=1_000_000)
+        self.inbox = inbox
+        stop_wait = asyncio.ensure_future(stop.wait())
+        try:
+            await self._pull()
+            if on_bound:
+                on_bound()
+            while not stop.is_set():
+                wake_wait = asyncio.ensure_future(self.wake.wait())
+                await asyncio.wait(
+                    {wake_wait, stop_wait}, timeout=_PULL_HEARTBEAT, return_when="FIRST_COMPLETED"
+                )
+                wake_wait.cancel()
+                self.wake.clear()
+                if stop.is_set():
+                    break
+                self._check_liveness()
+                await self._pull()
+        finally:
+            stop_wait.cancel()
+            self.stopping = True
+            with contextlib.suppress(Exception):
+                await sub.drain()  # late arrivals still reach _on_msg, which naks them
+            await self._drain(drain_grace)
+
+    def _check_liveness(self) -> None:
+        now = time.monotonic()
+        if self.bus.epoch != self.epoch:
+            self.epoch = self.bus.epoch
+            self.requested = 0  # pull requests do not survive a reconnect
+        elif self.requested and now - self.last_activity > 3 * _PULL_HEARTBEAT:
+            log.warning("%s: no heartbeat from the server; re-issuing pull requests", self.where)
+            self.requested = 0
+            self.last_activity = now
+
+    async def _pull(self) -> None:
+        if not self.nc.is_connected or time.monotonic() < self.pause_until:
+            return
+        free = self.max_in_flight - self.in_flight - self.requested
+        if free <= 0 or (self.requested and free < self.threshold):
+            return
+        n = min(free, self.batch)
+        if not self.requested:
+            self.last_activity = time.monotonic()
+        self.requested += n
+        body = b'{"batch":%d,"expires":%d,"idle_heartbeat":%d}' % (
+            n,
+            int(_PULL_EXPIRES * 1e9),
+            int(_PULL_HEARTBEAT * 1e9),
+        )
+        try:
+            await self.nc.publish(self.api, body, reply=self.inbox)
+        except Exception as exc:
+            self.requested -= n
+            log.warning("%s: pull request failed: %s", self.where, exc)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        self.last_activity = time.monotonic()
+        hdrs = msg.headers
+        if hdrs and not msg.data and "Status" in hdrs:
+            self._on_status(hdrs)
+            return
+        if self.requested > 0:
+            self.requested -= 1
+        d = Delivery(self.nc, msg)
+        if self.stopping:
+            await d.nak()
+            return
+        self.in_flight += 1
+        task = asyncio.get_running_loop().create_task(self._run(d))
+        self.tasks[task] = d
+
+    def _on_status(self, hdrs: dict[str, str]) -> None:
+        status = hdrs.get("Status", "")
+        if status == "100":
+            return
+        pending = hdrs.get("Nats-Pending-Messages")
+        if pending is not None:
+            self.requested = max(0, self.requested - int(pending))
+        elif status in ("404", "408", "409"):
+            self.requested = 0
+        if status == "409":
+            desc = hdrs.get("Description", "")
+            if "Consumer Deleted" in desc or "push based" in desc:
+                log.error("%s: %s; pausing pulls", self.where, desc)
+                self.pause_until = time.monotonic() + 2.0
+            elif "Exceeded" in desc:
+                log.warning("%s: %s", self.where, desc)
+        self.wake.set()
+
+    async def _run(self, d: Delivery) -> None:
+        try:
+            await self.handler(d)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await d.nak()
+            raise
+        except Exception:
+            log.exception("%s: handler failed; message will be redelivered", self.where)
+            with contextlib.suppress(Exception):
+                await d.nak(delay=1.0)
+        finally:
+            self.in_flight -= 1
+            self.tasks.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+            if not self.stopping:
+                self.wake.set()
+
+    async def _drain(self, grace: float) -> None:
+        if self.tasks:
+            _, pending = await asyncio.wait(set(self.tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+                log.warning("%s: %d tasks released unfinished after %.0fs", self.where, len(pending), grace)
+        with contextlib.suppress(Exception):
+            await self.nc.flush(timeout=5)
+
+
+# -- key-value helpers and de-duplicated publishing (pipeline state, checkpoints, schedules) ---------
+
+
+async def kv_get(kv: KeyValue, key: str) -> bytes | None:
+    """The value under ``key``, or None when it is absent or deleted."""
+    from nats.js.errors import KeyDeletedError, KeyNotFoundError
+
+    try:
+        entry = await kv.get(key)
+    except (KeyNotFoundError, KeyDeletedError):
+        return None
+    return entry.value
+
+
+async def kv_delete(kv: KeyValue, key: str) -> None:
+    """Remove ``key`` with its history (no error when absent)."""
+    await kv.purge(key)
+
+
+async def js_publish_once(bus: Bus, subject: str, data: bytes, *, msg_id: str) -> bool:
+    """Publish into a stream under ``Nats-Msg-Id``; False when the server dropped it as a duplicate."""
+    try:
+        resp = await bus.nc.request(subject, data, timeout=PUBLISH_TIMEOUT, headers={"Nats-Msg-Id": msg_id})
+    except nats.errors.NoRespondersError:
+        raise BusError(f"no stream stores {subject!r} (streams not declared?)") from None
+    body = json.loads(resp.data)
+    if "error" in body:
+        raise BusError(f"publish to {subject!r} failed: {body['error'].get('description', body['error'])}")
+    return not body.get("duplicate", False)

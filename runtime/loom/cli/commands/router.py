@@ -1,0 +1,65 @@
+"""``loom router``: route tasks from ``loom.tasks.incoming`` to workers, under the RouterPolicy's limits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+from loom.api.loader import LoadError
+from loom.api.router_policy import RouterConfig
+from loom.cli.commands._serve import configure_logging, serve
+from loom.cli.common import add_runtime_options
+
+NAME = "router"
+HELP = "Run a router replica (tier overrides, rate limits, dead letters)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    parser.add_argument(
+        "--config",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="FILE",
+        help="RouterConfig (router.yaml) or RouterPolicy/Worker files or directories; env LOOM_ROUTER_CONFIG "
+        "(comma-separated). Without any, every worker type is routed on the default tiers, unlimited.",
+    )
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=int(env("LOOM_ROUTER_MAX_IN_FLIGHT", "4096")),
+        help="messages held at once, waiting ones included; env LOOM_ROUTER_MAX_IN_FLIGHT",
+    )
+    parser.add_argument("--batch", type=int, default=256, help="pull batch size")
+    parser.add_argument(
+        "--ack-wait", type=float, default=30.0, help="seconds before an unacked task is redelivered"
+    )
+    add_runtime_options(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    configure_logging(args)
+    paths = args.config or [p for p in os.environ.get("LOOM_ROUTER_CONFIG", "").split(",") if p]
+    from loom.router.routing import load_router_config
+
+    try:
+        config = load_router_config(paths) if paths else RouterConfig()
+    except LoadError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return 2
+    return asyncio.run(_main(args, config))
+
+
+async def _main(args: argparse.Namespace, config: RouterConfig) -> int:
+    from loom.router.service import RouterOptions, RouterService
+
+    options = RouterOptions(max_in_flight=args.max_in_flight, batch=args.batch, ack_wait=args.ack_wait)
+
+    async def make(bus):  # type: ignore[no-untyped-def]
+        service = RouterService(bus, config, options)
+        return service.run, lambda: service.ready
+
+    return await serve(args, "router", make)

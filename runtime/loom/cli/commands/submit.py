@@ -1,0 +1,148 @@
+"""``loom submit``: a task to the router, or a goal to a pipeline or the orchestrator.
+
+``--wait`` subscribes to the result before publishing and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from loom.bus import Bus
+from loom.cli.common import add_runtime_options, nats_settings
+from loom.logs import setup_logging
+from loom.messages import GoalMessage, GoalResult, TaskMessage, TaskResult, TaskStatus
+
+NAME = "submit"
+HELP = "Submit a task (--worker-type) or a goal (an instruction); --wait prints the result."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("instruction", nargs="?", help="goal instruction (omit when submitting a task)")
+    parser.add_argument("--worker-type", help="submit a task for this worker type")
+    parser.add_argument("--tier", help="model tier for the task")
+    parser.add_argument("--payload", default="{}", help="task payload as JSON (or @file.json)")
+    parser.add_argument("--pipeline", help="pipeline for the goal (default: the dynamic orchestrator)")
+    parser.add_argument(
+        "--context",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="goal context entry; VALUE is parsed as JSON when it can be (repeatable)",
+    )
+    parser.add_argument("--tenant", default="default")
+    parser.add_argument("--priority", default="normal", help="low, normal, high, critical or 0-3")
+    parser.add_argument("--id", dest="message_id", help="task_id / goal_id (default: generated)")
+    parser.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait with --wait")
+    add_runtime_options(parser, metrics=False)
+
+
+def _json_arg(text: str) -> Any:
+    if text.startswith("@"):
+        with open(text[1:], encoding="utf-8") as fh:
+            return json.load(fh)
+    return json.loads(text)
+
+
+def _context(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--context expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def build_message(args: argparse.Namespace) -> TaskMessage | GoalMessage:
+    """The task or goal the options describe (raises ValueError with a clear message)."""
+    ids = {"task_id": args.message_id} if args.message_id else {}
+    if args.worker_type:
+        if args.instruction:
+            raise ValueError("give either --worker-type (a task) or an instruction (a goal), not both")
+        payload = _json_arg(args.payload)
+        if not isinstance(payload, dict):
+            raise ValueError("--payload must be a JSON object")
+        return TaskMessage(
+            worker_type=args.worker_type,
+            model_tier=args.tier,
+            payload=payload,
+            tenant=args.tenant,
+            priority=args.priority,
+            **ids,
+        )
+    if not args.instruction:
+        raise ValueError("nothing to submit: give an instruction (a goal) or --worker-type (a task)")
+    gids = {"goal_id": args.message_id} if args.message_id else {}
+    return GoalMessage(
+        instruction=args.instruction,
+        context=_context(args.context),
+        pipeline=args.pipeline,
+        tenant=args.tenant,
+        priority=args.priority,
+        **gids,
+    )
+
+
+def print_result(data: bytes, out: Any = sys.stdout) -> bool:
+    """Print a result (JSON, plus the stage timeline for a goal); True when it completed."""
+    doc = json.loads(data)
+    print(json.dumps(doc, indent=2, sort_keys=True), file=out)
+    if "goal_id" in doc and "task_id" not in doc:
+        result = GoalResult.model_validate(doc)
+        if result.stages:
+            from rich.console import Console
+            from rich.table import Table
+
+            table = Table(title=f"goal {result.goal_id} ({result.status.value})")
+            for col in ("stage", "worker", "status", "attempts", "duration ms", "error"):
+                table.add_column(col)
+            for s in result.stages:
+                table.add_row(
+                    s.name, s.worker_type, s.status, str(s.attempts), f"{s.duration_ms:.1f}", s.error or ""
+                )
+            Console(file=out, width=120).print(table)
+        return result.status == TaskStatus.COMPLETED
+    return TaskResult.model_validate(doc).status == TaskStatus.COMPLETED
+
+
+async def _main(args: argparse.Namespace, msg: TaskMessage | GoalMessage) -> int:
+    bus = await Bus.connect(nats_settings(args, name="loom-submit"))
+    try:
+        key = msg.goal_id if isinstance(msg, GoalMessage) else msg.result_key
+        sub = await bus.subscribe_results(key) if args.wait else None
+        if isinstance(msg, GoalMessage):
+            await bus.publish_goal(msg)
+        else:
+            await bus.publish_task(msg)
+        sent = msg.goal_id if isinstance(msg, GoalMessage) else msg.task_id
+        print(f"submitted {'goal' if isinstance(msg, GoalMessage) else 'task'} {sent}", file=sys.stderr)
+        if sub is None:
+            return 0
+        try:
+            data = await sub.get(timeout=args.timeout)
+        except TimeoutError:
+            print(f"no result within {args.timeout:g}s", file=sys.stderr)
+            return 3
+        finally:
+            await sub.close()
+        return 0 if print_result(data) else 1
+    finally:
+        await bus.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level, args.log_json)
+    try:
+        msg = build_message(args)
+    except (ValueError, OSError) as exc:
+        print(f"loom submit: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_main(args, msg))

@@ -1,0 +1,88 @@
+"""``loom worker``: run one worker type on one tier."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+from loom.api.loader import LoadError, load_one, resolve_schema_refs
+from loom.api.router_policy import TierDefinition
+from loom.api.worker import WorkerSpec
+from loom.cli.commands._serve import configure_logging, serve
+from loom.cli.common import add_runtime_options
+from loom.worker.engine import TaskEngine, build_engine
+
+NAME = "worker"
+HELP = "Run a worker (LLM or processor) for one tier."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    parser.add_argument(
+        "--config",
+        default=env("LOOM_WORKER_CONFIG"),
+        metavar="FILE",
+        help="Worker YAML or manifest; env LOOM_WORKER_CONFIG",
+    )
+    parser.add_argument(
+        "--tier",
+        default=env("LOOM_TIER"),
+        help="tier to serve (default: the worker's defaultModelTier); env LOOM_TIER",
+    )
+    parser.add_argument(
+        "--policy",
+        default=env("LOOM_POLICY"),
+        metavar="FILE",
+        help="RouterPolicy file with the tier's definition; else env LOOM_TIER_CONFIG (JSON)",
+    )
+    parser.add_argument(
+        "--ack-grace-seconds",
+        type=float,
+        default=float(env("LOOM_ACK_GRACE_SECONDS", "30")),
+        help="ack wait = timeout_seconds + this; env LOOM_ACK_GRACE_SECONDS",
+    )
+    parser.add_argument(
+        "--drain-grace-seconds",
+        type=float,
+        default=float(env("LOOM_DRAIN_GRACE_SECONDS", "25")),
+        help="on SIGTERM, time given to in-flight tasks before they are handed back",
+    )
+    add_runtime_options(parser)
+
+
+def _load(args: argparse.Namespace) -> tuple[WorkerSpec, TierDefinition]:
+    from loom.worker.runtime import load_tier_definition
+
+    if not args.config:
+        raise LoadError(["--config (or LOOM_WORKER_CONFIG) is required"])
+    spec: WorkerSpec = resolve_schema_refs(load_one(args.config, "Worker").spec)
+    tier = args.tier or spec.default_model_tier
+    return spec, load_tier_definition(tier, args.policy)
+
+
+def run(args: argparse.Namespace) -> int:
+    configure_logging(args)
+    try:
+        spec, tier = _load(args)
+        engine = build_engine(spec, tier)  # configuration errors surface before connecting
+    except LoadError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return 2
+    except (ImportError, TypeError, ValueError, KeyError) as exc:
+        print(f"loom worker: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_main(args, spec, tier, engine))
+
+
+async def _main(args: argparse.Namespace, spec: WorkerSpec, tier: TierDefinition, engine: TaskEngine) -> int:
+    from loom.worker.runtime import WorkerOptions, WorkerRuntime
+
+    options = WorkerOptions(ack_grace=args.ack_grace_seconds, drain_grace=args.drain_grace_seconds)
+
+    async def make(bus):  # type: ignore[no-untyped-def]
+        runtime = WorkerRuntime(bus, spec, tier, engine, options)
+        return runtime.run, lambda: runtime.ready
+
+    return await serve(args, f"worker-{spec.name}-{tier.name}", make)

@@ -1,0 +1,60 @@
+"""Trivial processing backends for samples, tests and benchmarks.
+
+``NoopBackend`` returns an empty output at once: the cost of the runtime alone.
+``EchoBackend`` returns the payload, and obeys a few payload keys that make it
+useful for exercising the runtime: ``sleep`` (seconds), ``fail`` (a message to
+raise as BackendError; ``retryable`` to allow retries) and ``output`` (returned
+as the output instead of the echo, e.g. to break an output schema on purpose).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from loom.worker.processor import BackendError, ProcessingBackend, SyncProcessingBackend
+
+
+class NoopBackend(ProcessingBackend):
+    """Does nothing, successfully."""
+
+    async def process(self, payload: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+        return {"output": {}, "model_used": "noop"}
+
+
+def _echo(payload: dict[str, Any], tag: str | None) -> dict[str, Any]:
+    if "fail" in payload:
+        raise BackendError(str(payload["fail"]), retryable=bool(payload.get("retryable", False)))
+    if isinstance(payload.get("output"), dict):
+        return {"output": payload["output"], "model_used": "echo"}
+    return {"output": {"echo": payload, "tag": tag, "pid": os.getpid()}, "model_used": "echo"}
+
+
+class EchoBackend(ProcessingBackend):
+    """Echoes the payload (see the module docstring for the keys it obeys)."""
+
+    def __init__(self, tag: str | None = None, delay_seconds: float = 0.0):
+        self.tag = tag
+        self.delay_seconds = delay_seconds
+
+    async def process(self, payload: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+        delay = float(payload.get("sleep", self.delay_seconds) or 0)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return _echo(payload, self.tag)
+
+
+class SyncEchoBackend(SyncProcessingBackend):
+    """EchoBackend's blocking twin (runs in the worker's thread pool)."""
+
+    def __init__(self, tag: str | None = None):
+        self.tag = tag
+
+    def process_sync(self, payload: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+        import time
+
+        delay = float(payload.get("sleep", 0) or 0)
+        if delay > 0:
+            time.sleep(delay)
+        return _echo(payload, self.tag)

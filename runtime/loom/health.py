@@ -1,0 +1,63 @@
+"""``/metrics``, ``/healthz`` (liveness) and ``/readyz`` (readiness) for every long-running role.
+
+Liveness answers while the event loop runs. Readiness asks the role (NATS
+connected, consumer bound); a role that is draining reports not ready so no new
+work is sent its way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from loom.metrics import exposition
+
+log = logging.getLogger(__name__)
+
+
+class HealthServer:
+    """A small aiohttp server; ``port`` 0 picks a free port (see :attr:`port` after start), -1 is off."""
+
+    def __init__(self, port: int, ready: Callable[[], bool], host: str = "0.0.0.0"):
+        self.requested_port = port
+        self.host = host
+        self.ready = ready
+        self.port: int | None = None
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        """Start serving (no-op when the port is -1)."""
+        if self.requested_port < 0:
+            return
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.requested_port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self.requested_port
+        log.info("metrics and health on port %s", self.port)
+
+    async def stop(self) -> None:
+        """Stop serving."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        if self.ready():
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not ready\n")

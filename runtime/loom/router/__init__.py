@@ -1,0 +1,1 @@
+"""The deterministic router: tier choice, rate limits and dead letters between submitters and workers."""

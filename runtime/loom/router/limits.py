@@ -1,0 +1,339 @@
+"""Rate limits of the router, pure: token buckets, concurrency caps and the queue of waiting tasks.
+
+Time comes from an injected clock (seconds, monotonic) so tests drive it by hand.
+
+* requests per minute and tokens per minute are token buckets that hold one
+  minute's worth and refill continuously; a request bigger than the whole bucket
+  is admitted when the bucket is full (and leaves it in debt) so it cannot wait forever;
+* max concurrent counts tasks dispatched and not yet answered;
+* each router replica enforces ``limit / replicas``;
+* tenant limits apply on top of the tier limits.
+
+A task that does not fit waits. Waiting tasks are admitted by priority (high
+first), then age; a task never overtakes an earlier or higher-priority task
+that waits for one of the same limits. A task that waited ``max_wait`` expires.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from loom.api.router_policy import RateLimit, RouterPolicySpec
+
+Clock = Callable[[], float]
+
+
+class TokenBucket:
+    """Holds up to ``capacity`` tokens, refilled at ``rate`` per second."""
+
+    __slots__ = ("capacity", "level", "rate", "stamp")
+
+    def __init__(self, capacity: float, rate: float, now: float):
+        self.capacity = capacity
+        self.rate = rate
+        self.level = capacity
+        self.stamp = now
+
+    def _refill(self, now: float) -> None:
+        if now > self.stamp:
+            self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+            self.stamp = now
+
+    def available(self, now: float) -> float:
+        """Tokens available now (negative while in debt)."""
+        self._refill(now)
+        return self.level
+
+    def fits(self, amount: float, now: float) -> bool:
+        """Whether ``amount`` can be taken now (oversized amounts need a full bucket)."""
+        self._refill(now)
+        return self.level >= min(amount, self.capacity) - 1e-9
+
+    def take(self, amount: float, now: float) -> None:
+        """Take tokens (may leave the bucket in debt)."""
+        self._refill(now)
+        self.level -= amount
+
+    def give(self, amount: float, now: float) -> None:
+        """Return tokens (up to capacity)."""
+        self._refill(now)
+        self.level = min(self.capacity, self.level + amount)
+
+    def time_until(self, amount: float, now: float) -> float:
+        """Seconds until ``amount`` fits."""
+        self._refill(now)
+        need = min(amount, self.capacity) - self.level
+        return 0.0 if need <= 1e-9 else need / self.rate
+
+
+class Concurrency:
+    """At most ``limit`` held at once; released by events, never by time."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+
+    def fits(self) -> bool:
+        """Whether one more can be held."""
+        return self.used < self.limit
+
+
+@dataclass(eq=False)
+class LimitSet:
+    """The limits of one tier or one tenant (this replica's share)."""
+
+    name: str
+    requests: TokenBucket | None = None
+    tokens: TokenBucket | None = None
+    concurrency: Concurrency | None = None
+
+    @classmethod
+    def from_spec(cls, name: str, spec: RateLimit | None, replicas: int, now: float) -> LimitSet:
+        """This replica's share of ``spec`` (each replica enforces ``limit / replicas``)."""
+        out = cls(name)
+        if spec is None:
+            return out
+        if spec.requests_per_minute:
+            cap = spec.requests_per_minute / replicas
+            out.requests = TokenBucket(cap, cap / 60.0, now)
+        if spec.tokens_per_minute:
+            cap = spec.tokens_per_minute / replicas
+            out.tokens = TokenBucket(cap, cap / 60.0, now)
+        if spec.max_concurrent:
+            out.concurrency = Concurrency(max(1, spec.max_concurrent // replicas))
+        return out
+
+    @property
+    def empty(self) -> bool:
+        """True when nothing is limited."""
+        return self.requests is None and self.tokens is None and self.concurrency is None
+
+    def fits(self, tokens: float, now: float) -> bool:
+        """Whether one request of ``tokens`` tokens fits every limit now."""
+        return (
+            (self.requests is None or self.requests.fits(1, now))
+            and (self.tokens is None or self.tokens.fits(tokens, now))
+            and (self.concurrency is None or self.concurrency.fits())
+        )
+
+    def take(self, tokens: float, now: float) -> None:
+        if self.requests is not None:
+            self.requests.take(1, now)
+        if self.tokens is not None:
+            self.tokens.take(tokens, now)
+        if self.concurrency is not None:
+            self.concurrency.used += 1
+
+    def wait_time(self, tokens: float, now: float) -> float:
+        """Seconds until the time-based limits fit (inf when only a release can help)."""
+        t = 0.0
+        if self.requests is not None:
+            t = max(t, self.requests.time_until(1, now))
+        if self.tokens is not None:
+            t = max(t, self.tokens.time_until(tokens, now))
+        if self.concurrency is not None and not self.concurrency.fits():
+            return math.inf
+        return t
+
+
+@dataclass(eq=False)
+class Ticket:
+    """What an admitted request holds, to be released when its result comes back."""
+
+    tier: str
+    tenant: str
+    tokens: float
+    limits: tuple[LimitSet, ...]
+    released: bool = False
+
+
+@dataclass(eq=False)
+class Request:
+    """A task asking for capacity."""
+
+    tier: str
+    tenant: str
+    tokens: float
+    priority: int
+    arrived: float
+    deadline: float
+    item: Any = None
+    seq: int = 0
+    limits: tuple[LimitSet, ...] = field(default=())
+
+    def sort_key(self) -> tuple[int, float, int]:
+        return (-self.priority, self.arrived, self.seq)
+
+
+class Limiter:
+    """Every limit of a RouterPolicy for one router replica."""
+
+    def __init__(self, policy: RouterPolicySpec, clock: Clock):
+        self.clock = clock
+        self.replicas = policy.replicas
+        now = clock()
+        self.tiers: dict[str, LimitSet] = {
+            tier: LimitSet.from_spec(f"tier:{tier}", policy.rate_limits.get(tier), self.replicas, now)
+            for tier in set(policy.tier_names) | set(policy.rate_limits)
+        }
+        self._tenant_default = policy.tenant_limits.default
+        self._tenant_overrides = policy.tenant_limits.overrides
+        self.tenants: dict[str, LimitSet] = {}
+
+    def limits_for(self, tier: str, tenant: str) -> tuple[LimitSet, ...]:
+        """The non-empty limit sets a request of (tier, tenant) must fit."""
+        out: list[LimitSet] = []
+        ts = self.tiers.get(tier)
+        if ts is None:
+            ts = self.tiers[tier] = LimitSet(f"tier:{tier}")
+        if not ts.empty:
+            out.append(ts)
+        if self._tenant_default is not None or tenant in self._tenant_overrides:
+            tl = self.tenants.get(tenant)
+            if tl is None:
+                spec = self._tenant_overrides.get(tenant, self._tenant_default)
+                tl = self.tenants[tenant] = LimitSet.from_spec(
+                    f"tenant:{tenant}", spec, self.replicas, self.clock()
+                )
+            if not tl.empty:
+                out.append(tl)
+        return tuple(out)
+
+    def needs_tracking(self, limits: tuple[LimitSet, ...]) -> bool:
+        """Whether the result of a dispatch matters (concurrency to release, tokens to correct)."""
+        return any(ls.concurrency is not None or ls.tokens is not None for ls in limits)
+
+    def try_acquire(
+        self, tier: str, tenant: str, tokens: float, limits: tuple[LimitSet, ...] | None = None
+    ) -> Ticket | None:
+        """Take capacity for one request if every limit has room; None otherwise."""
+        limits = self.limits_for(tier, tenant) if limits is None else limits
+        now = self.clock()
+        for ls in limits:
+            if not ls.fits(tokens, now):
+                return None
+        for ls in limits:
+            ls.take(tokens, now)
+        return Ticket(tier, tenant, tokens, limits)
+
+    def release(self, ticket: Ticket, actual_tokens: float | None = None) -> None:
+        """The result is back: free concurrency and correct the token estimate by the real usage."""
+        if ticket.released:
+            return
+        ticket.released = True
+        now = self.clock()
+        for ls in ticket.limits:
+            if ls.concurrency is not None:
+                ls.concurrency.used = max(0, ls.concurrency.used - 1)
+            if ls.tokens is not None and actual_tokens is not None:
+                diff = ticket.tokens - actual_tokens
+                if diff > 0:
+                    ls.tokens.give(diff, now)
+                elif diff < 0:
+                    ls.tokens.take(-diff, now)
+
+
+@dataclass
+class PumpResult:
+    """What one pass over the waiting queue decided."""
+
+    admitted: list[tuple[Request, Ticket]]
+    expired: list[Request]
+    next_wake: float | None  # clock time worth looking again (refill or deadline), None when only events help
+
+
+class AdmissionQueue:
+    """Admission with backpressure: fast path when nothing waits, else priority-ordered waiting."""
+
+    def __init__(self, limiter: Limiter, max_wait: float):
+        self.limiter = limiter
+        self.clock = limiter.clock
+        self.max_wait = max_wait
+        self.waiting: list[tuple[tuple[int, float, int], Request]] = []
+        self._waiters_on: dict[int, int] = {}
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self.waiting)
+
+    def request(self, tier: str, tenant: str, tokens: float, priority: int, item: Any = None) -> Request:
+        """A request arriving now."""
+        now = self.clock()
+        self._seq += 1
+        return Request(
+            tier,
+            tenant,
+            tokens,
+            priority,
+            now,
+            now + self.max_wait,
+            item,
+            self._seq,
+            self.limiter.limits_for(tier, tenant),
+        )
+
+    def submit(self, req: Request) -> Ticket | None:
+        """Admit now if nothing waits on the same limits and all fit; otherwise enqueue (returns None)."""
+        if not req.limits:
+            return Ticket(req.tier, req.tenant, req.tokens, ())
+        if not any(self._waiters_on.get(id(ls)) for ls in req.limits):
+            ticket = self.limiter.try_acquire(req.tier, req.tenant, req.tokens, req.limits)
+            if ticket is not None:
+                return ticket
+        key = req.sort_key()
+        bisect.insort(self.waiting, (key, req), key=lambda e: e[0])
+        for ls in req.limits:
+            self._waiters_on[id(ls)] = self._waiters_on.get(id(ls), 0) + 1
+        return None
+
+    def _remove(self, idx: int) -> Request:
+        _, req = self.waiting.pop(idx)
+        for ls in req.limits:
+            self._waiters_on[id(ls)] -= 1
+        return req
+
+    def cancel(self, req: Request) -> bool:
+        """Drop a waiting request (e.g. the router is shutting down)."""
+        for i, (_, r) in enumerate(self.waiting):
+            if r is req:
+                self._remove(i)
+                return True
+        return False
+
+    def pump(self) -> PumpResult:
+        """Admit what fits in priority order, expire what waited too long, say when to look again."""
+        now = self.clock()
+        admitted: list[tuple[Request, Ticket]] = []
+        expired: list[Request] = []
+        blocked: set[int] = set()
+        next_wake: float | None = None
+        i = 0
+        while i < len(self.waiting):
+            req = self.waiting[i][1]
+            if now >= req.deadline:
+                expired.append(self._remove(i))
+                continue
+            if any(id(ls) in blocked for ls in req.limits):
+                next_wake = req.deadline if next_wake is None else min(next_wake, req.deadline)
+                i += 1
+                continue
+            ticket = self.limiter.try_acquire(req.tier, req.tenant, req.tokens, req.limits)
+            if ticket is not None:
+                self._remove(i)
+                admitted.append((req, ticket))
+                continue
+            wait = max((ls.wait_time(req.tokens, now) for ls in req.limits), default=0.0)
+            candidates = [req.deadline]
+            if math.isfinite(wait):
+                candidates.append(now + max(wait, 0.001))
+            wake = min(candidates)
+            next_wake = wake if next_wake is None else min(next_wake, wake)
+            blocked.update(id(ls) for ls in req.limits)
+            i += 1
+        return PumpResult(admitted, expired, next_wake)

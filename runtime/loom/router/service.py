@@ -1,0 +1,401 @@
+"""The router on the bus: pulls ``loom.tasks.incoming`` through the one shared durable, applies the
+routing decision and the limits, forwards the original bytes to ``loom.tasks.<type>.<tier>``.
+
+* Each incoming message is forwarded with ``Nats-Msg-Id: in-<stream seq>``, so a
+  router that dies between forwarding and acking cannot make a duplicate.
+* A task over a limit is held un-acked (kept alive with in-progress acks) until
+  capacity frees up or ``onLimit.maxWaitSeconds`` passes; then it is a dead letter.
+* Results on ``loom.results.>`` release the concurrency and correct the token
+  estimate of this replica's own dispatches.
+* The captured MAX_DELIVERIES advisories become ``max_deliveries`` dead letters
+  carrying the original message, which is then removed from its work queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from loom import metrics
+from loom.api.router_policy import RouterConfig
+from loom.bus import ADVISORY_CONSUMER, STREAM_ADVISORIES, Bus, BusError, Delivery
+from loom.dead_letters import build_dead_letter
+from loom.messages import DeadLetterReason, TaskMessage, TaskResult, TaskStatus
+from loom.router.limits import AdmissionQueue, Limiter, Request, Ticket
+from loom.router.routing import Rejection, Route, RoutingTable, estimate_tokens
+from loom.subjects import ROUTER_CONSUMER, STREAM_INCOMING
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RouterOptions:
+    """Tuning of one router process."""
+
+    max_in_flight: int = 4096  # messages held at once, waiting ones included
+    batch: int = 256
+    ack_wait: float = 30.0
+    max_deliver: int = 10
+    dispatch_lease: float = 900.0  # release a dispatch's concurrency if no result comes back by then
+    lag_interval: float = 5.0
+    drain_grace: float = 10.0
+
+
+class _ShuttingDown(Exception):
+    """The router stops; a waiting task goes back to the stream for another replica."""
+
+
+class RouterService:
+    """One router replica."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        config: RouterConfig,
+        options: RouterOptions | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.bus = bus
+        self.table = RoutingTable(config)
+        self.options = options or RouterOptions()
+        self.clock = clock
+        self.limiter = Limiter(config.policy, clock)
+        self.queue = AdmissionQueue(self.limiter, config.policy.on_limit.max_wait_seconds)
+        self.dispatched: dict[str, tuple[Ticket, float]] = {}
+        self.wake = asyncio.Event()
+        self.bound = False
+        self._routed: dict[tuple[str, str], Any] = {}
+        self._keepalive = max(1.0, self.options.ack_wait / 3)
+
+    @property
+    def ready(self) -> bool:
+        """NATS connected and the incoming consumer bound."""
+        return self.bound and self.bus.is_connected
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Route until ``stop`` is set, then hand waiting tasks back and return."""
+        o = self.options
+        await self.bus.ensure_router_consumer(
+            ack_wait=o.ack_wait,
+            max_deliver=o.max_deliver,
+            max_ack_pending=o.max_in_flight * self.limiter.replicas,
+        )
+        await self.bus.ensure_advisory_consumer()
+        results_sub = await self.bus.subscribe_all_results(self._on_result)
+
+        def bound() -> None:
+            self.bound = True
+            metrics.NATS_CONNECTED.labels("router").set(1)
+
+        side = [
+            asyncio.create_task(self._pump_loop(stop), name="router-pump"),
+            asyncio.create_task(self._lag_loop(stop), name="router-lag"),
+            asyncio.create_task(
+                self.bus.consume(
+                    STREAM_ADVISORIES,
+                    ADVISORY_CONSUMER,
+                    self._handle_advisory,
+                    max_in_flight=8,
+                    batch=8,
+                    stop=stop,
+                ),
+                name="router-advisories",
+            ),
+        ]
+        try:
+            await self.bus.consume(
+                STREAM_INCOMING,
+                ROUTER_CONSUMER,
+                self._handle,
+                max_in_flight=o.max_in_flight,
+                batch=o.batch,
+                stop=stop,
+                drain_grace=o.drain_grace,
+                on_bound=bound,
+            )
+        finally:
+            self.bound = False
+            stop.set()
+            await asyncio.gather(*side, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await results_sub.unsubscribe()
+
+    # -- incoming tasks -----------------------------------------------------------------------------------
+
+    async def _handle(self, d: Delivery) -> None:
+        try:
+            task = TaskMessage.model_validate_json(d.data)
+        except ValidationError as exc:
+            await self._dead(d, DeadLetterReason.MALFORMED, _brief(exc), None)
+            return
+        decision = self.table.route(task)
+        if isinstance(decision, Rejection):
+            await self._dead(d, decision.reason, decision.detail, task)
+            return
+        limits = self.limiter.limits_for(decision.tier, task.tenant)
+        ticket: Ticket | None = None
+        if limits:
+            tokens = 0
+            if any(ls.tokens is not None for ls in limits):
+                tokens = estimate_tokens(len(d.data), self.table.max_output_tokens(task.worker_type))
+            req = self.queue.request(decision.tier, task.tenant, tokens, int(task.priority))
+            ticket = self.queue.submit(req)
+            if ticket is None:
+                try:
+                    ticket = await self._wait(req, d, decision.tier)
+                except _ShuttingDown:
+                    await d.nak()  # straight back to the stream for another replica
+                    return
+                if ticket is None:
+                    metrics.RATE_LIMIT_REJECTIONS.labels(decision.tier).inc()
+                    await self._dead(
+                        d,
+                        DeadLetterReason.RATE_LIMITED,
+                        f"tier {decision.tier!r} / tenant {task.tenant!r} over its limits for "
+                        f"{self.queue.max_wait:g}s",
+                        task,
+                        decision.tier,
+                    )
+                    return
+        await self._dispatch(d, task, decision, ticket)
+
+    async def _wait(self, req: Request, d: Delivery, tier: str) -> Ticket | None:
+        metrics.RATE_LIMIT_WAITS.labels(tier).inc()
+        fut: asyncio.Future[Ticket | None] = asyncio.get_running_loop().create_future()
+        req.item = (fut, d)
+        self.wake.set()
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            self.queue.cancel(req)
+            if fut.done() and not fut.cancelled() and fut.exception() is None and fut.result() is not None:
+                self.limiter.release(fut.result())  # type: ignore[arg-type]
+            raise
+
+    async def _dispatch(self, d: Delivery, task: TaskMessage, route: Route, ticket: Ticket | None) -> None:
+        tracked = ticket is not None and self.limiter.needs_tracking(ticket.limits)
+        if tracked:
+            assert ticket is not None
+            self.dispatched[task.task_id] = (ticket, self.clock() + self.options.dispatch_lease)
+        try:
+            await self.bus.js_publish(route.subject, d.data, msg_id=f"in-{d.stream_seq}")
+        except (BusError, TimeoutError, OSError) as exc:
+            log.warning("forwarding task %s to %s failed (%s); will retry", task.task_id, route.subject, exc)
+            if ticket is not None:
+                self.dispatched.pop(task.task_id, None)
+                self.limiter.release(ticket)
+                self.wake.set()
+            await d.nak(delay=1.0)
+            return
+        await d.ack()
+        counter = self._routed.get((route.worker_type, route.tier))
+        if counter is None:
+            counter = self._routed[(route.worker_type, route.tier)] = metrics.ROUTED.labels(
+                route.worker_type, route.tier
+            )
+        counter.inc()
+
+    async def _dead(
+        self,
+        d: Delivery,
+        reason: DeadLetterReason,
+        detail: str,
+        task: TaskMessage | None,
+        tier: str | None = None,
+    ) -> None:
+        dl = build_dead_letter(
+            reason,
+            detail,
+            subject=d.subject,
+            data=d.data,
+            origin=f"{STREAM_INCOMING}:{d.stream_seq}",
+            role="router",
+            task=task,
+            tier=tier,
+            deliveries=d.num_delivered,
+        )
+        await self.bus.publish_dead_letter(dl)
+        if task is not None:
+            await self.bus.publish_result(_failed(task, tier, reason.value, f"{reason.value}: {detail}"))
+        await d.term()
+        metrics.DEAD_LETTERS.labels(reason.value, "router").inc()
+
+    # -- results, waiting, leases ---------------------------------------------------------------------------
+
+    def _on_result(self, data: bytes) -> None:
+        if not self.dispatched:
+            return
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return
+        entry = self.dispatched.pop(str(doc.get("task_id")), None) if isinstance(doc, dict) else None
+        if entry is None:
+            return
+        usage = doc.get("token_usage") or {}
+        actual = None
+        if isinstance(usage, dict):
+            actual = float(usage.get("prompt_tokens", 0) or 0) + float(usage.get("completion_tokens", 0) or 0)
+        self.limiter.release(entry[0], actual)
+        self.wake.set()
+
+    async def _pump_loop(self, stop: asyncio.Event) -> None:
+        next_keepalive = time.monotonic() + self._keepalive
+        next_gauges = 0.0
+        while not stop.is_set():
+            res = self.queue.pump()
+            for req, ticket in res.admitted:
+                fut = req.item[0] if req.item else None
+                if fut is not None and not fut.done():
+                    fut.set_result(ticket)
+                else:
+                    self.limiter.release(ticket)
+            for req in res.expired:
+                fut = req.item[0] if req.item else None
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+            now = time.monotonic()
+            if now >= next_keepalive:
+                next_keepalive = now + self._keepalive
+                await self._keep_waiting_alive()
+                self._expire_leases()
+            if now >= next_gauges:
+                next_gauges = now + 1.0
+                self._update_gauges()
+            timeout = min(next_keepalive, next_gauges) - now
+            if res.next_wake is not None:
+                timeout = min(timeout, res.next_wake - self.clock())
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wait_either(stop), timeout=max(timeout, 0.001))
+        for _, req in list(self.queue.waiting):
+            self.queue.cancel(req)
+            fut = req.item[0] if req.item else None
+            if fut is not None and not fut.done():
+                fut.set_exception(_ShuttingDown())
+
+    async def _wait_either(self, stop: asyncio.Event) -> None:
+        w = asyncio.ensure_future(self.wake.wait())
+        s = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({w, s}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            w.cancel()
+            s.cancel()
+
+    async def _keep_waiting_alive(self) -> None:
+        for _, req in list(self.queue.waiting):
+            if req.item:
+                with contextlib.suppress(Exception):
+                    await req.item[1].in_progress()
+
+    def _expire_leases(self) -> None:
+        now = self.clock()
+        stale = [tid for tid, (_, until) in self.dispatched.items() if until <= now]
+        for tid in stale:
+            ticket, _ = self.dispatched.pop(tid)
+            self.limiter.release(ticket)
+        if stale:
+            log.warning("released %d dispatches whose results never came back", len(stale))
+            self.wake.set()
+
+    def _update_gauges(self) -> None:
+        now = self.clock()
+        waiting: dict[str, int] = dict.fromkeys(self.limiter.tiers, 0)
+        for _, req in self.queue.waiting:
+            waiting[req.tier] = waiting.get(req.tier, 0) + 1
+        for tier, count in waiting.items():
+            metrics.RATE_LIMIT_WAITING.labels(tier).set(count)
+        for tier, ls in self.limiter.tiers.items():
+            if ls.requests is not None:
+                metrics.TOKENS_AVAILABLE.labels(tier, "requests").set(ls.requests.available(now))
+            if ls.tokens is not None:
+                metrics.TOKENS_AVAILABLE.labels(tier, "tokens").set(ls.tokens.available(now))
+            if ls.concurrency is not None:
+                metrics.TIER_IN_FLIGHT.labels(tier).set(ls.concurrency.used)
+
+    async def _lag_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                lag = await self.bus.consumer_info(STREAM_INCOMING, ROUTER_CONSUMER)
+                metrics.CONSUMER_LAG.labels(STREAM_INCOMING, ROUTER_CONSUMER).set(lag.total)
+                metrics.CONSUMER_PENDING.labels(STREAM_INCOMING, ROUTER_CONSUMER).set(lag.num_pending)
+                metrics.CONSUMER_ACK_PENDING.labels(STREAM_INCOMING, ROUTER_CONSUMER).set(lag.num_ack_pending)
+                metrics.NATS_CONNECTED.labels("router").set(1 if self.bus.is_connected else 0)
+            except Exception as exc:
+                log.debug("consumer info failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.options.lag_interval)
+
+    # -- MAX_DELIVERIES advisories ------------------------------------------------------------------------
+
+    async def _handle_advisory(self, d: Delivery) -> None:
+        try:
+            adv = json.loads(d.data)
+            stream = str(adv["stream"])
+            seq = int(adv["stream_seq"])
+            deliveries = int(adv.get("deliveries", 0)) or None
+            consumer = str(adv.get("consumer", "?"))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("unreadable MAX_DELIVERIES advisory (%s): %r", exc, d.data[:200])
+            await d.term()
+            return
+        stored = await self.bus.get_stream_message(stream, seq)
+        if stored is None:
+            await d.ack()  # settled meanwhile (acked, or already dead-lettered)
+            return
+        try:
+            task: TaskMessage | None = TaskMessage.model_validate_json(stored.data)
+        except ValidationError:
+            task = None
+        parts = stored.subject.split(".")
+        tier = parts[3] if len(parts) == 4 and parts[2] != "incoming" else None
+        detail = f"delivered {deliveries} times to consumer {consumer} without being settled"
+        dl = build_dead_letter(
+            DeadLetterReason.MAX_DELIVERIES,
+            detail,
+            subject=stored.subject,
+            data=stored.data,
+            origin=f"{stream}:{seq}",
+            role="router",
+            task=task,
+            tier=tier,
+            deliveries=deliveries,
+        )
+        await self.bus.publish_dead_letter(dl)
+        if task is not None:
+            await self.bus.publish_result(_failed(task, tier, "max_deliveries", f"max_deliveries: {detail}"))
+        await self.bus.delete_stream_message(stream, seq)
+        await d.ack()
+        metrics.DEAD_LETTERS.labels(DeadLetterReason.MAX_DELIVERIES.value, "router").inc()
+
+
+def _failed(task: TaskMessage, tier: str | None, code: str, error: str) -> TaskResult:
+    return TaskResult(
+        task_id=task.task_id,
+        parent_task_id=task.parent_task_id,
+        worker_type=task.worker_type,
+        status=TaskStatus.FAILED,
+        error=error,
+        error_code=code,
+        model_tier=tier or task.model_tier,
+        tenant=task.tenant,
+        request_id=task.request_id,
+        metadata=task.metadata,
+    )
+
+
+def _brief(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+    return "; ".join(parts)

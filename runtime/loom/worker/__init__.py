@@ -1,0 +1,1 @@
+"""Workers: the runtime that takes tasks off the bus, and the engines that do them."""

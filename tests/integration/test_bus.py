@@ -1,0 +1,186 @@
+"""The bus against a real nats-server: streams, dedupe, the pull loop, results, key-value, auth."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import tempfile
+import time
+
+import pytest
+from tests.support.nats_server import free_port, nats_server_binary
+from tests.support.processes import bus, poll
+
+from loom.bus import STREAM_ADVISORIES, Bus, BusError, Delivery
+from loom.messages import TaskMessage, TaskResult, TaskStatus
+from loom.settings import NatsSettings
+from loom.subjects import STREAM_DEAD_LETTER, STREAM_GOALS, STREAM_INCOMING, STREAM_TASKS, task_subject
+
+pytestmark = pytest.mark.integration
+__all__ = ["bus"]
+
+
+async def test_streams_are_declared_idempotently_and_updated(bus: Bus) -> None:
+    await bus.ensure_streams()
+    names = {s.config.name for s in await bus.js.streams_info()}
+    assert {STREAM_INCOMING, STREAM_TASKS, STREAM_DEAD_LETTER, STREAM_GOALS, STREAM_ADVISORIES} <= names
+    info = await bus.js.stream_info(STREAM_DEAD_LETTER)
+    assert info.config.max_age == 7 * 24 * 3600 and info.config.duplicate_window == 120
+    # someone changed the config: declaring again puts it back
+    cfg = info.config
+    cfg.max_age = 600
+    await bus.js.update_stream(cfg)
+    await bus.ensure_streams()
+    assert (await bus.js.stream_info(STREAM_DEAD_LETTER)).config.max_age == 7 * 24 * 3600
+
+
+async def test_msg_id_dedupes_and_unknown_subject_fails(bus: Bus) -> None:
+    t = TaskMessage(worker_type="echo")
+    subject = task_subject("echo", "local")
+    await bus.publish_task(t, subject=subject, msg_id="once")
+    await bus.publish_task(t, subject=subject, msg_id="once")
+    await bus.publish_task(t, subject=subject)
+    assert await bus.stream_messages(STREAM_TASKS) == 2
+    with pytest.raises(BusError):
+        await bus.js_publish("nowhere.at.all", b"x")
+
+
+async def test_consumer_update_and_lag(bus: Bus) -> None:
+    name = await bus.ensure_worker_consumer("echo", "local", ack_wait=5, max_deliver=3, max_ack_pending=10)
+    await bus.ensure_worker_consumer("echo", "local", ack_wait=9, max_deliver=4, max_ack_pending=20)
+    info = await bus.js.consumer_info(STREAM_TASKS, name)
+    assert info.config.ack_wait == 9 and info.config.max_deliver == 4
+    for _ in range(3):
+        await bus.publish_task(TaskMessage(worker_type="echo"), subject=task_subject("echo", "local"))
+    lag = await bus.consumer_info(STREAM_TASKS, name)
+    assert (lag.num_pending, lag.num_ack_pending, lag.total) == (3, 0, 3)
+
+
+async def test_pull_loop_never_exceeds_max_in_flight(bus: Bus) -> None:
+    name = await bus.ensure_worker_consumer("echo", "local", ack_wait=30, max_deliver=3, max_ack_pending=1000)
+    n, limit = 300, 7
+    await asyncio.gather(
+        *(
+            bus.publish_task(TaskMessage(worker_type="echo"), subject=task_subject("echo", "local"))
+            for _ in range(n)
+        )
+    )
+    running = peak = done = 0
+    stop = asyncio.Event()
+
+    async def handler(d: Delivery) -> None:
+        nonlocal running, peak, done
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.001)
+        running -= 1
+        done += 1
+        await d.ack()
+        if done == n:
+            stop.set()
+
+    await asyncio.wait_for(
+        bus.consume(STREAM_TASKS, name, handler, max_in_flight=limit, batch=64, stop=stop), 30
+    )
+    assert done == n and peak == limit
+    await poll(lambda: _lag_zero(bus, name))
+
+
+async def _lag_zero(b: Bus, name: str) -> bool:
+    return (await b.consumer_info(STREAM_TASKS, name)).total == 0
+
+
+async def test_stop_hands_back_unfinished_work_for_immediate_redelivery(bus: Bus) -> None:
+    name = await bus.ensure_worker_consumer("echo", "local", ack_wait=60, max_deliver=5, max_ack_pending=100)
+    await bus.publish_task(TaskMessage(worker_type="echo"), subject=task_subject("echo", "local"))
+    stop = asyncio.Event()
+    started = asyncio.Event()
+
+    async def stuck(d: Delivery) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    loop = asyncio.create_task(
+        bus.consume(STREAM_TASKS, name, stuck, max_in_flight=4, batch=4, stop=stop, drain_grace=0.1)
+    )
+    await asyncio.wait_for(started.wait(), 10)
+    stop.set()
+    await asyncio.wait_for(loop, 10)
+    # nak'ed, not waiting for the 60 s ack wait: another consumer gets it right away
+    got: list[int] = []
+    stop2 = asyncio.Event()
+
+    async def take(d: Delivery) -> None:
+        got.append(d.num_delivered)
+        await d.ack()
+        stop2.set()
+
+    t0 = time.monotonic()
+    await asyncio.wait_for(bus.consume(STREAM_TASKS, name, take, max_in_flight=1, batch=1, stop=stop2), 10)
+    assert got == [2] and time.monotonic() - t0 < 5
+
+
+async def test_results_reach_subscribers_and_time_out_otherwise(bus: Bus) -> None:
+    sub = await bus.subscribe_results("goal-1")
+    with pytest.raises(TimeoutError):
+        await sub.get(timeout=0.05)
+    await bus.publish_result(
+        TaskResult(
+            task_id="t",
+            parent_task_id="goal-1",
+            worker_type="echo",
+            status=TaskStatus.COMPLETED,
+            output={"ok": True},
+        )
+    )
+    got = TaskResult.from_bytes(await sub.get(timeout=5))
+    assert got.output == {"ok": True}
+    await sub.close()
+
+
+async def test_key_value_bucket_is_created_and_reused(bus: Bus) -> None:
+    kv = await bus.key_value("loom-test", ttl=60)
+    await kv.put("a", b"1")
+    again = await bus.key_value("loom-test")
+    assert (await again.get("a")).value == b"1"
+
+
+def _server(*args: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    store = tempfile.mkdtemp(prefix="loom-nats-auth-")
+    proc = subprocess.Popen(
+        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return proc, port
+
+
+@pytest.mark.parametrize(
+    ("server_args", "settings"),
+    [
+        (("--auth", "s3cret"), {"token": "s3cret"}),
+        (("--user", "loom", "--pass", "pw"), {"user": "loom", "password": "pw"}),
+    ],
+)
+async def test_connects_with_token_or_user_password(
+    server_args: tuple[str, ...], settings: dict[str, str]
+) -> None:
+    proc, port = _server(*server_args)
+    try:
+        url = f"nats://127.0.0.1:{port}"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                b = await Bus.connect(NatsSettings(url=url, **settings))
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+        await b.publish_task(TaskMessage(worker_type="echo"))
+        assert await b.stream_messages(STREAM_INCOMING) == 1
+        await b.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)

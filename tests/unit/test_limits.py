@@ -1,0 +1,153 @@
+"""Rate limits with a hand-driven clock: what passes in a window, waiting order, expiry, corrections."""
+
+from __future__ import annotations
+
+import math
+
+from loom.api.router_policy import RouterPolicySpec
+from loom.router.limits import AdmissionQueue, Limiter, TokenBucket
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, s: float) -> None:
+        self.t += s
+
+
+def make(clock: Clock, max_wait: float = 30.0, **policy: object) -> AdmissionQueue:
+    return AdmissionQueue(Limiter(RouterPolicySpec.model_validate(policy), clock), max_wait)
+
+
+def admitted_in(q: AdmissionQueue, clock: Clock, seconds: float, step: float = 0.1, tokens: float = 0) -> int:
+    """Offer one request per step for ``seconds``; count how many got in at once."""
+    n = 0
+    for _ in range(round(seconds / step)):
+        if q.submit(q.request("local", "default", tokens, 1)) is not None:
+            n += 1
+        else:
+            q.waiting.clear()
+            q._waiters_on.clear()
+        clock.advance(step)
+    return n
+
+
+def test_token_bucket_refills_continuously_and_allows_one_oversized() -> None:
+    b = TokenBucket(10, 1.0, now=0)
+    assert b.fits(10, 0) and b.fits(10.5, 0)  # oversized needs only a full bucket
+    b.take(25, 0)
+    assert b.available(0) == -15
+    assert b.time_until(1, 0) == 16
+    assert not b.fits(1, 15.9) and b.fits(1, 16.0)
+    b.give(100, 16)
+    assert b.available(16) == 10
+
+
+def test_requests_per_minute_holds_over_a_window() -> None:
+    clock = Clock()
+    q = make(clock, rateLimits={"local": {"requestsPerMinute": 60}})
+    # one minute's worth at once, then one per second
+    assert admitted_in(q, clock, 0.5) == 5
+    clock.t = 2000.0
+    q = make(clock, rateLimits={"local": {"requestsPerMinute": 60}})
+    assert admitted_in(q, clock, 120, step=0.05) in (60 + 120, 60 + 119)
+
+
+def test_each_replica_enforces_its_share() -> None:
+    clock = Clock()
+    q = make(clock, replicas=4, rateLimits={"local": {"requestsPerMinute": 40, "maxConcurrent": 9}})
+    assert sum(q.submit(q.request("local", "t", 0, 1)) is not None for _ in range(20)) == 2  # min(40/4, 9//4)
+
+
+def test_concurrency_waits_for_release_in_priority_order() -> None:
+    clock = Clock()
+    q = make(clock, rateLimits={"local": {"maxConcurrent": 1}})
+    first = q.submit(q.request("local", "t", 0, 1))
+    assert first is not None
+    low = q.request("local", "t", 0, 0)
+    high = q.request("local", "t", 0, 2)
+    normal = q.request("local", "t", 0, 1)
+    for r in (low, high, normal):
+        assert q.submit(r) is None
+    res = q.pump()
+    assert res.admitted == [] and res.next_wake == low.deadline  # nothing but a release or a deadline helps
+    q.limiter.release(first)
+    order = []
+    for _ in range(3):
+        ((req, ticket),) = q.pump().admitted
+        order.append(req)
+        q.limiter.release(ticket)
+    assert order == [high, normal, low]
+
+
+def test_newcomers_do_not_overtake_waiting_tasks() -> None:
+    clock = Clock()
+    q = make(clock, rateLimits={"local": {"requestsPerMinute": 60}})
+    for _ in range(60):
+        assert q.submit(q.request("local", "t", 0, 1)) is not None
+    waiting = q.request("local", "t", 0, 1)
+    assert q.submit(waiting) is None
+    clock.advance(1.0)  # one token back
+    late = q.request("local", "t", 0, 1)
+    assert q.submit(late) is None  # queues behind, even though a token is free
+    res = q.pump()
+    assert [r for r, _ in res.admitted] == [waiting]
+    assert res.next_wake is not None and math.isclose(res.next_wake, clock() + 1.0)
+
+
+def test_waiting_expires_after_max_wait() -> None:
+    clock = Clock()
+    q = make(clock, max_wait=5, rateLimits={"local": {"maxConcurrent": 1}})
+    q.submit(q.request("local", "t", 0, 1))
+    r = q.request("local", "t", 0, 1)
+    q.submit(r)
+    clock.advance(4.9)
+    assert q.pump().expired == []
+    clock.advance(0.2)
+    res = q.pump()
+    assert res.expired == [r] and len(q) == 0
+
+
+def test_tokens_estimated_then_corrected_by_usage() -> None:
+    clock = Clock()
+    q = make(clock, rateLimits={"local": {"tokensPerMinute": 1000}})
+    t1 = q.submit(q.request("local", "t", 400, 1))
+    t2 = q.submit(q.request("local", "t", 400, 1))
+    assert t1 is not None and t2 is not None
+    assert q.submit(q.request("local", "t", 400, 1)) is None  # 200 left
+    q.limiter.release(t1, actual_tokens=50)  # 350 given back
+    ((_, t3),) = q.pump().admitted
+    q.limiter.release(t2, actual_tokens=900)  # 500 more charged: in debt now
+    bucket = q.limiter.tiers["local"].tokens
+    assert bucket is not None and math.isclose(bucket.available(clock()), 1000 - 50 - 900 - 400)
+    assert t3 is not None
+
+
+def test_other_tiers_pass_while_one_is_blocked() -> None:
+    clock = Clock()
+    q = make(clock, rateLimits={"local": {"maxConcurrent": 1}})
+    q.submit(q.request("local", "t", 0, 3))
+    assert q.submit(q.request("local", "t", 0, 3)) is None
+    assert q.submit(q.request("frontier", "t", 0, 0)) is not None
+
+
+def test_tenant_limits_default_and_override_on_top_of_tier() -> None:
+    clock = Clock()
+    q = make(
+        clock, tenantLimits={"default": {"maxConcurrent": 2}, "overrides": {"vip": {"maxConcurrent": 5}}}
+    )
+    assert sum(q.submit(q.request("local", "a", 0, 1)) is not None for _ in range(10)) == 2
+    assert sum(q.submit(q.request("local", "b", 0, 1)) is not None for _ in range(10)) == 2
+    assert sum(q.submit(q.request("local", "vip", 0, 1)) is not None for _ in range(10)) == 5
+
+
+def test_unlimited_requests_get_a_free_ticket() -> None:
+    clock = Clock()
+    q = make(clock)
+    t = q.submit(q.request("local", "t", 10**9, 1))
+    assert t is not None and t.limits == ()
+    assert not q.limiter.needs_tracking(t.limits)
