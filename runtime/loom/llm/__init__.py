@@ -1,0 +1,1 @@
+"""Model providers behind one interface, with typed errors, retries, a circuit breaker and metrics."""

@@ -1,0 +1,146 @@
+"""Anthropic's Messages API through the official SDK, with tool-forced structured output.
+
+The SDK's own retries are off (``max_retries=0``): the resilience layer retries,
+so backoff, Retry-After, the circuit breaker and metrics behave the same for
+every backend. A response schema becomes a ``respond`` tool the model is forced
+to call; its arguments are the answer.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anthropic
+
+from loom.llm.base import ChatRequest, ChatResponse, Message, Provider, ToolCall, Usage
+from loom.llm.errors import ProviderError, ProviderTimeout, Unavailable
+from loom.llm.http import error_for_status
+
+RESPOND_TOOL = "respond"
+
+
+def to_anthropic_messages(messages: list[Message]) -> list[dict[str, Any]]:
+    """Neutral messages as Anthropic content blocks; tool results ride in user turns, and
+    consecutive turns of one role merge (the API wants them alternating)."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        blocks: list[dict[str, Any]]
+        if m.role == "tool":
+            role = "user"
+            blocks = [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": m.tool_call_id,
+                    "content": m.content,
+                    **({"is_error": True} if m.is_error else {}),
+                }
+            ]
+        else:
+            role = m.role
+            blocks = [{"type": "text", "text": m.content}] if m.content else []
+            blocks += [
+                {"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments} for c in m.tool_calls
+            ]
+        if out and out[-1]["role"] == role:
+            out[-1]["content"].extend(blocks)
+        else:
+            out.append({"role": role, "content": blocks})
+    return out
+
+
+def forced_output_tools(request: ChatRequest) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Tools and tool_choice for a request: the caller's tools, plus ``respond`` when an object
+    schema is wanted (forced when it is the only tool, otherwise "any tool")."""
+    tools = [
+        {"name": t.name, "description": t.description, "input_schema": t.input_schema} for t in request.tools
+    ]
+    schema = request.response_schema
+    if schema is None or schema.get("type") != "object":
+        return tools, None
+    tools.append({"name": RESPOND_TOOL, "description": "Give the final answer.", "input_schema": schema})
+    choice = {"type": "tool", "name": RESPOND_TOOL} if len(tools) == 1 else {"type": "any"}
+    return tools, choice
+
+
+def parse_anthropic_message(message: Any) -> ChatResponse:
+    """An SDK ``Message`` as a neutral response; a ``respond`` call becomes the final text."""
+    texts: list[str] = []
+    calls: list[ToolCall] = []
+    answer: str | None = None
+    for block in message.content:
+        if block.type == "text":
+            texts.append(block.text)
+        elif block.type == "tool_use":
+            if block.name == RESPOND_TOOL:
+                answer = json.dumps(block.input)
+            else:
+                calls.append(ToolCall(id=block.id, name=block.name, arguments=dict(block.input or {})))
+    usage = Usage(int(message.usage.input_tokens or 0), int(message.usage.output_tokens or 0))
+    if answer is not None:
+        return ChatResponse(text=answer, usage=usage, model=message.model, stop_reason=message.stop_reason)
+    return ChatResponse(
+        text="".join(texts),
+        tool_calls=tuple(calls),
+        usage=usage,
+        model=message.model,
+        stop_reason=message.stop_reason,
+    )
+
+
+def map_sdk_error(exc: anthropic.AnthropicError) -> ProviderError:
+    """The typed error for an SDK exception."""
+    if isinstance(exc, anthropic.APITimeoutError):
+        return ProviderTimeout(f"Anthropic API timeout: {exc}")
+    if isinstance(exc, anthropic.APIStatusError):
+        body = exc.body if isinstance(exc.body, str) else json.dumps(exc.body)
+        return error_for_status(exc.status_code, exc.response.headers, body or str(exc))
+    if isinstance(exc, anthropic.APIConnectionError):
+        return Unavailable(f"Anthropic API unreachable: {exc}")
+    return Unavailable(f"Anthropic API error: {type(exc).__name__}: {exc}")
+
+
+class AnthropicProvider(Provider):
+    """Claude models via ``AsyncAnthropic`` (pooled connections, SDK retries off)."""
+
+    backend = "anthropic"
+
+    def __init__(self, model: str, *, api_key: str, base_url: str | None = None, timeout: float = 60.0):
+        super().__init__(model)
+        self.base_url = base_url
+        self._client = anthropic.AsyncAnthropic(
+            api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout
+        )
+
+    def build_kwargs(self, request: ChatRequest) -> dict[str, Any]:
+        """Keyword arguments for ``messages.create``."""
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": request.max_tokens,
+            "messages": to_anthropic_messages(request.messages),
+        }
+        if request.system:
+            kwargs["system"] = request.system
+        if request.temperature is not None:
+            kwargs["temperature"] = request.temperature
+        tools, choice = forced_output_tools(request)
+        if tools:
+            kwargs["tools"] = tools
+        if choice:
+            kwargs["tool_choice"] = choice
+        return kwargs
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        try:
+            message = await self._client.messages.create(**self.build_kwargs(request))
+        except anthropic.AnthropicError as exc:
+            raise map_sdk_error(exc) from exc
+        if not hasattr(message, "content"):
+            raise Unavailable(f"unreadable Messages API answer: {str(message)[:200]!r}")
+        return parse_anthropic_message(message)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    def __repr__(self) -> str:
+        return f"AnthropicProvider(model={self.model!r}, base_url={self.base_url!r}, api_key=<redacted>)"

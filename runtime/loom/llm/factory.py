@@ -1,0 +1,136 @@
+"""Build a provider for a tier definition: backend, model, base URL and API key.
+
+API keys come only from the environment variable the tier names (default
+``ANTHROPIC_API_KEY`` / ``OPENAI_API_KEY``) or from the file in ``LOOM_API_KEY_FILE``
+(a mounted Secret). They are handed to the client and never logged: provider
+reprs redact them and errors name only where a key was looked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from loom.api.router_policy import TierDefinition
+from loom.llm.base import Provider
+from loom.llm.http import DEFAULT_MAX_CONNECTIONS
+from loom.llm.resilience import Clock, ResilientProvider, RetryPolicy, Sleep
+
+#: Where ``loom`` expects the local llama.cpp server (see :mod:`loom.llm.local_server`).
+DEFAULT_LOCAL_URL = "http://127.0.0.1:8911/v1"
+DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
+DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
+DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
+KEY_FILE_ENV = "LOOM_API_KEY_FILE"
+
+
+class ProviderConfigError(ValueError):
+    """A tier cannot be turned into a working provider (no model, no key, unknown backend)."""
+
+
+def resolve_api_key(tier: TierDefinition, env: Mapping[str, str] | None = None) -> str | None:
+    """The tier's API key from its environment variable, else from ``LOOM_API_KEY_FILE``."""
+    e = os.environ if env is None else env
+    name = tier.api_key_env or DEFAULT_KEY_ENV.get(tier.backend)
+    if name and e.get(name):
+        return e[name].strip()
+    path = e.get(KEY_FILE_ENV)
+    if path:
+        try:
+            return Path(path).read_text().strip() or None
+        except OSError as exc:
+            raise ProviderConfigError(f"{KEY_FILE_ENV} points to an unreadable file: {exc.strerror}") from exc
+    return None
+
+
+def base_url_for(tier: TierDefinition, env: Mapping[str, str] | None = None) -> str | None:
+    """The tier's base URL, or the backend's default."""
+    e = os.environ if env is None else env
+    if tier.base_url:
+        return tier.base_url
+    if tier.backend == "local":
+        return e.get("LOOM_LOCAL_LLM_URL") or DEFAULT_LOCAL_URL
+    if tier.backend == "ollama":
+        host = e.get("OLLAMA_HOST")
+        return (host if host.startswith("http") else f"http://{host}") if host else DEFAULT_OLLAMA_URL
+    if tier.backend == "openai":
+        return DEFAULT_OPENAI_URL
+    return None
+
+
+def build_provider(
+    tier: TierDefinition,
+    env: Mapping[str, str] | None = None,
+    *,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+) -> Provider:
+    """The raw provider (no retries) for a tier."""
+    url = base_url_for(tier, env)
+    where = f"tier {tier.name!r} ({tier.backend})"
+    if tier.backend == "local":
+        from loom.llm.openai_provider import OpenAIProvider
+
+        return OpenAIProvider(
+            tier.model or "local",
+            base_url=url or DEFAULT_LOCAL_URL,
+            api_key=resolve_api_key(tier, env) if tier.api_key_env else None,
+            timeout=tier.timeout_seconds,
+            structured="json_object",
+            max_connections=max_connections,
+            backend="local",
+        )
+    if not tier.model:
+        raise ProviderConfigError(f"{where} needs a model name (tiers[].model)")
+    if tier.backend == "ollama":
+        from loom.llm.ollama_provider import OllamaProvider
+
+        return OllamaProvider(
+            tier.model,
+            base_url=url or DEFAULT_OLLAMA_URL,
+            timeout=tier.timeout_seconds,
+            max_connections=max_connections,
+        )
+    key = resolve_api_key(tier, env)
+    key_hint = f"set {tier.api_key_env or DEFAULT_KEY_ENV[tier.backend]} or {KEY_FILE_ENV}"
+    if tier.backend == "openai":
+        from loom.llm.openai_provider import OpenAIProvider
+
+        if key is None and url == DEFAULT_OPENAI_URL:
+            raise ProviderConfigError(f"{where} needs an API key: {key_hint}")
+        return OpenAIProvider(
+            tier.model,
+            base_url=url or DEFAULT_OPENAI_URL,
+            api_key=key,
+            timeout=tier.timeout_seconds,
+            structured="json_schema",
+            max_connections=max_connections,
+        )
+    if tier.backend == "anthropic":
+        from loom.llm.anthropic_provider import AnthropicProvider
+
+        if key is None:
+            raise ProviderConfigError(f"{where} needs an API key: {key_hint}")
+        return AnthropicProvider(tier.model, api_key=key, base_url=url, timeout=tier.timeout_seconds)
+    raise ProviderConfigError(f"{where}: unknown backend")
+
+
+def build_model_client(
+    tier: TierDefinition,
+    env: Mapping[str, str] | None = None,
+    *,
+    sleep: Sleep | None = None,
+    clock: Clock | None = None,
+    policy: RetryPolicy | None = None,
+) -> ResilientProvider:
+    """The tier's provider with per-call timeout, retries (``tier.max_retries``), breaker and metrics."""
+    return ResilientProvider(
+        build_provider(tier, env),
+        tier=tier.name,
+        call_timeout=tier.timeout_seconds,
+        policy=policy or RetryPolicy(max_retries=tier.max_retries),
+        sleep=sleep or asyncio.sleep,
+        clock=clock or time.monotonic,
+    )

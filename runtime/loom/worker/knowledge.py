@@ -1,0 +1,188 @@
+"""Knowledge for LLM workers: reference files, few-shot examples and folder silos with write-back.
+
+Folder silos honour a ``.siloignore`` (gitignore semantics via ``pathspec``).
+A task's ``silo_updates`` are checked first (silo exists and is read-write,
+filename confined to the folder) and then applied all-or-nothing: every new
+content is written to a temporary file beside its target, replaced ones are
+kept aside until the whole batch has landed, and any failure restores them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pathspec
+import yaml
+
+from loom.core.workspace import WorkspaceError, confined
+from loom.llm.prompt import Example, Reference, SiloText
+
+IGNORE_FILE = ".siloignore"
+_TMP_MARK = ".loom-silo-"
+
+
+class KnowledgeError(ValueError):
+    """A knowledge file or silo cannot be read or has the wrong shape."""
+
+
+def resolve_path(path: str, base_dir: Path) -> Path:
+    """A knowledge path: absolute as given, relative to ``base_dir`` otherwise."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else base_dir / p
+
+
+def load_reference(path: Path) -> Reference:
+    """A reference file, titled by its name."""
+    try:
+        return Reference(title=path.name, text=path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise KnowledgeError(f"knowledge source {path}: {exc.strerror or exc}") from exc
+
+
+def load_few_shot(path: Path) -> list[Example]:
+    """Examples from a YAML list or JSONL file of ``{input, output}`` objects."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise KnowledgeError(f"few-shot file {path}: {exc.strerror or exc}") from exc
+    try:
+        if path.suffix.lower() == ".jsonl":
+            items: Any = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            items = yaml.safe_load(text) or []
+    except (ValueError, yaml.YAMLError) as exc:
+        raise KnowledgeError(f"few-shot file {path}: not valid YAML/JSONL: {exc}") from exc
+    if not isinstance(items, list):
+        raise KnowledgeError(f"few-shot file {path}: expected a list of {{input, output}} examples")
+    examples = []
+    for i, item in enumerate(items, 1):
+        if not isinstance(item, dict) or "input" not in item or "output" not in item:
+            raise KnowledgeError(f"few-shot file {path}: example {i} needs 'input' and 'output'")
+        examples.append(Example(input=item["input"], output=item["output"]))
+    return examples
+
+
+@dataclass(frozen=True)
+class FolderSilo:
+    """A folder of knowledge files."""
+
+    name: str
+    root: Path
+    writable: bool
+
+    def _ignore(self) -> pathspec.PathSpec:
+        ignore = self.root / IGNORE_FILE
+        lines = ignore.read_text(encoding="utf-8").splitlines() if ignore.is_file() else []
+        return pathspec.GitIgnoreSpec.from_lines(lines)
+
+    def read(self) -> SiloText:
+        """Every text file not ignored, sorted by relative path."""
+        if not self.root.is_dir():
+            raise KnowledgeError(f"silo {self.name!r}: folder {self.root} does not exist")
+        spec = self._ignore()
+        files = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            rel_dir = Path(dirpath).relative_to(self.root)
+            dirnames[:] = sorted(d for d in dirnames if not spec.match_file((rel_dir / d).as_posix() + "/"))
+            for name in sorted(filenames):
+                rel = (rel_dir / name).as_posix()
+                if name == IGNORE_FILE or name.startswith(_TMP_MARK) or spec.match_file(rel):
+                    continue
+                try:
+                    text = (Path(dirpath) / name).read_text(encoding="utf-8")
+                except (UnicodeDecodeError, OSError):
+                    continue
+                files.append((rel, text))
+        return SiloText(name=self.name, writable=self.writable, files=tuple(sorted(files)))
+
+
+@dataclass(frozen=True)
+class SiloChange:
+    """One checked update: where, what, and the new content (None for delete)."""
+
+    silo: str
+    action: Literal["add", "modify", "delete"]
+    filename: str
+    target: Path
+    content: str | None
+
+
+def plan_silo_updates(raw: Any, silos: dict[str, FolderSilo]) -> tuple[list[SiloChange], list[str]]:
+    """Check a model's ``silo_updates``; returns the changes, or the problems (nothing applied)."""
+    if not isinstance(raw, list):
+        return [], ["silo_updates: must be an array"]
+    changes: list[SiloChange] = []
+    problems: list[str] = []
+    for i, item in enumerate(raw):
+        where = f"silo_updates/{i}"
+        if not isinstance(item, dict):
+            problems.append(f"{where}: must be an object")
+            continue
+        name, action, filename = item.get("silo"), item.get("action"), item.get("filename")
+        silo = silos.get(name) if isinstance(name, str) else None
+        if silo is None:
+            problems.append(f"{where}: unknown silo {name!r}")
+            continue
+        if not silo.writable:
+            problems.append(f"{where}: silo {name!r} is read-only")
+            continue
+        if action not in ("add", "modify", "delete"):
+            problems.append(f"{where}: action must be add, modify or delete")
+            continue
+        content = item.get("content")
+        if action != "delete" and not isinstance(content, str):
+            problems.append(f"{where}: {action} needs string content")
+            continue
+        try:
+            target = confined(silo.root, str(filename))
+        except WorkspaceError as exc:
+            problems.append(f"{where}: {exc}".replace("the workspace", f"silo {name!r}"))
+            continue
+        if target == silo.root.resolve() or target.name == IGNORE_FILE or target.is_dir():
+            problems.append(f"{where}: {filename!r} is not a writable file of silo {name!r}")
+            continue
+        if action == "modify" and not target.is_file():
+            problems.append(f"{where}: cannot modify {filename!r}: no such file")
+            continue
+        changes.append(
+            SiloChange(silo.name, action, str(filename), target, None if action == "delete" else content)
+        )
+    return ([], problems) if problems else (changes, [])
+
+
+def apply_silo_changes(changes: list[SiloChange]) -> None:
+    """Apply a batch all-or-nothing; on failure everything is put back and the error re-raised."""
+    tag = uuid.uuid4().hex[:12]
+    staged: list[tuple[Path, Path]] = []  # (temporary file with new content, target)
+    aside: list[tuple[Path, Path]] = []  # (original moved aside, its home)
+    placed: list[Path] = []
+    try:
+        for change in changes:
+            if change.content is not None:
+                change.target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = change.target.parent / f"{_TMP_MARK}{tag}-{len(staged)}.new"
+                tmp.write_text(change.content, encoding="utf-8")
+                staged.append((tmp, change.target))
+        for change in changes:
+            if change.target.exists() and all(home != change.target for _, home in aside):
+                backup = change.target.parent / f"{_TMP_MARK}{tag}-{len(aside)}.old"
+                os.replace(change.target, backup)
+                aside.append((backup, change.target))
+        for tmp, target in staged:
+            os.replace(tmp, target)
+            placed.append(target)
+    except BaseException:
+        for target in placed:
+            target.unlink(missing_ok=True)
+        for backup, home in aside:
+            os.replace(backup, home)
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    for backup, _ in aside:
+        backup.unlink(missing_ok=True)
