@@ -7,6 +7,7 @@ work itself: a Python processing backend, or a model behind a provider.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,12 +40,17 @@ class TaskEngine(ABC):
         """Do the task. Raise ``loom.errors.TaskError`` (or a subclass) when it cannot be done."""
 
 
-def build_engine(spec: WorkerSpec, tier: TierDefinition | None) -> TaskEngine:
-    """The engine for a worker spec: processor backends or an LLM provider for the tier."""
+def build_engine(
+    spec: WorkerSpec, tier: TierDefinition | None, *, base_dir: str | os.PathLike[str] | None = None
+) -> TaskEngine:
+    """The engine for a worker spec: processor backends or an LLM provider for the tier.
+
+    ``base_dir`` anchors relative knowledge and silo paths (the config file's folder).
+    """
     if spec.worker_kind == "processor":
         from loom.worker.processor import ProcessorEngine
 
         return ProcessorEngine(spec)
     from loom.worker.llm_engine import LLMEngine
 
-    return LLMEngine(spec, tier)
+    return LLMEngine(spec, tier, base_dir=base_dir)

@@ -49,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=float(env("LOOM_DRAIN_GRACE_SECONDS", "25")),
         help="on SIGTERM, time given to in-flight tasks before they are handed back",
     )
+    parser.add_argument(
+        "--base-dir",
+        default=env("LOOM_BASE_DIR"),
+        help="folder that relative knowledge and silo paths start from (default: the config file's folder); "
+        "env LOOM_BASE_DIR",
+    )
     add_runtime_options(parser)
 
 
@@ -66,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(args)
     try:
         spec, tier = _load(args)
-        engine = build_engine(spec, tier)  # configuration errors surface before connecting
+        base_dir = args.base_dir or os.path.dirname(os.path.abspath(args.config))
+        engine = build_engine(spec, tier, base_dir=base_dir)  # configuration errors surface before connecting
     except LoadError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 2
