@@ -1,0 +1,104 @@
+{{/*
+Names, labels and image references shared by every template.
+
+Chart resources carry the standard labels, including app.kubernetes.io/instance.
+Objects the operator creates (children of Workers, Pipelines, RouterPolicies and
+Schedules) never carry app.kubernetes.io/instance: Argo CD tracks an application's
+resources by that label and would prune children it did not render. The selectors
+below therefore always include instance and component, so they never match children.
+*/}}
+
+{{- define "loom.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "loom.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "loom.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Standard labels; call with (dict "ctx" $ "component" "operator"). */}}
+{{- define "loom.labels" -}}
+helm.sh/chart: {{ include "loom.chart" .ctx }}
+{{ include "loom.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: loom
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "loom.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "loom.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "loom.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "loom.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* repository@digest when a digest is set, repository:tag otherwise; call with (dict "image" .Values.image "default" "0.1.0"). */}}
+{{- define "loom.imageRef" -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" .image.repository .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .image.repository (default .default .image.tag | toString) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "loom.image" -}}
+{{- include "loom.imageRef" (dict "image" .Values.image "default" .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/* The image the operator gives to the pods it renders. */}}
+{{- define "loom.workloadImage" -}}
+{{- if .Values.workloads.image -}}
+{{- .Values.workloads.image -}}
+{{- else -}}
+{{- include "loom.image" . -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "loom.natsFullname" -}}
+{{- printf "%s-nats" (include "loom.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Client URL of NATS: the bundled server (fully qualified, children run in other namespaces) or nats.url. */}}
+{{- define "loom.natsUrl" -}}
+{{- if .Values.nats.bundled.enabled -}}
+{{- printf "nats://%s.%s.svc:4222" (include "loom.natsFullname" .) .Release.Namespace -}}
+{{- else -}}
+{{- .Values.nats.url -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "loom.natsMonitorUrl" -}}
+{{- if .Values.nats.bundled.enabled -}}
+{{- printf "http://%s.%s.svc:8222" (include "loom.natsFullname" .) .Release.Namespace -}}
+{{- else -}}
+{{- .Values.nats.monitorUrl -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Kopf peering object name used for hot standby. */}}
+{{- define "loom.peeringName" -}}
+{{- default (include "loom.fullname" .) .Values.operator.standby.peeringName -}}
+{{- end -}}

@@ -1,0 +1,248 @@
+"""`helm install` into a real control plane; the operator, running with the chart's
+ServiceAccount and RBAC, reconciles config/samples/ to Ready; `helm uninstall` keeps the
+CRDs and the user's resources.
+
+Pods on the test control plane are kwok fakes that run no containers, so the operator
+runs as a local process with exactly the environment of the installed Deployment and a
+token of the chart's ServiceAccount (the TokenRequest API, as a projected pod token).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.helm import chart, helm_bin
+from tests.support.nats_server import NatsServer, free_port
+
+pytestmark = [pytest.mark.k8s, pytest.mark.integration]
+
+REPO = chart.REPO
+SAMPLES = REPO / "config" / "samples"
+RELEASE = "loom"
+SYSTEM_NS = "loom-system"
+GROUP, VERSION = "loom.dev", "v1alpha1"
+PLURALS = {
+    "Worker": "workers",
+    "Pipeline": "pipelines",
+    "RouterPolicy": "routerpolicies",
+    "Schedule": "schedules",
+}
+INSTANCE = "app.kubernetes.io/instance"
+
+
+def sample_manifests() -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted(SAMPLES.glob("*.yaml")):
+        docs += [
+            d for d in yaml.safe_load_all(path.read_text()) if d and d.get("apiVersion", "").startswith(GROUP)
+        ]
+    return docs
+
+
+@pytest.fixture(scope="module")
+def plane(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The session control plane of tests.k8s.fixtures when registered, else one for this module."""
+    try:
+        from tests.k8s import envtest
+    except ImportError as exc:
+        pytest.skip(f"envtest harness unavailable: {exc}")
+    try:
+        yield request.getfixturevalue("control_plane")
+        return
+    except pytest.FixtureLookupError:
+        pass
+    try:
+        with envtest.ControlPlane(controllers=True) as own:
+            yield own
+    except envtest.ControlPlaneError as exc:
+        pytest.skip(f"no control plane: {str(exc)[:2000]}")
+
+
+@pytest.fixture(scope="module")
+def nats() -> Iterator[NatsServer]:
+    server = NatsServer().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+def kubectl(kubeconfig: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [helm_bin.kubectl(), "--kubeconfig", str(kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if check:
+        assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr}"
+    return proc
+
+
+def get_json(kubeconfig: Path, *args: str) -> Any:
+    return json.loads(kubectl(kubeconfig, "get", *args, "-o", "json").stdout)
+
+
+def ready(obj: dict[str, Any]) -> bool:
+    status = obj.get("status") or {}
+    if status.get("observedGeneration") != obj["metadata"]["generation"]:
+        return False
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
+
+
+@pytest.mark.parametrize(
+    ("mode", "user_ns"),
+    [("cluster-wide", "loom-samples"), ("namespaced", "loom-team")],
+    ids=["cluster-wide", "namespaced"],
+)
+def test_helm_install_operator_reconciles_samples_and_uninstall_keeps_crds(
+    plane: Any, nats: NatsServer, tmp_path: Path, mode: str, user_ns: str
+) -> None:
+    from tests.k8s.envtest import service_account_kubeconfig, wait_until
+
+    if not chart.crd_files():
+        pytest.skip("helm/loom/crds/ is not generated yet (python -m loom_operator.crdgen writes it)")
+    samples = sample_manifests()
+    if not samples:
+        pytest.skip("config/samples/ holds no loom.dev resources yet")
+    loom = Path(sys.executable).parent / "loom"
+    admin = Path(plane.admin_kubeconfig)
+
+    # 1. helm install with the chart's defaults, pointed at a real NATS; namespaced mode
+    #    serves only the user namespace (which must exist first) through a Role there.
+    values: dict[str, Any] = {"nats": {"url": nats.url, "monitorUrl": nats.monitor_url}}
+    kubectl(admin, "create", "namespace", user_ns)
+    if mode == "namespaced":
+        values["watchNamespaces"] = [user_ns]
+    proc = chart.run_helm(
+        [
+            "install",
+            RELEASE,
+            str(chart.CHART),
+            "--namespace",
+            SYSTEM_NS,
+            "--create-namespace",
+            "--kubeconfig",
+            str(admin),
+            "-f",
+            str(chart.values_file(values, tmp_path)),
+        ],
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    crd_names = sorted(f"{plural}.{GROUP}" for plural in PLURALS.values())
+    kubectl(admin, "wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in crd_names])
+    deployment = get_json(admin, "deployment", "-n", SYSTEM_NS, f"{RELEASE}-operator")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+
+    # 2. The operator as a local process: the Deployment's env, the ServiceAccount's token.
+    sa_kubeconfig = service_account_kubeconfig(
+        admin, tmp_path / "operator.kubeconfig", SYSTEM_NS, pod["serviceAccountName"], None
+    )
+    env = {e["name"]: e.get("value", "") for e in container["env"]}
+    env["LOOM_METRICS_PORT"] = str(free_port())
+    env["KUBECONFIG"] = str(sa_kubeconfig)
+    log_path = tmp_path / "operator.log"
+    with log_path.open("wb") as log:
+        operator = subprocess.Popen(
+            [str(loom), *container["args"]],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+
+        def alive() -> None:
+            if operator.poll() is not None:
+                raise AssertionError(
+                    f"operator exited {operator.returncode}:\n{log_path.read_text()[-6000:]}"
+                )
+
+        # 3. kubectl apply -f config/samples/ into the user namespace.
+        kubectl(admin, "apply", "-n", user_ns, "-f", str(SAMPLES))
+
+        def all_ready() -> bool:
+            for kind, plural in PLURALS.items():
+                expected = {d["metadata"]["name"] for d in samples if d["kind"] == kind}
+                items = get_json(admin, plural, "-n", user_ns)["items"]
+                if {i["metadata"]["name"] for i in items if ready(i)} != expected:
+                    return False
+            return True
+
+        try:
+            wait_until(all_ready, timeout=180, interval=1.0, what="config/samples/ Ready", check=alive)
+        except TimeoutError as exc:
+            states = {
+                plural: [
+                    (i["metadata"]["name"], i.get("status"))
+                    for i in get_json(admin, plural, "-n", user_ns)["items"]
+                ]
+                for plural in PLURALS.values()
+            }
+            raise AssertionError(
+                f"{exc}\n{json.dumps(states, indent=1)[:6000]}\n{log_path.read_text()[-6000:]}"
+            ) from exc
+
+        # The operator never writes spec (Argo CD sees no drift) and its RBAC sufficed.
+        for plural in PLURALS.values():
+            for item in get_json(admin, plural, "-n", user_ns)["items"]:
+                assert item["metadata"]["generation"] == 1, item["metadata"]["name"]
+        forbidden = [line for line in log_path.read_text().splitlines() if "forbidden" in line.lower()]
+        # Kopf lists namespaces even in namespaced mode unless settings.scanning.disabled is set;
+        # it then falls back to the given namespaces. Anything else forbidden is an RBAC gap.
+        namespace_scan = [line for line in forbidden if 'resource "namespaces"' in line]
+        assert len(forbidden) == len(namespace_scan), "\n".join(forbidden)
+        assert mode == "namespaced" or not namespace_scan, "\n".join(namespace_scan)
+        # Children: owned, labelled for Loom, never with the instance label Argo CD tracks.
+        children = [
+            o
+            for kind in ("deployments", "configmaps", "services")
+            for o in get_json(admin, kind, "-n", user_ns, "-l", "app.kubernetes.io/managed-by=loom-operator")[
+                "items"
+            ]
+        ]
+        assert children
+        for child in children:
+            assert INSTANCE not in child["metadata"].get("labels", {}), child["metadata"]["name"]
+            assert child["metadata"]["ownerReferences"][0]["apiVersion"] == f"{GROUP}/{VERSION}"
+    finally:
+        operator.terminate()
+        try:
+            operator.wait(30)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+            operator.wait(10)
+
+    # 4. helm uninstall: release objects go, CRDs and the user's resources stay.
+    proc = chart.run_helm(
+        ["uninstall", RELEASE, "--namespace", SYSTEM_NS, "--kubeconfig", str(admin), "--wait"]
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        kubectl(admin, "get", "deployment", "-n", SYSTEM_NS, f"{RELEASE}-operator", check=False).returncode
+        != 0
+    )
+    assert kubectl(admin, "get", "clusterrole", f"{RELEASE}-operator", check=False).returncode != 0
+    for name in crd_names:
+        kubectl(admin, "get", "crd", name)
+    for plural in PLURALS.values():
+        names = {i["metadata"]["name"] for i in get_json(admin, plural, "-n", user_ns)["items"]}
+        kind = next(k for k, p in PLURALS.items() if p == plural)
+        assert names == {d["metadata"]["name"] for d in samples if d["kind"] == kind}
+    if namespace_scan:
+        pytest.xfail(
+            "namespaced operator lists cluster namespaces (Kopf scanning not disabled); "
+            f"RBAC correctly denies it: {namespace_scan[0][:300]}"
+        )
