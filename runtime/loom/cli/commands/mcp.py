@@ -1,0 +1,94 @@
+"""``loom mcp --config FILE``: serve Loom workers and pipelines as Model Context Protocol tools.
+
+The NATS URL comes from ``--nats-url``, else ``LOOM_NATS_URL``, else the config's
+``nats_url``. With the stdio transport, stdout carries the protocol, so every log
+line goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from loom.cli.common import add_nats_options, nats_settings
+from loom.logs import setup_logging
+from loom.settings import NatsSettings
+
+if TYPE_CHECKING:
+    from loom.mcp.config import GatewayPlan
+
+NAME = "mcp"
+HELP = "Serve workers and pipelines as MCP tools (stdio or streamable HTTP) from one gateway config."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, metavar="FILE", help="gateway config (YAML)")
+    parser.add_argument("--transport", choices=("stdio", "streamable-http"), default="stdio",
+                        help="stdio (default; Claude Desktop, Cursor, ...) or streamable-http")
+    parser.add_argument("--host", default="127.0.0.1", help="listen address for streamable-http")
+    parser.add_argument("--port", type=int, default=8000, help="listen port for streamable-http")
+    parser.add_argument("--log-level", default=os.environ.get("LOOM_LOG_LEVEL", "WARNING"),
+                        help="env LOOM_LOG_LEVEL (default WARNING)")
+    json_default = os.environ.get("LOOM_LOG_JSON", "") in ("1", "true")
+    parser.add_argument("--log-json", action="store_true", default=json_default, help="env LOOM_LOG_JSON")
+    add_nats_options(parser)
+    parser.set_defaults(nats_url=None)
+
+
+def resolve_nats_url(cli_url: str | None, config_url: str | None, env: dict[str, str] | None = None) -> str:
+    """``--nats-url`` beats ``LOOM_NATS_URL``, which beats the config's ``nats_url``."""
+    e = os.environ if env is None else env
+    return cli_url or e.get("LOOM_NATS_URL") or config_url or NatsSettings.url
+
+
+def run(args: argparse.Namespace) -> int:
+    from loom.mcp.config import GatewayConfigError, load_gateway
+
+    setup_logging(args.log_level, args.log_json)
+    try:
+        plan = load_gateway(args.config)
+    except GatewayConfigError as exc:
+        print("loom mcp: invalid gateway config:\n" + "\n".join(exc.problems), file=sys.stderr)
+        return 2
+    try:
+        import loom.mcp.gateway  # noqa: F401 - the MCP SDK is an install-time dependency; say so when missing
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("mcp"):
+            raise
+        print(f"loom mcp: the MCP SDK is not installed ({exc}); pip install 'mcp>=2.3,<3'", file=sys.stderr)
+        return 2
+    url = resolve_nats_url(args.nats_url, plan.config.nats_url)
+    args.nats_url = url
+    settings = dataclasses.replace(nats_settings(args, name=f"loom-mcp-{plan.config.name}"), url=url)
+    return asyncio.run(_main(args, plan, settings))
+
+
+async def _main(args: argparse.Namespace, plan: GatewayPlan, settings: NatsSettings) -> int:
+    from loom import __version__
+    from loom.bus import Bus
+    from loom.mcp.gateway import Gateway, serve_stdio, serve_streamable_http
+
+    try:
+        bus = await asyncio.wait_for(Bus.connect(settings), timeout=30)
+    except Exception as exc:  # any connect failure ends the command with its reason
+        print(f"loom mcp: cannot reach NATS at {settings.url}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        gateway = Gateway(plan, bus, version=__version__)
+        tools = ", ".join(plan.tools)
+        if args.transport == "stdio":
+            print(f"loom mcp: {plan.config.name} on stdio; tools: {tools}", file=sys.stderr)
+            await serve_stdio(gateway)
+        else:
+            def ready(url: str) -> None:
+                print(f"loom mcp: {plan.config.name} serving {url}; tools: {tools}", file=sys.stderr,
+                      flush=True)
+
+            await serve_streamable_http(gateway, args.host, args.port, on_ready=ready)
+    finally:
+        await bus.close()
+    return 0
