@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="goal context entry; VALUE is parsed as JSON when it can be (repeatable)",
+        help="goal context entry; VALUE is JSON when it parses, @FILE reads a file as text (repeatable)",
     )
     parser.add_argument("--tenant", default="default")
     parser.add_argument("--priority", default="normal", help="low, normal, high, critical or 0-3")
@@ -54,6 +54,10 @@ def _context(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"--context expects KEY=VALUE, got {pair!r}")
+        if value.startswith("@"):
+            with open(value[1:], encoding="utf-8") as fh:
+                out[key] = fh.read()
+            continue
         try:
             out[key] = json.loads(value)
         except ValueError:
@@ -113,6 +117,36 @@ def print_result(data: bytes, out: Any = sys.stdout) -> bool:
     return TaskResult.model_validate(doc).status == TaskStatus.COMPLETED
 
 
+def is_own_result(data: bytes, msg: TaskMessage | GoalMessage) -> bool:
+    """Whether a message on the result subject answers ``msg`` itself.
+
+    A pipeline's stage results share the goal's result subject; only the goal's own
+    result (``goal_id`` and no ``task_id``) ends the wait for a goal.
+    """
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return False
+    if not isinstance(doc, dict):
+        return False
+    if isinstance(msg, GoalMessage):
+        return doc.get("goal_id") == msg.goal_id and "task_id" not in doc
+    return doc.get("task_id") == msg.task_id
+
+
+async def _own_result(sub: Any, msg: TaskMessage | GoalMessage, wait_seconds: float) -> bytes:
+    """The first result on the subscription that answers ``msg``; TimeoutError after ``wait_seconds``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_seconds
+    while True:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise TimeoutError
+        data: bytes = await sub.get(timeout=remaining)
+        if is_own_result(data, msg):
+            return data
+
+
 async def _main(args: argparse.Namespace, msg: TaskMessage | GoalMessage) -> int:
     bus = await Bus.connect(nats_settings(args, name="loom-submit"))
     try:
@@ -127,7 +161,7 @@ async def _main(args: argparse.Namespace, msg: TaskMessage | GoalMessage) -> int
         if sub is None:
             return 0
         try:
-            data = await sub.get(timeout=args.timeout)
+            data = await _own_result(sub, msg, args.timeout)
         except TimeoutError:
             print(f"no result within {args.timeout:g}s", file=sys.stderr)
             return 3

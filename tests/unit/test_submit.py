@@ -1,0 +1,35 @@
+"""`loom submit --wait` must end on the answer to what it sent, not on a stage's result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loom.cli.commands.submit import _context, is_own_result
+from loom.messages import GoalMessage, GoalResult, TaskMessage, TaskResult, TaskStatus
+
+
+def test_a_goal_wait_skips_stage_results_on_the_goal_subject() -> None:
+    goal = GoalMessage(instruction="x", pipeline="p")
+    done = TaskStatus.COMPLETED
+    stage = TaskResult(task_id="t1", parent_task_id=goal.goal_id, worker_type="w", status=done)
+    final = GoalResult(goal_id=goal.goal_id, status=TaskStatus.COMPLETED)
+    other = GoalResult(goal_id="someone-else", status=TaskStatus.COMPLETED)
+    assert not is_own_result(stage.to_bytes(), goal)
+    assert not is_own_result(other.to_bytes(), goal)
+    assert not is_own_result(b"not json", goal)
+    assert is_own_result(final.to_bytes(), goal)
+
+
+def test_a_task_wait_matches_its_task_id() -> None:
+    task = TaskMessage(worker_type="w")
+    mine = TaskResult(task_id=task.task_id, worker_type="w", status=TaskStatus.FAILED)
+    theirs = TaskResult(task_id="other", worker_type="w", status=TaskStatus.COMPLETED)
+    assert is_own_result(mine.to_bytes(), task)
+    assert not is_own_result(theirs.to_bytes(), task)
+
+
+def test_context_reads_json_text_and_files(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Hello {not json}", encoding="utf-8")
+    ctx = _context(["n=3", "flag=true", "name=plain text", f"text=@{doc}"])
+    assert ctx == {"n": 3, "flag": True, "name": "plain text", "text": "Hello {not json}"}
