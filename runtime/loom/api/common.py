@@ -8,10 +8,13 @@ generator and the runtime validator read one definition.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+if TYPE_CHECKING:
+    from pydantic.config import JsonDict
 
 API_GROUP = "loom.dev"
 API_VERSION = "v1alpha1"
@@ -32,6 +35,12 @@ DEFAULT_TIERS = ("local", "standard", "frontier")
 def cel(rule: str, message: str) -> dict[str, str]:
     """One ``x-kubernetes-validations`` entry."""
     return {"rule": rule, "message": message}
+
+
+def with_validations(base: ConfigDict, rules: list[dict[str, str]]) -> ConfigDict:
+    """``base`` plus CEL ``rules`` under ``x-kubernetes-validations`` (the CRD generator copies them)."""
+    extra = cast("JsonDict", {"x-kubernetes-validations": rules})
+    return base | ConfigDict(json_schema_extra=extra)
 
 
 class SpecModel(BaseModel):

@@ -88,7 +88,14 @@ def infer_kind(doc: dict[str, Any]) -> str:
         return "Pipeline"
     if keys & {"cron", "interval_seconds", "intervalSeconds", "dispatch_type", "dispatchType"}:
         return "Schedule"
-    if keys & {"tier_overrides", "tierOverrides", "rate_limits", "rateLimits", "tiers", "tenant_limits"} and not (
+    if keys & {
+        "tier_overrides",
+        "tierOverrides",
+        "rate_limits",
+        "rateLimits",
+        "tiers",
+        "tenant_limits",
+    } and not (
         keys & {"system_prompt", "systemPrompt", "processing_backend", "processingBackend", "worker_kind"}
     ):
         return "RouterPolicy"
@@ -193,8 +200,11 @@ def _cross_field_problems(
         for err in again.errors():
             if err["loc"]:
                 continue
-            parts = [p for p in str(err["msg"]).removeprefix("Value error, ").split("; ")
-                     if not any(n in p for n in names)]
+            parts = [
+                p
+                for p in str(err["msg"]).removeprefix("Value error, ").split("; ")
+                if not any(n in p for n in names)
+            ]
             if parts:
                 out.append(f"{prefix}: {'; '.join(parts)}")
         return out
@@ -275,7 +285,10 @@ def import_object(path: str) -> Any:
 def resolve_schema_refs(spec: WorkerSpec) -> WorkerSpec:
     """Replace ``*_schema_ref`` (pydantic model paths) by their JSON Schemas, at load time."""
     updates: dict[str, Any] = {}
-    for ref_field, schema_field in (("input_schema_ref", "input_schema"), ("output_schema_ref", "output_schema")):
+    for ref_field, schema_field in (
+        ("input_schema_ref", "input_schema"),
+        ("output_schema_ref", "output_schema"),
+    ):
         ref = getattr(spec, ref_field)
         if ref:
             model = import_object(ref)

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from loom.api.common import ResourceRequirements, SpecModel, TierName, WorkerType, cel
+from loom.api.common import ResourceRequirements, SpecModel, TierName, WorkerType, cel, with_validations
 
 STAGE_NAME_PATTERN = r"^[a-z0-9_]([-_a-z0-9]*[a-z0-9_])?$"
 #: Goal subjects that are not a pipeline's: ``loom.goals.incoming`` belongs to the goal orchestrator.
@@ -62,7 +62,7 @@ _PIPELINE_RULES = [
 class PipelineSpec(SpecModel):
     """A multi-stage workflow over worker types, consuming ``loom.goals.<name>``."""
 
-    model_config = SpecModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": _PIPELINE_RULES}}
+    model_config = with_validations(SpecModel.model_config, _PIPELINE_RULES)
 
     name: str | None = Field(
         default=None,
@@ -72,16 +72,22 @@ class PipelineSpec(SpecModel):
     )
     description: str = Field(default="", description="Human-readable description.")
     timeout_seconds: float = Field(default=300, gt=0, le=86400, description="Whole-goal time limit.")
-    max_concurrent_goals: int = Field(default=4, ge=1, le=10000, description="Goals one replica runs at once.")
+    max_concurrent_goals: int = Field(
+        default=4, ge=1, le=10000, description="Goals one replica runs at once."
+    )
     pipeline_stages: list[Stage] = Field(min_length=1, max_length=50, description="The stages.")
     replicas: int = Field(default=1, ge=0, le=100, description="Orchestrator replicas.")
-    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements, description="Container requests and limits of the orchestrator."
+    )
 
     @field_validator("name")
     @classmethod
     def _not_reserved(cls, value: str | None) -> str | None:
         if value in RESERVED_PIPELINE_NAMES:
-            raise ValueError(f"pipeline name {value!r} is reserved (loom.goals.{value} is the orchestrator's subject)")
+            raise ValueError(
+                f"pipeline name {value!r} is reserved (loom.goals.{value} is the orchestrator's subject)"
+            )
         return value
 
     @model_validator(mode="after")
@@ -158,10 +164,13 @@ def pipeline_problems(spec: PipelineSpec) -> list[str]:
             m = CONDITION_RE.match(stage.condition)
             if not m:
                 problems.append(
-                    f"{where}: condition {stage.condition!r} must be '<path> ==|!= <true|false|null|number|'string'>'"
+                    f"{where}: condition {stage.condition!r} must be "
+                    "'<path> ==|!= <true|false|null|number|'string'>'"
                 )
             else:
-                problems += [f"{where}: condition: {p}" for p in _path_problems(m.group("path"), known, stage.name)]
+                problems += [
+                    f"{where}: condition: {p}" for p in _path_problems(m.group("path"), known, stage.name)
+                ]
     if not problems:
         try:
             execution_levels(spec)
@@ -176,7 +185,9 @@ def _path_problems(path: str, known: set[str], own: str) -> list[str]:
         return [f"malformed path {path!r}"]
     if parts[0] == "goal":
         if len(parts) < 2 or parts[1] not in ("context", "instruction", "goal_id", "tenant"):
-            return [f"path {path!r} must be goal.context.<key>, goal.instruction, goal.goal_id or goal.tenant"]
+            return [
+                f"path {path!r} must be goal.context.<key>, goal.instruction, goal.goal_id or goal.tenant"
+            ]
         if parts[1] == "context" and len(parts) < 3:
             return [f"path {path!r} must name a context key (goal.context.<key>)"]
         return []

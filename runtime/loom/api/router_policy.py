@@ -12,7 +12,15 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from loom.api.common import ResourceRequirements, SecretKeyRef, SpecModel, TierName, WorkerType, cel
+from loom.api.common import (
+    ResourceRequirements,
+    SecretKeyRef,
+    SpecModel,
+    TierName,
+    WorkerType,
+    cel,
+    with_validations,
+)
 
 Backend = Literal["anthropic", "openai", "ollama", "local"]
 
@@ -70,7 +78,8 @@ _POLICY_RULES = [
         "rateLimits keys must be tier names defined in tiers",
     ),
     cel(
-        "size(self.tiers) == 0 || self.tierOverrides.all(k, self.tiers.exists(t, t.name == self.tierOverrides[k]))",
+        "size(self.tiers) == 0 || "
+        "self.tierOverrides.all(k, self.tiers.exists(t, t.name == self.tierOverrides[k]))",
         "tierOverrides values must be tier names defined in tiers",
     ),
     cel(
@@ -83,7 +92,7 @@ _POLICY_RULES = [
 class RouterPolicySpec(SpecModel):
     """Tier definitions, tier overrides and limits for the router of a namespace."""
 
-    model_config = SpecModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": _POLICY_RULES}}
+    model_config = with_validations(SpecModel.model_config, _POLICY_RULES)
 
     tiers: list[TierDefinition] = Field(
         default_factory=list,
@@ -100,12 +109,16 @@ class RouterPolicySpec(SpecModel):
         max_length=20,
         description="Per-tier limits (token buckets and a concurrency cap).",
     )
-    tenant_limits: TenantLimits = Field(default_factory=TenantLimits)
-    on_limit: OnLimit = Field(default_factory=OnLimit)
+    tenant_limits: TenantLimits = Field(
+        default_factory=TenantLimits, description="Per-tenant limits on top of the tier limits."
+    )
+    on_limit: OnLimit = Field(default_factory=OnLimit, description="What happens to a task over a limit.")
     replicas: int = Field(
         default=1, ge=1, le=20, description="Router replicas; each enforces 1/replicas of every limit."
     )
-    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements, description="Container requests and limits of the router."
+    )
 
     @model_validator(mode="after")
     def _tiers_known(self) -> RouterPolicySpec:
@@ -116,7 +129,9 @@ class RouterPolicySpec(SpecModel):
         if names:
             problems += [f"rateLimits.{k}: unknown tier" for k in self.rate_limits if k not in names]
             problems += [
-                f"tierOverrides.{k}: unknown tier {v!r}" for k, v in self.tier_overrides.items() if v not in names
+                f"tierOverrides.{k}: unknown tier {v!r}"
+                for k, v in self.tier_overrides.items()
+                if v not in names
             ]
         if problems:
             raise ValueError("; ".join(problems))
@@ -144,6 +159,12 @@ class WorkerRoute(SpecModel):
     tiers: list[TierName]
     max_output_tokens: int = Field(
         default=2000, gt=0, description="The worker's output budget, part of the tokens-per-minute estimate."
+    )
+    timeout_seconds: float | None = Field(
+        default=None, gt=0, description="The worker's per-task time limit (sizes the in-flight lease)."
+    )
+    max_deliver: int | None = Field(
+        default=None, ge=1, description="The worker's deliveries per task (sizes the in-flight lease)."
     )
 
 

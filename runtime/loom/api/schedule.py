@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
-from loom.api.common import SpecModel, TierName, WorkerType, cel
+from loom.api.common import SpecModel, TierName, WorkerType, cel, with_validations
 
 _CRON_FIELD = r"[0-9A-Za-z*/,?LW#-]+"
 CRON_PATTERN = (
@@ -50,7 +50,7 @@ _SCHEDULE_RULES = [
 class ScheduleSpec(SpecModel):
     """When to fire, what to send, and what to do about fires missed while nothing ran."""
 
-    model_config = SpecModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": _SCHEDULE_RULES}}
+    model_config = with_validations(SpecModel.model_config, _SCHEDULE_RULES)
 
     name: str | None = Field(
         default=None, max_length=63, description="Schedule name; defaults to metadata.name."
@@ -61,8 +61,8 @@ class ScheduleSpec(SpecModel):
     interval_seconds: int | None = Field(default=None, ge=1, le=31_536_000, description="Fixed interval.")
     timezone: str = Field(default="UTC", description="IANA time zone for cron, e.g. Europe/Berlin.")
     dispatch_type: Literal["goal", "task"] = Field(default="goal", description="goal or task.")
-    goal: GoalTemplate | None = None
-    task: TaskTemplate | None = None
+    goal: GoalTemplate | None = Field(default=None, description="The goal to submit (dispatchType goal).")
+    task: TaskTemplate | None = Field(default=None, description="The task to submit (dispatchType task).")
     tenant: str = Field(default="default", max_length=128, description="Tenant the dispatches run for.")
     missed_fire_policy: Literal["skip", "fire_once"] = Field(
         default="skip",

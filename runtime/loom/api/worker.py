@@ -17,6 +17,7 @@ from loom.api.common import (
     TierName,
     WorkerType,
     cel,
+    with_validations,
 )
 
 CLASS_PATH_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$"
@@ -35,14 +36,13 @@ class KnowledgeSource(SpecModel):
 class KnowledgeSilo(SpecModel):
     """A folder of knowledge (read or read-write) or a tool the model may call."""
 
-    model_config = SpecModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                cel("self.type != 'folder' || has(self.path)", "a folder silo needs path"),
-                cel("self.type != 'tool' || has(self.provider)", "a tool silo needs provider (a class path)"),
-            ]
-        }
-    }
+    model_config = with_validations(
+        SpecModel.model_config,
+        [
+            cel("self.type != 'folder' || has(self.path)", "a folder silo needs path"),
+            cel("self.type != 'tool' || has(self.provider)", "a tool silo needs provider (a class path)"),
+        ],
+    )
 
     name: str = Field(min_length=1, max_length=63, description="Silo name, referenced by silo_updates.")
     type: Literal["folder", "tool"] = Field(description="folder: files in a directory; tool: a ToolProvider.")
@@ -69,13 +69,12 @@ class KnowledgeSilo(SpecModel):
 class Autoscaling(SpecModel):
     """KEDA-style scaling of one tier's Deployment on its JetStream consumer lag."""
 
-    model_config = SpecModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                cel("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas"),
-            ]
-        }
-    }
+    model_config = with_validations(
+        SpecModel.model_config,
+        [
+            cel("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas"),
+        ],
+    )
 
     enabled: bool = Field(default=True, description="Scale on queue depth; false uses spec.replicas.")
     min_replicas: int = Field(default=1, ge=0, le=1000, description="Lower bound; 0 allows scale to zero.")
@@ -127,7 +126,7 @@ _WORKER_RULES = [
 class WorkerSpec(SpecModel):
     """A worker type: its prompt or backend, its I/O contracts, the tiers it serves and how it scales."""
 
-    model_config = SpecModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": _WORKER_RULES}}
+    model_config = with_validations(SpecModel.model_config, _WORKER_RULES)
 
     name: WorkerType | None = Field(
         default=None,
@@ -158,10 +157,16 @@ class WorkerSpec(SpecModel):
         max_length=10,
         description="Tiers this worker serves, one Deployment each; empty means [defaultModelTier].",
     )
-    max_input_tokens: int = Field(default=4000, gt=0, description="Input token budget, checked before a call.")
+    max_input_tokens: int = Field(
+        default=4000, gt=0, description="Input token budget, checked before a call."
+    )
     max_output_tokens: int = Field(default=2000, gt=0, description="Output token budget per model call.")
-    knowledge_sources: list[KnowledgeSource] = Field(default_factory=list, max_length=50)
-    knowledge_silos: list[KnowledgeSilo] = Field(default_factory=list, max_length=50)
+    knowledge_sources: list[KnowledgeSource] = Field(
+        default_factory=list, max_length=50, description="Files injected into the system prompt."
+    )
+    knowledge_silos: list[KnowledgeSilo] = Field(
+        default_factory=list, max_length=50, description="Knowledge folders (read/readwrite) and tools."
+    )
     workspace_dir: str | None = Field(default=None, description="Workspace directory for file refs.")
     resolve_file_refs: list[str] = Field(
         default_factory=list, max_length=50, description="Payload fields resolved as workspace files."
@@ -182,8 +187,12 @@ class WorkerSpec(SpecModel):
     )
     max_tool_rounds: int = Field(default=10, ge=1, le=100, description="Tool-use rounds per task.")
     replicas: int = Field(default=1, ge=0, le=1000, description="Replicas per tier when autoscaling is off.")
-    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
-    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    autoscaling: Autoscaling = Field(
+        default_factory=Autoscaling, description="Per-tier scaling on JetStream consumer lag."
+    )
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements, description="Container requests and limits of each tier's pods."
+    )
     image: str | None = Field(default=None, description="Container image; defaults to the operator's.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
 

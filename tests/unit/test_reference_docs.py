@@ -1,0 +1,21 @@
+"""docs/reference.md is generated from the spec models and must not drift from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loom.api import docgen
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_reference_page_matches_the_models() -> None:
+    committed = (ROOT / "docs" / "reference.md").read_text(encoding="utf-8")
+    assert committed == docgen.render(), "docs/reference.md is stale: run python -m loom.api.docgen"
+
+
+def test_every_spec_field_is_documented() -> None:
+    page = docgen.render()
+    for _, model in docgen.SECTIONS:
+        for name, info in model.model_fields.items():
+            assert f"| `{info.alias or name}` |" in page, f"{model.__name__}.{name} missing from the reference"
