@@ -1,4 +1,4 @@
-"""Shared fixtures: a real NATS server per test (fresh JetStream state)."""
+"""Shared fixtures: a real NATS server per test (fresh JetStream state), a real Redis where asked for."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.nats_server import NatsServer
+from tests.support.redis_server import redis_server  # noqa: F401 - fixture for every test
 
 
 @pytest.fixture

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 STREAM_ADVISORIES = "LOOM_ADVISORIES"
 ADVISORY_CONSUMER = "router-advisories"
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
-ADVISED_STREAMS = (STREAM_TASKS, STREAM_INCOMING)
+ADVISED_STREAMS = (STREAM_TASKS, STREAM_INCOMING, STREAM_GOALS)
 
 DUPLICATE_WINDOW = 120.0
 DEAD_LETTER_MAX_AGE = 7 * 24 * 3600.0
@@ -454,16 +454,25 @@ class Bus:
         """Publish into a stream and wait until it is stored; returns the stream sequence."""
         if msg_id:
             headers = {**(headers or {}), "Nats-Msg-Id": msg_id}
+        return int((await self._store(subject, data, headers))["seq"])
+
+    async def js_publish_once(self, subject: str, data: bytes, *, msg_id: str) -> bool:
+        """Publish under ``Nats-Msg-Id``; False when the server dropped it as a duplicate."""
+        body = await self._store(subject, data, {"Nats-Msg-Id": msg_id})
+        return not body.get("duplicate", False)
+
+    async def _store(self, subject: str, data: bytes, headers: dict[str, str] | None) -> dict[str, Any]:
+        """Publish and wait for the stream's acknowledgement (raises BusError when not stored)."""
         try:
             resp = await self.nc.request(subject, data, timeout=PUBLISH_TIMEOUT, headers=headers)
         except nats.errors.NoRespondersError:
             raise BusError(f"no stream stores {subject!r} (streams not declared?)") from None
-        body = json.loads(resp.data)
+        body: dict[str, Any] = json.loads(resp.data)
         if "error" in body:
             raise BusError(
                 f"publish to {subject!r} failed: {body['error'].get('description', body['error'])}"
             )
-        return int(body["seq"])
+        return body
 
     async def publish_task(
         self, task: TaskMessage, *, subject: str = TASKS_INCOMING, msg_id: str | None = None
@@ -573,13 +582,19 @@ class Bus:
     # -- key-value ------------------------------------------------------------------------------------
 
     async def key_value(self, bucket: str, *, ttl: float | None = None) -> KeyValue:
-        """A JetStream Key-Value bucket, created (file storage) if missing."""
+        """A JetStream Key-Value bucket, created (file storage) if missing; the first creator's ttl wins."""
         try:
             return await self.js.key_value(bucket)
         except BucketNotFoundError:
+            pass
+        try:
             return await self.js.create_key_value(
                 js_api.KeyValueConfig(bucket=bucket, ttl=ttl, storage=js_api.StorageType.FILE)
             )
+        except BadRequestError as exc:
+            if exc.err_code != 10058:  # another process created it meanwhile, with its own settings
+                raise
+            return await self.js.key_value(bucket)
 
     # -- consuming ------------------------------------------------------------------------------------
 
@@ -757,7 +772,7 @@ class _PullLoop:
             await self.nc.flush(timeout=5)
 
 
-# -- key-value helpers and de-duplicated publishing (pipeline state, checkpoints, schedules) ---------
+# -- key-value helpers (pipeline state, checkpoints, schedules) -------------------------------------
 
 
 async def kv_get(kv: KeyValue, key: str) -> bytes | None:
@@ -774,15 +789,3 @@ async def kv_get(kv: KeyValue, key: str) -> bytes | None:
 async def kv_delete(kv: KeyValue, key: str) -> None:
     """Remove ``key`` with its history (no error when absent)."""
     await kv.purge(key)
-
-
-async def js_publish_once(bus: Bus, subject: str, data: bytes, *, msg_id: str) -> bool:
-    """Publish into a stream under ``Nats-Msg-Id``; False when the server dropped it as a duplicate."""
-    try:
-        resp = await bus.nc.request(subject, data, timeout=PUBLISH_TIMEOUT, headers={"Nats-Msg-Id": msg_id})
-    except nats.errors.NoRespondersError:
-        raise BusError(f"no stream stores {subject!r} (streams not declared?)") from None
-    body = json.loads(resp.data)
-    if "error" in body:
-        raise BusError(f"publish to {subject!r} failed: {body['error'].get('description', body['error'])}")
-    return not body.get("duplicate", False)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from typing import Protocol
 
-from loom.messages import DeadLetter, DeadLetterReason, TaskMessage
+from loom.messages import DeadLetter, DeadLetterReason, GoalMessage, TaskMessage
 
 _B64 = "b64:"
 
@@ -49,8 +50,12 @@ def build_dead_letter(
     task: TaskMessage | None = None,
     tier: str | None = None,
     deliveries: int | None = None,
+    goal: GoalMessage | None = None,
 ) -> DeadLetter:
-    """A dead letter for ``data`` received on ``subject``; ``origin`` names the stored message."""
+    """A dead letter for ``data`` received on ``subject``; ``origin`` names the stored message.
+
+    ``task`` or ``goal`` is the parsed message when it could be parsed (it fills the ids and tenant).
+    """
     return DeadLetter(
         dead_letter_id=dead_letter_id(origin, data),
         reason=reason,
@@ -60,7 +65,47 @@ def build_dead_letter(
         task_id=task.task_id if task else None,
         worker_type=task.worker_type if task else None,
         model_tier=tier or (task.model_tier if task else None),
-        tenant=task.tenant if task else None,
+        goal_id=goal.goal_id if goal else None,
+        tenant=task.tenant if task else (goal.tenant if goal else None),
         deliveries=deliveries,
         source=role,
+    )
+
+
+class Received(Protocol):
+    """What is known of a message taken from a stream (a ``loom.bus.Delivery``)."""
+
+    subject: str
+    data: bytes
+
+    @property
+    def stream_seq(self) -> int: ...
+
+    @property
+    def num_delivered(self) -> int: ...
+
+
+def dead_letter_of(
+    received: Received,
+    reason: DeadLetterReason,
+    detail: str,
+    *,
+    stream: str,
+    role: str,
+    task: TaskMessage | None = None,
+    tier: str | None = None,
+    goal: GoalMessage | None = None,
+) -> DeadLetter:
+    """The dead letter of a message received from ``stream`` (its sequence names the origin)."""
+    return build_dead_letter(
+        reason,
+        detail,
+        subject=received.subject,
+        data=received.data,
+        origin=f"{stream}:{received.stream_seq}",
+        role=role,
+        task=task,
+        tier=tier,
+        deliveries=received.num_delivered,
+        goal=goal,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from enum import Enum, IntEnum
+from enum import IntEnum, StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -34,7 +34,7 @@ class Priority(IntEnum):
     CRITICAL = 3
 
 
-class TaskStatus(str, Enum):
+class TaskStatus(StrEnum):
     """Outcome of a task."""
 
     COMPLETED = "completed"
@@ -61,7 +61,9 @@ def _parse_priority(value: Any) -> Any:
         try:
             return Priority[value.upper()]
         except KeyError:
-            raise ValueError(f"priority must be one of {', '.join(p.name.lower() for p in Priority)}") from None
+            raise ValueError(
+                f"priority must be one of {', '.join(p.name.lower() for p in Priority)}"
+            ) from None
     return value
 
 
@@ -172,7 +174,7 @@ class GoalResult(Message):
     completed_at: datetime = Field(default_factory=utcnow)
 
 
-class DeadLetterReason(str, Enum):
+class DeadLetterReason(StrEnum):
     """Why a message could not be done. Bounded: used as a metric label."""
 
     MALFORMED = "malformed"
@@ -194,6 +196,7 @@ class DeadLetter(Message):
     subject: str
     original: str = Field(description="The original message body (UTF-8, or base64 when prefixed 'b64:').")
     task_id: str | None = None
+    goal_id: str | None = None  # set when the original is a goal
     worker_type: str | None = None
     model_tier: str | None = None
     tenant: str | None = None

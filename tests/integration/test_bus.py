@@ -145,6 +145,23 @@ async def test_key_value_bucket_is_created_and_reused(bus: Bus) -> None:
     assert (await again.get("a")).value == b"1"
 
 
+async def test_processes_opening_one_bucket_at_once_with_different_ttls_all_get_it(
+    bus: Bus, nats_url: str
+) -> None:
+    others = [await Bus.connect(NatsSettings(url=nats_url, name=f"kv-{i}")) for i in range(3)]
+    try:
+        for round_ in range(5):  # each round races the creation of a fresh bucket
+            name = f"loom-race-{round_}"
+            opened = await asyncio.gather(
+                *(b.key_value(name, ttl=30.0 * (i + 1)) for i, b in enumerate([bus, *others] * 2))
+            )
+            await opened[0].put("k", b"v")
+            assert all([(await kv.get("k")).value == b"v" for kv in opened])
+    finally:
+        for b in others:
+            await b.close()
+
+
 def _server(*args: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     store = tempfile.mkdtemp(prefix="loom-nats-auth-")

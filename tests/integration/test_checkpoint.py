@@ -12,7 +12,7 @@ import redis.asyncio as redis
 from tests.fakes.llm_server import FakeLLMServer
 from tests.support.orchestrators import planner, running_orchestrator, write_config
 from tests.support.pipelines import wait_goal_result
-from tests.support.redis_server import RedisServer, redis_server  # noqa: F401 - fixture
+from tests.support.redis_server import RedisServer
 from tests.support.task_desk import TaskDesk
 
 from loom.bus import Bus
@@ -65,7 +65,7 @@ async def test_save_load_replace_delete(store: CheckpointStore) -> None:
     await store.delete("orch.g1")  # deleting twice is fine
 
 
-async def test_redis_entries_carry_the_ttl(redis_server: RedisServer) -> None:  # noqa: F811
+async def test_redis_entries_carry_the_ttl(redis_server: RedisServer) -> None:
     store = RedisCheckpointStore(redis_server.url, ttl=300)
     client = redis.Redis.from_url(redis_server.url)
     try:
@@ -81,7 +81,7 @@ async def test_orchestrator_checkpoints_to_redis(
     nats_url: str,
     bus: Bus,
     tmp_path: Path,
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     plan = {
         "subtasks": [

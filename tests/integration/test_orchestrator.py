@@ -11,7 +11,7 @@ import pytest
 from tests.fakes.llm_server import FakeLLMServer
 from tests.support.orchestrators import planner, running_orchestrator, system_of, write_config
 from tests.support.pipelines import submit, wait_goal_result
-from tests.support.role_process import RoleProcess
+from tests.support.processes import LoomProcess
 from tests.support.task_desk import TaskDesk
 
 from loom.bus import Bus
@@ -135,8 +135,8 @@ async def test_checkpoint_is_written_read_back_and_survives_a_restart(
         # A tiny threshold: every result pushes the context over it, so each one is compacted.
         config = write_config(tmp_path, llm.url, checkpoint={"backend": "kv", "token_threshold": 40})
         args = ["orchestrator", "--config", str(config), "--ack-wait", "1.5"]
-        first = RoleProcess(args, nats_url).start()
-        second: RoleProcess | None = None
+        first = LoomProcess(args, nats_url).start().wait_ready()
+        second: LoomProcess | None = None
         try:
             goal = GoalMessage(instruction="two summaries and a count")
             sub = await bus.subscribe_results(goal.goal_id)
@@ -155,9 +155,9 @@ async def test_checkpoint_is_written_read_back_and_survives_a_restart(
             assert "[two] summarizer completed" in cp.executive_summary
             assert any(d.startswith("checkpoint 2:") for d in cp.decisions)
             first.kill()
-            second = RoleProcess(args, nats_url).start()
+            second = LoomProcess(args, nats_url).start().wait_ready()
             deadline = loop.time() + 20
-            while "loom_orchestrator_resumed_total{" not in _nonzero(second.metrics()):
+            while "loom_orchestrator_resumed_total{" not in _nonzero(second.metrics_text()):
                 assert loop.time() < deadline, "the goal was not resumed from its checkpoint"
                 await asyncio.sleep(0.05)
             release.set()

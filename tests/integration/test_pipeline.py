@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from tests.support.pipelines import running_pipeline, submit, wait_goal_result
+from tests.support.processes import LoomProcess
 from tests.support.task_desk import HandlerFailed, TaskDesk
 
 from loom.bus import Bus
@@ -313,8 +314,6 @@ async def _wait_for(predicate: Any, within: float, what: str) -> None:
 async def test_killed_orchestrator_resumes_without_rerunning_finished_stages(
     nats_url: str, bus: Bus, tmp_path: Any
 ) -> None:
-    from tests.support.role_process import RoleProcess
-
     release = asyncio.Event()
 
     async def step(task: TaskMessage) -> dict[str, Any]:
@@ -332,8 +331,8 @@ async def test_killed_orchestrator_resumes_without_rerunning_finished_stages(
     )
     desk = await TaskDesk(nats_url, {"step": step}).start()
     args = ["pipeline", "--config", str(config), "--ack-wait", "1.5"]
-    first_proc = RoleProcess(args, nats_url).start()
-    second_proc: RoleProcess | None = None
+    first_proc = LoomProcess(args, nats_url).start().wait_ready()
+    second_proc: LoomProcess | None = None
     try:
         goal = GoalMessage(pipeline="resume", context={"x": 1})
         sub = await bus.subscribe_results(goal.goal_id)
@@ -341,12 +340,12 @@ async def test_killed_orchestrator_resumes_without_rerunning_finished_stages(
         # Stage one finished and stage two is in flight: kill the orchestrator.
         await _wait_for(lambda: desk.counts_by_stage()["second"] == 1, 20, "stage two to be dispatched")
         first_proc.kill()
-        second_proc = RoleProcess(args, nats_url).start()
+        second_proc = restarted = LoomProcess(args, nats_url).start().wait_ready()
         # The goal comes back after ack_wait; the new process re-publishes stage two under the same
         # Nats-Msg-Id (dropped as a duplicate) and waits for its result.
         await asyncio.sleep(0)  # let the desk keep holding stage two while the goal is redelivered
         await _wait_for(
-            lambda: "loom_goals_resumed_total" in _metric(second_proc, "loom_goals_resumed_total"),
+            lambda: restarted.metric("loom_goals_resumed_total") >= 1,
             20,
             "the goal to be resumed",
         )
@@ -363,9 +362,3 @@ async def test_killed_orchestrator_resumes_without_rerunning_finished_stages(
     assert desk.counts_by_stage() == {"first": 1, "second": 1, "third": 1}
     assert {s.name: s.attempts for s in result.stages} == {"first": 1, "second": 1, "third": 1}
     assert result.output is not None and result.output["third"]["seen"] == {"x": "second"}
-
-
-def _metric(proc: Any, name: str) -> str:
-    """The sample lines of one metric with a non-zero value."""
-    lines = [ln for ln in proc.metrics().splitlines() if ln.startswith(name) and not ln.endswith(" 0.0")]
-    return "\n".join(lines)

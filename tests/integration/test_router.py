@@ -155,6 +155,20 @@ async def test_max_concurrent_released_by_results(
     assert all(r["status"] == "completed" for r in results)
 
 
+async def test_a_dispatch_whose_result_never_comes_back_is_released_after_the_lease(
+    tmp_path: Path, loom_procs: LoomProcesses, bus: Bus
+) -> None:
+    echo = echo_worker(tmp_path, "echo")
+    pol = policy(tmp_path, rateLimits={"local": {"maxConcurrent": 1}}, onLimit={"maxWaitSeconds": 60})
+    # No worker: the first dispatch is never answered; only the lease gives its place to the next task.
+    router = loom_procs.router(pol, echo, extra=("--inflight-lease-seconds", "1", "--ack-wait", "3"))
+    await submit(bus, 2, "k9", worker_type="echo")
+    await poll(lambda: _stored(bus, 1))
+    assert router.metric("loom_tier_in_flight", tier="local") <= 1
+    await poll(lambda: _stored(bus, 2), timeout=15)
+    assert "released 1 dispatches whose results never came back" in router.log()
+
+
 async def test_waiting_tasks_run_by_priority(tmp_path: Path, loom_procs: LoomProcesses, bus: Bus) -> None:
     echo = echo_worker(tmp_path, "echo", max_in_flight=1)
     pol = policy(tmp_path, rateLimits={"local": {"maxConcurrent": 1}}, onLimit={"maxWaitSeconds": 60})

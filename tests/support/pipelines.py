@@ -5,13 +5,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from loom.api.pipeline import PipelineSpec
 from loom.bus import Bus
 from loom.messages import GoalMessage, GoalResult
 from loom.pipeline.service import PipelineOptions, PipelineService
 from loom.settings import NatsSettings
+
+
+class Service(Protocol):
+    """A role run in-process: ``run(stop)`` until stopped, ``ready`` set once its consumer is bound."""
+
+    ready: asyncio.Event
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+S = TypeVar("S", bound=Service)
+
+
+@contextlib.asynccontextmanager
+async def running_service(service: S, what: str) -> AsyncIterator[S]:
+    """Run ``service`` until the block ends; fails at once if it dies before binding its consumer."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    ready = asyncio.create_task(service.ready.wait())
+    done, _ = await asyncio.wait({task, ready}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        ready.cancel()
+        task.result()
+    assert ready in done, f"{what} did not bind its consumer"
+    try:
+        yield service
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
 
 
 @contextlib.asynccontextmanager
@@ -22,19 +51,8 @@ async def running_pipeline(
     if not isinstance(spec, PipelineSpec):
         spec = PipelineSpec.model_validate(spec)
     service = PipelineService(spec, NatsSettings(url=url, name="test-pipeline"), options)
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
-    ready = asyncio.create_task(service.ready.wait())
-    done, _ = await asyncio.wait({task, ready}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
-    if task in done:
-        ready.cancel()
-        task.result()
-    assert ready in done, "pipeline service did not bind its consumer"
-    try:
-        yield service
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    async with running_service(service, "pipeline service") as running:
+        yield running
 
 
 async def submit(bus: Bus, goal: GoalMessage, within: float = 30.0) -> GoalResult:

@@ -1,4 +1,4 @@
-"""Real ``loom`` role processes for tests: spawn, wait until ready, scrape metrics, stop or kill."""
+"""Real ``loom`` role processes for tests: spawn, wait until ready, scrape metrics, stop, kill, restart."""
 
 from __future__ import annotations
 
@@ -88,11 +88,15 @@ class LoomProcess:
         return total
 
     def terminate(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
+        """SIGTERM and wait; returns the exit code (SIGKILL's when it did not stop in ``timeout``)."""
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
 
     def kill(self) -> None:
         """SIGKILL: the process dies at once, holding whatever it held."""

@@ -6,14 +6,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.support.nats_server import free_port
+from tests.support.nats_server import free_port, start_server, stop_server
 
 
 def redis_server_binary() -> str | None:
@@ -37,8 +36,7 @@ class RedisServer:
         binary = redis_server_binary()
         if binary is None:
             raise RuntimeError("redis-server not installed")
-        log = open(Path(self.workdir) / "redis.log", "wb")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen(
+        self.proc = start_server(
             [
                 binary,
                 "--port",
@@ -52,32 +50,19 @@ class RedisServer:
                 "--dir",
                 self.workdir,
             ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            Path(self.workdir) / "redis.log",
+            self._pong,
+            timeout,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited: {(Path(self.workdir) / 'redis.log').read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("redis-server did not answer PING in time")
+        return self
+
+    def _pong(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_server(self.proc)
         self.proc = None
 
     def cleanup(self) -> None:

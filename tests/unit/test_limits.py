@@ -151,3 +151,51 @@ def test_unlimited_requests_get_a_free_ticket() -> None:
     t = q.submit(q.request("local", "t", 10**9, 1))
     assert t is not None and t.limits == ()
     assert not q.limiter.needs_tracking(t.limits)
+
+
+def test_idle_tenant_limit_sets_are_dropped_once_full_and_unused() -> None:
+    clock = Clock()
+    q = make(clock, tenantLimits={"default": {"requestsPerMinute": 60, "maxConcurrent": 1}})
+    idle_after = q.limiter.tenant_idle_seconds
+    # "busy" holds a dispatch, "waits" has a task waiting behind its own limit, "quiet" is done.
+    held = q.submit(q.request("local", "busy", 0, 1))
+    assert held is not None and held.tracked
+    first = q.submit(q.request("local", "waits", 0, 1))
+    waiting = q.request("local", "waits", 0, 1)
+    assert first is not None and q.submit(waiting) is None
+    quiet = q.submit(q.request("local", "quiet", 0, 1))
+    assert quiet is not None
+    q.limiter.release(quiet)
+    for tenant in ("a", "b", "c"):  # seen once, never admitted anything since
+        q.request("local", tenant, 0, 1)
+    assert set(q.limiter.tenants) == {"busy", "waits", "quiet", "a", "b", "c"}
+
+    clock.advance(idle_after - 1)
+    assert q.evict_idle_tenants() == 0  # not idle long enough
+    clock.advance(2)
+    assert q.evict_idle_tenants() == 4
+    assert set(q.limiter.tenants) == {"busy", "waits"}  # a held dispatch and a waiting task keep theirs
+
+    q.limiter.release(held)
+    q.limiter.release(first)
+    assert q.evict_idle_tenants() == 1 and set(q.limiter.tenants) == {"waits"}
+    assert q.cancel(waiting)
+    assert q.evict_idle_tenants() == 1 and q.limiter.tenants == {}
+    assert q._waiters_on == {}  # no bookkeeping left behind for limit sets nobody waits on
+
+
+def test_a_tenant_bucket_that_is_not_full_is_kept_and_a_rebuilt_one_has_the_same_limits() -> None:
+    clock = Clock()
+    q = make(clock, tenantLimits={"default": {"requestsPerMinute": 2}})
+    assert q.submit(q.request("local", "t", 0, 1)) is not None
+    assert q.submit(q.request("local", "t", 0, 1)) is not None
+    clock.advance(q.limiter.tenant_idle_seconds + 1)
+    q.limiter.tenants["t"].requests.take(1, clock())  # type: ignore[union-attr]  # still in debt
+    q.limiter.tenants["t"].last_used = 0.0
+    assert q.evict_idle_tenants() == 0  # dropping it would hand out a full bucket early
+    clock.advance(120)
+    assert q.evict_idle_tenants() == 1
+    # The rebuilt limit set enforces the same limit: two per minute, then the third waits.
+    assert q.submit(q.request("local", "t", 0, 1)) is not None
+    assert q.submit(q.request("local", "t", 0, 1)) is not None
+    assert q.submit(q.request("local", "t", 0, 1)) is None

@@ -130,3 +130,41 @@ def test_load_router_config_reports_every_problem(tmp_path: Path) -> None:
     text = str(err.value)
     assert "a.yaml: RouterConfig.policy.replicas: Input should be greater than or equal to 1" in text
     assert "b.yaml: Worker: processor workers need processingBackend" in text
+
+
+def test_inflight_lease_follows_the_worker_or_defaults() -> None:
+    from loom.router.routing import DEFAULT_INFLIGHT_LEASE, LEASE_GRACE, WORKER_ACK_GRACE
+
+    slow = WorkerRoute(default_model_tier="local", tiers=[], timeout_seconds=120, max_deliver=3)
+    t = table({"slow": slow, "echo": CATALOG["echo"]})
+    assert t.inflight_lease("slow") == (120 + WORKER_ACK_GRACE) * 3 + LEASE_GRACE
+    assert t.inflight_lease("echo") == DEFAULT_INFLIGHT_LEASE  # catalog entry without timing
+    assert t.inflight_lease("unknown") == DEFAULT_INFLIGHT_LEASE
+    assert table(None).inflight_lease("slow") == DEFAULT_INFLIGHT_LEASE
+
+
+def test_worker_route_carries_the_timing_of_the_worker() -> None:
+    from loom.api.worker import WorkerSpec
+    from loom.router.routing import worker_route
+
+    spec = WorkerSpec.model_validate(
+        {"name": "w", "workerKind": "processor", "processingBackend": "loom.contrib.noop.NoopBackend",
+         "timeoutSeconds": 10, "maxDeliver": 4}
+    )
+    route = worker_route(spec)
+    assert (route.timeout_seconds, route.max_deliver) == (10, 4)
+
+
+def test_router_lease_from_flag_or_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from loom.cli.main import build_parser
+
+    def lease(*argv: str) -> float | None:
+        value: float | None = build_parser().parse_args(["router", *argv]).inflight_lease_seconds
+        return value
+
+    assert lease() is None  # derived from the catalog at run time
+    monkeypatch.setenv("LOOM_ROUTER_INFLIGHT_LEASE_SECONDS", "42")
+    assert lease() == 42.0
+    assert lease("--inflight-lease-seconds", "7.5") == 7.5
+    with pytest.raises(SystemExit):
+        lease("--inflight-lease-seconds", "0")

@@ -13,7 +13,9 @@ def add_nats_options(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
     g = parser.add_argument_group("NATS connection")
     g.add_argument("--nats-url", default=env("LOOM_NATS_URL", NatsSettings.url), help="env LOOM_NATS_URL")
-    g.add_argument("--nats-creds", default=env("LOOM_NATS_CREDS"), help="credentials file; env LOOM_NATS_CREDS")
+    g.add_argument(
+        "--nats-creds", default=env("LOOM_NATS_CREDS"), help="credentials file; env LOOM_NATS_CREDS"
+    )
     g.add_argument("--nats-user", default=env("LOOM_NATS_USER"), help="env LOOM_NATS_USER")
     g.add_argument("--nats-password", default=env("LOOM_NATS_PASSWORD"), help="env LOOM_NATS_PASSWORD")
     g.add_argument("--nats-token", default=env("LOOM_NATS_TOKEN"), help="env LOOM_NATS_TOKEN")
@@ -28,7 +30,10 @@ def add_runtime_options(parser: argparse.ArgumentParser, *, metrics: bool = True
     env = os.environ.get
     g = parser.add_argument_group("logging and metrics")
     g.add_argument(
-        "--log-json", action="store_true", default=env("LOOM_LOG_JSON", "") in ("1", "true"), help="env LOOM_LOG_JSON"
+        "--log-json",
+        action="store_true",
+        default=env("LOOM_LOG_JSON", "") in ("1", "true"),
+        help="env LOOM_LOG_JSON",
     )
     g.add_argument("--log-level", default=env("LOOM_LOG_LEVEL", "INFO"), help="env LOOM_LOG_LEVEL")
     if metrics:
@@ -38,6 +43,25 @@ def add_runtime_options(parser: argparse.ArgumentParser, *, metrics: bool = True
             default=int(env("LOOM_METRICS_PORT", "9090")),
             help="/metrics and /healthz, /readyz port (0 = pick a free one, -1 = off); env LOOM_METRICS_PORT",
         )
+
+
+def add_goal_consumer_options(parser: argparse.ArgumentParser) -> None:
+    """Delivery options of the goal-consuming roles (pipeline, orchestrator)."""
+    parser.add_argument(
+        "--ack-wait",
+        type=float,
+        default=30.0,
+        help="Seconds without a heartbeat before a goal goes to another replica (default 30).",
+    )
+    parser.add_argument(
+        "--max-deliver",
+        type=int,
+        default=10,
+        help="Deliveries of one goal before it becomes a dead letter (reason max_deliveries).",
+    )
+    parser.add_argument(
+        "--drain-grace", type=float, default=5.0, help="Seconds running goals get on shutdown."
+    )
 
 
 def nats_settings(args: argparse.Namespace, name: str = "loom") -> NatsSettings:

@@ -35,7 +35,9 @@ def _command_modules() -> list[ModuleType]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (every subcommand registered)."""
-    parser = argparse.ArgumentParser(prog="loom", description="Multi-LLM workflows as stateless workers over NATS.")
+    parser = argparse.ArgumentParser(
+        prog="loom", description="Multi-LLM workflows as stateless workers over NATS."
+    )
     parser.add_argument("--version", action="version", version=f"loom {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for mod in _command_modules():

@@ -12,19 +12,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pydantic import ValidationError
-
 from loom.api.worker import WorkerSpec
 from loom.bus import Bus, Delivery
 from loom.checkpoint import CheckpointStore, KVCheckpointStore, RedisCheckpointStore
-from loom.dead_letters import build_dead_letter
+from loom.goal_delivery import read_goal
 from loom.llm.base import Provider
-from loom.messages import DeadLetterReason, GoalMessage, TaskStatus
+from loom.messages import TaskStatus
 from loom.orchestrator.config import OrchestratorConfig
 from loom.orchestrator.session import GoalSession
 from loom.pipeline import metrics as goal_metrics
 from loom.settings import NatsSettings
-from loom.subjects import STREAM_GOALS, result_subject
+from loom.subjects import STREAM_GOALS
 
 log = logging.getLogger(__name__)
 
@@ -104,22 +102,8 @@ class OrchestratorService:
     async def _handle(self, bus: Bus, d: Delivery) -> None:
         assert self.session is not None
         name = self.config.name
-        try:
-            goal = GoalMessage.from_bytes(d.data)
-            result_subject(goal.goal_id)
-        except (ValidationError, ValueError) as exc:
-            await bus.publish_dead_letter(
-                build_dead_letter(
-                    DeadLetterReason.MALFORMED,
-                    f"not a goal: {exc}",
-                    subject=d.subject,
-                    data=d.data,
-                    origin=f"{STREAM_GOALS}:{d.stream_seq}",
-                    role="orchestrator",
-                    deliveries=d.num_delivered,
-                )
-            )
-            await d.term()
+        goal = await read_goal(bus, d, "orchestrator")
+        if goal is None:
             return
         goal_metrics.GOALS_RECEIVED.labels(name).inc()
         in_flight = goal_metrics.GOALS_IN_FLIGHT.labels(name)

@@ -11,8 +11,6 @@ and re-publishes the unfinished ones under their original ``Nats-Msg-Id``.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +21,7 @@ from pydantic import ValidationError
 
 from loom.api.worker import WorkerSpec
 from loom.checkpoint import Checkpoint, CheckpointStore
+from loom.goal_delivery import heartbeat as keep_alive
 from loom.llm.base import ChatRequest, Message, Provider
 from loom.llm.jsonextract import NoJSONFound, extract_json
 from loom.llm.prompt import estimate_tokens
@@ -38,7 +37,6 @@ from loom.messages import (
 from loom.orchestrator import decompose as dc
 from loom.orchestrator.config import OrchestratorConfig
 from loom.orchestrator.metrics import CHECKPOINTS, REJECTED_SUBTASKS, RESUMED_FROM_CHECKPOINT, SUBTASKS
-from loom.pipeline.runner import _beat
 
 if TYPE_CHECKING:
     from loom.bus import Bus, ResultSubscription
@@ -141,33 +139,29 @@ class GoalSession:
     ) -> GoalResult:
         """Run (or resume) a goal and publish its result."""
         key = self.key(goal.goal_id)
-        beat = asyncio.create_task(_beat(heartbeat, heartbeat_every)) if heartbeat else None
-        sub = await self.bus.subscribe_results(goal.goal_id)
-        try:
-            cp = await self.store.load(key)
-            if cp is not None:
-                state = SessionState.from_checkpoint(cp)
-                state.interrupted = set(state.pending)
-                RESUMED_FROM_CHECKPOINT.labels(self.config.name).inc()
-                log.info(
-                    "goal %s resumed from checkpoint #%d (%d done, %d pending)",
-                    goal.goal_id,
-                    cp.sequence,
-                    len(state.completed),
-                    len(state.pending),
-                )
-            else:
-                state = SessionState(goal=goal, started_at=self.clock())
-                await self._decompose(state)
-                await self._save(state, "progress")
-            state = await self._collect(state, sub)
-            result = await self._finish(state)
-        finally:
-            if beat is not None:
-                beat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await beat
-            await sub.close()
+        async with keep_alive(heartbeat, heartbeat_every):
+            sub = await self.bus.subscribe_results(goal.goal_id)
+            try:
+                cp = await self.store.load(key)
+                if cp is not None:
+                    state = SessionState.from_checkpoint(cp)
+                    state.interrupted = set(state.pending)
+                    RESUMED_FROM_CHECKPOINT.labels(self.config.name).inc()
+                    log.info(
+                        "goal %s resumed from checkpoint #%d (%d done, %d pending)",
+                        goal.goal_id,
+                        cp.sequence,
+                        len(state.completed),
+                        len(state.pending),
+                    )
+                else:
+                    state = SessionState(goal=goal, started_at=self.clock())
+                    await self._decompose(state)
+                    await self._save(state, "progress")
+                state = await self._collect(state, sub)
+                result = await self._finish(state)
+            finally:
+                await sub.close()
         await self.bus.publish_result(result)
         await self.store.delete(key)
         return result

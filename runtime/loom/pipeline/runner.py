@@ -10,15 +10,14 @@ any attempt wins; results of stages already ended are ignored.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from loom.goal_delivery import heartbeat as keep_alive
 from loom.messages import GoalMessage, GoalResult, TaskMessage, TaskResult, TaskStatus
 from loom.pipeline import metrics
 from loom.pipeline.plan import PipelinePlan, parse_stage_task_id, stage_msg_id, stage_task_id
@@ -64,29 +63,27 @@ class GoalRunner:
         metrics.GOALS_RECEIVED.labels(*self._labels).inc()
         in_flight = metrics.GOALS_IN_FLIGHT.labels(*self._labels)
         in_flight.inc()
-        beat = asyncio.create_task(_beat(heartbeat, heartbeat_every)) if heartbeat else None
-        sub = await self.bus.subscribe_results(goal.goal_id)
         try:
-            resumed: list[str] = []
-            if state is None:
-                state = GoalState.new(self.plan, goal, self.clock())
-            else:
-                resumed = state.resume(self.clock())
-                metrics.GOALS_RESUMED.labels(*self._labels).inc()
-                log.info(
-                    "goal %s resumed (run %d), re-publishing %s",
-                    goal.goal_id,
-                    state.runs,
-                    resumed or "nothing",
-                )
-            result = await self._drive(state, sub, resumed)
+            async with keep_alive(heartbeat, heartbeat_every):
+                sub = await self.bus.subscribe_results(goal.goal_id)
+                try:
+                    resumed: list[str] = []
+                    if state is None:
+                        state = GoalState.new(self.plan, goal, self.clock())
+                    else:
+                        resumed = state.resume(self.clock())
+                        metrics.GOALS_RESUMED.labels(*self._labels).inc()
+                        log.info(
+                            "goal %s resumed (run %d), re-publishing %s",
+                            goal.goal_id,
+                            state.runs,
+                            resumed or "nothing",
+                        )
+                    result = await self._drive(state, sub, resumed)
+                finally:
+                    await sub.close()
         finally:
             in_flight.dec()
-            if beat is not None:
-                beat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await beat
-            await sub.close()
         await self.store.put(state)
         await self.bus.publish_result(result)
         outcome = "completed" if result.status == TaskStatus.COMPLETED else "failed"
@@ -243,13 +240,3 @@ class GoalRunner:
             if s.status == "cancelled":
                 metrics.STAGES_FINISHED.labels(self.plan.name, name, "cancelled").inc()
         return result
-
-
-async def _beat(heartbeat: Callable[[], Awaitable[Any]], every: float) -> None:
-    """Tell JetStream the goal is still being worked on, so it is not redelivered meanwhile."""
-    while True:
-        await asyncio.sleep(every)
-        try:
-            await heartbeat()
-        except Exception as exc:  # a lost heartbeat risks a redelivery, which the stored state makes harmless
-            log.warning("goal heartbeat failed: %s", exc)

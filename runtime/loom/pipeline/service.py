@@ -16,17 +16,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pydantic import ValidationError
-
 from loom.api.pipeline import PipelineSpec
 from loom.bus import Bus, Delivery
-from loom.dead_letters import build_dead_letter
-from loom.messages import DeadLetterReason, GoalMessage
+from loom.goal_delivery import read_goal
 from loom.pipeline.plan import PipelinePlan
 from loom.pipeline.runner import GoalRunner
 from loom.pipeline.state import DEFAULT_STATE_TTL, StateStore
 from loom.settings import NatsSettings
-from loom.subjects import STREAM_GOALS, result_subject
+from loom.subjects import STREAM_GOALS
 
 log = logging.getLogger(__name__)
 
@@ -92,22 +89,8 @@ class PipelineService:
 
     async def _handle(self, bus: Bus, d: Delivery) -> None:
         assert self.runner is not None
-        try:
-            goal = GoalMessage.from_bytes(d.data)
-            result_subject(goal.goal_id)
-        except (ValidationError, ValueError) as exc:
-            await bus.publish_dead_letter(
-                build_dead_letter(
-                    DeadLetterReason.MALFORMED,
-                    f"not a goal this pipeline can run: {exc}",
-                    subject=d.subject,
-                    data=d.data,
-                    origin=f"{STREAM_GOALS}:{d.stream_seq}",
-                    role="pipeline",
-                    deliveries=d.num_delivered,
-                )
-            )
-            await d.term()
+        goal = await read_goal(bus, d, "pipeline")
+        if goal is None:
             return
         await self.runner.run(
             goal, heartbeat=d.in_progress, heartbeat_every=max(0.2, self.options.ack_wait / 3)

@@ -7,7 +7,9 @@ Time comes from an injected clock (seconds, monotonic) so tests drive it by hand
   is admitted when the bucket is full (and leaves it in debt) so it cannot wait forever;
 * max concurrent counts tasks dispatched and not yet answered;
 * each router replica enforces ``limit / replicas``;
-* tenant limits apply on top of the tier limits.
+* tenant limits apply on top of the tier limits; a tenant's limit set is dropped
+  once it has been full and unused for ``tenant_idle_seconds`` (it would be
+  rebuilt full anyway), so many tenants do not mean unbounded memory.
 
 A task that does not fit waits. Waiting tasks are admitted by priority (high
 first), then age; a task never overtakes an earlier or higher-priority task
@@ -92,11 +94,15 @@ class LimitSet:
     requests: TokenBucket | None = None
     tokens: TokenBucket | None = None
     concurrency: Concurrency | None = None
+    #: Clock time of the last admission.
+    last_used: float = 0.0
+    #: Admitted dispatches whose release is still to come (concurrency or token corrections).
+    held: int = 0
 
     @classmethod
     def from_spec(cls, name: str, spec: RateLimit | None, replicas: int, now: float) -> LimitSet:
         """This replica's share of ``spec`` (each replica enforces ``limit / replicas``)."""
-        out = cls(name)
+        out = cls(name, last_used=now)
         if spec is None:
             return out
         if spec.requests_per_minute:
@@ -122,7 +128,17 @@ class LimitSet:
             and (self.concurrency is None or self.concurrency.fits())
         )
 
+    def idle_since(self, since: float, now: float) -> bool:
+        """Unused since ``since``, nothing held and every bucket full: dropping it loses nothing."""
+        return (
+            self.last_used <= since
+            and self.held == 0
+            and (self.concurrency is None or self.concurrency.used == 0)
+            and all(b is None or b.available(now) >= b.capacity for b in (self.requests, self.tokens))
+        )
+
     def take(self, tokens: float, now: float) -> None:
+        self.last_used = now
         if self.requests is not None:
             self.requests.take(1, now)
         if self.tokens is not None:
@@ -151,6 +167,8 @@ class Ticket:
     tokens: float
     limits: tuple[LimitSet, ...]
     released: bool = False
+    #: Holds a place in its limit sets until released (see :meth:`Limiter.needs_tracking`).
+    tracked: bool = False
 
 
 @dataclass(eq=False)
@@ -174,8 +192,9 @@ class Request:
 class Limiter:
     """Every limit of a RouterPolicy for one router replica."""
 
-    def __init__(self, policy: RouterPolicySpec, clock: Clock):
+    def __init__(self, policy: RouterPolicySpec, clock: Clock, tenant_idle_seconds: float = 300.0):
         self.clock = clock
+        self.tenant_idle_seconds = tenant_idle_seconds
         self.replicas = policy.replicas
         now = clock()
         self.tiers: dict[str, LimitSet] = {
@@ -218,9 +237,12 @@ class Limiter:
         for ls in limits:
             if not ls.fits(tokens, now):
                 return None
+        tracked = self.needs_tracking(limits)
         for ls in limits:
             ls.take(tokens, now)
-        return Ticket(tier, tenant, tokens, limits)
+            if tracked:
+                ls.held += 1
+        return Ticket(tier, tenant, tokens, limits, tracked=tracked)
 
     def release(self, ticket: Ticket, actual_tokens: float | None = None) -> None:
         """The result is back: free concurrency and correct the token estimate by the real usage."""
@@ -229,6 +251,8 @@ class Limiter:
         ticket.released = True
         now = self.clock()
         for ls in ticket.limits:
+            if ticket.tracked:
+                ls.held = max(0, ls.held - 1)
             if ls.concurrency is not None:
                 ls.concurrency.used = max(0, ls.concurrency.used - 1)
             if ls.tokens is not None and actual_tokens is not None:
@@ -237,6 +261,15 @@ class Limiter:
                     ls.tokens.give(diff, now)
                 elif diff < 0:
                     ls.tokens.take(-diff, now)
+
+    def evict_idle_tenants(self, keep: Callable[[LimitSet], bool] = lambda _: False) -> int:
+        """Drop tenant limit sets idle for ``tenant_idle_seconds``, unless ``keep`` says one is in use."""
+        now = self.clock()
+        since = now - self.tenant_idle_seconds
+        idle = [t for t, ls in self.tenants.items() if ls.idle_since(since, now) and not keep(ls)]
+        for tenant in idle:
+            del self.tenants[tenant]
+        return len(idle)
 
 
 @dataclass
@@ -295,8 +328,16 @@ class AdmissionQueue:
     def _remove(self, idx: int) -> Request:
         _, req = self.waiting.pop(idx)
         for ls in req.limits:
-            self._waiters_on[id(ls)] -= 1
+            left = self._waiters_on[id(ls)] - 1
+            if left:
+                self._waiters_on[id(ls)] = left
+            else:
+                del self._waiters_on[id(ls)]
         return req
+
+    def evict_idle_tenants(self) -> int:
+        """Drop idle tenant limit sets that no waiting request refers to; returns how many went."""
+        return self.limiter.evict_idle_tenants(keep=lambda ls: id(ls) in self._waiters_on)
 
     def cancel(self, req: Request) -> bool:
         """Drop a waiting request (e.g. the router is shutting down)."""

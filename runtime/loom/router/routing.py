@@ -24,6 +24,12 @@ from loom.subjects import task_subject
 FALLBACK_TIER = "standard"
 #: Output tokens assumed for a worker type the catalog does not describe.
 DEFAULT_MAX_OUTPUT_TOKENS = 2000
+#: Seconds a dispatch holds its concurrency and token estimate when its worker is not in the catalog.
+DEFAULT_INFLIGHT_LEASE = 900.0
+#: What a worker adds to ``timeout_seconds`` for its ack wait (``loom worker --ack-grace-seconds``).
+WORKER_ACK_GRACE = 30.0
+#: Slack on top of a worker's longest possible hold, for the result's way back.
+LEASE_GRACE = 60.0
 
 
 @dataclass(frozen=True)
@@ -97,11 +103,27 @@ class RoutingTable:
                 return Rejection(DeadLetterReason.MALFORMED, str(exc))
         return Route(wt, tier, subject)
 
+    def inflight_lease(self, worker_type: str) -> float:
+        """Seconds a dispatch of this worker type holds capacity unanswered (see :func:`inflight_lease`)."""
+        return inflight_lease(self.catalog.get(worker_type) if self.catalog is not None else None)
+
     def max_output_tokens(self, worker_type: str) -> int:
         """Output tokens to assume for a task of this worker type (for the tokens-per-minute estimate)."""
         if self.catalog is not None and worker_type in self.catalog:
             return self.catalog[worker_type].max_output_tokens
         return DEFAULT_MAX_OUTPUT_TOKENS
+
+
+def inflight_lease(route: WorkerRoute | None) -> float:
+    """How long a dispatch may go unanswered before the router stops holding capacity for it.
+
+    A worker holds a task at most ``timeout + ack grace`` per delivery, ``max_deliver`` times;
+    past that the task has a result or a dead letter (which answers the caller too), so a
+    dispatch still unanswered then has lost its result.
+    """
+    if route is None or route.timeout_seconds is None or route.max_deliver is None:
+        return DEFAULT_INFLIGHT_LEASE
+    return (route.timeout_seconds + WORKER_ACK_GRACE) * route.max_deliver + LEASE_GRACE
 
 
 def estimate_tokens(payload_size: int, max_output_tokens: int) -> int:
@@ -115,6 +137,8 @@ def worker_route(spec: WorkerSpec) -> WorkerRoute:
         default_model_tier=spec.default_model_tier,
         tiers=spec.served_tiers,
         max_output_tokens=spec.max_output_tokens,
+        timeout_seconds=spec.timeout_seconds,
+        max_deliver=spec.max_deliver,
     )
 
 

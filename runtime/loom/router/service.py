@@ -7,8 +7,9 @@ routing decision and the limits, forwards the original bytes to ``loom.tasks.<ty
   capacity frees up or ``onLimit.maxWaitSeconds`` passes; then it is a dead letter.
 * Results on ``loom.results.>`` release the concurrency and correct the token
   estimate of this replica's own dispatches.
-* The captured MAX_DELIVERIES advisories become ``max_deliveries`` dead letters
-  carrying the original message, which is then removed from its work queue.
+* The captured MAX_DELIVERIES advisories (tasks, router input and goals) become
+  ``max_deliveries`` dead letters carrying the original message, which is then
+  removed from its work queue; the caller gets a failed TaskResult or GoalResult.
 """
 
 from __future__ import annotations
@@ -27,11 +28,19 @@ from pydantic import ValidationError
 from loom import metrics
 from loom.api.router_policy import RouterConfig
 from loom.bus import ADVISORY_CONSUMER, STREAM_ADVISORIES, Bus, BusError, Delivery
-from loom.dead_letters import build_dead_letter
-from loom.messages import DeadLetterReason, TaskMessage, TaskResult, TaskStatus
+from loom.dead_letters import build_dead_letter, dead_letter_of
+from loom.messages import (
+    DeadLetter,
+    DeadLetterReason,
+    GoalMessage,
+    GoalResult,
+    TaskMessage,
+    TaskResult,
+    TaskStatus,
+)
 from loom.router.limits import AdmissionQueue, Limiter, Request, Ticket
 from loom.router.routing import Rejection, Route, RoutingTable, estimate_tokens
-from loom.subjects import ROUTER_CONSUMER, STREAM_INCOMING
+from loom.subjects import ROUTER_CONSUMER, STREAM_GOALS, STREAM_INCOMING, STREAM_TASKS
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +53,10 @@ class RouterOptions:
     batch: int = 256
     ack_wait: float = 30.0
     max_deliver: int = 10
-    dispatch_lease: float = 900.0  # release a dispatch's concurrency if no result comes back by then
+    #: Seconds a dispatch holds its capacity without a result; None: from the worker (see ``inflight_lease``).
+    dispatch_lease: float | None = None
+    #: How often idle tenant limit sets are dropped.
+    evict_interval: float = 60.0
     lag_interval: float = 5.0
     drain_grace: float = 10.0
 
@@ -181,10 +193,12 @@ class RouterService:
             raise
 
     async def _dispatch(self, d: Delivery, task: TaskMessage, route: Route, ticket: Ticket | None) -> None:
-        tracked = ticket is not None and self.limiter.needs_tracking(ticket.limits)
-        if tracked:
-            assert ticket is not None
-            self.dispatched[task.task_id] = (ticket, self.clock() + self.options.dispatch_lease)
+        if ticket is not None and ticket.tracked:
+            lease = self.options.dispatch_lease or self.table.inflight_lease(task.worker_type)
+            earlier = self.dispatched.get(task.task_id)
+            if earlier is not None:  # the same task id dispatched again: one hold per id
+                self.limiter.release(earlier[0])
+            self.dispatched[task.task_id] = (ticket, self.clock() + lease)
         try:
             await self.bus.js_publish(route.subject, d.data, msg_id=f"in-{d.stream_seq}")
         except (BusError, TimeoutError, OSError) as exc:
@@ -211,17 +225,7 @@ class RouterService:
         task: TaskMessage | None,
         tier: str | None = None,
     ) -> None:
-        dl = build_dead_letter(
-            reason,
-            detail,
-            subject=d.subject,
-            data=d.data,
-            origin=f"{STREAM_INCOMING}:{d.stream_seq}",
-            role="router",
-            task=task,
-            tier=tier,
-            deliveries=d.num_delivered,
-        )
+        dl = dead_letter_of(d, reason, detail, stream=STREAM_INCOMING, role="router", task=task, tier=tier)
         await self.bus.publish_dead_letter(dl)
         if task is not None:
             await self.bus.publish_result(_failed(task, tier, reason.value, f"{reason.value}: {detail}"))
@@ -249,6 +253,7 @@ class RouterService:
 
     async def _pump_loop(self, stop: asyncio.Event) -> None:
         next_keepalive = time.monotonic() + self._keepalive
+        next_evict = time.monotonic() + self.options.evict_interval
         next_gauges = 0.0
         while not stop.is_set():
             res = self.queue.pump()
@@ -267,10 +272,15 @@ class RouterService:
                 next_keepalive = now + self._keepalive
                 await self._keep_waiting_alive()
                 self._expire_leases()
+            if now >= next_evict:
+                next_evict = now + self.options.evict_interval
+                evicted = self.queue.evict_idle_tenants()
+                if evicted:
+                    log.debug("dropped %d idle tenant limit sets", evicted)
             if now >= next_gauges:
                 next_gauges = now + 1.0
                 self._update_gauges()
-            timeout = min(next_keepalive, next_gauges) - now
+            timeout = min(next_keepalive, next_gauges, next_evict) - now
             if res.next_wake is not None:
                 timeout = min(timeout, res.next_wake - self.clock())
             self.wake.clear()
@@ -352,30 +362,60 @@ class RouterService:
         if stored is None:
             await d.ack()  # settled meanwhile (acked, or already dead-lettered)
             return
-        try:
-            task: TaskMessage | None = TaskMessage.model_validate_json(stored.data)
-        except ValidationError:
-            task = None
-        parts = stored.subject.split(".")
-        tier = parts[3] if len(parts) == 4 and parts[2] != "incoming" else None
         detail = f"delivered {deliveries} times to consumer {consumer} without being settled"
-        dl = build_dead_letter(
-            DeadLetterReason.MAX_DELIVERIES,
-            detail,
-            subject=stored.subject,
-            data=stored.data,
-            origin=f"{stream}:{seq}",
-            role="router",
-            task=task,
-            tier=tier,
-            deliveries=deliveries,
+        dl, result = _max_deliveries(
+            stored.stream, stored.seq, stored.subject, stored.data, detail, deliveries
         )
         await self.bus.publish_dead_letter(dl)
-        if task is not None:
-            await self.bus.publish_result(_failed(task, tier, "max_deliveries", f"max_deliveries: {detail}"))
+        if result is not None:
+            await self.bus.publish_result(result)
         await self.bus.delete_stream_message(stream, seq)
         await d.ack()
         metrics.DEAD_LETTERS.labels(DeadLetterReason.MAX_DELIVERIES.value, "router").inc()
+
+
+def _max_deliveries(
+    stream: str, seq: int, subject: str, data: bytes, detail: str, deliveries: int | None
+) -> tuple[DeadLetter, TaskResult | GoalResult | None]:
+    """The dead letter of a message JetStream gave up on, and the failed result its caller waits for."""
+    code = DeadLetterReason.MAX_DELIVERIES
+    error = f"{code.value}: {detail}"
+    goal: GoalMessage | None = None
+    task: TaskMessage | None = None
+    tier: str | None = None
+    with contextlib.suppress(ValidationError):  # unreadable originals are dead-lettered all the same
+        if stream == STREAM_GOALS:
+            goal = GoalMessage.model_validate_json(data)
+        else:
+            task = TaskMessage.model_validate_json(data)
+    parts = subject.split(".")
+    if stream == STREAM_TASKS and len(parts) == 4:  # loom.tasks.<worker type>.<tier>
+        tier = parts[3]
+    dl = build_dead_letter(
+        code,
+        detail,
+        subject=subject,
+        data=data,
+        origin=f"{stream}:{seq}",
+        role="router",
+        task=task,
+        tier=tier,
+        goal=goal,
+        deliveries=deliveries,
+    )
+    result: TaskResult | GoalResult | None = None
+    if goal is not None:
+        result = GoalResult(
+            goal_id=goal.goal_id,
+            status=TaskStatus.FAILED,
+            error=error,
+            pipeline=goal.pipeline,
+            tenant=goal.tenant,
+            request_id=goal.request_id,
+        )
+    elif task is not None:
+        result = _failed(task, tier, code.value, error)
+    return dl, result
 
 
 def _failed(task: TaskMessage, tier: str | None, code: str, error: str) -> TaskResult:

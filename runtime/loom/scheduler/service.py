@@ -29,7 +29,7 @@ from pydantic import BaseModel
 
 from loom.api.loader import LoadError, load_paths
 from loom.api.schedule import ScheduleSpec
-from loom.bus import Bus, js_publish_once, kv_get
+from loom.bus import Bus, kv_get
 from loom.messages import GoalMessage, TaskMessage
 from loom.metrics import counter, gauge
 from loom.scheduler.plan import Decision, decide, dispatch_id
@@ -224,7 +224,7 @@ class Scheduler:
         name = spec.schedule_name
         did, subject, body = build_dispatch(spec, fire)
         try:
-            stored = await js_publish_once(self.bus, subject, body, msg_id=did)
+            stored = await self.bus.js_publish_once(subject, body, msg_id=did)
         except Exception:
             DISPATCH_ERRORS.labels(name).inc()
             raise

@@ -25,7 +25,7 @@ from loom.api.router_policy import RouterPolicySpec, TierDefinition
 from loom.api.worker import WorkerSpec
 from loom.bus import Bus, Delivery
 from loom.contracts import Contract
-from loom.dead_letters import build_dead_letter
+from loom.dead_letters import dead_letter_of
 from loom.errors import TaskError, TaskTimeout
 from loom.messages import DeadLetterReason, TaskMessage, TaskResult, TaskStatus
 from loom.subjects import STREAM_TASKS
@@ -239,17 +239,7 @@ class WorkerRuntime:
     async def _dead(
         self, d: Delivery, reason: DeadLetterReason, detail: str, task: TaskMessage | None
     ) -> None:
-        dl = build_dead_letter(
-            reason,
-            detail,
-            subject=d.subject,
-            data=d.data,
-            origin=f"{STREAM_TASKS}:{d.stream_seq}",
-            role="worker",
-            task=task,
-            tier=self.tier,
-            deliveries=d.num_delivered,
-        )
+        dl = dead_letter_of(d, reason, detail, stream=STREAM_TASKS, role="worker", task=task, tier=self.tier)
         await self.bus.publish_dead_letter(dl)
         await d.term()
         metrics.DEAD_LETTERS.labels(reason.value, "worker").inc()

@@ -1,9 +1,17 @@
-"""What every long-running role does around its work: logging, signals, health server, bus."""
+"""What every long-running role does around its work: logging, signals, health server, bus.
+
+One frame for all roles. :func:`serve_on_bus` connects a Bus for roles built on
+one (router, worker); :func:`serve` runs roles that own their connection
+(pipeline, orchestrator, scheduler). Either way: SIGTERM/SIGINT start a graceful
+drain, ``/readyz`` turns not-ready as soon as the drain starts (no new work is
+sent to a stopping pod), and the exit code is 0 after a clean stop.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -14,6 +22,11 @@ from loom.health import HealthServer
 from loom.logs import setup_logging
 
 log = logging.getLogger("loom")
+
+#: ``run(stop)``: works until ``stop`` is set, then drains and returns.
+RoleRun = Callable[[asyncio.Event], Awaitable[None]]
+#: Readiness of the role (NATS connected, consumer bound).
+Ready = Callable[[], bool]
 
 
 def configure_logging(args: argparse.Namespace) -> None:
@@ -34,24 +47,40 @@ def install_stop_handlers(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, on_signal, sig)
 
 
-async def serve(
+async def _run_framed(
     args: argparse.Namespace,
     role: str,
-    make: Callable[[Bus], Awaitable[tuple[Callable[[asyncio.Event], Awaitable[None]], Callable[[], bool]]]],
+    start: Callable[[contextlib.AsyncExitStack], Awaitable[tuple[RoleRun, Ready]]],
 ) -> int:
-    """Connect, build the role with ``make(bus) -> (run, ready)``, serve health, run until a signal."""
     stop = asyncio.Event()
     install_stop_handlers(stop)
-    bus = await Bus.connect(nats_settings(args, name=f"loom-{role}"))
-    health: HealthServer | None = None
-    try:
-        run, ready = await make(bus)
-        health = HealthServer(args.metrics_port, ready)
+    async with contextlib.AsyncExitStack() as stack:
+        run, ready = await start(stack)
+        health = HealthServer(args.metrics_port, lambda: ready() and not stop.is_set())
         await health.start()
+        stack.push_async_callback(health.stop)
         await run(stop)
-    finally:
-        if health is not None:
-            await health.stop()
-        await bus.close()
     log.info("%s stopped", role)
     return 0
+
+
+def serve(args: argparse.Namespace, role: str, run: RoleRun, ready: Ready) -> int:
+    """Run a role that connects by itself, with logging, health server and signal handling."""
+    configure_logging(args)
+
+    async def start(_: contextlib.AsyncExitStack) -> tuple[RoleRun, Ready]:
+        return run, ready
+
+    return asyncio.run(_run_framed(args, role, start))
+
+
+def serve_on_bus(args: argparse.Namespace, role: str, build: Callable[[Bus], tuple[RoleRun, Ready]]) -> int:
+    """Connect a Bus (closed after the role stops), build the role on it with ``build(bus)``, run it."""
+    configure_logging(args)
+
+    async def start(stack: contextlib.AsyncExitStack) -> tuple[RoleRun, Ready]:
+        bus = await Bus.connect(nats_settings(args, name=f"loom-{role}"))
+        stack.push_async_callback(bus.close)
+        return build(bus)
+
+    return asyncio.run(_run_framed(args, role, start))

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from loom.api.loader import LoadError
-from loom.cli.common import add_runtime_options, nats_settings
+from loom.cli.common import add_goal_consumer_options, add_runtime_options, nats_settings
 
 NAME = "orchestrator"
 HELP = "Run the goal orchestrator: consume loom.goals.incoming, decompose, dispatch, checkpoint, synthesize."
@@ -14,23 +14,12 @@ HELP = "Run the goal orchestrator: consume loom.goals.incoming, decompose, dispa
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="Orchestrator YAML (name, workers, decomposer, ...).")
-    parser.add_argument(
-        "--ack-wait",
-        type=float,
-        default=30.0,
-        help="Seconds without a heartbeat before a goal goes to another replica (default 30).",
-    )
-    parser.add_argument(
-        "--max-deliver", type=int, default=10, help="Deliveries of one goal before giving up."
-    )
-    parser.add_argument(
-        "--drain-grace", type=float, default=5.0, help="Seconds running goals get on shutdown."
-    )
+    add_goal_consumer_options(parser)
     add_runtime_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from loom.cli.coordinator_run import run_role
+    from loom.cli.commands._serve import serve
     from loom.llm.factory import ProviderConfigError, build_model_client
     from loom.orchestrator.config import load_config
     from loom.orchestrator.service import OrchestratorOptions, OrchestratorService
@@ -55,4 +44,4 @@ def run(args: argparse.Namespace) -> int:
             ack_wait=args.ack_wait, max_deliver=args.max_deliver, drain_grace=args.drain_grace
         ),
     )
-    return run_role(args, service.run, service.ready.is_set)
+    return serve(args, f"orchestrator {config.name}", service.run, service.ready.is_set)

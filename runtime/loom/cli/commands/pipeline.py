@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from loom.api.loader import LoadError, load_one
-from loom.cli.common import add_runtime_options, nats_settings
+from loom.cli.common import add_goal_consumer_options, add_runtime_options, nats_settings
 
 NAME = "pipeline"
 HELP = "Run a pipeline orchestrator: consume loom.goals.<pipeline>, run its stages, publish goal results."
@@ -14,29 +14,18 @@ HELP = "Run a pipeline orchestrator: consume loom.goals.<pipeline>, run its stag
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="Pipeline manifest or plain pipeline YAML.")
-    parser.add_argument(
-        "--ack-wait",
-        type=float,
-        default=30.0,
-        help="Seconds without a heartbeat before a goal goes to another replica (default 30).",
-    )
-    parser.add_argument(
-        "--max-deliver", type=int, default=10, help="Deliveries of one goal before giving up."
-    )
+    add_goal_consumer_options(parser)
     parser.add_argument(
         "--state-ttl",
         type=float,
         default=2 * 86400.0,
         help="Seconds finished goals keep their result (default 2 days).",
     )
-    parser.add_argument(
-        "--drain-grace", type=float, default=5.0, help="Seconds running goals get on shutdown."
-    )
     add_runtime_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from loom.cli.coordinator_run import run_role
+    from loom.cli.commands._serve import serve
     from loom.pipeline.service import PipelineOptions, PipelineService
 
     try:
@@ -57,4 +46,4 @@ def run(args: argparse.Namespace) -> int:
             drain_grace=args.drain_grace,
         ),
     )
-    return run_role(args, service.run, service.ready.is_set)
+    return serve(args, f"pipeline {spec.pipeline_name}", service.run, service.ready.is_set)

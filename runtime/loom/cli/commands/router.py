@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 
 from loom.api.loader import LoadError
 from loom.api.router_policy import RouterConfig
-from loom.cli.commands._serve import configure_logging, serve
+from loom.bus import Bus
+from loom.cli.commands._serve import Ready, RoleRun, configure_logging, serve_on_bus
 from loom.cli.common import add_runtime_options
 
 NAME = "router"
@@ -37,7 +37,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ack-wait", type=float, default=30.0, help="seconds before an unacked task is redelivered"
     )
+    parser.add_argument(
+        "--inflight-lease-seconds",
+        type=_positive_seconds,
+        default=env("LOOM_ROUTER_INFLIGHT_LEASE_SECONDS"),  # a string default goes through ``type`` too
+        metavar="SECONDS",
+        help="release a dispatch's concurrency and token hold when no result came back by then; "
+        "default: the worker's (timeout + ack grace) x max deliveries + a grace when the catalog knows "
+        "the worker, else 900; env LOOM_ROUTER_INFLIGHT_LEASE_SECONDS",
+    )
     add_runtime_options(parser)
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,16 +66,17 @@ def run(args: argparse.Namespace) -> int:
     except LoadError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 2
-    return asyncio.run(_main(args, config))
-
-
-async def _main(args: argparse.Namespace, config: RouterConfig) -> int:
     from loom.router.service import RouterOptions, RouterService
 
-    options = RouterOptions(max_in_flight=args.max_in_flight, batch=args.batch, ack_wait=args.ack_wait)
+    options = RouterOptions(
+        max_in_flight=args.max_in_flight,
+        batch=args.batch,
+        ack_wait=args.ack_wait,
+        dispatch_lease=args.inflight_lease_seconds,
+    )
 
-    async def make(bus):  # type: ignore[no-untyped-def]
+    def build(bus: Bus) -> tuple[RoleRun, Ready]:
         service = RouterService(bus, config, options)
         return service.run, lambda: service.ready
 
-    return await serve(args, "router", make)
+    return serve_on_bus(args, "router", build)

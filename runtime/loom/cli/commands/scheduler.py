@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from loom.cli.coordinator_run import run_role
+    from loom.cli.commands._serve import serve
     from loom.scheduler.service import SchedulerService, load_schedules
 
     try:
@@ -33,4 +33,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"loom scheduler: invalid config:\n{exc}", file=sys.stderr)
         return 2
     service = SchedulerService(schedules, nats_settings(args, name="loom-scheduler"))
-    return run_role(args, service.run, service.ready.is_set)
+    return serve(args, "scheduler", service.run, service.ready.is_set)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 
 from loom.api.loader import LoadError, load_one, resolve_schema_refs
 from loom.api.router_policy import TierDefinition
 from loom.api.worker import WorkerSpec
-from loom.cli.commands._serve import configure_logging, serve
+from loom.bus import Bus
+from loom.cli.commands._serve import Ready, RoleRun, configure_logging, serve_on_bus
 from loom.cli.common import add_runtime_options
-from loom.worker.engine import TaskEngine, build_engine
+from loom.worker.engine import build_engine
 
 NAME = "worker"
 HELP = "Run a worker (LLM or processor) for one tier."
@@ -80,16 +80,12 @@ def run(args: argparse.Namespace) -> int:
     except (ImportError, TypeError, ValueError, KeyError) as exc:
         print(f"loom worker: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_main(args, spec, tier, engine))
-
-
-async def _main(args: argparse.Namespace, spec: WorkerSpec, tier: TierDefinition, engine: TaskEngine) -> int:
     from loom.worker.runtime import WorkerOptions, WorkerRuntime
 
     options = WorkerOptions(ack_grace=args.ack_grace_seconds, drain_grace=args.drain_grace_seconds)
 
-    async def make(bus):  # type: ignore[no-untyped-def]
+    def build(bus: Bus) -> tuple[RoleRun, Ready]:
         runtime = WorkerRuntime(bus, spec, tier, engine, options)
         return runtime.run, lambda: runtime.ready
 
-    return await serve(args, f"worker-{spec.name}-{tier.name}", make)
+    return serve_on_bus(args, f"worker-{spec.name}-{tier.name}", build)

@@ -1,0 +1,64 @@
+"""Taking a goal off the bus, for the roles that run goals (pipelines and the goal orchestrator).
+
+A goal message that cannot be read becomes a ``malformed`` dead letter at once
+(no retry can fix it). A goal being worked on is acknowledged only when it has
+finished, so while it runs a heartbeat keeps JetStream from handing it to
+another replica; a lost heartbeat only risks a redelivery, which the stored
+goal state makes harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from loom.dead_letters import dead_letter_of
+from loom.messages import DeadLetterReason, GoalMessage
+from loom.subjects import STREAM_GOALS, result_subject
+
+if TYPE_CHECKING:
+    from loom.bus import Bus, Delivery
+
+log = logging.getLogger(__name__)
+
+
+async def read_goal(bus: Bus, d: Delivery, role: str) -> GoalMessage | None:
+    """The goal in ``d``; None when it is not one (then it is dead-lettered and settled)."""
+    try:
+        goal: GoalMessage = GoalMessage.from_bytes(d.data)
+        result_subject(goal.goal_id)  # the id must make a valid result subject
+    except (ValidationError, ValueError) as exc:
+        reason = f"not a goal the {role} can run: {exc}"
+        await bus.publish_dead_letter(
+            dead_letter_of(d, DeadLetterReason.MALFORMED, reason, stream=STREAM_GOALS, role=role)
+        )
+        await d.term()
+        return None
+    return goal
+
+
+@contextlib.asynccontextmanager
+async def heartbeat(beat: Callable[[], Awaitable[Any]] | None, every: float) -> AsyncIterator[None]:
+    """Call ``beat()`` every ``every`` seconds while the block runs (nothing when ``beat`` is None)."""
+    task = asyncio.create_task(_beat(beat, every)) if beat is not None else None
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _beat(beat: Callable[[], Awaitable[Any]], every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await beat()
+        except Exception as exc:
+            log.warning("goal heartbeat failed: %s", exc)
