@@ -64,7 +64,9 @@ def test_worker_gets_its_manifest_and_the_tier_with_the_local_model_url(tmp_path
     plan = plan_for(load_paths([SAMPLES]), tmp_path)
     proc = plan.process("worker-doc-summarizer-local")
     cfg = tmp_path / "worker-doc-summarizer.yaml"
-    assert proc.args == ("worker", "--config", str(cfg), "--tier", "local")
+    assert proc.args == (
+        "worker", "--config", str(cfg), "--tier", "local", "--base-dir", str(SAMPLES.resolve())
+    )
     tier = json.loads(proc.env["LOOM_TIER_CONFIG"])
     assert tier["name"] == "local" and tier["backend"] == "local"
     assert tier["baseUrl"] == LLM_URL

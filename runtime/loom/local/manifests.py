@@ -252,7 +252,11 @@ def build_plan(
                 PlannedProcess(
                     name=f"worker-{wtype}-{tier}",
                     role="worker",
-                    args=("worker", "--config", config_file, "--tier", tier),
+                    args=(
+                        "worker", "--config", config_file, "--tier", tier,
+                        # relative knowledge paths start where the manifest lives, not in the run dir
+                        "--base-dir", str(Path(res.source).resolve().parent) if res.source else ".",
+                    ),
                     metrics_port=next(ports),
                     config_file=config_file,
                     config=manifest,
