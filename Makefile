@@ -13,7 +13,7 @@ GOAL_TIMEOUT ?= 900
 # some VMs advertise CPU features (e.g. AMX) that then fault at run time.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: venv run up test lint
+.PHONY: venv run up test lint envtest e2e-kind
 
 venv: $(VENV)/.installed
 
@@ -67,3 +67,11 @@ lint: venv
 	$(BIN)/ruff check runtime operator tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+# The Docker-free control plane for the k8s tests (cached under ~/.cache/loom; cold build ~7-10 min).
+envtest:
+	bash hack/envtest/build.sh && bash hack/envtest/tools.sh
+
+# The same e2e suite on a kind cluster (needs Docker and kind).
+e2e-kind: venv
+	bash hack/e2e-kind.sh

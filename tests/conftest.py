@@ -9,6 +9,9 @@ import pytest
 from tests.support.nats_server import NatsServer
 from tests.support.redis_server import redis_server  # noqa: F401 - fixture for every test
 
+#: The real Kubernetes control plane (session-scoped; started only by tests that ask for it).
+pytest_plugins = ["tests.k8s.fixtures"]
+
 
 @pytest.fixture
 def nats_server() -> Iterator[NatsServer]:

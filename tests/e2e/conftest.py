@@ -1,0 +1,127 @@
+"""End-to-end fixtures: the same tests against any cluster behind a kubeconfig.
+
+Which cluster (first match wins):
+
+- ``LOOM_E2E_KUBECONFIG=/path``: an existing cluster, used as-is and never deleted
+  (``hack/e2e-kind.sh`` sets this after creating kind and installing the chart);
+- ``LOOM_E2E_PROVIDER=envtest`` (default): the local control plane from ``tests.k8s``
+  (etcd + kube-apiserver + controller-manager + scheduler + kwok, no Docker);
+- ``LOOM_E2E_PROVIDER=kind``: a throwaway kind cluster, when ``docker`` and ``kind`` are on
+  PATH and the Docker daemon answers; otherwise the tests skip and say why.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+
+from tests.k8s.envtest import ControlPlane
+from tests.k8s.fixtures import prebuild_binaries
+
+PROVIDERS = ("envtest", "kind")
+KIND_CREATE_TIMEOUT = 600
+
+
+def _kind_unavailable() -> str | None:
+    """Why a kind cluster cannot be made here, or None when it can."""
+    for tool in ("docker", "kind"):
+        if shutil.which(tool) is None:
+            return f"kind provider needs `{tool}` on PATH"
+    try:
+        info = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return "kind provider: `docker info` did not answer within 20s"
+    if info.returncode != 0:
+        detail = (info.stderr or info.stdout).strip().splitlines()
+        return f"kind provider: Docker daemon not reachable ({detail[-1] if detail else 'no output'})"
+    return None
+
+
+def _uses_envtest() -> bool:
+    return (
+        not os.environ.get("LOOM_E2E_KUBECONFIG")
+        and os.environ.get("LOOM_E2E_PROVIDER", "envtest") == "envtest"
+    )
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if _uses_envtest() and any("cluster" in getattr(i, "fixturenames", ()) for i in session.items):
+        prebuild_binaries(session, "e2e tests on the envtest provider")
+
+
+def _envtest_cluster(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """Reuse the session control plane from tests.k8s.fixtures, or start one for e2e."""
+    try:
+        plane: ControlPlane = request.getfixturevalue("control_plane")
+    except pytest.FixtureLookupError:
+        with ControlPlane(controllers=True) as own:
+            yield own.admin_kubeconfig
+        return
+    yield plane.admin_kubeconfig
+
+
+def _kind_cluster(tmp_dir: Path) -> Iterator[Path]:
+    reason = _kind_unavailable()
+    if reason:
+        pytest.skip(reason)
+    name = f"loom-e2e-{uuid.uuid4().hex[:6]}"
+    kubeconfig = tmp_dir / "kind.kubeconfig"
+    subprocess.run(
+        ["kind", "create", "cluster", "--name", name, "--kubeconfig", str(kubeconfig), "--wait", "180s"],
+        check=True,
+        timeout=KIND_CREATE_TIMEOUT,
+    )
+    try:
+        yield kubeconfig
+    finally:
+        subprocess.run(["kind", "delete", "cluster", "--name", name], check=False, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Kubeconfig path of the cluster under test (cluster-admin rights)."""
+    existing = os.environ.get("LOOM_E2E_KUBECONFIG")
+    if existing:
+        yield Path(existing)
+        return
+    provider = os.environ.get("LOOM_E2E_PROVIDER", "envtest")
+    if provider == "envtest":
+        yield from _envtest_cluster(request)
+    elif provider == "kind":
+        yield from _kind_cluster(tmp_path_factory.mktemp("kind"))
+    else:
+        raise pytest.UsageError(f"LOOM_E2E_PROVIDER={provider!r}; expected one of {PROVIDERS}")
+
+
+@pytest.fixture
+def api(cluster: Path) -> Iterator[client.ApiClient]:
+    """A cluster-admin API client for one test."""
+    with config.new_client_from_config(str(cluster)) as api_client:
+        yield api_client
+
+
+@pytest.fixture
+def namespace(api: client.ApiClient) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards (without waiting for finalization)."""
+    core = client.CoreV1Api(api)
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    core.create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"loom.dev/e2e": "true"}))
+    )
+    try:
+        yield name
+    finally:
+        core.delete_namespace(name)
