@@ -1,0 +1,1 @@
+"""``loom operator`` and ``loom render`` (registered through the ``loom.commands`` entry points)."""

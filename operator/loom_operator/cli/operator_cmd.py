@@ -1,0 +1,85 @@
+"""``loom operator``: run the Kopf operator in-process, with /metrics and /healthz on one port."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from loom_operator.settings import Settings
+
+NAME = "operator"
+HELP = "Run the Loom operator: reconcile Workers, Pipelines, RouterPolicies and Schedules."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)"
+    )
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        dest="namespaces",
+        help="watch only this namespace (repeatable); env LOOM_WATCH_NAMESPACES; default cluster-wide",
+    )
+    parser.add_argument("--nats-url", help="NATS URL given to pods; env LOOM_NATS_URL")
+    parser.add_argument(
+        "--nats-monitor-url", help="NATS monitoring URL for the scaler; env LOOM_NATS_MONITOR_URL"
+    )
+    parser.add_argument("--image", help="image of rendered pods; env LOOM_IMAGE")
+    parser.add_argument("--keda", choices=("auto", "on", "off"), help="KEDA ScaledObjects; env LOOM_KEDA")
+    parser.add_argument(
+        "--scaler-interval", type=float, help="seconds between scaler passes; env LOOM_SCALER_INTERVAL"
+    )
+    parser.add_argument("--resync-seconds", type=float, help="full re-apply period; env LOOM_RESYNC_SECONDS")
+    parser.add_argument(
+        "--metrics-port", type=int, help="/metrics and /healthz port (0 = off); env LOOM_METRICS_PORT"
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Environment settings with the given flags winning."""
+    return Settings.from_env().with_overrides(
+        kubeconfig=args.kubeconfig,
+        watch_namespaces=tuple(sorted(set(args.namespaces))) if args.namespaces else None,
+        nats_url=args.nats_url,
+        nats_monitor_url=args.nats_monitor_url.rstrip("/") if args.nats_monitor_url else None,
+        image=args.image,
+        keda=args.keda,
+        scaler_interval=args.scaler_interval,
+        resync_seconds=args.resync_seconds,
+        metrics_port=args.metrics_port,
+    )
+
+
+async def _main(args: argparse.Namespace) -> int:
+    from loom_operator import handlers, metrics
+
+    settings = settings_from_args(args)
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = None
+    if settings.metrics_port > 0:
+        runner = await metrics.start_server(settings.metrics_port, ready.is_set)
+    try:
+        await handlers.run(settings, stop=stop, ready=ready)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call is noise
+    return asyncio.run(_main(args))

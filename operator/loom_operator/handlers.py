@@ -1,0 +1,238 @@
+"""Kopf glue: registers the handlers on a registry; every decision lives in controller/reconcile.
+
+Kopf configuration (set at startup):
+  * diffbase and handler progress live in ``status.kopf`` (never in annotations: a large
+    systemPrompt would overflow the 256 KiB annotation limit with
+    ``last-handled-configuration``), so the operator never writes its resources' spec
+    or metadata;
+  * no deletion handlers, timers or daemons on the four kinds, so Kopf adds no
+    finalizer: children go with their owner through ownerReferences;
+  * children are watched with a server-side label selector (``managed-by=loom-operator``);
+  * Kopf posts only Warning-level events (errors); Stalled events come from k8s.py.
+Errors: ``Stalled`` → ``kopf.PermanentError`` (no hot retry loop); conflicts, throttling and
+server errors → ``kopf.TemporaryError``; other API rejections (4xx) → permanent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from loom.api.common import API_GROUP, API_VERSION
+from loom_operator.controller import Controller
+from loom_operator.k8s import Credentials, Kube, KubeError, namespace_terminating
+from loom_operator.readiness import ChildDeployment
+from loom_operator.reconcile import PolicyEntry, Reconciler, Stalled, WorkerEntry, parse_body
+from loom_operator.render import worker_route
+from loom_operator.render.common import MANAGED_BY, MANAGED_BY_LABEL
+from loom_operator.scaler_loop import ScalerLoop
+from loom_operator.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PLURALS = ("workers", "pipelines", "routerpolicies", "schedules")
+CHILD_LABELS = {MANAGED_BY_LABEL: MANAGED_BY}
+CHILD_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+#: (group/version, plural) of every child kind the operator watches.
+CHILD_RESOURCES = (
+    ("apps/v1", "deployments"),
+    ("v1", "configmaps"),
+    ("v1", "services"),
+    ("keda.sh/v1alpha1", "scaledobjects"),
+)
+
+
+async def resolve_keda(settings: Settings, kube: Kube) -> bool:
+    """KEDA mode: on/off as told; auto = when the ScaledObject CRD is installed."""
+    if settings.keda == "auto":
+        return await kube.crd_exists("scaledobjects.keda.sh")
+    return settings.keda == "on"
+
+
+def _translate(exc: KubeError) -> kopf.TemporaryError | kopf.PermanentError:
+    if namespace_terminating(exc):
+        return kopf.PermanentError(f"namespace is being deleted: {exc}")
+    if exc.status in (409, 429) or exc.status >= 500:
+        return kopf.TemporaryError(str(exc), delay=5)
+    if exc.status == 403:
+        return kopf.TemporaryError(f"forbidden (check the operator's RBAC): {exc}", delay=30)
+    return kopf.PermanentError(str(exc))
+
+
+def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
+    """Register every handler of the operator on ``registry``."""
+
+    @kopf.on.login(registry=registry, id="login")
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        creds = Credentials.load(settings.kubeconfig)
+        return kopf.ConnectionInfo(
+            server=creds.server,
+            ca_path=creds.ca_path,
+            insecure=creds.insecure,
+            certificate_path=creds.cert_path,
+            private_key_path=creds.key_path,
+            scheme="Bearer" if creds.token else None,
+            token=creds.token,
+            default_namespace=creds.default_namespace,
+        )
+
+    # ---------------------------------------------------------------- indices
+
+    @kopf.index("apps/v1", "deployments", labels=CHILD_LABELS, registry=registry, id="loom_children")
+    def loom_children(body: kopf.Body, **_: Any) -> dict[Any, ChildDeployment] | None:
+        child = ChildDeployment.from_body(body)
+        if child is None:
+            return None
+        return {(child.namespace, child.owner_kind, child.owner_name): child}
+
+    @kopf.index(API_GROUP, API_VERSION, "workers", registry=registry, id="loom_workers")
+    def loom_workers(
+        body: kopf.Body, namespace: str | None, name: str, **_: Any
+    ) -> dict[str | None, WorkerEntry] | None:
+        try:
+            spec = parse_body(body).spec
+        except Stalled:
+            return None
+        return {
+            namespace: WorkerEntry(
+                name=name,
+                worker_type=spec.worker_type,
+                route=worker_route(spec),
+                tiers=tuple(spec.served_tiers),
+                spec=spec,
+            )
+        }
+
+    @kopf.index(API_GROUP, API_VERSION, "routerpolicies", registry=registry, id="loom_policies")
+    def loom_policies(
+        body: kopf.Body, namespace: str | None, name: str, **_: Any
+    ) -> dict[str | None, PolicyEntry]:
+        try:
+            spec = parse_body(body).spec
+        except Stalled:
+            spec = None
+        return {namespace: PolicyEntry(name=name, spec=spec)}
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @kopf.on.startup(registry=registry, id="startup")
+    async def startup(settings: kopf.OperatorSettings, memo: Any, **kwargs: Any) -> None:
+        # Kopf passes the (still filling) indices to startup handlers; they stay live.
+        loom_children: kopf.Index[Any, ChildDeployment] = kwargs["loom_children"]
+        loom_workers: kopf.Index[str, WorkerEntry] = kwargs["loom_workers"]
+        loom_policies: kopf.Index[str, PolicyEntry] = kwargs["loom_policies"]
+        cfg: Settings = memo["settings"]
+        settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
+        settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
+            field="status.kopf.lastHandledConfiguration"
+        )
+        settings.posting.level = logging.WARNING
+        settings.posting.reporting_component = "loom-operator"
+        for group_version, plural in CHILD_RESOURCES:
+            settings.watching.label_selectors[group_version, plural] = CHILD_SELECTOR
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.networking.request_timeout = 60
+
+        kube = Kube(Credentials.load(cfg.kubeconfig))
+        keda = await resolve_keda(cfg, kube)
+        reconciler = Reconciler(kube, cfg, keda=keda)
+        controller = Controller(
+            cfg, kube, reconciler, children=loom_children, workers=loom_workers, policies=loom_policies
+        )
+        memo["kube"] = kube
+        memo["controller"] = controller
+        controller.start(controller.resync_forever(cfg.resync_seconds), controller.schedules_forever())
+        if not keda:
+            scaler = ScalerLoop(
+                kube,
+                reconciler,
+                cfg.nats_monitor_url,
+                controller.scaler_targets,
+                interval=cfg.scaler_interval,
+                on_observed=lambda ns, name: controller.refresh("Worker", ns, name),
+            )
+            memo["scaler"] = scaler
+            controller.start(scaler.run_forever())
+        log.info(
+            "loom operator started: %s, KEDA %s, NATS monitor %s",
+            "cluster-wide" if cfg.clusterwide else f"namespaces {', '.join(cfg.watch_namespaces)}",
+            "on" if keda else "off (built-in scaler)",
+            cfg.nats_monitor_url,
+        )
+
+    @kopf.on.cleanup(registry=registry, id="cleanup")
+    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        controller: Controller | None = memo.get("controller")
+        if controller is not None:
+            await controller.stop()
+        scaler: ScalerLoop | None = memo.get("scaler")
+        if scaler is not None:
+            await scaler.aclose()
+        kube: Kube | None = memo.get("kube")
+        if kube is not None:
+            await kube.aclose()
+
+    # ---------------------------------------------------------------- owners
+
+    for plural in PLURALS:
+
+        @kopf.on.resume(API_GROUP, API_VERSION, plural, registry=registry, id="reconcile")
+        @kopf.on.create(API_GROUP, API_VERSION, plural, registry=registry, id="reconcile")
+        @kopf.on.update(API_GROUP, API_VERSION, plural, registry=registry, id="reconcile")
+        async def reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+            controller: Controller = memo["controller"]
+            try:
+                await controller.reconcile(body)
+            except Stalled as exc:
+                raise kopf.PermanentError(str(exc)) from None
+            except KubeError as exc:
+                raise _translate(exc) from None
+
+    @kopf.on.event(API_GROUP, API_VERSION, "workers", registry=registry, id="worker-catalog")
+    async def worker_changed(namespace: str | None, memo: Any, **_: Any) -> None:
+        controller: Controller | None = memo.get("controller")
+        if controller is not None and namespace:
+            controller.worker_event(namespace)
+
+    @kopf.on.event(API_GROUP, API_VERSION, "routerpolicies", registry=registry, id="policy-tiers")
+    async def policy_changed(namespace: str | None, memo: Any, **_: Any) -> None:
+        controller: Controller | None = memo.get("controller")
+        if controller is not None and namespace:
+            controller.policy_event(namespace)
+
+    # ---------------------------------------------------------------- children
+
+    for group_version, child in CHILD_RESOURCES:
+
+        @kopf.on.event(group_version, child, labels=CHILD_LABELS, registry=registry, id=f"child-{child}")
+        async def child_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+            controller: Controller | None = memo.get("controller")
+            if controller is not None:
+                await controller.child_event(type, body)
+
+
+def build_registry(settings: Settings) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    register(registry, settings)
+    return registry
+
+
+async def run(
+    settings: Settings, *, stop: asyncio.Event | None = None, ready: asyncio.Event | None = None
+) -> None:
+    """Run the operator until ``stop`` is set (or forever)."""
+    memo = kopf.Memo()
+    memo["settings"] = settings
+    await kopf.operator(
+        registry=build_registry(settings),
+        clusterwide=settings.clusterwide,
+        namespaces=list(settings.watch_namespaces),
+        standalone=True,
+        memo=memo,
+        stop_flag=stop,
+        ready_flag=ready,
+    )

@@ -1,0 +1,427 @@
+"""Reconcile one resource: parse → render → server-side apply → prune → status.
+
+Kept apart from Kopf so the same code serves the create/update/resume handlers,
+the resync timer, the "a child was deleted by hand" path and the "the namespace's
+RouterPolicy or Worker catalog changed" path. Invalid specs the API server could
+not reject (a pipeline cycle, a tier the RouterPolicy does not define) raise
+``Stalled`` after writing a Stalled condition and a Warning Event; nothing is
+applied or deleted for them, so a bad edit never churns running children.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from loom.api import GROUP_VERSION, PipelineSpec, RouterPolicySpec, ScheduleSpec, WorkerSpec
+from loom.api.loader import LoadError, Resource, parse_document
+from loom.api.router_policy import WorkerRoute
+from loom_operator import conditions
+from loom_operator.conditions import Phase
+from loom_operator.k8s import Kube, KubeError
+from loom_operator.readiness import ChildDeployment, freshest, phase_of
+from loom_operator.render import (
+    Owner,
+    RenderError,
+    render_pipeline,
+    render_router_policy,
+    render_schedule,
+    render_worker,
+)
+from loom_operator.render.common import child_selector
+from loom_operator.render.schedule import describe, fire_times
+from loom_operator.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str, str]  # (kind, namespace, name)
+
+
+class Stalled(Exception):
+    """The spec cannot be acted on until someone changes it."""
+
+    def __init__(self, reason: str, message: str):
+        self.reason = reason
+        self.message = message
+        super().__init__(f"{reason}: {message}")
+
+
+@dataclass(frozen=True)
+class WorkerEntry:
+    """A Worker as the namespace's router catalog and the scaler see it (from the Kopf index)."""
+
+    name: str
+    worker_type: str
+    route: WorkerRoute
+    tiers: tuple[str, ...]
+    spec: WorkerSpec
+
+
+@dataclass(frozen=True)
+class PolicyEntry:
+    """A RouterPolicy of a namespace; ``spec`` None when it does not validate."""
+
+    name: str
+    spec: RouterPolicySpec | None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the built-in scaler last saw and decided for one tier."""
+
+    lag: int
+    desired: int
+
+
+@dataclass
+class Known:
+    """What this process last concluded and wrote for one resource (for status-only refreshes)."""
+
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+    generation: int | None
+    resource: Resource | None
+    created: datetime
+    expected: tuple[str, ...] = ()
+    #: Child Deployments as the last apply returned them (merged with watch events by freshness).
+    applied: dict[str, ChildDeployment] = field(default_factory=dict)
+    stalled: Phase | None = None
+    status: dict[str, Any] = field(default_factory=dict)
+
+    def ref(self) -> dict[str, Any]:
+        return {
+            "apiVersion": self.api_version,
+            "kind": self.kind,
+            "metadata": {"name": self.name, "namespace": self.namespace},
+        }
+
+
+def parse_body(body: Mapping[str, Any]) -> Resource:
+    """Validate a custom resource body with the shared spec models; Stalled with every problem."""
+    meta = body.get("metadata", {})
+    doc = {
+        "apiVersion": body.get("apiVersion", GROUP_VERSION),
+        "kind": body.get("kind"),
+        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace")},
+        "spec": dict(body.get("spec") or {}),
+    }
+    try:
+        (resource,) = parse_document(doc, f"{body.get('kind')}/{meta.get('name')}", 0)
+    except LoadError as exc:
+        # Problems read "<source>: <Kind>/<name>: spec.<field>: <message>"; keep the field part.
+        raise Stalled("InvalidSpec", "; ".join(p.split(": ", 2)[-1] for p in exc.problems)) from None
+    return resource
+
+
+def effective_policy(entries: Iterable[PolicyEntry]) -> PolicyEntry | None:
+    """The RouterPolicy that governs a namespace: the first by name (others are Stalled)."""
+    ordered = sorted(entries, key=lambda e: e.name)
+    return ordered[0] if ordered else None
+
+
+def catalog(entries: Iterable[WorkerEntry]) -> dict[str, WorkerRoute]:
+    return {e.worker_type: e.route for e in sorted(entries, key=lambda e: e.name)}
+
+
+def catalog_hash(routes: Mapping[str, WorkerRoute]) -> str:
+    blob = json.dumps({k: v.to_manifest_dict() for k, v in sorted(routes.items())}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _created(body: Mapping[str, Any], now: datetime) -> datetime:
+    stamp = body.get("metadata", {}).get("creationTimestamp")
+    if not stamp:
+        return now
+    return datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+
+
+def render_resource(
+    owner: Owner,
+    resource: Resource,
+    settings: Settings,
+    *,
+    keda: bool,
+    policies: Sequence[PolicyEntry],
+    workers: Sequence[WorkerEntry],
+) -> list[dict[str, Any]]:
+    """The children of one parsed resource, given its namespace's policies and workers (pure).
+
+    Raises Stalled for what the API server accepted but cannot be rendered.
+    """
+    spec = resource.spec
+    try:
+        if isinstance(spec, WorkerSpec):
+            eff = effective_policy(policies)
+            return render_worker(
+                owner,
+                spec,
+                settings,
+                policy=eff.spec if eff else None,
+                policy_name=eff.name if eff else None,
+                keda=keda,
+            )
+        if isinstance(spec, PipelineSpec):
+            return render_pipeline(owner, spec, settings)
+        if isinstance(spec, RouterPolicySpec):
+            eff = effective_policy(policies)
+            if eff is not None and eff.name != owner.name:
+                raise Stalled(
+                    "Conflict", f"RouterPolicy {eff.name!r} already governs namespace {owner.namespace!r}"
+                )
+            return render_router_policy(owner, spec, settings, workers=catalog(workers))
+        if isinstance(spec, ScheduleSpec):
+            return render_schedule(owner, spec, settings)
+    except RenderError as exc:
+        raise Stalled("UnknownTier" if "tier" in str(exc) else "RenderFailed", str(exc)) from None
+    raise TypeError(f"no renderer for {type(spec).__name__}")
+
+
+class Reconciler:
+    """Renders and applies children, prunes stale ones and writes kstatus status."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        settings: Settings,
+        *,
+        keda: bool,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ):
+        self.kube = kube
+        self.settings = settings
+        self.keda = keda
+        self.clock = clock
+        self.known: dict[Key, Known] = {}
+        self.observations: dict[tuple[str, str, str], Observation] = {}
+        #: Per namespace: hash and size of the worker catalog the router was last rendered with.
+        self.catalogs: dict[str, str] = {}
+        self.catalog_sizes: dict[str, int] = {}
+        #: Status of one resource is computed and written under its lock, so the last write
+        #: is computed from the newest view (watch events and reconciles run concurrently).
+        self._locks: dict[Key, asyncio.Lock] = {}
+
+    def render(
+        self,
+        owner: Owner,
+        resource: Resource,
+        *,
+        policies: Sequence[PolicyEntry],
+        workers: Sequence[WorkerEntry],
+    ) -> list[dict[str, Any]]:
+        return render_resource(
+            owner, resource, self.settings, keda=self.keda, policies=policies, workers=workers
+        )
+
+    # ----------------------------------------------------------------- reconcile
+
+    async def reconcile(
+        self,
+        body: Mapping[str, Any],
+        *,
+        policies: Sequence[PolicyEntry] = (),
+        workers: Sequence[WorkerEntry] = (),
+        children: Sequence[ChildDeployment] = (),
+    ) -> Phase:
+        """Bring one resource's children in line with its spec and report status.
+
+        ``policies``/``workers`` are the namespace's RouterPolicies and Workers, ``children``
+        the Deployments already known to belong to this resource (for pruning and readiness).
+        """
+        owner = Owner.from_body(body)
+        assert owner.namespace is not None
+        meta = body["metadata"]
+        now = self.clock()
+        key = (owner.kind, owner.namespace, owner.name)
+        known = self.known.get(key) or Known(
+            api_version=body.get("apiVersion", GROUP_VERSION),
+            kind=owner.kind,
+            namespace=owner.namespace,
+            name=owner.name,
+            generation=meta.get("generation"),
+            resource=None,
+            created=_created(body, now),
+            status={k: v for k, v in (body.get("status") or {}).items() if k != "kopf"},
+        )
+        known.generation = meta.get("generation")
+        self.known[key] = known
+        try:
+            resource = parse_body(body)
+            known.resource = resource
+            objects = self.render(owner, resource, policies=policies, workers=workers)
+        except Stalled as exc:
+            known.stalled = Phase.stalled(exc.reason, exc.message)
+            async with self._lock(key):
+                await self._publish(known, known.stalled, body=body)
+            raise
+        known.stalled = None
+        if isinstance(resource.spec, RouterPolicySpec):
+            routes = catalog(workers)
+            self.catalogs[owner.namespace] = catalog_hash(routes)
+            self.catalog_sizes[owner.namespace] = len(routes)
+
+        expected = tuple(o["metadata"]["name"] for o in objects if o["kind"] == "Deployment")
+        known.expected = expected  # before applying: watch events may be handled meanwhile
+        applied = await self._apply_all(objects)
+        known.applied = {
+            c.name: c
+            for o in applied
+            if o.get("kind") == "Deployment" and (c := ChildDeployment.from_body(o)) is not None
+        }
+        await self._prune(owner, objects, children)
+        merged = freshest(children, known.applied.values())
+        phase = phase_of(expected, [merged[n] for n in expected if n in merged])
+        async with self._lock(key):
+            await self._publish(known, phase, children=merged.values(), body=body)
+        return phase
+
+    async def _apply_all(self, objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # ConfigMaps first: pods of a new Deployment should find their config mounted.
+        first = [o for o in objects if o["kind"] == "ConfigMap"]
+        rest = [o for o in objects if o["kind"] != "ConfigMap"]
+        applied = [await self.kube.apply(o) for o in first]
+        applied += await asyncio.gather(*(self.kube.apply(o) for o in rest))
+        return applied
+
+    async def _prune(
+        self, owner: Owner, objects: list[dict[str, Any]], children: Sequence[ChildDeployment]
+    ) -> None:
+        """Delete children this resource no longer renders (a removed tier, autoscaling turned off)."""
+        wanted = {(o["kind"], o["metadata"]["name"]) for o in objects}
+        for child in children:
+            if ("Deployment", child.name) not in wanted:
+                log.info("deleting stale Deployment %s/%s", child.namespace, child.name)
+                await self.kube.delete("apps/v1", "Deployment", child.namespace, child.name, uid=child.uid)
+        if self.keda and owner.kind == "Worker":
+            assert owner.namespace is not None
+            for so in await self.kube.list(
+                "keda.sh/v1alpha1", "ScaledObject", owner.namespace, child_selector(owner)
+            ):
+                name = so["metadata"]["name"]
+                if ("ScaledObject", name) not in wanted:
+                    log.info("deleting stale ScaledObject %s/%s", owner.namespace, name)
+                    await self.kube.delete(
+                        "keda.sh/v1alpha1",
+                        "ScaledObject",
+                        owner.namespace,
+                        name,
+                        uid=so["metadata"].get("uid"),
+                    )
+
+    # ----------------------------------------------------------------- status
+
+    def _lock(self, key: Key) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    async def refresh(
+        self, kind: str, namespace: str, name: str, children: Callable[[], Sequence[ChildDeployment]]
+    ) -> None:
+        """Recompute status from the children as last seen (no apply). Unknown resources are skipped:
+        their own handler has not run in this process yet and will report."""
+        known = self.known.get((kind, namespace, name))
+        if known is None or known.resource is None:
+            return
+        async with self._lock((kind, namespace, name)):
+            merged = freshest(known.applied.values(), children())
+            current = [merged[n] for n in known.expected if n in merged]
+            phase = known.stalled or phase_of(known.expected, current)
+            await self._publish(known, phase, children=current)
+
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        self.known.pop((kind, namespace, name), None)
+        self._locks.pop((kind, namespace, name), None)
+        for key in [k for k in self.observations if k[0] == namespace and k[1] == name and kind == "Worker"]:
+            del self.observations[key]
+
+    def build_status(
+        self, known: Known, phase: Phase, children: Iterable[ChildDeployment] = ()
+    ) -> dict[str, Any]:
+        """The full status document (every list written whole)."""
+        now = self.clock()
+        status: dict[str, Any] = {
+            "observedGeneration": known.generation,
+            "conditions": conditions.build_conditions(
+                phase, known.generation, known.status.get("conditions"), now
+            ),
+        }
+        spec = known.resource.spec if known.resource else None
+        by_tier = {c.tier: c for c in children if c.name in known.expected}
+        if isinstance(spec, WorkerSpec):
+            tiers = []
+            lag_total: int | None = None
+            for tier in spec.served_tiers:
+                child = by_tier.get(tier)
+                entry: dict[str, Any] = {
+                    "name": tier,
+                    "replicas": child.replicas if child else 0,
+                    "readyReplicas": child.ready_replicas if child else 0,
+                }
+                obs = self.observations.get((known.namespace, known.name, tier))
+                if obs is not None:
+                    entry["lag"] = obs.lag
+                    entry["desiredReplicas"] = obs.desired
+                    lag_total = (lag_total or 0) + obs.lag
+                tiers.append(entry)
+            status["tiers"] = tiers
+            status["tierNames"] = ",".join(spec.served_tiers)
+            ready = sum(t["readyReplicas"] for t in tiers)
+            status["replicaSummary"] = f"{ready}/{sum(t['replicas'] for t in tiers)}"
+            status["lag"] = lag_total
+        elif isinstance(spec, PipelineSpec):
+            status["stages"] = len(spec.pipeline_stages)
+        elif isinstance(spec, RouterPolicySpec):
+            status["tierNames"] = ",".join(spec.tier_names)
+            status["workers"] = self.catalog_sizes.get(known.namespace, 0)
+        elif isinstance(spec, ScheduleSpec):
+            last, nxt = fire_times(spec, known.created, now)
+            status["schedule"] = describe(spec)
+            status["lastScheduleTime"] = conditions.rfc3339(last) if last else None
+            status["nextScheduleTime"] = conditions.rfc3339(nxt) if nxt else None
+        return status
+
+    async def _publish(
+        self,
+        known: Known,
+        phase: Phase,
+        *,
+        children: Iterable[ChildDeployment] = (),
+        body: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write status when it changed; post a Warning Event when the resource newly stalls."""
+        status = self.build_status(known, phase, children)
+        previous = known.status
+        unchanged = {k: v for k, v in status.items() if k != "conditions"} == {
+            k: previous.get(k) for k in status if k != "conditions"
+        } and conditions.same_ignoring_times(status["conditions"], previous.get("conditions"))
+        if phase.state == "stalled":
+            old = conditions.condition(previous.get("conditions"), conditions.STALLED)
+            if not (old and old.get("status") == "True" and old.get("message") == phase.message):
+                try:
+                    await self.kube.post_event(
+                        {
+                            **known.ref(),
+                            "metadata": dict((body or {}).get("metadata") or known.ref()["metadata"]),
+                        },
+                        "Warning",
+                        phase.reason,
+                        phase.message,
+                    )
+                except KubeError as exc:
+                    log.warning("cannot post event for %s/%s: %s", known.namespace, known.name, exc)
+        if unchanged:
+            return
+        result = await self.kube.patch_status(
+            known.api_version, known.kind, known.namespace, known.name, status
+        )
+        if result is not None:
+            known.status = status

@@ -1,0 +1,141 @@
+"""Worker → ConfigMap, one Deployment per served tier, a metrics Service, and per-tier ScaledObjects (KEDA).
+
+Each tier's pods get ``LOOM_TIER_CONFIG``: the tier's definition from the namespace's
+RouterPolicy (a local-backend default when the namespace has none), with the API key
+injected from its Secret by reference. With autoscaling on, ``replicas`` is left out of
+the Deployment: KEDA or the built-in scaler owns it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlparse
+
+from loom import subjects
+from loom.api import RouterPolicySpec, TierDefinition, WorkerSpec
+from loom_operator.render.common import (
+    Owner,
+    RenderError,
+    config_hash,
+    config_map,
+    deployment,
+    manifest_text,
+    metadata,
+    metrics_service,
+)
+from loom_operator.settings import Settings
+
+CONFIG_KEY = "worker.yaml"
+#: API key variable per backend when the tier names none.
+DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
+FALLBACK_KEY_ENV = "LOOM_API_KEY"
+
+
+def deployment_name(worker: str, tier: str) -> str:
+    return f"{worker}-{tier}"
+
+
+def tier_definition(
+    tier: str, policy: RouterPolicySpec | None, policy_name: str | None = None
+) -> TierDefinition:
+    """The tier's definition from the RouterPolicy; raises RenderError for a tier it does not define."""
+    if policy is None:
+        return TierDefinition(name=tier)
+    try:
+        return policy.tier(tier)
+    except KeyError:
+        where = f"RouterPolicy {policy_name!r}" if policy_name else "the namespace's RouterPolicy"
+        raise RenderError(
+            f"tier {tier!r} is not defined by {where} (defined: {', '.join(policy.tier_names)})"
+        ) from None
+
+
+def tier_env(tier_def: TierDefinition) -> list[dict[str, Any]]:
+    """``LOOM_TIER_CONFIG`` plus the API key from its Secret (never the key's value)."""
+    env: list[dict[str, Any]] = []
+    if tier_def.api_key_secret_ref is not None:
+        key_env = tier_def.api_key_env or DEFAULT_KEY_ENV.get(tier_def.backend, FALLBACK_KEY_ENV)
+        tier_def = tier_def.model_copy(update={"api_key_env": key_env})
+        ref = tier_def.api_key_secret_ref
+        assert ref is not None
+        env.append({"name": key_env, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    blob = json.dumps(tier_def.to_manifest_dict(), sort_keys=True, separators=(",", ":"))
+    return [{"name": "LOOM_TIER_CONFIG", "value": blob}, *env]
+
+
+def scaled_object(owner: Owner, spec: WorkerSpec, tier: str, settings: Settings) -> dict[str, Any]:
+    """KEDA ScaledObject on the tier's JetStream consumer lag (same semantics as the built-in scaler)."""
+    a = spec.autoscaling
+    monitor = urlparse(settings.nats_monitor_url)
+    name = deployment_name(owner.name, tier)
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": metadata(owner, name, tier),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "pollingInterval": a.polling_seconds,
+            "cooldownPeriod": a.cooldown_seconds,
+            "minReplicaCount": a.min_replicas,
+            "maxReplicaCount": a.max_replicas,
+            "advanced": {
+                "horizontalPodAutoscalerConfig": {
+                    "behavior": {"scaleDown": {"stabilizationWindowSeconds": a.cooldown_seconds}}
+                }
+            },
+            "triggers": [
+                {
+                    "type": "nats-jetstream",
+                    "metadata": {
+                        "natsServerMonitoringEndpoint": monitor.netloc or monitor.path,
+                        "account": "$G",
+                        "stream": subjects.STREAM_TASKS,
+                        "consumer": subjects.worker_consumer(spec.worker_type, tier),
+                        "lagThreshold": str(a.target_lag),
+                        "activationLagThreshold": str(a.activation_lag),
+                        "useHttps": "true" if monitor.scheme == "https" else "false",
+                    },
+                }
+            ],
+        },
+    }
+
+
+def render_worker(
+    owner: Owner,
+    spec: WorkerSpec,
+    settings: Settings,
+    *,
+    policy: RouterPolicySpec | None = None,
+    policy_name: str | None = None,
+    keda: bool = False,
+) -> list[dict[str, Any]]:
+    """Every child of a Worker. Raises RenderError when a served tier is unknown to the policy."""
+    tier_defs = [tier_definition(t, policy, policy_name) for t in spec.served_tiers]
+    cm = config_map(owner, CONFIG_KEY, manifest_text("Worker", owner, spec.to_manifest_dict()))
+    hash_ = config_hash(cm["data"])
+    scaled = spec.autoscaling.enabled
+    extra_env = [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
+    objects: list[dict[str, Any]] = [cm]
+    for tier_def in tier_defs:
+        tier = tier_def.name
+        objects.append(
+            deployment(
+                owner,
+                name=deployment_name(owner.name, tier),
+                args=["worker", "--config", f"/etc/loom/{CONFIG_KEY}", "--tier", tier],
+                config_key=CONFIG_KEY,
+                hash_=hash_,
+                resources=spec.resources,
+                settings=settings,
+                replicas=None if scaled else spec.replicas,
+                tier=tier,
+                env=[*tier_env(tier_def), *extra_env],
+                image=spec.image,
+            )
+        )
+    objects.append(metrics_service(owner))
+    if scaled and keda:
+        objects += [scaled_object(owner, spec, t.name, settings) for t in tier_defs]
+    return objects

@@ -1,0 +1,160 @@
+"""The built-in scaler's adapter: lag from NATS monitoring in, scale-subresource writes out.
+
+One pass reads ``/jsz?consumers=true`` once (every consumer of every stream), then
+decides each autoscaled Worker tier whose ``pollingSeconds`` have elapsed with
+``scaler.decide`` and sets replicas through the Deployment scale subresource as field
+manager ``loom-autoscaler``. It runs only when KEDA is not in use. A tier whose
+consumer does not exist yet has no lag (new Deployments start with one replica, whose
+worker creates the durable consumer, so a tier can always be scaled back up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from loom import subjects
+from loom.api import Autoscaling
+from loom_operator import metrics
+from loom_operator.k8s import Kube, KubeError
+from loom_operator.reconcile import Observation, Reconciler
+from loom_operator.scaler import Decision, decide
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One autoscaled tier Deployment."""
+
+    namespace: str
+    worker: str
+    worker_type: str
+    tier: str
+    deployment: str
+    autoscaling: Autoscaling
+    current: int | None
+
+    @property
+    def consumer(self) -> str:
+        return subjects.worker_consumer(self.worker_type, self.tier)
+
+
+def consumer_lags(
+    jsz: dict[str, Any], stream: str = subjects.STREAM_TASKS, account: str = "$G"
+) -> dict[str, int]:
+    """``num_pending + num_ack_pending`` per consumer of ``stream`` from a ``/jsz`` document."""
+    lags: dict[str, int] = {}
+    for acc in jsz.get("account_details") or []:
+        if account not in (acc.get("name"), acc.get("id")):
+            continue
+        for st in acc.get("stream_detail") or []:
+            if st.get("name") != stream:
+                continue
+            for c in st.get("consumer_detail") or []:
+                lags[c["name"]] = int(c.get("num_pending", 0)) + int(c.get("num_ack_pending", 0))
+    return lags
+
+
+async def fetch_lags(http: httpx.AsyncClient, monitor_url: str) -> dict[str, int]:
+    resp = await http.get(
+        f"{monitor_url}/jsz",
+        params={"accounts": "true", "streams": "true", "consumers": "true", "limit": "100000"},
+    )
+    resp.raise_for_status()
+    return consumer_lags(resp.json())
+
+
+class ScalerLoop:
+    """Periodic scaler passes; ``targets`` yields the autoscaled tiers as currently known."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        reconciler: Reconciler,
+        monitor_url: str,
+        targets: Callable[[], Sequence[Target]],
+        *,
+        interval: float,
+        on_observed: Callable[[str, str], Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.kube = kube
+        self.reconciler = reconciler
+        self.monitor_url = monitor_url.rstrip("/")
+        self.targets = targets
+        self.interval = interval
+        self.on_observed = on_observed
+        self.clock = clock
+        self.last_needed: dict[tuple[str, str], float] = {}
+        self.last_polled: dict[tuple[str, str], float] = {}
+        self._http = httpx.AsyncClient(timeout=10.0)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except (httpx.HTTPError, ValueError) as exc:
+                metrics.SCALER_ERRORS.labels("lag").inc()
+                log.warning("scaler: cannot read lag from %s: %s", self.monitor_url, exc)
+            await asyncio.sleep(self.interval)
+
+    async def tick(self) -> list[tuple[Target, Decision]]:
+        """One pass over every due tier; returns what was decided."""
+        now = self.clock()
+        due = [
+            t
+            for t in self.targets()
+            if now - self.last_polled.get((t.namespace, t.deployment), float("-inf"))
+            >= t.autoscaling.polling_seconds
+        ]
+        if not due:
+            return []
+        lags = await fetch_lags(self._http, self.monitor_url)
+        decided: list[tuple[Target, Decision]] = []
+        touched: set[tuple[str, str]] = set()
+        for target in due:
+            key = (target.namespace, target.deployment)
+            self.last_polled[key] = now
+            if target.current is None:
+                continue  # the Deployment is not there yet; the reconciler creates it
+            lag = lags.get(target.consumer, 0)
+            decision = decide(lag, target.current, self.last_needed.get(key), target.autoscaling, now)
+            self.last_needed[key] = decision.last_needed
+            metrics.SCALER_LAG.labels(target.worker, target.tier).set(lag)
+            metrics.SCALER_DESIRED.labels(target.worker, target.tier).set(decision.desired)
+            if decision.desired != target.current:
+                try:
+                    await self.kube.scale(target.namespace, target.deployment, decision.desired)
+                    log.info(
+                        "scaler: %s/%s %d -> %d (lag %d, %s)",
+                        target.namespace,
+                        target.deployment,
+                        target.current,
+                        decision.desired,
+                        lag,
+                        decision.reason,
+                    )
+                except KubeError as exc:
+                    metrics.SCALER_ERRORS.labels("scale").inc()
+                    log.warning("scaler: cannot scale %s/%s: %s", target.namespace, target.deployment, exc)
+                    continue
+            obs = Observation(lag=lag, desired=decision.desired)
+            okey = (target.namespace, target.worker, target.tier)
+            if self.reconciler.observations.get(okey) != obs:
+                self.reconciler.observations[okey] = obs
+                touched.add((target.namespace, target.worker))
+            decided.append((target, decision))
+        if self.on_observed is not None:
+            for namespace, worker in sorted(touched):
+                await self.on_observed(namespace, worker)
+        return decided

@@ -1,0 +1,77 @@
+"""Status models of the four resources (kstatus), used to render status and to generate the CRD schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from loom.api.common import Condition, SpecModel
+
+
+class CommonStatus(SpecModel):
+    """What every Loom resource reports: the generation it acted on and kstatus conditions."""
+
+    observed_generation: int | None = Field(
+        default=None, description="metadata.generation the conditions describe."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, max_length=16, description="Ready, Reconciling and Stalled (kstatus)."
+    )
+    kopf: dict[str, Any] | None = Field(
+        default=None, description="Operator bookkeeping (handler progress, last handled spec)."
+    )
+
+
+class TierStatus(SpecModel):
+    """One tier's Deployment as last seen."""
+
+    name: str = Field(description="Tier name.")
+    replicas: int = Field(default=0, description="Replicas the Deployment currently asks for.")
+    ready_replicas: int = Field(default=0, description="Replicas that are ready.")
+    desired_replicas: int | None = Field(
+        default=None, description="What the autoscaler wants (unset when autoscaling is off or KEDA owns it)."
+    )
+    lag: int | None = Field(
+        default=None, description="Pending + unacknowledged tasks on the tier's consumer (built-in scaler)."
+    )
+
+
+class WorkerStatus(CommonStatus):
+    """Worker status: per-tier replicas and lag, plus one-line summaries for ``kubectl get``."""
+
+    tiers: list[TierStatus] = Field(default_factory=list, max_length=20)
+    tier_names: str = Field(default="", description="Served tiers, comma separated.")
+    replica_summary: str = Field(default="", description="Ready/desired replicas over all tiers.")
+    lag: int | None = Field(default=None, description="Consumer lag summed over tiers (built-in scaler).")
+
+
+class PipelineStatus(CommonStatus):
+    """Pipeline status."""
+
+    stages: int = Field(default=0, description="Number of stages.")
+
+
+class RouterPolicyStatus(CommonStatus):
+    """RouterPolicy status."""
+
+    tier_names: str = Field(default="", description="Defined tiers, comma separated.")
+    workers: int = Field(default=0, description="Worker types in the router's catalog.")
+
+
+class ScheduleStatus(CommonStatus):
+    """Schedule status, CronJob-like."""
+
+    schedule: str = Field(default="", description="The cron expression or 'every <n>s'.")
+    last_schedule_time: str | None = Field(
+        default=None, description="The most recent fire time due (RFC 3339) while the scheduler ran."
+    )
+    next_schedule_time: str | None = Field(default=None, description="The next fire time (RFC 3339).")
+
+
+STATUS_MODELS: dict[str, type[CommonStatus]] = {
+    "Worker": WorkerStatus,
+    "Pipeline": PipelineStatus,
+    "RouterPolicy": RouterPolicyStatus,
+    "Schedule": ScheduleStatus,
+}
