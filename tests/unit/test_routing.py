@@ -144,8 +144,8 @@ def test_inflight_lease_follows_the_worker_or_defaults() -> None:
 
 
 def test_worker_route_carries_the_timing_of_the_worker() -> None:
+    from loom.api.router_policy import worker_route
     from loom.api.worker import WorkerSpec
-    from loom.router.routing import worker_route
 
     spec = WorkerSpec.model_validate(
         {"name": "w", "workerKind": "processor", "processingBackend": "loom.contrib.noop.NoopBackend",

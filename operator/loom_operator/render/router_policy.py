@@ -9,20 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from loom.api import RouterConfig, RouterPolicySpec, WorkerSpec
+from loom.api import RouterConfig, RouterPolicySpec
 from loom.api.router_policy import WorkerRoute
 from loom_operator.render.common import Owner, config_hash, config_map, deployment, to_yaml
 from loom_operator.settings import Settings
 
 CONFIG_KEY = "router.yaml"
-
-
-def worker_route(spec: WorkerSpec) -> WorkerRoute:
-    return WorkerRoute(
-        default_model_tier=spec.default_model_tier,
-        tiers=spec.served_tiers,
-        max_output_tokens=spec.max_output_tokens,
-    )
 
 
 def router_config(policy: RouterPolicySpec, workers: Mapping[str, WorkerRoute]) -> RouterConfig:

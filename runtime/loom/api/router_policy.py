@@ -21,6 +21,7 @@ from loom.api.common import (
     cel,
     with_validations,
 )
+from loom.api.worker import WorkerSpec
 
 Backend = Literal["anthropic", "openai", "ollama", "local"]
 
@@ -165,6 +166,17 @@ class WorkerRoute(SpecModel):
     )
     max_deliver: int | None = Field(
         default=None, ge=1, description="The worker's deliveries per task (sizes the in-flight lease)."
+    )
+
+
+def worker_route(spec: WorkerSpec) -> WorkerRoute:
+    """What the router needs to know of a Worker (the operator and local mode build catalogs with it)."""
+    return WorkerRoute(
+        default_model_tier=spec.default_model_tier,
+        tiers=spec.served_tiers,
+        max_output_tokens=spec.max_output_tokens,
+        timeout_seconds=spec.timeout_seconds,
+        max_deliver=spec.max_deliver,
     )
 
 

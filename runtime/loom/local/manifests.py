@@ -18,10 +18,9 @@ from typing import Any
 
 from loom.api.loader import Resource
 from loom.api.pipeline import PipelineSpec
-from loom.api.router_policy import RouterConfig, RouterPolicySpec, TierDefinition, WorkerRoute
+from loom.api.router_policy import RouterConfig, RouterPolicySpec, TierDefinition, WorkerRoute, worker_route
 from loom.api.schedule import ScheduleSpec
 from loom.api.worker import WorkerSpec
-from loom.router.routing import worker_route
 
 #: Start order; processes of a later phase start once the earlier phases are ready.
 PHASES: dict[str, int] = {

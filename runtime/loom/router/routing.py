@@ -16,8 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from loom.api.loader import LoadError, format_validation_error, load_text
-from loom.api.router_policy import RouterConfig, RouterPolicySpec, WorkerRoute
-from loom.api.worker import WorkerSpec
+from loom.api.router_policy import RouterConfig, RouterPolicySpec, WorkerRoute, worker_route
 from loom.messages import DeadLetterReason, TaskMessage
 from loom.subjects import task_subject
 
@@ -129,17 +128,6 @@ def inflight_lease(route: WorkerRoute | None) -> float:
 def estimate_tokens(payload_size: int, max_output_tokens: int) -> int:
     """Tokens a task may use: ~4 bytes per input token plus the worker's output budget."""
     return payload_size // 4 + max_output_tokens
-
-
-def worker_route(spec: WorkerSpec) -> WorkerRoute:
-    """What the router needs to know of a Worker."""
-    return WorkerRoute(
-        default_model_tier=spec.default_model_tier,
-        tiers=spec.served_tiers,
-        max_output_tokens=spec.max_output_tokens,
-        timeout_seconds=spec.timeout_seconds,
-        max_deliver=spec.max_deliver,
-    )
 
 
 def _is_router_config(doc: Any) -> bool:

@@ -240,7 +240,13 @@ def test_pipeline_router_and_schedule_children() -> None:
     router_yaml = objs[0]["data"]["router.yaml"]
     cfg = yaml.safe_load(router_yaml)
     assert cfg["workers"] == {
-        "summarizer": {"defaultModelTier": "local", "tiers": ["local", "frontier"], "maxOutputTokens": 2000}
+        "summarizer": {
+            "defaultModelTier": "local",
+            "tiers": ["local", "frontier"],
+            "maxOutputTokens": 2000,
+            "timeoutSeconds": 60.0,
+            "maxDeliver": 3,
+        }
     }
     assert container(objs[1])["args"] == ["router", "--config", "/etc/loom/router.yaml"]
 
