@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from typing import Any
 
 import kopf
@@ -129,6 +130,11 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
             field="status.kopf.lastHandledConfiguration"
         )
+        if not cfg.clusterwide:
+            # Watching listed namespaces needs no cluster-wide namespace list (namespaced RBAC forbids it).
+            settings.scanning.disabled = True
+        if cfg.peering:
+            settings.peering.mandatory = True
         settings.posting.level = logging.WARNING
         settings.posting.reporting_component = "loom-operator"
         for group_version, plural in CHILD_RESOURCES:
@@ -231,7 +237,10 @@ async def run(
         registry=build_registry(settings),
         clusterwide=settings.clusterwide,
         namespaces=list(settings.watch_namespaces),
-        standalone=True,
+        standalone=settings.peering is None,
+        peering_name=settings.peering,
+        # Replicas of a hot standby need distinct priorities, or Kopf pauses them all.
+        priority=secrets.randbelow(1_000_000) + 1 if settings.peering else None,
         memo=memo,
         stop_flag=stop,
         ready_flag=ready,

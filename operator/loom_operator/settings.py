@@ -38,6 +38,8 @@ class Settings:
     #: Full re-apply of every resource's children (drift repair); readiness follows watch events.
     resync_seconds: float = 120.0
     kubeconfig: str | None = None
+    #: Kopf peering object name for a hot standby; None runs standalone (one replica).
+    peering: str | None = None
 
     @property
     def clusterwide(self) -> bool:
@@ -63,6 +65,7 @@ class Settings:
             metrics_port=int(e.get("LOOM_METRICS_PORT") or cls.metrics_port),
             resync_seconds=float(e.get("LOOM_RESYNC_SECONDS") or cls.resync_seconds),
             kubeconfig=e.get("KUBECONFIG") or None,
+            peering=e.get("LOOM_PEERING") or None,
         )
 
     def with_overrides(self, **changes: Any) -> Settings:

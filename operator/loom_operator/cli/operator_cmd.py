@@ -37,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-port", type=int, help="/metrics and /healthz port (0 = off); env LOOM_METRICS_PORT"
     )
+    parser.add_argument(
+        "--peering",
+        help="Kopf peering name for a hot standby: the highest-priority replica works, the others wait; "
+        "env LOOM_PEERING; default standalone",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
 
@@ -52,6 +57,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         scaler_interval=args.scaler_interval,
         resync_seconds=args.resync_seconds,
         metrics_port=args.metrics_port,
+        peering=args.peering,
     )
 
 
