@@ -118,7 +118,7 @@ def chart_cluster_role() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def loom_crds(control_plane: ControlPlane) -> None:  # noqa: F811
+def loom_crds(control_plane: ControlPlane) -> None:
     """The generated CRDs, applied and Established."""
     with control_plane.api_client() as api:
         ext = client.ApiextensionsV1Api(api)
@@ -158,7 +158,7 @@ def operator_nats() -> Iterator[NatsServer]:
 
 
 @pytest.fixture(scope="session")
-def sa_kubeconfig(control_plane: ControlPlane, loom_crds: None) -> Path:  # noqa: F811
+def sa_kubeconfig(control_plane: ControlPlane, loom_crds: None) -> Path:
     """A ServiceAccount kubeconfig bound to the chart's operator ClusterRole (or the contract's rules)."""
     rules: str | list[dict[str, Any]] = chart_cluster_role() or CONTRACT_RULES
     return control_plane.service_account_kubeconfig("loom-system", "loom-operator", rules)
@@ -245,7 +245,7 @@ def loom_operator(sa_kubeconfig: Path, operator_nats: NatsServer) -> Iterator[Op
 
 
 @pytest.fixture
-def api(admin_api: client.ApiClient) -> client.ApiClient:  # noqa: F811
+def api(admin_api: client.ApiClient) -> client.ApiClient:
     return admin_api
 
 

@@ -18,4 +18,5 @@ def test_every_spec_field_is_documented() -> None:
     page = docgen.render()
     for _, model in docgen.SECTIONS:
         for name, info in model.model_fields.items():
-            assert f"| `{info.alias or name}` |" in page, f"{model.__name__}.{name} missing from the reference"
+            field = info.alias or name
+            assert f"| `{field}` |" in page, f"{model.__name__}.{name} missing from the reference"
