@@ -47,7 +47,7 @@ run: venv
 up: venv
 	$(BIN)/loom up config/samples
 
-# Every test (unit, integration, k8s, slow), with what they need set up first.
+# Lint, then every test (unit, integration, k8s, slow), with what they need set up first.
 test: venv
 	if [ -f hack/envtest/build.sh ]; then
 	  assets="$$(bash hack/envtest/build.sh | tail -n 1)"
@@ -61,6 +61,7 @@ test: venv
 	  sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"
 	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq redis-server
 	fi
+	$(MAKE) --no-print-directory lint
 	$(BIN)/python -m pytest -q -rfEs -p no:cacheprovider
 
 lint: venv
