@@ -143,3 +143,22 @@ def test_killing_a_worker_mid_task_loses_nothing(local_up_factory: Any, tmp_path
     summarise = next(s for s in goal["stages"] if s["name"] == "summarise")
     assert summarise["attempts"] == 1, summarise
     assert up.stop() == 0
+
+
+def test_make_run_is_the_readme_first_command(tmp_path: Path) -> None:
+    """`make run` itself (this venv, a temp run dir): the goal report and timeline appear on screen."""
+    venv = Path(os.environ.get("VIRTUAL_ENV") or Path(LOOM[0]).parent.parent)
+    done = subprocess.run(
+        ["make", "--no-print-directory", "run", f"VENV={venv}", f"RUN_DIR={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=1100,
+    )
+    assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    start = done.stdout.index("\n{\n") + 1
+    goal = parse_submit_output(done.stdout[start:])
+    assert_completed_report(goal)
+    assert f"goal {goal['goal_id']} (completed)" in done.stdout
+    for stage in STAGES:
+        assert stage in done.stdout.split(f"goal {goal['goal_id']} (completed)", 1)[1]
