@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 from loom.api.common import GROUP_VERSION
@@ -51,8 +51,11 @@ class Controller:
         children: Mapping[Any, Collection[ChildDeployment]],
         workers: Mapping[Any, Collection[WorkerEntry]],
         policies: Mapping[Any, Collection[PolicyEntry]],
+        active: Callable[[], Awaitable[bool]] | None = None,
     ):
         self.settings = settings
+        #: Whether this replica may work (a paused hot standby may not); None = always.
+        self._active = active
         self.kube = kube
         self.reconciler = reconciler
         self._children = children
@@ -235,11 +238,16 @@ class Controller:
 
     # ------------------------------------------------------------ background
 
+    async def is_active(self) -> bool:
+        """False while this replica is a paused hot standby: background passes are skipped."""
+        return self._active is None or await self._active()
+
     async def resync_forever(self, interval: float) -> None:
         """Re-apply everything every ``interval`` seconds: repairs drift no event told us about."""
         while True:
             await asyncio.sleep(interval)
-            await self.resync_once()
+            if await self.is_active():
+                await self.resync_once()
 
     async def resync_once(self, concurrency: int = 8) -> None:
         gate = asyncio.Semaphore(concurrency)
@@ -268,6 +276,8 @@ class Controller:
         """Keep Schedules' lastScheduleTime/nextScheduleTime current as time passes."""
         while True:
             await asyncio.sleep(interval)
+            if not await self.is_active():
+                continue
             for kind, ns, name in [k for k in self.reconciler.known if k[0] == "Schedule"]:
                 await self.refresh(kind, ns, name)
 

@@ -25,6 +25,7 @@ import kopf
 from loom.api.common import API_GROUP, API_VERSION
 from loom_operator.controller import Controller
 from loom_operator.k8s import Credentials, Kube, KubeError, namespace_terminating
+from loom_operator.peering import Standby, own_identity
 from loom_operator.readiness import ChildDeployment
 from loom_operator.reconcile import PolicyEntry, Reconciler, Stalled, WorkerEntry, parse_body
 from loom_operator.render import worker_route
@@ -135,6 +136,8 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
             settings.scanning.disabled = True
         if cfg.peering:
             settings.peering.mandatory = True
+            if cfg.peering_lifetime:
+                settings.peering.lifetime = cfg.peering_lifetime
         settings.posting.level = logging.WARNING
         settings.posting.reporting_component = "loom-operator"
         for group_version, plural in CHILD_RESOURCES:
@@ -146,8 +149,20 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         kube = Kube(Credentials.load(cfg.kubeconfig))
         keda = await resolve_keda(cfg, kube)
         reconciler = Reconciler(kube, cfg, keda=keda)
+        # Kopf pauses only its own handlers on a standby; the operator's loops ask the peering.
+        standby = (
+            Standby(kube, cfg.peering, memo["identity"], settings.peering.priority, cfg.watch_namespaces)
+            if cfg.peering
+            else None
+        )
         controller = Controller(
-            cfg, kube, reconciler, children=loom_children, workers=loom_workers, policies=loom_policies
+            cfg,
+            kube,
+            reconciler,
+            children=loom_children,
+            workers=loom_workers,
+            policies=loom_policies,
+            active=standby.active if standby else None,
         )
         memo["kube"] = kube
         memo["controller"] = controller
@@ -160,6 +175,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
                 controller.scaler_targets,
                 interval=cfg.scaler_interval,
                 on_observed=lambda ns, name: controller.refresh("Worker", ns, name),
+                active=controller.is_active,
             )
             memo["scaler"] = scaler
             controller.start(scaler.run_forever())
@@ -233,12 +249,14 @@ async def run(
     """Run the operator until ``stop`` is set (or forever)."""
     memo = kopf.Memo()
     memo["settings"] = settings
+    memo["identity"] = own_identity()
     await kopf.operator(
         registry=build_registry(settings),
         clusterwide=settings.clusterwide,
         namespaces=list(settings.watch_namespaces),
         standalone=settings.peering is None,
         peering_name=settings.peering,
+        identity=memo["identity"],
         # Replicas of a hot standby need distinct priorities, or Kopf pauses them all.
         priority=secrets.randbelow(1_000_000) + 1 if settings.peering else None,
         memo=memo,

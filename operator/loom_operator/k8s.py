@@ -37,6 +37,8 @@ PLURALS: dict[tuple[str, str], str] = {
     ("loom.dev/v1alpha1", "Pipeline"): "pipelines",
     ("loom.dev/v1alpha1", "RouterPolicy"): "routerpolicies",
     ("loom.dev/v1alpha1", "Schedule"): "schedules",
+    ("kopf.dev/v1", "ClusterKopfPeering"): "clusterkopfpeerings",
+    ("kopf.dev/v1", "KopfPeering"): "kopfpeerings",
 }
 
 

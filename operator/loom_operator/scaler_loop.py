@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +84,7 @@ class ScalerLoop:
         interval: float,
         on_observed: Callable[[str, str], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        active: Callable[[], Awaitable[bool]] | None = None,
     ):
         self.kube = kube
         self.reconciler = reconciler
@@ -92,6 +93,8 @@ class ScalerLoop:
         self.interval = interval
         self.on_observed = on_observed
         self.clock = clock
+        #: Whether this replica may scale (a paused hot standby may not); None = always.
+        self.active = active
         self.last_needed: dict[tuple[str, str], float] = {}
         self.last_polled: dict[tuple[str, str], float] = {}
         self._http = httpx.AsyncClient(timeout=10.0)
@@ -101,11 +104,12 @@ class ScalerLoop:
 
     async def run_forever(self) -> None:
         while True:
-            try:
-                await self.tick()
-            except (httpx.HTTPError, ValueError) as exc:
-                metrics.SCALER_ERRORS.labels("lag").inc()
-                log.warning("scaler: cannot read lag from %s: %s", self.monitor_url, exc)
+            if self.active is None or await self.active():
+                try:
+                    await self.tick()
+                except (httpx.HTTPError, ValueError) as exc:
+                    metrics.SCALER_ERRORS.labels("lag").inc()
+                    log.warning("scaler: cannot read lag from %s: %s", self.monitor_url, exc)
             await asyncio.sleep(self.interval)
 
     async def tick(self) -> list[tuple[Target, Decision]]:

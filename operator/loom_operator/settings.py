@@ -40,6 +40,8 @@ class Settings:
     kubeconfig: str | None = None
     #: Kopf peering object name for a hot standby; None runs standalone (one replica).
     peering: str | None = None
+    #: Seconds a replica's keep-alive counts in the peering (Kopf's default 60): the standby's takeover delay.
+    peering_lifetime: int | None = None
 
     @property
     def clusterwide(self) -> bool:
@@ -66,6 +68,7 @@ class Settings:
             resync_seconds=float(e.get("LOOM_RESYNC_SECONDS") or cls.resync_seconds),
             kubeconfig=e.get("KUBECONFIG") or None,
             peering=e.get("LOOM_PEERING") or None,
+            peering_lifetime=int(e["LOOM_PEERING_LIFETIME"]) if e.get("LOOM_PEERING_LIFETIME") else None,
         )
 
     def with_overrides(self, **changes: Any) -> Settings:

@@ -272,8 +272,15 @@ class Bus:
     # -- connection -------------------------------------------------------------------------------
 
     @classmethod
-    async def connect(cls, settings: NatsSettings, *, ensure_streams: bool = True) -> Bus:
-        """Connect (reconnecting forever with backoff) and, by default, declare the streams."""
+    async def connect(
+        cls, settings: NatsSettings, *, ensure_streams: bool = True, connect_timeout: float | None = None
+    ) -> Bus:
+        """Connect (reconnecting forever with backoff) and, by default, declare the streams.
+
+        Long-running roles wait for NATS as long as it takes; one-shot commands pass
+        ``connect_timeout`` so a refused certificate or bad credentials end them with an
+        error instead of a silent wait.
+        """
         holder: list[Bus] = []
 
         async def on_error(exc: Exception) -> None:
@@ -308,7 +315,13 @@ class Bus:
         tls = ssl_context(settings)
         if tls is not None:
             opts["tls"] = tls
-        nc = await nats.connect(**opts)
+        try:
+            nc = await asyncio.wait_for(nats.connect(**opts), connect_timeout)
+        except TimeoutError:
+            raise BusError(
+                f"could not connect to NATS at {settings.url} within {connect_timeout:g}s "
+                "(the logged NATS errors say why)"
+            ) from None
         bus = cls(nc, settings)
         holder.append(bus)
         if ensure_streams:

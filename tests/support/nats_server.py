@@ -62,12 +62,18 @@ def stop_server(proc: subprocess.Popen[bytes] | None) -> None:
 
 @dataclass
 class NatsServer:
-    """One nats-server process with JetStream, its store in a temp dir, monitoring on ``monitor_url``."""
+    """One nats-server process with JetStream, its store in a temp dir, monitoring on ``monitor_url``.
+
+    ``config_text`` (a nats-server configuration, e.g. a ``tls`` block) and ``extra_args`` are
+    added to the command line; the address, ports, JetStream and store flags still win.
+    """
 
     port: int = field(default_factory=free_port)
     monitor_port: int = field(default_factory=free_port)
     store_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="loom-nats-"))
     proc: subprocess.Popen[bytes] | None = None
+    config_text: str | None = None
+    extra_args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -79,6 +85,11 @@ class NatsServer:
 
     def start(self, timeout: float = 15.0) -> NatsServer:
         """Start and wait until the monitoring endpoint reports healthy JetStream."""
+        config: list[str] = []
+        if self.config_text is not None:
+            path = Path(self.store_dir) / "nats.conf"
+            path.write_text(self.config_text, encoding="utf-8")
+            config = ["-c", str(path)]
         self.proc = start_server(
             [
                 nats_server_binary(),
@@ -91,6 +102,8 @@ class NatsServer:
                 self.store_dir,
                 "-m",
                 str(self.monitor_port),
+                *config,
+                *self.extra_args,
             ],
             Path(self.store_dir) / "nats.log",
             self._healthy,

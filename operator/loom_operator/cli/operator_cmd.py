@@ -42,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Kopf peering name for a hot standby: the highest-priority replica works, the others wait; "
         "env LOOM_PEERING; default standalone",
     )
+    parser.add_argument(
+        "--peering-lifetime",
+        type=int,
+        help="seconds a replica's keep-alive counts (how soon the standby takes over); "
+        "env LOOM_PEERING_LIFETIME; default 60",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
 
@@ -58,6 +64,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         resync_seconds=args.resync_seconds,
         metrics_port=args.metrics_port,
         peering=args.peering,
+        peering_lifetime=args.peering_lifetime,
     )
 
 

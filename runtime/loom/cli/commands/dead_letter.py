@@ -41,7 +41,7 @@ def _row(s: StoredDeadLetter) -> str:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    bus = await Bus.connect(nats_settings(args, name="loom-dead-letter"))
+    bus = await Bus.connect(nats_settings(args, name="loom-dead-letter"), connect_timeout=30)
     try:
         if args.action == "list":
             items = [

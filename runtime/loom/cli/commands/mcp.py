@@ -73,7 +73,7 @@ async def _main(args: argparse.Namespace, plan: GatewayPlan, settings: NatsSetti
     from loom.mcp.gateway import Gateway, serve_stdio, serve_streamable_http
 
     try:
-        bus = await asyncio.wait_for(Bus.connect(settings), timeout=30)
+        bus = await Bus.connect(settings, connect_timeout=30)
     except Exception as exc:  # any connect failure ends the command with its reason
         print(f"loom mcp: cannot reach NATS at {settings.url}: {exc}", file=sys.stderr)
         return 1

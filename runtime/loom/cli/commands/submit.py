@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-from loom.bus import Bus
+from loom.bus import Bus, BusError
 from loom.cli.common import add_runtime_options, nats_settings
 from loom.logs import setup_logging
 from loom.messages import GoalMessage, GoalResult, TaskMessage, TaskResult, TaskStatus
@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id", dest="message_id", help="task_id / goal_id (default: generated)")
     parser.add_argument("--wait", action="store_true", help="wait for the result and print it")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait with --wait")
+    parser.add_argument(
+        "--connect-timeout", type=float, default=30.0, help="seconds to wait for the NATS connection"
+    )
     add_runtime_options(parser, metrics=False)
 
 
@@ -148,7 +151,7 @@ async def _own_result(sub: Any, msg: TaskMessage | GoalMessage, wait_seconds: fl
 
 
 async def _main(args: argparse.Namespace, msg: TaskMessage | GoalMessage) -> int:
-    bus = await Bus.connect(nats_settings(args, name="loom-submit"))
+    bus = await Bus.connect(nats_settings(args, name="loom-submit"), connect_timeout=args.connect_timeout)
     try:
         key = msg.goal_id if isinstance(msg, GoalMessage) else msg.result_key
         sub = await bus.subscribe_results(key) if args.wait else None
@@ -179,4 +182,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"loom submit: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_main(args, msg))
+    try:
+        return asyncio.run(_main(args, msg))
+    except BusError as exc:
+        print(f"loom submit: {exc}", file=sys.stderr)
+        return 2
