@@ -52,7 +52,7 @@ class KubeError(Exception):
 
 
 class NotFound(KubeError):
-    pass
+    """404: the object (or its kind) does not exist."""
 
 
 def namespace_terminating(exc: KubeError) -> bool:
