@@ -3,7 +3,8 @@
 # machines, where `LOOM_E2E_PROVIDER=envtest` covers the same tests):
 #   1. create a kind cluster (or reuse KIND_CLUSTER if it exists),
 #   2. build the Loom image when a Dockerfile exists and load it into kind,
-#   3. `helm upgrade --install` the chart at helm/loom and wait for it,
+#   3. `helm upgrade --install` the chart at helm/loom (bundled NATS) and wait for it, then apply
+#      config/samples/ and wait until every resource is Ready,
 #   4. run tests/e2e against that cluster (LOOM_E2E_KUBECONFIG),
 #   5. delete the cluster unless KEEP_CLUSTER=1.
 #
@@ -65,8 +66,22 @@ log "helm upgrade --install ${RELEASE} helm/loom -n ${NAMESPACE}"
 helm upgrade --install "$RELEASE" "${ROOT}/helm/loom" \
   --namespace "$NAMESPACE" --create-namespace \
   "${helm_image_args[@]}" \
+  --set nats.bundled.enabled=true \
   --wait --timeout 5m
 kubectl -n "$NAMESPACE" get pods -o wide
+
+log "applying config/samples to namespace loom-demo and waiting for Ready"
+kubectl create namespace loom-demo --dry-run=client -o yaml | kubectl apply -f -
+kubectl -n loom-demo apply -f "${ROOT}/config/samples/"
+kubectl -n loom-demo wait --for=condition=Ready --timeout=5m \
+  workers --all
+kubectl -n loom-demo wait --for=condition=Ready --timeout=5m \
+  pipelines --all
+kubectl -n loom-demo wait --for=condition=Ready --timeout=5m \
+  routerpolicies --all
+kubectl -n loom-demo wait --for=condition=Ready --timeout=5m \
+  schedules --all
+kubectl -n loom-demo get loom
 
 log "running tests/e2e against kind"
 cd "$ROOT"
