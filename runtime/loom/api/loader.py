@@ -8,7 +8,7 @@ can print them all at once.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
@@ -240,16 +240,20 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
+def read_files(paths: Iterable[str | Path], problems: list[str]) -> Iterator[tuple[Path, str]]:
+    """(path, text) of every file ``expand_paths`` names; unreadable ones go to ``problems``."""
+    for path in expand_paths(paths):
+        try:
+            yield path, path.read_text(encoding="utf-8")
+        except OSError as exc:
+            problems.append(f"{path}: cannot read: {exc.strerror or exc}")
+
+
 def load_paths(paths: Iterable[str | Path]) -> list[Resource]:
     """Load files and directories; raises LoadError listing every problem in every file."""
     resources: list[Resource] = []
     problems: list[str] = []
-    for path in expand_paths(paths):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            problems.append(f"{path}: cannot read: {exc.strerror or exc}")
-            continue
+    for path, text in read_files(paths, problems):
         try:
             resources += load_text(text, str(path))
         except LoadError as exc:

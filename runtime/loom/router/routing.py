@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from loom.api.loader import LoadError, format_validation_error, load_text
+from loom.api.loader import LoadError, format_validation_error, load_text, read_files
 from loom.api.router_policy import RouterConfig, RouterPolicySpec, WorkerRoute, worker_route
 from loom.messages import DeadLetterReason, TaskMessage
 from loom.subjects import task_subject
@@ -147,18 +147,11 @@ def load_router_config(paths: list[str | Path]) -> RouterConfig:
     the worker catalog is built from the Workers. Other kinds are ignored. Raises
     LoadError naming every problem.
     """
-    from loom.api.loader import expand_paths
-
     problems: list[str] = []
     policies: list[RouterPolicySpec] = []
     configs: list[RouterConfig] = []
     workers: dict[str, WorkerRoute] = {}
-    for path in expand_paths(paths):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            problems.append(f"{path}: cannot read: {exc.strerror or exc}")
-            continue
+    for path, text in read_files(paths, problems):
         try:
             docs = [d for d in yaml.safe_load_all(text) if d is not None]
         except yaml.YAMLError as exc:
