@@ -15,6 +15,7 @@ import yaml
 from pydantic.alias_generators import to_camel
 
 from loom.api.common import GROUP_VERSION
+from loom.api.names import object_name
 
 FIELD_TYPES = ("string", "integer", "number", "boolean", "array", "object")
 _FIELD_RE = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(:\s*(?P<type>[a-z]+))?\s*(?P<optional>\?)?$")
@@ -195,9 +196,9 @@ def pipeline_document(a: PipelineAnswers) -> dict[str, Any]:
     return doc
 
 
-def manifest_name(name: str) -> str:
-    """A Kubernetes object name (DNS-1123) for a Loom name: lower case, ``_`` -> ``-``."""
-    return re.sub(r"[^a-z0-9-]", "-", name.lower()).strip("-") or "unnamed"
+def manifest_name(name: str, kind: str = "Worker") -> str:
+    """The Kubernetes object name for a Loom name (``loom.api.names.object_name``: ``_`` -> ``-``)."""
+    return object_name(name, kind)
 
 
 #: Keys whose values are user data (schemas, mappings, backend kwargs), kept verbatim in manifests.
@@ -221,7 +222,7 @@ def _camel(doc: dict[str, Any]) -> dict[str, Any]:
 def as_manifest(kind: str, doc: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
     """A plain document as a ``loom.dev/v1alpha1`` custom resource (spec in camelCase)."""
     spec = _camel(doc)
-    meta: dict[str, Any] = {"name": manifest_name(doc["name"])}
+    meta: dict[str, Any] = {"name": manifest_name(doc["name"], kind)}
     if namespace:
         meta["namespace"] = namespace
     if meta["name"] == doc["name"]:

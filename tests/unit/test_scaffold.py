@@ -66,7 +66,7 @@ def test_rendered_workers_load(tmp_path: Path, manifest: bool) -> None:
     (tmp_path / "llm.yaml").write_text(render_worker(llm, manifest=manifest, namespace=namespace))
     (tmp_path / "proc.yaml").write_text(render_worker(proc, manifest=manifest))
     found = {r.name: r for r in load_paths([tmp_path])}
-    worker = found["entity-extractor" if manifest else "entity_extractor"]
+    worker = found["entity-extractor"]  # the same object name from a plain file and a manifest
     assert worker.is_manifest is manifest and worker.spec.worker_type == "entity_extractor"
     assert worker.namespace == ("ai" if manifest else None)
     assert "- text (string)" in worker.spec.system_prompt and '"people": []' in worker.spec.system_prompt
@@ -91,7 +91,7 @@ def test_rendered_pipeline_loads(tmp_path: Path, manifest: bool) -> None:
     path.write_text(render_pipeline(answers, manifest=manifest))
     [res] = load_paths([path])
     assert res.kind == "Pipeline" and res.spec.pipeline_name == "analysis_pipeline"
-    assert res.name == ("analysis-pipeline" if manifest else "analysis_pipeline")
+    assert res.name == "analysis-pipeline"
     assert [s.name for s in res.spec.pipeline_stages] == ["extract", "classify", "ocr"]
     assert res.spec.pipeline_stages[2].condition == "extract.output.needs_ocr == true"
     assert res.spec.timeout_seconds == 600

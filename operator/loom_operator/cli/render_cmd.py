@@ -35,6 +35,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nats-url", help="NATS URL given to pods (default: env LOOM_NATS_URL)")
 
 
+def name_problems(resources: list[Any], namespace: str) -> list[str]:
+    """Names the API server would refuse (with the name to use), and resources that would share objects.
+
+    Plain files' names were already mapped to valid object names by the loader; a manifest's
+    ``metadata.name`` is its author's and is only checked, with the same message as ``loom validate``.
+    """
+    from loom.api.names import name_problem
+
+    problems = []
+    seen: dict[tuple[str, str, str], Any] = {}
+    for r in resources:
+        problem = name_problem(r.kind, r.name)
+        if problem:
+            problems.append(f"{r.source}: {r.kind}/{r.name}: metadata.{problem}")
+        key = (r.kind, r.namespace or namespace, r.name)
+        if key in seen:
+            problems.append(
+                f"{r.source}: {r.kind}/{r.name}: its objects would have the names of the {r.kind} "
+                f"from {seen[key].source}; rename one"
+            )
+        seen[key] = r
+    return problems
+
+
 def render_resources(
     resources: list[Any], settings: Any, *, keda: bool, namespace: str
 ) -> dict[str, list[dict[str, Any]]]:
@@ -42,11 +66,13 @@ def render_resources(
     from loom_operator.reconcile import PolicyEntry, Stalled, WorkerEntry, render_resource
     from loom_operator.render import Owner, worker_route
 
+    problems = name_problems(resources, namespace)
+    if problems:
+        raise ValueError("\n".join(problems))
     by_ns: dict[str, list[Any]] = defaultdict(list)
     for r in resources:
         by_ns[r.namespace or namespace].append(r)
     out: dict[str, list[dict[str, Any]]] = {}
-    problems = []
     for ns, items in by_ns.items():
         policies = [PolicyEntry(r.name, r.spec) for r in items if r.kind == "RouterPolicy"]
         workers = [

@@ -24,8 +24,10 @@ GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
 TIER_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 #: Worker types appear as one NATS subject token and in consumer names.
 WORKER_TYPE_PATTERN = r"^[a-z0-9]([-_a-z0-9]*[a-z0-9])?$"
+#: Longest tier name (a Worker's Deployment is ``<name>-<tier>``, see ``loom.api.names``).
+TIER_MAX_LENGTH = 20
 
-TierName = Annotated[str, Field(pattern=TIER_PATTERN, min_length=1, max_length=20)]
+TierName = Annotated[str, Field(pattern=TIER_PATTERN, min_length=1, max_length=TIER_MAX_LENGTH)]
 WorkerType = Annotated[str, Field(pattern=WORKER_TYPE_PATTERN, min_length=1, max_length=40)]
 
 #: The original Loom's tier names, used as defaults.

@@ -7,16 +7,21 @@ can print them all at once.
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import types
+import typing
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic.alias_generators import to_camel
 
 from loom.api.common import GROUP_VERSION
+from loom.api.names import object_name
 from loom.api.pipeline import PipelineSpec
 from loom.api.router_policy import RouterPolicySpec
 from loom.api.schedule import ScheduleSpec
@@ -68,25 +73,104 @@ class LoadError(Exception):
         super().__init__("\n".join(problems))
 
 
-def format_validation_error(exc: ValidationError, prefix: str) -> list[str]:
-    """Pydantic errors as ``prefix.field.path: message`` lines (camelCase field names)."""
-    lines = []
+def format_validation_error(
+    exc: ValidationError, prefix: str, model: type[BaseModel] | None = None
+) -> list[str]:
+    """Pydantic errors as ``prefix.field.path: message`` lines (camelCase field names), each once.
+
+    With ``model``, an unknown key is reported as such, with the closest known key when one is near.
+    """
+    lines: list[str] = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if p != "__root__")
-        where = f"{prefix}.{loc}" if loc else prefix
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{where}: {msg}")
+        parts = [p for p in err["loc"] if p != "__root__"]
+        if err["type"] == "extra_forbidden" and parts:
+            key = str(parts[-1])
+            parent = ".".join(str(p) for p in parts[:-1])
+            where = f"{prefix}.{parent}" if parent else prefix
+            msg = f"unknown key {key!r}{did_you_mean(key, _known_keys(model, parts[:-1]))}"
+        else:
+            loc = ".".join(str(p) for p in parts)
+            where = f"{prefix}.{loc}" if loc else prefix
+            msg = err["msg"].removeprefix("Value error, ")
+        line = f"{where}: {msg}"
+        if line not in lines:
+            lines.append(line)
     return lines
 
 
+def did_you_mean(key: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the known key closest to ``key``, or ``''``."""
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _known_keys(model: type[BaseModel] | None, loc: list[int | str]) -> list[str]:
+    """The keys a nested model accepts at ``loc`` (both spellings), following fields, lists and dicts."""
+    node: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(node, type) and issubclass(node, BaseModel)):
+            return []
+        field = next(
+            (f for name, f in node.model_fields.items() if part in (name, f.alias, to_camel(name))), None
+        )
+        if field is None:
+            return []
+        node = _inner_model(field.annotation)
+    if not (isinstance(node, type) and issubclass(node, BaseModel)):
+        return []
+    return sorted({k for name, f in node.model_fields.items() for k in (name, f.alias or to_camel(name))})
+
+
+def _inner_model(annotation: Any) -> Any:
+    """The model inside ``X | None``, ``list[X]`` or ``dict[str, X]`` (or the annotation itself)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, list, dict, tuple):
+        for arg in reversed(typing.get_args(annotation)):
+            inner = _inner_model(arg)
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                return inner
+    return annotation
+
+
+#: What each config kind that is not a custom resource is, and the command that reads it.
+OTHER_CONFIGS: dict[str, tuple[str, str]] = {
+    "RouterConfig": ("a router config (policy and worker catalog)", "loom router --config FILE"),
+    "Orchestrator": ("a goal orchestrator config", "loom orchestrator --config FILE"),
+    "MCPGateway": ("an MCP gateway config", "loom mcp --config FILE"),
+}
+#: What an empty file (or one of comments only) is told.
+EMPTY = (
+    "empty: no YAML document to read (expected a Worker, Pipeline, RouterPolicy or Schedule, "
+    "or a router, orchestrator or MCP gateway config)"
+)
+#: Top-level keys of a custom-resource manifest.
+MANIFEST_KEYS = ("apiVersion", "kind", "metadata", "spec", "status")
+
+
 def infer_kind(doc: dict[str, Any]) -> str:
-    """The kind of a plain (non-manifest) YAML document, by its characteristic keys."""
+    """The kind of a config document: a manifest's ``kind``, else by its characteristic keys.
+
+    One of :data:`SPEC_MODELS` or :data:`OTHER_CONFIGS`; a document that shows no kind's keys is
+    read as a Worker (the original's commonest file), so its problems are named as a Worker's.
+    """
     if isinstance(doc.get("kind"), str):
         return str(doc["kind"])
     keys = set(doc)
+    if "apiVersion" not in keys and ("policy" in keys or isinstance(doc.get("workers"), dict)):
+        return "RouterConfig"
+    if "tools" in keys or "nats_url" in keys or (
+        isinstance(doc.get("resources"), dict) and "workspace_dir" in doc["resources"]
+    ):
+        return "MCPGateway"
+    if "decomposer" in keys or isinstance(doc.get("workers"), list):
+        return "Orchestrator"
     if keys & {"pipeline_stages", "pipelineStages"}:
         return "Pipeline"
-    if keys & {"cron", "interval_seconds", "intervalSeconds", "dispatch_type", "dispatchType"}:
+    if keys & {"cron", "interval_seconds", "intervalSeconds", "dispatch_type", "dispatchType", "schedules"}:
         return "Schedule"
     if keys & {
         "tier_overrides",
@@ -121,12 +205,21 @@ def parse_document(doc: Any, source: str, index: int) -> list[Resource]:
             raise LoadError(problems)
         return resources
     kind = infer_kind(doc)
+    if kind in OTHER_CONFIGS:
+        what, command = OTHER_CONFIGS[kind]
+        raise LoadError(
+            [f"{where}: this is {what}, not a {', '.join(SPEC_MODELS)} resource; it is read by `{command}`"]
+        )
     body = {k: v for k, v in doc.items() if k != "kind"}
     return [_validate(kind, body, None, where, source, {}, is_manifest=False)]
 
 
 def _parse_manifest(doc: dict[str, Any], where: str, source: str) -> Resource:
-    problems = []
+    problems = [
+        f"{where}: unknown key {k!r}{did_you_mean(str(k), MANIFEST_KEYS)}"
+        for k in doc
+        if k not in MANIFEST_KEYS
+    ]
     if doc.get("apiVersion") != GROUP_VERSION:
         problems.append(f"{where}: apiVersion must be {GROUP_VERSION}, got {doc.get('apiVersion')!r}")
     kind = doc.get("kind")
@@ -137,7 +230,9 @@ def _parse_manifest(doc: dict[str, Any], where: str, source: str) -> Resource:
     if not name:
         problems.append(f"{where}: metadata.name is required")
     spec = doc.get("spec")
-    if not isinstance(spec, dict):
+    if "spec" not in doc:
+        problems.append(f"{where}: spec is required")
+    elif not isinstance(spec, dict):
         problems.append(f"{where}: spec must be a mapping")
     if problems:
         raise LoadError(problems)
@@ -164,9 +259,12 @@ def _validate(
     try:
         spec = model.model_validate(body)
     except ValidationError as exc:
-        lines = format_validation_error(exc, prefix) + _cross_field_problems(model, body, exc, prefix)
+        lines = format_validation_error(exc, prefix, model)
+        lines += [line for line in _cross_field_problems(model, body, exc, prefix) if line not in lines]
         raise LoadError([f"{where}: {line}" for line in lines]) from None
-    name = meta_name or getattr(spec, "name", None) or Path(source).stem
+    # a plain file's name is a worker type or pipeline name (``entity_extractor``): kept as such,
+    # while the objects made from it get a valid name
+    name = meta_name or object_name(getattr(spec, "name", None) or Path(source).stem, kind)
     return Resource(
         kind=kind,
         name=name,
@@ -217,6 +315,8 @@ def load_text(text: str, source: str = "<string>") -> list[Resource]:
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:
         raise LoadError([f"{source}: invalid YAML: {exc}"]) from None
+    if not docs:
+        raise LoadError([f"{source}: {EMPTY}"])
     resources: list[Resource] = []
     problems: list[str] = []
     for i, doc in enumerate(docs):

@@ -20,6 +20,17 @@ CRON_PATTERN = (
 )
 
 
+def cron_field_problem(expression: str) -> str | None:
+    """Why a (non-``@``) cron expression has the wrong number of fields, or None."""
+    count = len(expression.split())
+    if count in (5, 6):
+        return None
+    return (
+        f"cron needs 5 fields (minute hour day-of-month month day-of-week; a 6th for seconds "
+        f"is allowed), got {count}: {expression!r}"
+    )
+
+
 class GoalTemplate(SpecModel):
     """A goal to submit: to a pipeline (``loom.goals.<pipeline>``) or the orchestrator."""
 
@@ -72,6 +83,16 @@ class ScheduleSpec(SpecModel):
         default=None, ge=1, description="A missed fire older than this is never made up."
     )
     suspend: bool = Field(default=False, description="Stop firing without deleting the schedule.")
+
+    @field_validator("cron", mode="before")
+    @classmethod
+    def _cron_fields(cls, value: Any) -> Any:
+        """Count the fields first: a miscounted cron says so, not that it misses a pattern."""
+        if isinstance(value, str) and not value.strip().startswith("@"):
+            problem = cron_field_problem(value)
+            if problem:
+                raise ValueError(problem)
+        return value
 
     @field_validator("cron")
     @classmethod

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import pathspec
 import yaml
 
+from loom.api.worker import WorkerSpec
 from loom.core.workspace import WorkspaceError, confined
 from loom.llm.prompt import Example, Reference, SiloText
 
@@ -34,6 +35,47 @@ def resolve_path(path: str, base_dir: Path) -> Path:
     """A knowledge path: absolute as given, relative to ``base_dir`` otherwise."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else base_dir / p
+
+
+def knowledge_problems(spec: WorkerSpec, base_dir: Path) -> list[str]:
+    """Why the knowledge files and folders of an LLM worker cannot be read (empty when they can).
+
+    What ``loom validate`` reports and ``loom worker`` refuses to start on: each problem names
+    the field, the path as written, where it was looked for and, for a relative path, the folder
+    relative paths are read from (and a hint when the path exists from the current directory,
+    where the original Loom read it).
+    """
+    if spec.worker_kind != "llm":
+        return []
+    problems: list[str] = []
+    for i, source in enumerate(spec.knowledge_sources):
+        path = resolve_path(source.path, base_dir)
+        where = f"knowledgeSources[{i}].path {source.path!r}"
+        if not path.is_file():
+            problems.append(f"{where}: {_missing(source.path, path, base_dir, 'file')}")
+            continue
+        try:
+            load_few_shot(path) if source.inject_as == "few_shot" else load_reference(path)
+        except KnowledgeError as exc:
+            problems.append(f"{where}: {exc}")
+    for i, silo in enumerate(spec.knowledge_silos):
+        if silo.type == "folder" and silo.path:
+            path = resolve_path(silo.path, base_dir)
+            if not path.is_dir():
+                where = f"knowledgeSilos[{i}] ({silo.name}).path {silo.path!r}"
+                problems.append(f"{where}: {_missing(silo.path, path, base_dir, 'folder')}")
+    return problems
+
+
+def _missing(written: str, path: Path, base_dir: Path, what: str) -> str:
+    text = f"{path} is not a {what}" if path.exists() else f"no such {what}: {path}"
+    if Path(written).expanduser().is_absolute():
+        return text
+    text += f" (relative paths are read from {base_dir})"
+    from_cwd = Path.cwd() / written
+    if from_cwd.exists() and from_cwd.resolve() != path.resolve():
+        text += f"; it exists relative to the current directory: pass --base-dir {Path.cwd()}"
+    return text
 
 
 def load_reference(path: Path) -> Reference:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from loom.api.loader import LoadError, load_one, resolve_schema_refs
 from loom.api.router_policy import TierDefinition
@@ -13,6 +14,7 @@ from loom.bus import Bus
 from loom.cli.commands._serve import Ready, RoleRun, configure_logging, serve_on_bus
 from loom.cli.common import add_runtime_options
 from loom.worker.engine import build_engine
+from loom.worker.knowledge import knowledge_problems
 
 NAME = "worker"
 HELP = "Run a worker (LLM or processor) for one tier."
@@ -73,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         spec, tier = _load(args)
         base_dir = args.base_dir or os.path.dirname(os.path.abspath(args.config))
+        missing = knowledge_problems(spec, Path(base_dir))
+        if missing:
+            raise LoadError([f"loom worker: {args.config}: {p}" for p in missing])
         engine = build_engine(spec, tier, base_dir=base_dir)  # configuration errors surface before connecting
     except LoadError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
