@@ -107,3 +107,75 @@ def test_load_one_and_schema_refs(tmp_path: Path) -> None:
     bad.write_text("name: w\nsystem_prompt: p\noutput_schema_ref: loom.messages.utcnow\n")
     with pytest.raises(TypeError, match="is not a pydantic model"):
         resolve_schema_refs(load_one(bad, "Worker").spec)
+
+
+def test_an_empty_file_is_an_error_everywhere(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing but a comment\n")
+    with pytest.raises(LoadError, match="empty: no YAML document"):
+        load_text("", "empty.yaml")
+    with pytest.raises(LoadError, match="empty: no YAML document"):
+        load_one(empty, "Worker")
+
+
+def test_a_misspelt_manifest_key_is_named_with_a_suggestion() -> None:
+    with pytest.raises(LoadError) as err:
+        load_text("apiVersion: loom.dev/v1alpha1\nkind: Worker\nmetadata: {name: w}\nspecc: {x: 1}\n", "w")
+    assert "w: unknown key 'specc' (did you mean 'spec'?)" in err.value.problems
+    assert not any("must be a mapping" in p for p in err.value.problems)
+
+
+def test_unknown_keys_anywhere_get_the_nearest_known_one() -> None:
+    with pytest.raises(LoadError) as err:
+        load_text("name: w\nsystem_prompt: p\nmax_ouput_tokens: 5\nautoscaling: {maxReplica: 3}\n", "w")
+    assert sorted(err.value.problems) == [
+        "w: Worker.autoscaling: unknown key 'maxReplica' (did you mean 'maxReplicas'?)",
+        "w: Worker: unknown key 'max_ouput_tokens' (did you mean 'max_output_tokens'?)",
+    ]
+
+
+def test_a_cron_with_four_fields_says_it_needs_five() -> None:
+    with pytest.raises(LoadError) as err:
+        load_text("name: nightly\ncron: '0 2 * *'\ngoal: {pipeline: p}\n", "s")
+    (problem,) = err.value.problems
+    assert problem.startswith("s: Schedule.cron: cron needs 5 fields") and "got 4" in problem
+    assert "pattern" not in problem
+
+
+def test_the_same_schema_mistake_is_reported_once() -> None:
+    with pytest.raises(LoadError) as err:
+        load_text("name: w\nsystem_prompt: p\noutput_schema: {type: object, properties: {a: 3}}\n", "w")
+    (problem,) = err.value.problems
+    assert problem.count("properties/a: 3 is not of type") == 1
+
+
+def test_plain_names_keep_their_role_and_get_valid_object_names() -> None:
+    (res,) = load_text("name: entity_extractor\nsystem_prompt: p\n", "w.yaml")
+    assert res.spec.worker_type == "entity_extractor"  # subjects and tasks keep the original's name
+    assert res.name == "entity-extractor"
+    manifest = res.manifest()
+    assert manifest["metadata"]["name"] == "entity-extractor"
+    assert manifest["spec"]["name"] == "entity_extractor"
+    (pipe,) = load_text(
+        "name: analysis_pipeline\n"
+        "pipeline_stages: [{name: a, worker_type: x, input_mapping: {t: goal.context.t}}]\n"
+    )
+    assert pipe.name == "analysis-pipeline" and pipe.spec.pipeline_name == "analysis_pipeline"
+
+
+@pytest.mark.parametrize(
+    ("doc", "kind", "command"),
+    [
+        ("name: s\ntools: {workers: [{config: w.yaml}]}\n", "MCPGateway", "loom mcp --config FILE"),
+        ("name: o\nworkers: [w.yaml]\ndecomposer: {tier: {name: p}}\n", "Orchestrator", "loom orchestrator"),
+        ("policy: {}\nworkers: {}\n", "RouterConfig", "loom router --config FILE"),
+    ],
+)
+def test_other_config_kinds_are_recognised_not_read_as_workers(doc: str, kind: str, command: str) -> None:
+    import yaml
+
+    assert infer_kind(yaml.safe_load(doc)) == kind
+    with pytest.raises(LoadError) as err:
+        load_text(doc, "c.yaml")
+    (problem,) = err.value.problems
+    assert command in problem and "Worker." not in problem

@@ -237,7 +237,9 @@ def schema_problems(schema: dict[str, Any]) -> list[str]:
     """Problems with a JSON Schema itself (Draft 2020-12 meta-schema), as readable strings."""
     from jsonschema import Draft202012Validator
 
-    return [
+    # the meta-schema's vocabularies report one mistake several times over: keep each once
+    lines = (
         f"{'/'.join(str(p) for p in err.absolute_path) or '(root)'}: {err.message}"
         for err in Draft202012Validator(Draft202012Validator.META_SCHEMA).iter_errors(schema)
-    ]
+    )
+    return list(dict.fromkeys(lines))

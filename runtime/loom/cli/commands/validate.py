@@ -67,7 +67,8 @@ class FileReport:
     policies: list[tuple[str, RouterPolicySpec]] = field(default_factory=list)
 
     def problem(self, text: str) -> None:
-        line = f"{self.path}: {text}"
+        """Record a problem once; loaders' lines that already name the file are kept as they are."""
+        line = text if text.startswith(str(self.path)) else f"{self.path}: {text}"
         if line not in self.problems:
             self.problems.append(line)
 
@@ -105,7 +106,7 @@ def _check_resources(report: FileReport, text: str, base_dir: Path, *, explicit_
         report.resources = load_text(text, str(report.path))
     except LoadError as exc:
         for p in exc.problems:
-            report.problem(p.removeprefix(f"{report.path}: "))
+            report.problem(p)
         return
     for r in report.resources:
         label = _label(r)
@@ -173,7 +174,7 @@ def _check_router_config(report: FileReport) -> None:
         cfg = load_router_config([report.path])
     except LoadError as exc:
         for p in exc.problems:
-            report.problem(p.removeprefix(f"{report.path}: "))
+            report.problem(p)
         return
     report.found.append(f"RouterConfig ({len(cfg.workers or {})} worker types)")
     report.policies.append((f"the router config {report.path}", cfg.policy))
@@ -189,7 +190,7 @@ def _check_orchestrator(report: FileReport) -> None:
         config, catalog = load_config(report.path)
     except LoadError as exc:
         for p in exc.problems:
-            report.problem(p.removeprefix(f"{report.path}: "))
+            report.problem(p)
         return
     report.found.append(f"Orchestrator/{config.name} (workers: {', '.join(sorted(catalog))})")
     report.notes.append(f"relative worker paths are read from {report.path.resolve().parent}")
@@ -202,7 +203,7 @@ def _check_gateway(report: FileReport) -> None:
         plan = load_gateway(report.path)
     except GatewayConfigError as exc:
         for p in exc.problems:
-            report.problem(p.removeprefix(f"{report.path}: "))
+            report.problem(p)
         return
     report.found.append(f"MCPGateway/{plan.config.name} (tools: {', '.join(sorted(plan.tools))})")
     report.notes.append(
