@@ -4,7 +4,8 @@ Kopf indices (filled from watch streams before any handler runs) give the
 namespace's RouterPolicies and Workers and each resource's child Deployments without
 API reads. Besides Kopf's create/update/resume handlers, reconciles come from:
 a child deleted or edited by hand (debounced re-apply of its owner), a Worker
-change (the namespace's router catalog), a RouterPolicy change (the namespace's
+change (the namespace's router catalog, and Pipelines/Schedules naming worker types), a
+Pipeline change (Schedules naming pipelines), a RouterPolicy change (the namespace's
 Workers' tier config), and a periodic resync. These loops are plain asyncio tasks,
 not Kopf timers: Kopf puts a finalizer on every object that has a timer or daemon,
 and these resources need none (children go by ownerReferences).
@@ -26,7 +27,15 @@ from loom_operator import metrics
 from loom_operator.conditions import Phase
 from loom_operator.k8s import Kube, KubeError, namespace_terminating
 from loom_operator.readiness import ChildDeployment
-from loom_operator.reconcile import PolicyEntry, Reconciler, Stalled, WorkerEntry, catalog, catalog_hash
+from loom_operator.reconcile import (
+    PipelineEntry,
+    PolicyEntry,
+    Reconciler,
+    Stalled,
+    WorkerEntry,
+    catalog,
+    catalog_hash,
+)
 from loom_operator.render.common import LABEL_KINDS
 from loom_operator.render.worker import deployment_name
 from loom_operator.scaler_loop import Target
@@ -51,6 +60,7 @@ class Controller:
         children: Mapping[Any, Collection[ChildDeployment]],
         workers: Mapping[Any, Collection[WorkerEntry]],
         policies: Mapping[Any, Collection[PolicyEntry]],
+        pipelines: Mapping[Any, Collection[PipelineEntry]],
         active: Callable[[], Awaitable[bool]] | None = None,
     ):
         self.settings = settings
@@ -61,6 +71,10 @@ class Controller:
         self._children = children
         self._workers = workers
         self._policies = policies
+        self._pipelines = pipelines
+        #: Per namespace: the worker types and pipeline names last seen (what references resolve to).
+        self._worker_types: dict[str, frozenset[str]] = {}
+        self._pipeline_names: dict[str, frozenset[str]] = {}
         self._pending: dict[tuple[str, str, str], asyncio.Task[None]] = {}
         self._policy_hashes: dict[str, str] = {}
         self._handled_edits: set[tuple[str, str, str]] = set()
@@ -77,6 +91,9 @@ class Controller:
     def policies(self, namespace: str) -> list[PolicyEntry]:
         return list(self._policies.get(namespace, ()))
 
+    def pipelines(self, namespace: str) -> list[PipelineEntry]:
+        return list(self._pipelines.get(namespace, ()))
+
     # ------------------------------------------------------------ reconciles
 
     async def reconcile(self, body: Mapping[str, Any]) -> Phase:
@@ -91,6 +108,7 @@ class Controller:
                 body,
                 policies=self.policies(ns),
                 workers=self.workers(ns),
+                pipelines=self.pipelines(ns),
                 children=self.children(kind, ns, name),
             )
             outcome = "ok" if phase.state == "ready" else "progressing"
@@ -141,7 +159,7 @@ class Controller:
         """Status only, from the children as last seen."""
         try:
             await self.reconciler.refresh(kind, namespace, name, lambda: self.children(kind, namespace, name))
-        except KubeError as exc:
+        except (KubeError, Stalled) as exc:
             log.warning("status of %s %s/%s not written: %s", kind, namespace, name, exc)
 
     # ------------------------------------------------------------ event paths
@@ -181,13 +199,31 @@ class Controller:
             return True
         return False
 
+    def _recheck(self, namespace: str, kinds: Collection[str]) -> None:
+        """Reconcile this namespace's known resources of ``kinds`` (their references changed)."""
+        for kind, ns, name in list(self.reconciler.known):
+            if ns == namespace and kind in kinds:
+                self.soon(kind, ns, name)
+
     def worker_event(self, namespace: str) -> None:
-        """A Worker was added, changed or removed: re-render the router catalog if it changed."""
+        """A Worker was added, changed or removed: re-check references to worker types and
+        re-render the router catalog if it changed."""
+        types = frozenset(w.worker_type for w in self.workers(namespace))
+        if self._worker_types.get(namespace) != types:
+            self._worker_types[namespace] = types
+            self._recheck(namespace, ("Pipeline", "Schedule"))
         routes = catalog(self.workers(namespace))
         if self.reconciler.catalogs.get(namespace) == catalog_hash(routes):
             return
         for policy in self.policies(namespace):
             self.soon("RouterPolicy", namespace, policy.name)
+
+    def pipeline_event(self, namespace: str) -> None:
+        """A Pipeline was added, renamed or removed: re-check the Schedules that target pipelines."""
+        names = frozenset(p.pipeline_name for p in self.pipelines(namespace))
+        if self._pipeline_names.get(namespace) != names:
+            self._pipeline_names[namespace] = names
+            self._recheck(namespace, ("Schedule",))
 
     def policy_event(self, namespace: str) -> None:
         """A RouterPolicy changed: the namespace's Workers' tier config may have too."""

@@ -25,7 +25,9 @@ from pydantic.json_schema import GenerateJsonSchema, NoDefault
 from pydantic_core import PydanticUndefined, core_schema
 
 from loom.api import PipelineSpec, RouterPolicySpec, ScheduleSpec, WorkerSpec
-from loom.api.common import API_GROUP, API_VERSION
+from loom.api.common import API_GROUP, API_VERSION, WorkerType
+from loom.api.names import MAX_NAME_LENGTH, NAME_PATTERN
+from loom.api.pipeline import RESERVED_PIPELINE_NAMES
 from loom_operator.status import STATUS_MODELS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -44,6 +46,8 @@ class KindInfo:
     spec_model: type[BaseModel]
     columns: tuple[dict[str, Any], ...]
     description: str
+    #: What ``metadata.name`` becomes (for the name rule's message).
+    name_use: str = ""
 
 
 def _ready_column() -> dict[str, Any]:
@@ -82,6 +86,7 @@ KINDS: tuple[KindInfo, ...] = (
             _AGE,
         ),
         "A narrowly scoped, stateless LLM or processor worker type; one Deployment per model tier.",
+        "the tier Deployments <name>-<tier>, the Service <name>-metrics and the ConfigMap <name>-config",
     ),
     KindInfo(
         "Pipeline",
@@ -100,6 +105,7 @@ KINDS: tuple[KindInfo, ...] = (
             _AGE,
         ),
         "A multi-stage workflow over worker types, run by a pipeline orchestrator Deployment.",
+        "the Deployment <name>-pipeline and the ConfigMap <name>-config",
     ),
     KindInfo(
         "RouterPolicy",
@@ -118,6 +124,7 @@ KINDS: tuple[KindInfo, ...] = (
             _AGE,
         ),
         "Model tiers, tier overrides and rate limits for the router of a namespace.",
+        "the Deployment <name>-router and the ConfigMap <name>-config",
     ),
     KindInfo(
         "Schedule",
@@ -140,16 +147,66 @@ KINDS: tuple[KindInfo, ...] = (
                 "description": "Last fire.",
             },
             {
+                # A string, not a date: kubectl shows dates as an age, and a future time as <invalid>.
                 "name": "Next",
-                "type": "date",
+                "type": "string",
                 "jsonPath": ".status.nextScheduleTime",
-                "description": "Next fire.",
+                "description": "Next fire (RFC 3339, UTC).",
             },
             _AGE,
         ),
         "Cron or fixed-interval dispatch of a goal or a task.",
+        "the Deployment <name>-scheduler and the ConfigMap <name>-config",
     ),
 )
+
+
+def name_rules(kind: str, use: str) -> list[dict[str, str]]:
+    """CEL rules on ``metadata.name`` of a kind (from ``loom.api.names``), with messages that say why.
+
+    Every child is named ``<name>-<suffix>`` and labelled with the name, so the name is a
+    DNS-1035 label short enough for the longest child name. Where ``spec.name`` is unset the
+    name is also the worker type or pipeline name, with those rules.
+    """
+    limit = MAX_NAME_LENGTH[kind]
+    rules = [
+        {
+            "rule": f"size(self.metadata.name) <= {limit} && "
+            f"self.metadata.name.matches({json.dumps(NAME_PATTERN)})",
+            "message": f"metadata.name must be at most {limit} characters of a-z, 0-9 and '-', start with a "
+            f"letter and end with a letter or digit: it becomes {use}",
+        }
+    ]
+    if kind == "Worker":
+        types = _max_length(WorkerType)
+        if types < limit:
+            rules.append(
+                {
+                    "rule": f"has(self.spec.name) || size(self.metadata.name) <= {types}",
+                    "message": f"metadata.name must be at most {types} characters unless spec.name is set: "
+                    "it is the worker type (NATS subjects, consumers worker-<type>-<tier>)",
+                }
+            )
+    if kind == "Pipeline":
+        reserved = sorted(RESERVED_PIPELINE_NAMES)
+        rules.append(
+            {
+                "rule": f"has(self.spec.name) || !(self.metadata.name in {json.dumps(reserved)})",
+                "message": f"metadata.name must not be {' or '.join(repr(r) for r in reserved)} unless "
+                "spec.name is set: it is the pipeline name, and loom.goals.incoming is the goal "
+                "orchestrator's subject",
+            }
+        )
+    return rules
+
+
+def _max_length(annotated: Any) -> int:
+    """The ``max_length`` of an ``Annotated[str, Field(...)]`` type."""
+    for meta in getattr(annotated, "__metadata__", ()):
+        for item in getattr(meta, "metadata", ()):
+            if hasattr(item, "max_length"):
+                return int(item.max_length)
+    raise SchemaError(f"{annotated} has no max_length")
 
 
 class _FactoryDefaults(GenerateJsonSchema):
@@ -202,10 +259,13 @@ _KEEP = {
 }
 
 
-def structural(schema: dict[str, Any]) -> dict[str, Any]:
-    """A structural OpenAPI v3 schema from a pydantic JSON Schema (``$defs`` inlined)."""
+def structural(schema: dict[str, Any], *, notes: bool = True) -> dict[str, Any]:
+    """A structural OpenAPI v3 schema from a pydantic JSON Schema (``$defs`` inlined).
+
+    ``notes`` appends defaults and bounds to descriptions (for spec; status has neither).
+    """
     defs = schema.get("$defs", {})
-    return _convert(schema, defs, "")
+    return _convert(schema, defs, "", notes)
 
 
 def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
@@ -228,7 +288,7 @@ def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
-def _convert(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str, Any]:
+def _convert(node: dict[str, Any], defs: dict[str, Any], path: str, notes: bool) -> dict[str, Any]:
     node = _resolve(node, defs)
     out: dict[str, Any] = {}
     rules = list(node.get("x-kubernetes-validations", []))
@@ -238,19 +298,19 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str,
         if key in _DROP or key == "x-kubernetes-validations":
             continue
         if key == "properties":
-            out["properties"] = {k: _convert(v, defs, f"{path}.{k}") for k, v in value.items()}
+            out["properties"] = {k: _convert(v, defs, f"{path}.{k}", notes) for k, v in value.items()}
         elif key == "items":
-            out["items"] = _convert(value, defs, f"{path}[]")
+            out["items"] = _convert(value, defs, f"{path}[]", notes)
         elif key == "additionalProperties":
             if value is True or value == {}:
                 out["x-kubernetes-preserve-unknown-fields"] = True
             elif isinstance(value, dict):
-                out["additionalProperties"] = _convert(value, defs, f"{path}{{}}")
+                out["additionalProperties"] = _convert(value, defs, f"{path}{{}}", notes)
             # False (extra="forbid") is what pruning already does.
         elif key == "patternProperties":
             # Map keys with a pattern: the values' schema, and a CEL rule on the keys.
             ((pattern, values),) = value.items()
-            out["additionalProperties"] = _convert(values, defs, f"{path}{{}}")
+            out["additionalProperties"] = _convert(values, defs, f"{path}{{}}", notes)
             key_rules.append(f"k.matches({json.dumps(pattern)})")
             key_words.append(f"match {pattern}")
         elif key == "propertyNames":
@@ -275,6 +335,8 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str,
         raise SchemaError(f"{path or '(root)'}: no type in {node}")
     if "description" not in out and isinstance(out.get("items"), dict) and out["items"].get("description"):
         out["description"] = f"List; each item: {out['items']['description']}"
+    if notes and "description" in out:
+        out["description"] = _with_bounds(out)
     if key_rules:
         rules.insert(
             0,
@@ -288,14 +350,37 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str,
     return out
 
 
-def model_schema(model: type[BaseModel]) -> dict[str, Any]:
+def _with_bounds(node: dict[str, Any]) -> str:
+    """The description plus default and bounds: ``kubectl explain`` shows only descriptions."""
+    notes = []
+    default = node.get("default")
+    if "default" in node and default not in ("", [], {}):
+        text = json.dumps(default, separators=(",", ":"))
+        if len(text) <= 60:
+            notes.append(f"Default: {text}.")
+    low, high = node.get("minimum"), node.get("maximum")
+    if low is not None or high is not None:
+        lo = "" if low is None else f"{'>' if node.get('exclusiveMinimum') else '>='} {low}"
+        hi = "" if high is None else f"{'<' if node.get('exclusiveMaximum') else '<='} {high}"
+        notes.append(f"Range: {', '.join(x for x in (lo, hi) if x)}.")
+    if "maxLength" in node:
+        notes.append(f"At most {node['maxLength']} characters.")
+    if "maxItems" in node:
+        notes.append(f"At most {node['maxItems']} items.")
+    description = str(node["description"])
+    if not notes:
+        return description
+    return f"{description.rstrip()}{'' if description.rstrip().endswith('.') else '.'} {' '.join(notes)}"
+
+
+def model_schema(model: type[BaseModel], *, notes: bool = True) -> dict[str, Any]:
     """The structural schema of one pydantic model (camelCase, validation mode)."""
-    return structural(model.model_json_schema(by_alias=True, schema_generator=_FactoryDefaults))
+    return structural(model.model_json_schema(by_alias=True, schema_generator=_FactoryDefaults), notes=notes)
 
 
 def status_schema(kind: str) -> dict[str, Any]:
     """The status schema: conditions as a list-map keyed by type; Kopf's bookkeeping kept as is."""
-    schema = model_schema(STATUS_MODELS[kind])
+    schema = model_schema(STATUS_MODELS[kind], notes=False)
     props = schema["properties"]
     props["conditions"]["x-kubernetes-list-type"] = "map"
     props["conditions"]["x-kubernetes-list-map-keys"] = ["type"]
@@ -348,6 +433,7 @@ def crd(info: KindInfo) -> dict[str, Any]:
                             "type": "object",
                             "description": info.description,
                             "required": ["spec"],
+                            "x-kubernetes-validations": name_rules(info.kind, info.name_use),
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

@@ -1,10 +1,9 @@
 """Kopf glue: registers the handlers on a registry; every decision lives in controller/reconcile.
 
 Kopf configuration (set at startup):
-  * diffbase and handler progress live in ``status.kopf`` (never in annotations: a large
-    systemPrompt would overflow the 256 KiB annotation limit with
-    ``last-handled-configuration``), so the operator never writes its resources' spec
-    or metadata;
+  * handler progress and a digest of the last handled spec live in ``status.kopf``
+    (never in annotations, never a second copy of the spec: see diffbase.py), so the
+    operator never writes its resources' spec or metadata and a large spec stays writable;
   * no deletion handlers, timers or daemons on the four kinds, so Kopf adds no
     finalizer: children go with their owner through ownerReferences;
   * children are watched with a server-side label selector (``managed-by=loom-operator``);
@@ -24,10 +23,11 @@ import kopf
 
 from loom.api.common import API_GROUP, API_VERSION
 from loom_operator.controller import Controller
+from loom_operator.diffbase import DigestDiffBaseStorage
 from loom_operator.k8s import Credentials, Kube, KubeError, namespace_terminating
 from loom_operator.peering import Standby, own_identity
 from loom_operator.readiness import ChildDeployment
-from loom_operator.reconcile import PolicyEntry, Reconciler, Stalled, WorkerEntry, parse_body
+from loom_operator.reconcile import PipelineEntry, PolicyEntry, Reconciler, Stalled, WorkerEntry, parse_body
 from loom_operator.render import worker_route
 from loom_operator.render.common import MANAGED_BY, MANAGED_BY_LABEL
 from loom_operator.scaler_loop import ScalerLoop
@@ -118,6 +118,16 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
             spec = None
         return {namespace: PolicyEntry(name=name, spec=spec)}
 
+    @kopf.index(API_GROUP, API_VERSION, "pipelines", registry=registry, id="loom_pipelines")
+    def loom_pipelines(
+        body: kopf.Body, namespace: str | None, name: str, **_: Any
+    ) -> dict[str | None, PipelineEntry] | None:
+        try:
+            spec = parse_body(body).spec
+        except Stalled:
+            return None
+        return {namespace: PipelineEntry(name=name, pipeline_name=spec.pipeline_name)}
+
     # ---------------------------------------------------------------- lifecycle
 
     @kopf.on.startup(registry=registry, id="startup")
@@ -126,11 +136,10 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         loom_children: kopf.Index[Any, ChildDeployment] = kwargs["loom_children"]
         loom_workers: kopf.Index[str, WorkerEntry] = kwargs["loom_workers"]
         loom_policies: kopf.Index[str, PolicyEntry] = kwargs["loom_policies"]
+        loom_pipelines: kopf.Index[str, PipelineEntry] = kwargs["loom_pipelines"]
         cfg: Settings = memo["settings"]
         settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
-        settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
-            field="status.kopf.lastHandledConfiguration"
-        )
+        settings.persistence.diffbase_storage = DigestDiffBaseStorage()
         if not cfg.clusterwide:
             # Watching listed namespaces needs no cluster-wide namespace list (namespaced RBAC forbids it).
             settings.scanning.disabled = True
@@ -162,6 +171,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
             children=loom_children,
             workers=loom_workers,
             policies=loom_policies,
+            pipelines=loom_pipelines,
             active=standby.active if standby else None,
         )
         memo["kube"] = kube
@@ -219,6 +229,12 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         controller: Controller | None = memo.get("controller")
         if controller is not None and namespace:
             controller.worker_event(namespace)
+
+    @kopf.on.event(API_GROUP, API_VERSION, "pipelines", registry=registry, id="pipeline-names")
+    async def pipeline_changed(namespace: str | None, memo: Any, **_: Any) -> None:
+        controller: Controller | None = memo.get("controller")
+        if controller is not None and namespace:
+            controller.pipeline_event(namespace)
 
     @kopf.on.event(API_GROUP, API_VERSION, "routerpolicies", registry=registry, id="policy-tiers")
     async def policy_changed(namespace: str | None, memo: Any, **_: Any) -> None:

@@ -79,6 +79,11 @@ def resource_path(
     return path
 
 
+def refused(exc: KubeError) -> bool:
+    """The server refused the write itself (invalid, too large): retrying the same write cannot help."""
+    return exc.status in (400, 413, 422) or "request is too large" in str(exc)
+
+
 @dataclass(frozen=True)
 class Credentials:
     """Where the API server is and how to authenticate (what Kopf's login needs too)."""

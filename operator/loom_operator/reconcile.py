@@ -24,7 +24,7 @@ from loom.api.loader import LoadError, Resource, parse_document
 from loom.api.router_policy import WorkerRoute
 from loom_operator import conditions
 from loom_operator.conditions import Phase
-from loom_operator.k8s import Kube, KubeError
+from loom_operator.k8s import Kube, KubeError, refused
 from loom_operator.readiness import ChildDeployment, freshest, phase_of
 from loom_operator.render import (
     Owner,
@@ -41,6 +41,10 @@ from loom_operator.settings import Settings
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
+
+
+class RefusedWrite(Exception):
+    """The API server refused to store a child as rendered (e.g. a ConfigMap over 1 MiB)."""
 
 
 class Stalled(Exception):
@@ -72,6 +76,14 @@ class PolicyEntry:
 
 
 @dataclass(frozen=True)
+class PipelineEntry:
+    """A Pipeline of a namespace as Schedules see it: its goal subject name (from the Kopf index)."""
+
+    name: str
+    pipeline_name: str
+
+
+@dataclass(frozen=True)
 class Observation:
     """What the built-in scaler last saw and decided for one tier."""
 
@@ -95,6 +107,8 @@ class Known:
     applied: dict[str, ChildDeployment] = field(default_factory=dict)
     stalled: Phase | None = None
     status: dict[str, Any] = field(default_factory=dict)
+    #: The last status write the server refused (reported once by an Event).
+    refused: str | None = None
 
     def ref(self) -> dict[str, Any]:
         return {
@@ -117,7 +131,14 @@ def parse_body(body: Mapping[str, Any]) -> Resource:
         (resource,) = parse_document(doc, f"{body.get('kind')}/{meta.get('name')}", 0)
     except LoadError as exc:
         # Problems read "<source>: <Kind>/<name>: spec.<field>: <message>"; keep the field part.
-        raise Stalled("InvalidSpec", "; ".join(p.split(": ", 2)[-1] for p in exc.problems)) from None
+        problems = [p.split(": ", 2)[-1] for p in exc.problems]
+        if "name" not in doc["spec"]:
+            # spec.name was defaulted from metadata.name: name the field the user wrote.
+            problems = [
+                "metadata.name" + p.removeprefix("spec.name") if p.startswith("spec.name:") else p
+                for p in problems
+            ]
+        raise Stalled("InvalidSpec", "; ".join(problems)) from None
     return resource
 
 
@@ -136,6 +157,38 @@ def catalog_hash(routes: Mapping[str, WorkerRoute]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def missing_references(
+    spec: Any, workers: Iterable[WorkerEntry], pipelines: Iterable[PipelineEntry]
+) -> Stalled | None:
+    """Why a Pipeline or Schedule cannot work: a worker type or pipeline no resource provides (pure)."""
+    types = sorted({w.worker_type for w in workers})
+    known_types = ", ".join(types) or "none"
+    if isinstance(spec, PipelineSpec):
+        missing = [(s.name, s.worker_type) for s in spec.pipeline_stages if s.worker_type not in types]
+        if missing:
+            uses = "; ".join(f"stage {stage!r} uses workerType {wt!r}" for stage, wt in missing)
+            return Stalled(
+                "UnknownWorkerType",
+                f"{uses}, which no Worker of this namespace serves (worker types: {known_types})",
+            )
+    if isinstance(spec, ScheduleSpec):
+        if spec.dispatch_type == "goal" and spec.goal is not None and spec.goal.pipeline:
+            names = sorted({p.pipeline_name for p in pipelines})
+            if spec.goal.pipeline not in names:
+                return Stalled(
+                    "UnknownPipeline",
+                    f"goal.pipeline {spec.goal.pipeline!r} is not a Pipeline of this namespace "
+                    f"(pipelines: {', '.join(names) or 'none'})",
+                )
+        if spec.dispatch_type == "task" and spec.task is not None and spec.task.worker_type not in types:
+            return Stalled(
+                "UnknownWorkerType",
+                f"task.workerType {spec.task.worker_type!r} is not served by any Worker of this namespace "
+                f"(worker types: {known_types})",
+            )
+    return None
+
+
 def _created(body: Mapping[str, Any], now: datetime) -> datetime:
     stamp = body.get("metadata", {}).get("creationTimestamp")
     if not stamp:
@@ -151,12 +204,16 @@ def render_resource(
     keda: bool,
     policies: Sequence[PolicyEntry],
     workers: Sequence[WorkerEntry],
+    pipelines: Sequence[PipelineEntry],
 ) -> list[dict[str, Any]]:
-    """The children of one parsed resource, given its namespace's policies and workers (pure).
+    """The children of one parsed resource, given its namespace's policies, workers and pipelines (pure).
 
-    Raises Stalled for what the API server accepted but cannot be rendered.
+    Raises Stalled for what the API server accepted but cannot be rendered or cannot work.
     """
     spec = resource.spec
+    missing = missing_references(spec, workers, pipelines)
+    if missing is not None:
+        raise missing
     try:
         if isinstance(spec, WorkerSpec):
             eff = effective_policy(policies)
@@ -215,9 +272,16 @@ class Reconciler:
         *,
         policies: Sequence[PolicyEntry],
         workers: Sequence[WorkerEntry],
+        pipelines: Sequence[PipelineEntry],
     ) -> list[dict[str, Any]]:
         return render_resource(
-            owner, resource, self.settings, keda=self.keda, policies=policies, workers=workers
+            owner,
+            resource,
+            self.settings,
+            keda=self.keda,
+            policies=policies,
+            workers=workers,
+            pipelines=pipelines,
         )
 
     # ----------------------------------------------------------------- reconcile
@@ -228,11 +292,13 @@ class Reconciler:
         *,
         policies: Sequence[PolicyEntry] = (),
         workers: Sequence[WorkerEntry] = (),
+        pipelines: Sequence[PipelineEntry] = (),
         children: Sequence[ChildDeployment] = (),
     ) -> Phase:
         """Bring one resource's children in line with its spec and report status.
 
-        ``policies``/``workers`` are the namespace's RouterPolicies and Workers, ``children``
+        ``policies``/``workers``/``pipelines`` are the namespace's RouterPolicies, Workers and
+        Pipelines, ``children``
         the Deployments already known to belong to this resource (for pruning and readiness).
         """
         owner = Owner.from_body(body)
@@ -255,7 +321,7 @@ class Reconciler:
         try:
             resource = parse_body(body)
             known.resource = resource
-            objects = self.render(owner, resource, policies=policies, workers=workers)
+            objects = self.render(owner, resource, policies=policies, workers=workers, pipelines=pipelines)
         except Stalled as exc:
             known.stalled = Phase.stalled(exc.reason, exc.message)
             async with self._lock(key):
@@ -269,7 +335,13 @@ class Reconciler:
 
         expected = tuple(o["metadata"]["name"] for o in objects if o["kind"] == "Deployment")
         known.expected = expected  # before applying: watch events may be handled meanwhile
-        applied = await self._apply_all(objects)
+        try:
+            applied = await self._apply_all(objects)
+        except RefusedWrite as exc:
+            known.stalled = Phase.stalled("WriteRefused", str(exc))
+            async with self._lock(key):
+                await self._publish(known, known.stalled, body=body)
+            raise Stalled(known.stalled.reason, known.stalled.message) from None
         known.applied = {
             c.name: c
             for o in applied
@@ -283,12 +355,23 @@ class Reconciler:
         return phase
 
     async def _apply_all(self, objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Apply every child; a child the server refuses raises RefusedWrite naming it."""
         # ConfigMaps first: pods of a new Deployment should find their config mounted.
         first = [o for o in objects if o["kind"] == "ConfigMap"]
         rest = [o for o in objects if o["kind"] != "ConfigMap"]
-        applied = [await self.kube.apply(o) for o in first]
-        applied += await asyncio.gather(*(self.kube.apply(o) for o in rest))
+        applied = [await self._apply(o) for o in first]
+        applied += await asyncio.gather(*(self._apply(o) for o in rest))
         return applied
+
+    async def _apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return await self.kube.apply(obj)
+        except KubeError as exc:
+            if refused(exc):
+                raise RefusedWrite(
+                    f"the API server refused {obj['kind']} {obj['metadata']['name']!r}: {exc}"
+                ) from exc
+            raise
 
     async def _prune(
         self, owner: Owner, objects: list[dict[str, Any]], children: Sequence[ChildDeployment]
@@ -406,22 +489,34 @@ class Reconciler:
         if phase.state == "stalled":
             old = conditions.condition(previous.get("conditions"), conditions.STALLED)
             if not (old and old.get("status") == "True" and old.get("message") == phase.message):
-                try:
-                    await self.kube.post_event(
-                        {
-                            **known.ref(),
-                            "metadata": dict((body or {}).get("metadata") or known.ref()["metadata"]),
-                        },
-                        "Warning",
-                        phase.reason,
-                        phase.message,
-                    )
-                except KubeError as exc:
-                    log.warning("cannot post event for %s/%s: %s", known.namespace, known.name, exc)
+                await self._warn(known, phase.reason, phase.message, body)
         if unchanged:
             return
-        result = await self.kube.patch_status(
-            known.api_version, known.kind, known.namespace, known.name, status
-        )
+        try:
+            result = await self.kube.patch_status(
+                known.api_version, known.kind, known.namespace, known.name, status
+            )
+        except KubeError as exc:
+            if not refused(exc):
+                raise
+            # The status cannot say so itself: an Event is all that can report it.
+            message = f"the API server refused the status update: {exc}"
+            log.warning("%s %s/%s: %s", known.kind, known.namespace, known.name, message)
+            if known.refused != message:
+                known.refused = message
+                await self._warn(known, "StatusRefused", message, body)
+            raise Stalled("StatusRefused", message) from None
+        known.refused = None
         if result is not None:
             known.status = status
+
+    async def _warn(self, known: Known, reason: str, message: str, body: Mapping[str, Any] | None) -> None:
+        try:
+            await self.kube.post_event(
+                {**known.ref(), "metadata": dict((body or {}).get("metadata") or known.ref()["metadata"])},
+                "Warning",
+                reason,
+                message,
+            )
+        except KubeError as exc:
+            log.warning("cannot post event for %s/%s: %s", known.namespace, known.name, exc)

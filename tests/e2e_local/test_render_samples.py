@@ -17,7 +17,7 @@ from tests.e2e_local.conftest import LOOM, ROOT, SAMPLES
 
 pytest.importorskip("loom_operator.reconcile", reason="the operator package is not installed")
 
-from loom_operator.reconcile import PolicyEntry, WorkerEntry, render_resource
+from loom_operator.reconcile import PipelineEntry, PolicyEntry, WorkerEntry, render_resource
 from loom_operator.render import Owner, worker_route
 from loom_operator.settings import Settings
 
@@ -35,9 +35,16 @@ def operator_objects(namespace: str = "default") -> dict[str, list[dict[str, Any
         for r in resources
         if r.kind == "Worker"
     ]
+    pipelines = [PipelineEntry(r.name, r.spec.pipeline_name) for r in resources if r.kind == "Pipeline"]
     return {
         f"{r.kind.lower()}-{r.name}": render_resource(
-            Owner(r.kind, r.name, namespace), r, settings, keda=False, policies=policies, workers=workers
+            Owner(r.kind, r.name, namespace),
+            r,
+            settings,
+            keda=False,
+            policies=policies,
+            workers=workers,
+            pipelines=pipelines,
         )
         for r in resources
     }

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
-import sys
+from typing import Any
 
 from loom_operator.settings import Settings
 
@@ -48,7 +49,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds a replica's keep-alive counts (how soon the standby takes over); "
         "env LOOM_PEERING_LIFETIME; default 60",
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("LOOM_LOG_LEVEL", "INFO"),
+        help="env LOOM_LOG_LEVEL; default INFO",
+    )
+    parser.add_argument(
+        "--log-json",
+        action="store_true",
+        default=os.environ.get("LOOM_LOG_JSON", "") in ("1", "true"),
+        help="one JSON object per line, the resource under 'object'; env LOOM_LOG_JSON",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -88,11 +99,19 @@ async def _main(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str, json_logs: bool) -> None:
+    """Kopf's formatters: per-resource lines carry ``[namespace/name]`` (text) or ``object`` (JSON)."""
+    import kopf
+
+    log_format: Any = kopf.LogFormat.JSON if json_logs else LOG_FORMAT
+    kopf.configure(log_format=log_format, log_prefix=True)
+    logging.getLogger().setLevel(getattr(logging, level.upper(), logging.INFO))
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call is noise
+
+
+def run(args: argparse.Namespace) -> int:
+    configure_logging(str(args.log_level), bool(args.log_json))
     return asyncio.run(_main(args))

@@ -63,7 +63,7 @@ def render_resources(
     resources: list[Any], settings: Any, *, keda: bool, namespace: str
 ) -> dict[str, list[dict[str, Any]]]:
     """Objects per resource (``<Kind>-<name>`` → objects), rendered as the operator would."""
-    from loom_operator.reconcile import PolicyEntry, Stalled, WorkerEntry, render_resource
+    from loom_operator.reconcile import PipelineEntry, PolicyEntry, Stalled, WorkerEntry, render_resource
     from loom_operator.render import Owner, worker_route
 
     problems = name_problems(resources, namespace)
@@ -80,10 +80,17 @@ def render_resources(
             for r in items
             if r.kind == "Worker"
         ]
+        pipelines = [PipelineEntry(r.name, r.spec.pipeline_name) for r in items if r.kind == "Pipeline"]
         for r in items:
             try:
                 objects = render_resource(
-                    Owner(r.kind, r.name, ns), r, settings, keda=keda, policies=policies, workers=workers
+                    Owner(r.kind, r.name, ns),
+                    r,
+                    settings,
+                    keda=keda,
+                    policies=policies,
+                    workers=workers,
+                    pipelines=pipelines,
                 )
             except Stalled as exc:
                 problems.append(f"{r.source}: {r.kind}/{r.name}: {exc.message}")

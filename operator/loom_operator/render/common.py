@@ -99,8 +99,24 @@ def metadata(owner: Owner, name: str, tier: str | None = None) -> dict[str, Any]
     return meta
 
 
+def canonical(data: Any) -> Any:
+    """``data`` as the API server hands it back: integral floats as integers (Go's JSON does that).
+
+    Together with sorted keys this makes rendered files independent of how a manifest was
+    written, so ``loom render`` output equals what the operator renders from the cluster.
+    """
+    if isinstance(data, dict):
+        return {k: canonical(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [canonical(v) for v in data]
+    if isinstance(data, float) and data.is_integer():
+        return int(data)
+    return data
+
+
 def to_yaml(data: Any) -> str:
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120)
+    """Canonical YAML (sorted keys, canonical numbers) of a config file the operator renders."""
+    return yaml.safe_dump(canonical(data), sort_keys=True, allow_unicode=True, width=120)
 
 
 def config_hash(data: dict[str, str]) -> str:

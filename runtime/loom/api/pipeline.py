@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from loom.api.common import ResourceRequirements, SpecModel, TierName, WorkerType, cel, with_validations
+from loom.api.text import CONDITION_MAX_CHARS, DESCRIPTION_MAX_CHARS
 
 STAGE_NAME_PATTERN = r"^[a-z0-9_]([-_a-z0-9]*[a-z0-9_])?$"
 #: Goal subjects that are not a pipeline's: ``loom.goals.incoming`` belongs to the goal orchestrator.
@@ -40,6 +41,7 @@ class Stage(SpecModel):
     )
     condition: str | None = Field(
         default=None,
+        max_length=CONDITION_MAX_CHARS,
         description="Run only if true, e.g. 'extract.output.needs_ocr == true'; a missing path skips.",
     )
     timeout_seconds: float = Field(default=60, gt=0, le=86400, description="Per-attempt time limit.")
@@ -70,7 +72,9 @@ class PipelineSpec(SpecModel):
         max_length=63,
         description="Pipeline name (goal subject loom.goals.<name>); defaults to metadata.name.",
     )
-    description: str = Field(default="", description="Human-readable description.")
+    description: str = Field(
+        default="", max_length=DESCRIPTION_MAX_CHARS, description="Human-readable description."
+    )
     timeout_seconds: float = Field(default=300, gt=0, le=86400, description="Whole-goal time limit.")
     max_concurrent_goals: int = Field(
         default=4, ge=1, le=10000, description="Goals one replica runs at once."

@@ -19,6 +19,7 @@ from loom.api.common import (
     cel,
     with_validations,
 )
+from loom.api.text import DESCRIPTION_MAX_CHARS, PROMPT_MAX_CHARS, PromptText
 
 CLASS_PATH_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$"
 
@@ -132,9 +133,15 @@ class WorkerSpec(SpecModel):
         default=None,
         description="Worker type used in task messages and subjects; defaults to metadata.name.",
     )
-    description: str = Field(default="", description="Human-readable description.")
+    description: str = Field(
+        default="", max_length=DESCRIPTION_MAX_CHARS, description="Human-readable description."
+    )
     worker_kind: Literal["llm", "processor"] = Field(default="llm", description="llm or processor.")
-    system_prompt: str | None = Field(default=None, description="The system prompt (LLM workers).")
+    system_prompt: PromptText | None = Field(
+        default=None,
+        description=f"The system prompt (LLM workers), at most {PROMPT_MAX_CHARS} characters: "
+        "large reference material belongs in knowledge files.",
+    )
     processing_backend: str | None = Field(
         default=None,
         pattern=CLASS_PATH_PATTERN,
