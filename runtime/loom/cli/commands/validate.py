@@ -11,6 +11,7 @@ by file, resource and field; the exit code is 1 when there is any.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +98,9 @@ def check_file(path: Path, base_dir: Path | None = None) -> FileReport:
     elif all(k == "RouterConfig" for k in kinds):
         _check_router_config(report)
     else:
-        _check_resources(report, text, base_dir or path.resolve().parent, explicit_base=base_dir is not None)
+        # the folder `loom worker` reads relative paths from: the config file's, as given (os.path.abspath)
+        folder = base_dir or Path(os.path.abspath(path)).parent
+        _check_resources(report, text, folder, explicit_base=base_dir is not None)
     return report
 
 
@@ -259,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
     for m in missing:
         print(f"{m}: no such file or directory", file=sys.stderr)
         total += 1
-    base_dir = Path(args.base_dir).resolve() if args.base_dir else None
+    base_dir = Path(os.path.abspath(args.base_dir)) if args.base_dir else None
     reports = [check_file(p, base_dir) for p in expand_paths(args.files) if p.exists()]
     if args.policy:
         try:
