@@ -325,7 +325,7 @@ class Reconciler:
         except Stalled as exc:
             known.stalled = Phase.stalled(exc.reason, exc.message)
             async with self._lock(key):
-                await self._publish(known, known.stalled, body=body)
+                await self._publish(known, known.stalled, children=children, body=body)
             raise
         known.stalled = None
         if isinstance(resource.spec, RouterPolicySpec):
@@ -340,7 +340,7 @@ class Reconciler:
         except RefusedWrite as exc:
             known.stalled = Phase.stalled("WriteRefused", str(exc))
             async with self._lock(key):
-                await self._publish(known, known.stalled, body=body)
+                await self._publish(known, known.stalled, children=children, body=body)
             raise Stalled(known.stalled.reason, known.stalled.message) from None
         known.applied = {
             c.name: c
@@ -416,7 +416,9 @@ class Reconciler:
             return
         async with self._lock((kind, namespace, name)):
             merged = freshest(known.applied.values(), children())
-            current = [merged[n] for n in known.expected if n in merged]
+            current = (
+                list(merged.values()) if known.stalled else [merged[n] for n in known.expected if n in merged]
+            )
             phase = known.stalled or phase_of(known.expected, current)
             await self._publish(known, phase, children=current)
 
@@ -438,7 +440,8 @@ class Reconciler:
             ),
         }
         spec = known.resource.spec if known.resource else None
-        by_tier = {c.tier: c for c in children if c.name in known.expected}
+        # Stalled: nothing was pruned, so every child still running is counted.
+        by_tier = {c.tier: c for c in children if c.name in known.expected or phase.state == "stalled"}
         if isinstance(spec, WorkerSpec):
             tiers = []
             lag_total: int | None = None

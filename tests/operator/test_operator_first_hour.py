@@ -15,7 +15,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.operator.conftest import GROUP, PLURALS, ROOT, VERSION, Loom, wait_for
+from tests.operator.conftest import GROUP, PLURALS, ROOT, VERSION, Loom, OperatorProcess, wait_for
 
 pytestmark = [pytest.mark.k8s, pytest.mark.usefixtures("loom_operator")]
 
@@ -265,3 +265,31 @@ def test_a_long_name_is_fine_when_spec_name_sets_the_worker_type(loom: Loom) -> 
     loom.create("Worker", name, worker(name="short-type"))
     loom.wait_ready("Worker", name)
     assert sorted(loom.deployments(f"loom.dev/worker={name}")) == [f"{name}-local"]
+
+
+# ------------------------------------------------------------------ paper cuts
+
+
+def test_a_stalled_worker_counts_the_replicas_still_running(loom: Loom) -> None:
+    loom.create("RouterPolicy", "default", {"tiers": [{"name": "local"}]})
+    loom.create("Worker", "w", worker())
+    assert loom.wait_ready("Worker", "w")["status"]["replicaSummary"] == "1/1"
+    loom.patch("Worker", "w", {"tiers": ["local", "frontier"]})
+    assert stalled(loom, "Worker", "w")["reason"] == "UnknownTier"
+    obj = wait_for(
+        lambda: (
+            (o := loom.get("Worker", "w"))["status"]["observedGeneration"] == o["metadata"]["generation"]
+            and o
+        ),
+        30,
+        what="status of the stalled generation",
+    )
+    # w-local keeps running (a bad edit never churns children), and REPLICAS says so.
+    assert obj["status"]["replicaSummary"] == "1/1"
+    assert sorted(loom.deployments("loom.dev/worker=w")) == ["w-local"]
+
+
+def test_operator_log_lines_name_their_resource(loom: Loom, loom_operator: OperatorProcess) -> None:
+    loom.create("Worker", "logged", worker())
+    loom.wait_ready("Worker", "logged")
+    wait_for(lambda: f"[{loom.ns}/logged]" in loom_operator.log(), 20, what="[namespace/name] in the log")
