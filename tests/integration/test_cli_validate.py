@@ -113,6 +113,14 @@ def test_tier_names_are_checked_against_the_policy_in_effect(tmp_path: Path) -> 
     assert "pipelineStages[0] (x).tier: unknown tier 'gold'" in out.stderr
     assert "tierOverrides.entity_extractor: unknown tier 'platinum'" in out.stderr
 
+    local_only = write_yaml(tmp_path, "entity_extractor", ENTITY_EXTRACTOR)  # serves tier local
+    out = run_cli("validate", str(pipeline), str(local_only), str(gold))
+    assert out.returncode == 1
+    assert (
+        "pipelineStages[0] (x).tier: worker 'entity_extractor' does not serve tier 'gold' (serves local)"
+        in out.stderr
+    )
+
 
 def test_one_mistake_is_printed_once(tmp_path: Path) -> None:
     cfg = write_yaml(

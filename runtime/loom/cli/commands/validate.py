@@ -236,12 +236,26 @@ def tiers_in_effect(reports: list[FileReport], policy_file: str | None) -> tuple
 
 
 def check_across(reports: list[FileReport], policy_file: str | None) -> None:
-    """Problems only the files together show: unknown tiers, two resources sharing object names."""
+    """Problems only the files together show: unknown tiers, a stage on a tier its worker does not
+    serve (when the worker is among the files), two resources sharing object names."""
     known, origin = tiers_in_effect(reports, policy_file)
     for report in reports:
         for where, tier in report.tier_refs:
             if tier not in known:
                 report.problem(f"{where}: unknown tier {tier!r} (known tiers: {', '.join(known)}; {origin})")
+    workers = [r for rep in reports for r in rep.resources if r.kind == "Worker"]
+    served = {r.spec.worker_type: r.spec.served_tiers for r in workers}
+    for report in reports:
+        for r in report.resources:
+            if r.kind != "Pipeline":
+                continue
+            for i, stage in enumerate(r.spec.pipeline_stages):
+                tiers = served.get(stage.worker_type)
+                if stage.tier and stage.tier in known and tiers is not None and stage.tier not in tiers:
+                    report.problem(
+                        f"{_label(r)}: pipelineStages[{i}] ({stage.name}).tier: worker {stage.worker_type!r} "
+                        f"does not serve tier {stage.tier!r} (serves {', '.join(tiers)})"
+                    )
     seen: dict[tuple[str, str | None, str], tuple[FileReport, Resource]] = {}
     for report in reports:
         for r in report.resources:
