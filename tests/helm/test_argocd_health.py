@@ -11,10 +11,9 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+import lupa
 import pytest
 import yaml
-
-lupa = pytest.importorskip("lupa", reason="lupa (a real Lua interpreter) is not installed")
 
 REPO = Path(__file__).resolve().parents[2]
 ARGOCD = REPO / "deploy" / "argocd"

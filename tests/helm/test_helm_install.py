@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tests.helm import chart, helm_bin
+from tests.k8s.envtest import ControlPlane, service_account_kubeconfig, wait_until
 from tests.support.nats_server import NatsServer, free_port
 
 pytestmark = [pytest.mark.k8s, pytest.mark.integration]
@@ -49,22 +50,9 @@ def sample_manifests() -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def plane(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """The session control plane of tests.k8s.fixtures when registered, else one for this module."""
-    try:
-        from tests.k8s import envtest
-    except ImportError as exc:
-        pytest.skip(f"envtest harness unavailable: {exc}")
-    try:
-        yield request.getfixturevalue("control_plane")
-        return
-    except pytest.FixtureLookupError:
-        pass
-    try:
-        with envtest.ControlPlane(controllers=True) as own:
-            yield own
-    except envtest.ControlPlaneError as exc:
-        pytest.skip(f"no control plane: {str(exc)[:2000]}")
+def plane(control_plane: ControlPlane) -> ControlPlane:
+    """The session control plane of tests.k8s.fixtures."""
+    return control_plane
 
 
 @pytest.fixture(scope="module")
@@ -106,15 +94,11 @@ def ready(obj: dict[str, Any]) -> bool:
     ids=["cluster-wide", "namespaced"],
 )
 def test_helm_install_operator_reconciles_samples_and_uninstall_keeps_crds(
-    plane: Any, nats: NatsServer, tmp_path: Path, mode: str, user_ns: str
+    plane: ControlPlane, nats: NatsServer, tmp_path: Path, mode: str, user_ns: str
 ) -> None:
-    from tests.k8s.envtest import service_account_kubeconfig, wait_until
-
-    if not chart.crd_files():
-        pytest.skip("helm/loom/crds/ is not generated yet (python -m loom_operator.crdgen writes it)")
+    assert chart.crd_files(), "helm/loom/crds/ is empty: python -m loom_operator.crdgen writes it"
     samples = sample_manifests()
-    if not samples:
-        pytest.skip("config/samples/ holds no loom.dev resources yet")
+    assert samples, "config/samples/ holds no loom.dev resources"
     loom = Path(sys.executable).parent / "loom"
     admin = Path(plane.admin_kubeconfig)
 

