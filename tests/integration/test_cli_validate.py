@@ -70,6 +70,21 @@ def test_a_missing_knowledge_file_fails_validate_and_stops_the_worker_in_one_lin
     assert ok.returncode == 0, ok.stderr
     assert f"relative knowledge paths are read from {workers} (the config file's folder)" in ok.stdout
 
+    # a folder walk meets the workers' few-shot files: knowledge, not broken configs
+    (workers / "examples.yaml").write_text("- {input: a, output: b}\n")
+    write_yaml(
+        workers,
+        "classifier",
+        {
+            **ENTITY_EXTRACTOR,
+            "name": "classifier",
+            "knowledge_sources": [{"path": "examples.yaml", "inject_as": "few_shot"}],
+        },
+    )
+    ok = run_cli("validate", str(tmp_path / "configs"))
+    assert ok.returncode == 0, ok.stderr
+    assert f"{workers / 'examples.yaml'}: OK (knowledge of Worker/classifier, not a config)" in ok.stdout
+
 
 def test_tier_names_are_checked_against_the_policy_in_effect(tmp_path: Path) -> None:
     premium = write_yaml(tmp_path, "premium", {**ENTITY_EXTRACTOR, "default_model_tier": "premium"})

@@ -64,6 +64,8 @@ class FileReport:
     resources: list[Resource] = field(default_factory=list)
     #: (where, tier) for every tier name the file uses, checked against the policy in effect.
     tier_refs: list[tuple[str, str]] = field(default_factory=list)
+    #: Knowledge files and silo folders of the file's workers (absolute), with the worker's label.
+    knowledge: list[tuple[Path, str]] = field(default_factory=list)
     #: Policies the file defines (a RouterPolicy, or a router config's policy), with a label.
     policies: list[tuple[str, RouterPolicySpec]] = field(default_factory=list)
 
@@ -139,7 +141,7 @@ def _label(r: Resource) -> str:
 
 
 def _check_worker(report: FileReport, label: str, spec: Any, base_dir: Path, explicit_base: bool) -> None:
-    from loom.worker.knowledge import knowledge_problems
+    from loom.worker.knowledge import knowledge_problems, resolve_path
 
     try:
         resolve_schema_refs(spec)
@@ -154,6 +156,8 @@ def _check_worker(report: FileReport, label: str, spec: Any, base_dir: Path, exp
             import_object(class_path)
         except ImportError as exc:
             report.problem(f"{label}: {where}: {exc}")
+    paths = [*(s.path for s in spec.knowledge_sources), *(s.path for s in spec.knowledge_silos if s.path)]
+    report.knowledge += [(Path(os.path.abspath(resolve_path(p, base_dir))), label) for p in paths]
     for p in knowledge_problems(spec, base_dir):
         report.problem(f"{label}: {p}")
     relative = [
@@ -219,6 +223,20 @@ def _check_gateway(report: FileReport) -> None:
     ]
 
 
+def skip_knowledge(reports: list[FileReport]) -> list[FileReport]:
+    """Files that are knowledge of a worker among the files (a few-shot YAML, a silo's files) are not
+    configs: reported as such instead of as broken configs (``loom validate configs/`` walks them)."""
+    owners = [k for r in reports for k in r.knowledge]
+    out = []
+    for report in reports:
+        path = Path(os.path.abspath(report.path))
+        owner = next((label for k, label in owners if path == k or k in path.parents), None)
+        if owner is not None and not report.resources:
+            report = FileReport(report.path, found=[f"knowledge of {owner}, not a config"])
+        out.append(report)
+    return out
+
+
 def tiers_in_effect(reports: list[FileReport], policy_file: str | None) -> tuple[list[str], str]:
     """The tier names the files must use, and where they come from (for the message)."""
     if policy_file:
@@ -277,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{m}: no such file or directory", file=sys.stderr)
         total += 1
     base_dir = Path(os.path.abspath(args.base_dir)) if args.base_dir else None
-    reports = [check_file(p, base_dir) for p in expand_paths(args.files) if p.exists()]
+    reports = skip_knowledge([check_file(p, base_dir) for p in expand_paths(args.files) if p.exists()])
     if args.policy:
         try:
             check_across(reports, args.policy)
