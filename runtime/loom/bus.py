@@ -13,13 +13,16 @@ process never holds more than it can work on.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import nats
@@ -30,6 +33,7 @@ from nats.js import api as js_api
 from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
+from loom import metrics
 from loom.dead_letters import decode_original
 from loom.messages import DeadLetter, GoalMessage, GoalResult, TaskMessage, TaskResult
 from loom.settings import NatsSettings
@@ -42,9 +46,11 @@ from loom.subjects import (
     STREAM_INCOMING,
     STREAM_TASKS,
     TASKS_INCOMING,
+    check_publish_subject,
     goal_consumer,
     goal_subject,
     result_subject,
+    subject_matches,
     task_subject,
     worker_consumer,
 )
@@ -73,6 +79,61 @@ class BusError(Exception):
     """A JetStream operation failed (publish not stored, stream misconfigured, ...)."""
 
 
+class ConnectionState:
+    """What the client's callbacks say about the connection; liveness and ``loom_nats_connected`` read it.
+
+    nats-py reconnects by itself after a network loss, but when the server closes the
+    connection on a protocol error (``-ERR``, e.g. ``maximum control line exceeded``)
+    the client closes for good and never reconnects: ``closed`` then holds why.
+    """
+
+    def __init__(self, role: str | None, clock: Callable[[], float] = time.monotonic):
+        self.role = role
+        self.clock = clock
+        self.connected = False
+        self.lost_since: float | None = None
+        self.closed: str | None = None
+        self.last_error = ""
+
+    def up(self) -> None:
+        """Connected or reconnected."""
+        self.connected = True
+        self.lost_since = None
+        self._gauge()
+
+    def down(self) -> None:
+        """Disconnected; the client tries to reconnect."""
+        self.connected = False
+        if self.lost_since is None:
+            self.lost_since = self.clock()
+        self._gauge()
+
+    def closed_for_good(self, why: str) -> None:
+        """The client closed without being asked to: it will not reconnect."""
+        self.closed = why
+        self.down()
+
+    def lost_for(self) -> float:
+        """Seconds since the connection was lost (0 while connected)."""
+        return 0.0 if self.lost_since is None else self.clock() - self.lost_since
+
+    def _gauge(self) -> None:
+        if self.role:
+            metrics.NATS_CONNECTED.labels(self.role).set(1 if self.connected else 0)
+
+
+def nats_liveness(grace: float) -> str | None:
+    """Why this process must be restarted, or None: a long-running connection closed for good, or
+    lost for more than ``grace`` seconds. Reads every open Bus of the process."""
+    for bus in list(Bus.open_buses):
+        state = bus.state
+        if state.closed is not None:
+            return f"NATS connection closed and will not reconnect: {state.closed}"
+        if not state.connected and state.lost_for() > grace:
+            return f"NATS connection lost {state.lost_for():.0f}s ago (grace {grace:g}s); {state.last_error}"
+    return None
+
+
 @dataclass(frozen=True)
 class ConsumerLag:
     """Queue depth of one durable consumer: what autoscaling and the lag gauge read."""
@@ -96,6 +157,18 @@ class StoredMessage:
     subject: str
     data: bytes
     headers: dict[str, str]
+    #: When the stream stored it (UTC), when known.
+    stored_at: datetime | None = None
+
+
+def _parse_time(text: str) -> datetime:
+    """An RFC 3339 time from the server (nanoseconds cut to microseconds)."""
+    m = re.match(r"^(.*?T\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$", text)
+    if m is None:
+        raise ValueError(f"not an RFC 3339 time: {text!r}")
+    frac = (m.group(2) or "")[:7]
+    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
+    return datetime.fromisoformat(m.group(1) + frac + zone)
 
 
 @dataclass(frozen=True)
@@ -261,8 +334,12 @@ def _stream_configs() -> list[js_api.StreamConfig]:
 class Bus:
     """A NATS connection with Loom's streams, consumers and message helpers."""
 
-    def __init__(self, nc: NATS, settings: NatsSettings):
+    #: Buses of long-running roles, read by the liveness probe (:func:`nats_liveness`).
+    open_buses: set[Bus] = set()
+
+    def __init__(self, nc: NATS, settings: NatsSettings, state: ConnectionState | None = None):
         self.nc = nc
+        self.state = state or ConnectionState(None)
         self.js: JetStreamContext = nc.jetstream(timeout=PUBLISH_TIMEOUT)
         self.settings = settings
         #: Bumped on every reconnect so pull loops know their pull requests are gone.
@@ -273,27 +350,43 @@ class Bus:
 
     @classmethod
     async def connect(
-        cls, settings: NatsSettings, *, ensure_streams: bool = True, connect_timeout: float | None = None
+        cls,
+        settings: NatsSettings,
+        *,
+        ensure_streams: bool = True,
+        connect_timeout: float | None = None,
+        role: str | None = None,
     ) -> Bus:
         """Connect (reconnecting forever with backoff) and, by default, declare the streams.
 
-        Long-running roles wait for NATS as long as it takes; one-shot commands pass
-        ``connect_timeout`` so a refused certificate or bad credentials end them with an
-        error instead of a silent wait.
+        Long-running roles wait for NATS as long as it takes and pass ``role``: their
+        connection state then drives ``loom_nats_connected{role}`` and the liveness probe.
+        One-shot commands pass ``connect_timeout`` so a refused certificate or bad
+        credentials end them with an error instead of a silent wait.
         """
         holder: list[Bus] = []
+        state = ConnectionState(role)
 
         async def on_error(exc: Exception) -> None:
+            state.last_error = f"last error: {exc}"
             log.warning("nats error: %s", exc)
 
         async def on_disconnect() -> None:
             if holder and not holder[0].closing:
+                state.down()
                 log.warning("disconnected from NATS; reconnecting")
 
         async def on_reconnect() -> None:
             if holder:
                 holder[0].epoch += 1
+            state.up()
             log.warning("reconnected to NATS at %s", nc.connected_url.netloc if nc.connected_url else "?")
+
+        async def on_closed() -> None:
+            if holder and not holder[0].closing:
+                why = str(nc.last_error or "closed by the server")
+                state.closed_for_good(why)
+                log.error("NATS connection closed and will not reconnect (%s)", why)
 
         opts: dict[str, Any] = {
             "servers": [u.strip() for u in settings.url.split(",") if u.strip()],
@@ -303,6 +396,7 @@ class Bus:
             "error_cb": on_error,
             "disconnected_cb": on_disconnect,
             "reconnected_cb": on_reconnect,
+            "closed_cb": on_closed,
             "pending_size": 8 * 1024 * 1024,
         }
         if settings.creds_file:
@@ -322,8 +416,11 @@ class Bus:
                 f"could not connect to NATS at {settings.url} within {connect_timeout:g}s "
                 "(the logged NATS errors say why)"
             ) from None
-        bus = cls(nc, settings)
+        bus = cls(nc, settings, state)
         holder.append(bus)
+        state.up()
+        if role:
+            cls.open_buses.add(bus)
         if ensure_streams:
             await bus.ensure_streams()
         return bus
@@ -335,9 +432,10 @@ class Bus:
 
     async def close(self) -> None:
         """Drain subscriptions and pending publishes, then close."""
+        Bus.open_buses.discard(self)
+        self.closing = True
         if self.nc.is_closed:
             return
-        self.closing = True
         try:
             await self.nc.drain()
         except Exception as exc:  # a drain that cannot finish still has to close the socket
@@ -454,6 +552,62 @@ class Bus:
             num_redelivered=int(info.num_redelivered or 0),
         )
 
+    async def consumer_filters(self, stream: str) -> dict[str, str]:
+        """Durable consumer name -> filter subject, for every consumer of ``stream``."""
+        try:
+            infos = await self.js.consumers_info(stream)
+        except NotFoundError:
+            return {}
+        return {str(i.name): str(i.config.filter_subject or "") for i in infos}
+
+    async def subjects_without_consumer(self, stream: str, pattern: str) -> dict[str, int]:
+        """Subjects of ``stream`` matching ``pattern`` that hold messages no consumer's filter covers,
+        with how many each holds: work that waits for a consumer nobody has created."""
+        body = await self._api(f"$JS.API.STREAM.INFO.{stream}", {"subjects_filter": pattern})
+        stored: dict[str, int] = (body.get("state") or {}).get("subjects") or {}
+        filters = list((await self.consumer_filters(stream)).values())
+        return {
+            subj: int(n)
+            for subj, n in stored.items()
+            if n and not any(subject_matches(f or ">", subj) for f in filters)
+        }
+
+    async def next_stored(self, stream: str, subject: str, from_seq: int) -> StoredMessage | None:
+        """The first message on ``subject`` at or after ``from_seq``, with its stored time; None when none."""
+        body = await self._api(
+            f"$JS.API.STREAM.MSG.GET.{stream}",
+            {"seq": max(1, from_seq), "next_by_subj": subject},
+            missing_ok=True,
+        )
+        m = body.get("message")
+        if not m:
+            return None
+        headers: dict[str, str] = {}
+        if m.get("hdrs"):
+            for line in base64.b64decode(m["hdrs"]).decode(errors="replace").split("\r\n")[1:]:
+                key, sep, value = line.partition(":")
+                if sep:
+                    headers[key.strip()] = value.strip()
+        return StoredMessage(
+            stream,
+            int(m["seq"]),
+            str(m["subject"]),
+            base64.b64decode(m.get("data") or ""),
+            headers,
+            _parse_time(m["time"]) if m.get("time") else None,
+        )
+
+    async def _api(self, subject: str, req: dict[str, Any], *, missing_ok: bool = False) -> dict[str, Any]:
+        """One JetStream API request; BusError on an error reply (``{}`` for a 404 when ``missing_ok``)."""
+        resp = await self.nc.request(subject, json.dumps(req).encode(), timeout=PUBLISH_TIMEOUT)
+        body: dict[str, Any] = json.loads(resp.data)
+        err = body.get("error")
+        if err:
+            if missing_ok and err.get("code") == 404:
+                return {}
+            raise BusError(f"{subject}: {err.get('description', err)}")
+        return body
+
     async def stream_messages(self, stream: str) -> int:
         """Messages currently stored in a stream."""
         info = await self.js.stream_info(stream)
@@ -476,6 +630,7 @@ class Bus:
 
     async def _store(self, subject: str, data: bytes, headers: dict[str, str] | None) -> dict[str, Any]:
         """Publish and wait for the stream's acknowledgement (raises BusError when not stored)."""
+        check_publish_subject(subject)
         try:
             resp = await self.nc.request(subject, data, timeout=PUBLISH_TIMEOUT, headers=headers)
         except nats.errors.NoRespondersError:
@@ -500,11 +655,11 @@ class Bus:
     async def publish_result(self, result: TaskResult | GoalResult) -> None:
         """Send a result to ``loom.results.<key>`` (core NATS: callers subscribe before publishing)."""
         key = result.result_key if isinstance(result, TaskResult) else result.goal_id
-        await self.nc.publish(result_subject(key), result.to_bytes())
+        await self.nc.publish(check_publish_subject(result_subject(key)), result.to_bytes())
 
     async def publish_raw(self, subject: str, data: bytes) -> None:
-        """Core NATS publish (no storage)."""
-        await self.nc.publish(subject, data)
+        """Core NATS publish (no storage); InvalidSubject, before sending, for a subject NATS would refuse."""
+        await self.nc.publish(check_publish_subject(subject), data)
 
     async def publish_dead_letter(self, dl: DeadLetter) -> None:
         """Store a dead letter; its id is the Nats-Msg-Id, so the same failure is stored once."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loom.messages import DeadLetterReason
+from loom.messages import DeadLetterReason, TokenUsage
 
 
 class TaskError(Exception):
@@ -16,6 +16,10 @@ class TaskError(Exception):
     code: str = "task_failed"
     retryable: bool = True
     reason: DeadLetterReason = DeadLetterReason.TASK_FAILED
+    #: Tokens the failed attempt spent (reported in the failed result, settled against budgets).
+    token_usage: TokenUsage | None = None
+    #: The model that spent them.
+    model_used: str | None = None
 
     def __init__(self, message: str, *, code: str | None = None, retryable: bool | None = None):
         super().__init__(message)
@@ -34,10 +38,14 @@ class InvalidInput(TaskError):
 
 
 class InvalidOutput(TaskError):
-    """The output breaks the worker's output contract (after any model retries)."""
+    """The output breaks the worker's output contract after the model's own ``output_retries``.
+
+    Final: a redelivery would only repeat the same conversation and pay for it again.
+    """
 
     code = "invalid_output"
-    retryable = True
+    retryable = False
+    reason = DeadLetterReason.INVALID_OUTPUT
 
 
 class TaskTimeout(TaskError):

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from loom.dead_letters import dead_letter_of
-from loom.messages import DeadLetterReason, GoalMessage
-from loom.subjects import STREAM_GOALS, result_subject
+from loom.messages import DeadLetterReason, GoalMessage, describe_validation_error
+from loom.subjects import STREAM_GOALS
 
 if TYPE_CHECKING:
     from loom.bus import Bus, Delivery
@@ -31,9 +31,8 @@ async def read_goal(bus: Bus, d: Delivery, role: str) -> GoalMessage | None:
     """The goal in ``d``; None when it is not one (then it is dead-lettered and settled)."""
     try:
         goal: GoalMessage = GoalMessage.from_bytes(d.data)
-        result_subject(goal.goal_id)  # the id must make a valid result subject
-    except (ValidationError, ValueError) as exc:
-        reason = f"not a goal the {role} can run: {exc}"
+    except ValidationError as exc:
+        reason = f"not a goal the {role} can run: {describe_validation_error(exc)}"
         await bus.publish_dead_letter(
             dead_letter_of(d, DeadLetterReason.MALFORMED, reason, stream=STREAM_GOALS, role=role)
         )

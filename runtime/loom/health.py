@@ -1,8 +1,9 @@
 """``/metrics``, ``/healthz`` (liveness) and ``/readyz`` (readiness) for every long-running role.
 
-Liveness answers while the event loop runs. Readiness asks the role (NATS
-connected, consumer bound); a role that is draining reports not ready so no new
-work is sent its way.
+Liveness answers while the event loop runs and ``live()`` names no reason to
+restart (a NATS connection lost past its grace period, or closed for good).
+Readiness asks the role (NATS connected, consumer bound); a role that is draining
+reports not ready so no new work is sent its way.
 """
 
 from __future__ import annotations
@@ -21,10 +22,17 @@ log = logging.getLogger(__name__)
 class HealthServer:
     """A small aiohttp server; ``port`` 0 picks a free port (see :attr:`port` after start), -1 is off."""
 
-    def __init__(self, port: int, ready: Callable[[], bool], host: str = "0.0.0.0"):
+    def __init__(
+        self,
+        port: int,
+        ready: Callable[[], bool],
+        host: str = "0.0.0.0",
+        live: Callable[[], str | None] | None = None,
+    ):
         self.requested_port = port
         self.host = host
         self.ready = ready
+        self.live = live
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
 
@@ -55,6 +63,9 @@ class HealthServer:
         return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, _: web.Request) -> web.Response:
+        problem = self.live() if self.live is not None else None
+        if problem is not None:
+            return web.Response(status=503, text=f"unhealthy: {problem}\n")
         return web.Response(text="ok\n")
 
     async def _readyz(self, _: web.Request) -> web.Response:

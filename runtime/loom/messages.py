@@ -12,7 +12,9 @@ from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from loom.subjects import task_id_problem, token_problem
 
 
 def new_id() -> str:
@@ -56,6 +58,17 @@ class Message(BaseModel):
         return cls.model_validate_json(data)
 
 
+def describe_validation_error(exc: ValidationError, limit: int = 5) -> str:
+    """One line naming each broken field and why: for dead-letter details and CLI errors."""
+    parts = []
+    for err in exc.errors()[:limit]:
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    more = exc.error_count() - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
 def _parse_priority(value: Any) -> Any:
     if isinstance(value, str) and not value.isdigit():
         try:
@@ -67,14 +80,28 @@ def _parse_priority(value: Any) -> Any:
     return value
 
 
+def _token(what: str) -> Any:
+    """A field validator: the value becomes a subject token (see :func:`loom.subjects.token_problem`)."""
+
+    def check(value: Any) -> Any:
+        if value is None:
+            return value
+        problem = token_problem(value, what)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    return check
+
+
 class TaskMessage(Message):
     """A unit of work for one worker type."""
 
     task_id: str = Field(default_factory=new_id, min_length=1)
     parent_task_id: str | None = None
-    worker_type: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
+    worker_type: str
     payload: dict[str, Any] = Field(default_factory=dict)
-    model_tier: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")
+    model_tier: str | None = None
     priority: Priority = Priority.NORMAL
     request_id: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -82,6 +109,15 @@ class TaskMessage(Message):
     created_at: datetime = Field(default_factory=utcnow)
 
     _normalise_priority = field_validator("priority", mode="before")(_parse_priority)
+    _worker_type_token = field_validator("worker_type")(_token("worker_type"))
+    _tier_token = field_validator("model_tier")(_token("model_tier"))
+
+    @model_validator(mode="after")
+    def _ids_fit_subjects(self) -> TaskMessage:
+        problem = task_id_problem(self.task_id, self.parent_task_id)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
     @property
     def result_key(self) -> str:
@@ -132,7 +168,7 @@ class TaskResult(Message):
 class GoalMessage(Message):
     """A goal for a pipeline (``loom.goals.<pipeline>``) or the orchestrator (``loom.goals.incoming``)."""
 
-    goal_id: str = Field(default_factory=new_id, min_length=1)
+    goal_id: str = Field(default_factory=new_id)
     instruction: str = ""
     context: dict[str, Any] = Field(default_factory=dict)
     pipeline: str | None = None
@@ -143,6 +179,8 @@ class GoalMessage(Message):
     created_at: datetime = Field(default_factory=utcnow)
 
     _normalise_priority = field_validator("priority", mode="before")(_parse_priority)
+    _goal_id_token = field_validator("goal_id")(_token("goal_id"))
+    _pipeline_token = field_validator("pipeline")(_token("pipeline"))
 
 
 class StageRecord(BaseModel):
@@ -182,6 +220,8 @@ class DeadLetterReason(StrEnum):
     UNKNOWN_TIER = "unknown_tier"
     RATE_LIMITED = "rate_limited"
     INVALID_INPUT = "invalid_input"
+    INVALID_OUTPUT = "invalid_output"
+    NO_WORKER = "no_worker"
     TASK_FAILED = "task_failed"
     MAX_DELIVERIES = "max_deliveries"
     TIMEOUT = "timeout"

@@ -122,6 +122,10 @@ TOKENS_AVAILABLE = gauge(
     ["tier", "limit"],
 )
 TIER_IN_FLIGHT = gauge("loom_tier_in_flight", "Tasks dispatched to a tier and not yet answered.", ["tier"])
+TASKS_WITHOUT_WORKER = gauge(
+    "loom_router_tasks_without_worker",
+    "Tasks stored for a worker type and tier that no worker consumes (dead letters after no_worker_wait).",
+)
 
 # -- shared ----------------------------------------------------------------------------------------------
 
@@ -133,4 +137,6 @@ CONSUMER_PENDING = gauge("loom_consumer_pending", "Messages not yet delivered.",
 CONSUMER_ACK_PENDING = gauge(
     "loom_consumer_ack_pending", "Messages delivered, not yet acknowledged.", ["stream", "consumer"]
 )
-NATS_CONNECTED = gauge("loom_nats_connected", "1 while connected to NATS.", ["role"])
+NATS_CONNECTED = gauge(
+    "loom_nats_connected", "1 while connected to NATS (set by the client's connection callbacks).", ["role"]
+)

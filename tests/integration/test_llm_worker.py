@@ -299,3 +299,18 @@ async def test_real_local_model_gives_a_schema_valid_result(bus: Bus, llama_serv
     assert isinstance(result.output["is_question"], bool)
     assert result.token_usage.prompt_tokens > 0 and result.token_usage.completion_tokens > 0
     assert result.model_used
+
+
+async def test_invalid_output_is_final_and_reports_the_tokens_it_spent(
+    bus: Bus, fake: FakeLLMServer, start_worker: Start
+) -> None:
+    """A model that keeps breaking the schema costs 1 + output_retries calls, not that x max_deliver."""
+    await start_worker(worker_spec(max_deliver=3, output_retries=2))  # every default reply breaks OUT
+    result = await submit(bus, {"text": "hello"})
+    assert result.status is TaskStatus.FAILED and result.error_code == "invalid_output"
+    assert result.attempt == 1
+    assert result.token_usage.prompt_tokens == 3 * 11 and result.token_usage.completion_tokens == 3 * 7
+    await asyncio.sleep(0.5)  # a redelivery (backoff 0.05 s) would have called the model again by now
+    assert len(fake.requests) == 3
+    letters = await bus.dead_letters()
+    assert [d.dead_letter.reason for d in letters] == [DeadLetterReason.INVALID_OUTPUT]

@@ -168,3 +168,18 @@ def test_router_lease_from_flag_or_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert lease("--inflight-lease-seconds", "7.5") == 7.5
     with pytest.raises(SystemExit):
         lease("--inflight-lease-seconds", "0")
+
+
+def test_without_a_catalog_an_untiered_task_goes_to_the_one_tier_its_workers_consume() -> None:
+    from loom.api.router_policy import RouterConfig
+    from loom.messages import TaskMessage
+    from loom.router.routing import Route, RoutingTable
+
+    table = RoutingTable(RouterConfig())
+    task = TaskMessage(worker_type="extractor")
+    assert table.needs_served_tiers(task)
+    one = table.route(task, frozenset({"local"}))
+    assert isinstance(one, Route) and one.subject == "loom.tasks.extractor.local"
+    several = table.route(task, frozenset({"local", "frontier"}))
+    assert isinstance(several, Route) and several.tier == "standard"
+    assert not table.needs_served_tiers(TaskMessage(worker_type="extractor", model_tier="frontier"))

@@ -33,3 +33,16 @@ def test_context_reads_json_text_and_files(tmp_path: Path) -> None:
     doc.write_text("Hello {not json}", encoding="utf-8")
     ctx = _context(["n=3", "flag=true", "name=plain text", f"text=@{doc}"])
     assert ctx == {"n": 3, "flag": True, "name": "plain text", "text": "Hello {not json}"}
+
+
+def test_a_goal_without_pipeline_goes_to_the_orchestrator_or_the_only_pipeline() -> None:
+    import pytest
+
+    from loom.cli.commands.submit import NoGoalTarget, goal_target
+
+    assert goal_target(["loom.goals.incoming", "loom.goals.a"]) is None
+    assert goal_target(["loom.goals.analysis"]) == "analysis"
+    with pytest.raises(NoGoalTarget, match=r"pipelines: a, b\. Say which: .*--pipeline a"):
+        goal_target(["loom.goals.b", "loom.goals.a"])
+    with pytest.raises(NoGoalTarget, match="loom pipeline --config FILE"):
+        goal_target([])

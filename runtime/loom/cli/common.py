@@ -43,6 +43,12 @@ def add_runtime_options(parser: argparse.ArgumentParser, *, metrics: bool = True
             default=int(env("LOOM_METRICS_PORT", "9090")),
             help="/metrics and /healthz, /readyz port (0 = pick a free one, -1 = off); env LOOM_METRICS_PORT",
         )
+        g.add_argument(
+            "--nats-lost-grace",
+            type=float,
+            default=float(env("LOOM_NATS_LOST_GRACE", "60")),
+            help="seconds without NATS before /healthz fails (default 60); env LOOM_NATS_LOST_GRACE",
+        )
 
 
 def add_goal_consumer_options(parser: argparse.ArgumentParser) -> None:

@@ -27,7 +27,14 @@ from loom.bus import Bus, BusError
 from loom.core.workspace import WorkspaceError
 from loom.mcp.config import GatewayPlan, ToolDef, argument_problems, argument_validator, tool_message_fields
 from loom.mcp.workspace import Workspace, changed, file_uri
-from loom.messages import GoalMessage, GoalResult, TaskMessage, TaskResult, TaskStatus
+from loom.messages import (
+    GoalMessage,
+    GoalResult,
+    TaskMessage,
+    TaskResult,
+    TaskStatus,
+    describe_validation_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +125,9 @@ class Gateway:
             if tool.kind == "worker":
                 return await self._run_task(tool, arguments)
             return await self._run_goal(tool, arguments)
+        except ValidationError as exc:  # e.g. a target or tier that cannot be a subject token
+            problem = describe_validation_error(exc)
+            return _text_result(f"cannot build the message for {name}: {problem}", error=True)
         except (TimeoutError, BusError, OSError) as exc:
             log.warning("tool %s: cannot submit: %s", name, exc)
             return _text_result(f"could not submit to Loom over NATS: {exc}", error=True)

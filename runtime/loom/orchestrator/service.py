@@ -66,7 +66,7 @@ class OrchestratorService:
         self.session: GoalSession | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        bus = await Bus.connect(self.settings)
+        bus = await Bus.connect(self.settings, role="orchestrator")
         provider = self.provider_factory()
         store = checkpoint_store(self.config, bus)
         try:

@@ -61,7 +61,7 @@ class PipelineService:
         self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        bus = await Bus.connect(self.settings)
+        bus = await Bus.connect(self.settings, role="pipeline")
         try:
             store = await StateStore.open(bus, ttl=self.options.state_ttl)
             self.runner = GoalRunner(bus, self.plan, store, clock=self.clock)

@@ -1,13 +1,15 @@
 """The routing decision, pure: which ``loom.tasks.<worker_type>.<tier>`` a task goes to, or why none.
 
 Tier choice: ``tierOverrides[worker_type]`` > the task's ``model_tier`` > the
-worker's ``defaultModelTier`` > ``standard``. A worker type missing from a
-configured catalog, or a tier the policy does not define or the worker does not
-serve, is a rejection with the dead-letter reason that says so.
+worker's ``defaultModelTier`` > the one tier that workers of the type consume (a
+router without a catalog learns it from the workers' durable consumers) > ``standard``.
+A worker type missing from a configured catalog, or a tier the policy does not
+define or the worker does not serve, is a rejection with the dead-letter reason that says so.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,8 +60,19 @@ class RoutingTable:
         self.tiers = frozenset(config.policy.tier_names)
         self._subjects: dict[tuple[str, str], str] = {}
 
-    def choose_tier(self, task: TaskMessage) -> str:
-        """The tier by precedence: override, task, worker default, ``standard``."""
+    def needs_served_tiers(self, task: TaskMessage) -> bool:
+        """Whether the tier choice depends on which tiers workers of the type consume."""
+        return not (
+            self.policy.tier_overrides.get(task.worker_type)
+            or task.model_tier
+            or (self.catalog is not None and task.worker_type in self.catalog)
+        )
+
+    def choose_tier(self, task: TaskMessage, served: Collection[str] = ()) -> str:
+        """The tier by precedence: override, task, worker default, the only ``served`` tier, ``standard``.
+
+        ``served``: the tiers workers of this type consume (their durable consumers exist).
+        """
         override = self.policy.tier_overrides.get(task.worker_type)
         if override:
             return override
@@ -67,10 +80,12 @@ class RoutingTable:
             return task.model_tier
         if self.catalog is not None and task.worker_type in self.catalog:
             return self.catalog[task.worker_type].default_model_tier
+        if len(served) == 1:
+            return next(iter(served))
         return FALLBACK_TIER
 
-    def route(self, task: TaskMessage) -> Route | Rejection:
-        """Decide where a task goes."""
+    def route(self, task: TaskMessage, served: Collection[str] = ()) -> Route | Rejection:
+        """Decide where a task goes (``served``: see :meth:`choose_tier`)."""
         wt = task.worker_type
         worker: WorkerRoute | None = None
         if self.catalog is not None:
@@ -80,7 +95,7 @@ class RoutingTable:
                     DeadLetterReason.UNKNOWN_WORKER_TYPE,
                     f"no worker type {wt!r} (known: {', '.join(sorted(self.catalog)) or 'none'})",
                 )
-        tier = self.choose_tier(task)
+        tier = self.choose_tier(task, served)
         if tier not in self.tiers:
             return Rejection(
                 DeadLetterReason.UNKNOWN_TIER,

@@ -10,6 +10,11 @@ routing decision and the limits, forwards the original bytes to ``loom.tasks.<ty
 * The captured MAX_DELIVERIES advisories (tasks, router input and goals) become
   ``max_deliveries`` dead letters carrying the original message, which is then
   removed from its work queue; the caller gets a failed TaskResult or GoalResult.
+* Tasks stored for a (worker type, tier) that no worker consumer exists for are
+  counted in ``loom_router_tasks_without_worker``; after ``no_worker_wait`` seconds
+  they become ``no_worker`` dead letters (removed from the queue, the caller gets a
+  failed result). A worker creates its consumer when it first starts, so tasks for a
+  worker that was deployed and is scaled down or restarting keep waiting.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +42,8 @@ from loom.messages import (
     TaskMessage,
     TaskResult,
     TaskStatus,
+    describe_validation_error,
+    utcnow,
 )
 from loom.router.limits import AdmissionQueue, Limiter, Request, Ticket
 from loom.router.routing import Rejection, Route, RoutingTable, estimate_tokens
@@ -59,6 +66,10 @@ class RouterOptions:
     evict_interval: float = 60.0
     lag_interval: float = 5.0
     drain_grace: float = 10.0
+    #: Seconds a task may wait for a (worker type, tier) that no worker consumes; 0: wait forever.
+    no_worker_wait: float = 300.0
+    #: How often stored tasks are checked for a missing worker.
+    no_worker_interval: float = 5.0
 
 
 class _ShuttingDown(Exception):
@@ -86,6 +97,9 @@ class RouterService:
         self.bound = False
         self._routed: dict[tuple[str, str], Any] = {}
         self._keepalive = max(1.0, self.options.ack_wait / 3)
+        self._served: dict[str, frozenset[str]] = {}
+        self._served_at = -1e9
+        self._served_lock = asyncio.Lock()
 
     @property
     def ready(self) -> bool:
@@ -105,11 +119,11 @@ class RouterService:
 
         def bound() -> None:
             self.bound = True
-            metrics.NATS_CONNECTED.labels("router").set(1)
 
         side = [
             asyncio.create_task(self._pump_loop(stop), name="router-pump"),
             asyncio.create_task(self._lag_loop(stop), name="router-lag"),
+            asyncio.create_task(self._no_worker_loop(stop), name="router-no-worker"),
             asyncio.create_task(
                 self.bus.consume(
                     STREAM_ADVISORIES,
@@ -146,9 +160,10 @@ class RouterService:
         try:
             task = TaskMessage.model_validate_json(d.data)
         except ValidationError as exc:
-            await self._dead(d, DeadLetterReason.MALFORMED, _brief(exc), None)
+            await self._dead(d, DeadLetterReason.MALFORMED, describe_validation_error(exc), None)
             return
-        decision = self.table.route(task)
+        served = await self._served_tiers(task.worker_type) if self.table.needs_served_tiers(task) else ()
+        decision = self.table.route(task, served)
         if isinstance(decision, Rejection):
             await self._dead(d, decision.reason, decision.detail, task)
             return
@@ -178,6 +193,20 @@ class RouterService:
                     )
                     return
         await self._dispatch(d, task, decision, ticket)
+
+    async def _served_tiers(self, worker_type: str) -> frozenset[str]:
+        """The tiers whose worker consumers exist for ``worker_type``: re-read at most once a second
+        for a type not seen yet, every 30 s otherwise."""
+        async with self._served_lock:
+            if self.clock() - self._served_at >= (30.0 if worker_type in self._served else 1.0):
+                self._served_at = self.clock()
+                try:
+                    filters = (await self.bus.consumer_filters(STREAM_TASKS)).values()
+                except Exception as exc:  # NATS away: route by the rules without it
+                    log.debug("reading worker consumers failed: %s", exc)
+                else:
+                    self._served = _served_by_type(filters)
+        return self._served.get(worker_type, frozenset())
 
     async def _wait(self, req: Request, d: Delivery, tier: str) -> Ticket | None:
         metrics.RATE_LIMIT_WAITS.labels(tier).inc()
@@ -339,11 +368,51 @@ class RouterService:
                 metrics.CONSUMER_LAG.labels(STREAM_INCOMING, ROUTER_CONSUMER).set(lag.total)
                 metrics.CONSUMER_PENDING.labels(STREAM_INCOMING, ROUTER_CONSUMER).set(lag.num_pending)
                 metrics.CONSUMER_ACK_PENDING.labels(STREAM_INCOMING, ROUTER_CONSUMER).set(lag.num_ack_pending)
-                metrics.NATS_CONNECTED.labels("router").set(1 if self.bus.is_connected else 0)
             except Exception as exc:
                 log.debug("consumer info failed: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.options.lag_interval)
+
+    # -- tasks no worker consumes ------------------------------------------------------------------------
+
+    async def _no_worker_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.sweep_no_worker()
+            except Exception as exc:  # NATS away: the next round tries again
+                log.debug("no-worker check failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.options.no_worker_interval)
+
+    async def sweep_no_worker(self) -> int:
+        """Count tasks stored where no worker consumes; dead-letter those older than ``no_worker_wait``."""
+        orphans = await self.bus.subjects_without_consumer(STREAM_TASKS, "loom.tasks.*.*")
+        metrics.TASKS_WITHOUT_WORKER.set(sum(orphans.values()))
+        wait = self.options.no_worker_wait
+        if wait <= 0:
+            return 0
+        dead = 0
+        for subject in orphans:
+            seq = 1
+            while (stored := await self.bus.next_stored(STREAM_TASKS, subject, seq)) is not None:
+                age = (utcnow() - stored.stored_at).total_seconds() if stored.stored_at else 0.0
+                if age < wait:
+                    break
+                detail = (
+                    f"no worker consumes {subject} (no consumer was ever created for it); "
+                    f"waited {age:.0f}s, no_worker_wait is {wait:g}s"
+                )
+                dl, result = _dead_stored(
+                    DeadLetterReason.NO_WORKER, stored.stream, stored.seq, subject, stored.data, detail, None
+                )
+                await self.bus.publish_dead_letter(dl)
+                if await self.bus.delete_stream_message(STREAM_TASKS, stored.seq):  # once across replicas
+                    if result is not None:
+                        await self.bus.publish_result(result)
+                    metrics.DEAD_LETTERS.labels(DeadLetterReason.NO_WORKER.value, "router").inc()
+                    dead += 1
+                seq = stored.seq + 1
+        return dead
 
     # -- MAX_DELIVERIES advisories ------------------------------------------------------------------------
 
@@ -363,8 +432,14 @@ class RouterService:
             await d.ack()  # settled meanwhile (acked, or already dead-lettered)
             return
         detail = f"delivered {deliveries} times to consumer {consumer} without being settled"
-        dl, result = _max_deliveries(
-            stored.stream, stored.seq, stored.subject, stored.data, detail, deliveries
+        dl, result = _dead_stored(
+            DeadLetterReason.MAX_DELIVERIES,
+            stored.stream,
+            stored.seq,
+            stored.subject,
+            stored.data,
+            detail,
+            deliveries,
         )
         await self.bus.publish_dead_letter(dl)
         if result is not None:
@@ -374,11 +449,16 @@ class RouterService:
         metrics.DEAD_LETTERS.labels(DeadLetterReason.MAX_DELIVERIES.value, "router").inc()
 
 
-def _max_deliveries(
-    stream: str, seq: int, subject: str, data: bytes, detail: str, deliveries: int | None
+def _dead_stored(
+    code: DeadLetterReason,
+    stream: str,
+    seq: int,
+    subject: str,
+    data: bytes,
+    detail: str,
+    deliveries: int | None,
 ) -> tuple[DeadLetter, TaskResult | GoalResult | None]:
-    """The dead letter of a message JetStream gave up on, and the failed result its caller waits for."""
-    code = DeadLetterReason.MAX_DELIVERIES
+    """The dead letter of a stored message that will not be done, and the failed result its caller awaits."""
     error = f"{code.value}: {detail}"
     goal: GoalMessage | None = None
     task: TaskMessage | None = None
@@ -418,6 +498,16 @@ def _max_deliveries(
     return dl, result
 
 
+def _served_by_type(filters: Iterable[str]) -> dict[str, frozenset[str]]:
+    """worker type -> tiers, from the filter subjects ``loom.tasks.<worker type>.<tier>`` of consumers."""
+    out: dict[str, set[str]] = {}
+    for f in filters:
+        parts = f.split(".")
+        if len(parts) == 4 and parts[:2] == ["loom", "tasks"] and "*" not in parts and ">" not in parts:
+            out.setdefault(parts[2], set()).add(parts[3])
+    return {wt: frozenset(tiers) for wt, tiers in out.items()}
+
+
 def _failed(task: TaskMessage, tier: str | None, code: str, error: str) -> TaskResult:
     return TaskResult(
         task_id=task.task_id,
@@ -431,11 +521,3 @@ def _failed(task: TaskMessage, tier: str | None, code: str, error: str) -> TaskR
         request_id=task.request_id,
         metadata=task.metadata,
     )
-
-
-def _brief(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        loc = ".".join(str(p) for p in err["loc"])
-        parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
-    return "; ".join(parts)

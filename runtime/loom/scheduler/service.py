@@ -274,7 +274,7 @@ class SchedulerService:
         self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        bus = await Bus.connect(self.settings)
+        bus = await Bus.connect(self.settings, role="scheduler")
         try:
             scheduler = Scheduler(bus, self.schedules, clock=self.clock)
             self.ready.set()

@@ -192,6 +192,16 @@ class LLMEngine(TaskEngine):
             )
         deadline = self._clock() + self.spec.timeout_seconds
         usage = [0, 0]
+        try:
+            return await self._conversation(system, messages, deadline, usage)
+        except TaskError as exc:  # what the failed attempt spent is still reported and settled
+            exc.token_usage = TokenUsage(prompt_tokens=usage[0], completion_tokens=usage[1])
+            raise
+
+    async def _conversation(
+        self, system: str, messages: list[Message], deadline: float, usage: list[int]
+    ) -> WorkOutcome:
+        """Ask until the reply meets the contract, at most ``1 + output_retries`` times."""
         model = ""
         problems: list[str] = []
         for _attempt in range(1 + self.spec.output_retries):
@@ -213,6 +223,7 @@ class LLMEngine(TaskEngine):
             + "; ".join(problems)
         )
         failure.errors = problems  # type: ignore[attr-defined]  # read by the runtime for the failed result
+        failure.model_used = model or None
         raise failure
 
     async def _converse(

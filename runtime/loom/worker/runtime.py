@@ -27,7 +27,14 @@ from loom.bus import Bus, Delivery
 from loom.contracts import Contract
 from loom.dead_letters import dead_letter_of
 from loom.errors import TaskError, TaskTimeout
-from loom.messages import DeadLetterReason, TaskMessage, TaskResult, TaskStatus
+from loom.messages import (
+    DeadLetterReason,
+    TaskMessage,
+    TaskResult,
+    TaskStatus,
+    TokenUsage,
+    describe_validation_error,
+)
 from loom.subjects import STREAM_TASKS
 from loom.worker.engine import TaskEngine, WorkOutcome, build_engine
 
@@ -122,7 +129,6 @@ class WorkerRuntime:
 
         def bound() -> None:
             self.bound = True
-            metrics.NATS_CONNECTED.labels("worker").set(1)
             log.info("worker %s/%s consuming (max %d in flight)", self.worker_type, self.tier, mif)
 
         lag = asyncio.create_task(self._lag_loop(stop))
@@ -157,7 +163,7 @@ class WorkerRuntime:
             task = TaskMessage.model_validate_json(d.data)
         except ValidationError as exc:
             await self._dead(
-                d, DeadLetterReason.MALFORMED, f"not a TaskMessage: {exc.error_count()} errors: {exc}", None
+                d, DeadLetterReason.MALFORMED, f"not a TaskMessage: {describe_validation_error(exc)}", None
             )
             self._failed.inc()
             return
@@ -203,7 +209,11 @@ class WorkerRuntime:
         except Exception as exc:
             log.exception("engine failed on task %s", task.task_id)
             raise TaskError(f"{type(exc).__name__}: {exc}", code="internal_error", retryable=True) from exc
-        self.output.check_output(outcome.output)
+        try:
+            self.output.check_output(outcome.output)
+        except TaskError as exc:
+            exc.token_usage, exc.model_used = outcome.token_usage, outcome.model_used
+            raise
         return outcome
 
     async def _failure(self, d: Delivery, task: TaskMessage, exc: TaskError, attempt: int, t0: float) -> None:
@@ -224,7 +234,9 @@ class WorkerRuntime:
                 status=TaskStatus.FAILED,
                 error=str(exc),
                 error_code=exc.code,
+                model_used=exc.model_used,
                 model_tier=self.tier,
+                token_usage=exc.token_usage or TokenUsage(),
                 processing_time_ms=elapsed * 1000.0,
                 attempt=attempt,
                 tenant=task.tenant,
@@ -252,7 +264,6 @@ class WorkerRuntime:
                 metrics.CONSUMER_LAG.labels(*labels).set(lag.total)
                 metrics.CONSUMER_PENDING.labels(*labels).set(lag.num_pending)
                 metrics.CONSUMER_ACK_PENDING.labels(*labels).set(lag.num_ack_pending)
-                metrics.NATS_CONNECTED.labels("worker").set(1 if self.bus.is_connected else 0)
             except Exception as exc:
                 log.debug("consumer info failed: %s", exc)
             try:

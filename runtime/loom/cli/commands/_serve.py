@@ -5,6 +5,11 @@ one (router, worker); :func:`serve` runs roles that own their connection
 (pipeline, orchestrator, scheduler). Either way: SIGTERM/SIGINT start a graceful
 drain, ``/readyz`` turns not-ready as soon as the drain starts (no new work is
 sent to a stopping pod), and the exit code is 0 after a clean stop.
+
+``/healthz`` fails once the process has lost NATS for longer than ``--nats-lost-grace``
+seconds, so Kubernetes restarts a process that cannot get back. A connection the
+server closed for good (nats-py never reconnects after a protocol ``-ERR``) also
+stops the role, which then exits with code 1.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 
-from loom.bus import Bus
+from loom.bus import Bus, nats_liveness
 from loom.cli.common import nats_settings
 from loom.health import HealthServer
 from loom.logs import setup_logging
@@ -47,6 +52,19 @@ def install_stop_handlers(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, on_signal, sig)
 
 
+async def _watch_connections(stop: asyncio.Event, lost: list[str], every: float = 0.5) -> None:
+    """Stop the role when a connection was closed for good: no reconnect will come."""
+    while not stop.is_set():
+        for bus in list(Bus.open_buses):
+            if bus.state.closed is not None:
+                lost.append(bus.state.closed)
+                log.error("stopping: the NATS connection was closed and will not reconnect (%s)", lost[0])
+                stop.set()
+                return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+
+
 async def _run_framed(
     args: argparse.Namespace,
     role: str,
@@ -54,12 +72,24 @@ async def _run_framed(
 ) -> int:
     stop = asyncio.Event()
     install_stop_handlers(stop)
+    grace = float(getattr(args, "nats_lost_grace", 60.0))
+    lost: list[str] = []
     async with contextlib.AsyncExitStack() as stack:
         run, ready = await start(stack)
-        health = HealthServer(args.metrics_port, lambda: ready() and not stop.is_set())
+        health = HealthServer(
+            args.metrics_port, lambda: ready() and not stop.is_set(), live=lambda: nats_liveness(grace)
+        )
         await health.start()
         stack.push_async_callback(health.stop)
-        await run(stop)
+        watch = asyncio.create_task(_watch_connections(stop, lost))
+        try:
+            await run(stop)
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+    if lost:
+        log.error("%s stopped: lost NATS for good", role)
+        return 1
     log.info("%s stopped", role)
     return 0
 
@@ -79,7 +109,7 @@ def serve_on_bus(args: argparse.Namespace, role: str, build: Callable[[Bus], tup
     configure_logging(args)
 
     async def start(stack: contextlib.AsyncExitStack) -> tuple[RoleRun, Ready]:
-        bus = await Bus.connect(nats_settings(args, name=f"loom-{role}"))
+        bus = await Bus.connect(nats_settings(args, name=f"loom-{role}"), role=role.split("-")[0])
         stack.push_async_callback(bus.close)
         return build(bus)
 

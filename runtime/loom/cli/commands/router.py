@@ -46,6 +46,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "default: the worker's (timeout + ack grace) x max deliveries + a grace when the catalog knows "
         "the worker, else 900; env LOOM_ROUTER_INFLIGHT_LEASE_SECONDS",
     )
+    parser.add_argument(
+        "--no-worker-wait",
+        type=float,
+        default=float(env("LOOM_ROUTER_NO_WORKER_WAIT", "300")),
+        metavar="SECONDS",
+        help="dead-letter (reason no_worker) a routed task after it waited this long for a worker type and "
+        "tier that no worker has ever consumed; 0 waits forever (default 300); "
+        "env LOOM_ROUTER_NO_WORKER_WAIT",
+    )
     add_runtime_options(parser)
 
 
@@ -73,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         batch=args.batch,
         ack_wait=args.ack_wait,
         dispatch_lease=args.inflight_lease_seconds,
+        no_worker_wait=args.no_worker_wait,
+        no_worker_interval=min(5.0, max(0.2, args.no_worker_wait / 4)) if args.no_worker_wait > 0 else 5.0,
     )
 
     def build(bus: Bus) -> tuple[RoleRun, Ready]:

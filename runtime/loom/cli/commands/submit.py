@@ -11,10 +11,20 @@ import json
 import sys
 from typing import Any
 
+from pydantic import ValidationError
+
 from loom.bus import Bus, BusError
 from loom.cli.common import add_runtime_options, nats_settings
 from loom.logs import setup_logging
-from loom.messages import GoalMessage, GoalResult, TaskMessage, TaskResult, TaskStatus
+from loom.messages import (
+    GoalMessage,
+    GoalResult,
+    TaskMessage,
+    TaskResult,
+    TaskStatus,
+    describe_validation_error,
+)
+from loom.subjects import GOALS_INCOMING, STREAM_GOALS
 
 NAME = "submit"
 HELP = "Submit a task (--worker-type) or a goal (an instruction); --wait prints the result."
@@ -25,7 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worker-type", help="submit a task for this worker type")
     parser.add_argument("--tier", help="model tier for the task")
     parser.add_argument("--payload", default="{}", help="task payload as JSON (or @file.json)")
-    parser.add_argument("--pipeline", help="pipeline for the goal (default: the dynamic orchestrator)")
+    parser.add_argument(
+        "--pipeline",
+        help="pipeline for the goal (default: the dynamic orchestrator when one has run, else the only "
+        "pipeline that has; with several and no orchestrator, submit says which to name)",
+    )
     parser.add_argument(
         "--context",
         action="append",
@@ -150,9 +164,51 @@ async def _own_result(sub: Any, msg: TaskMessage | GoalMessage, wait_seconds: fl
             return data
 
 
+class NoGoalTarget(ValueError):
+    """A goal without ``--pipeline`` that nothing would run."""
+
+
+def goal_target(goal_filters: list[str]) -> str | None:
+    """Where a goal without ``--pipeline`` goes, from the filter subjects of the goal consumers.
+
+    The dynamic orchestrator (``loom.goals.incoming``) when one has run; else the one
+    pipeline that has; else raises :class:`NoGoalTarget` saying what to type instead.
+    Returns the pipeline name, or None for the orchestrator.
+    """
+    if GOALS_INCOMING in goal_filters:
+        return None
+    prefix = GOALS_INCOMING.rsplit(".", 1)[0] + "."
+    pipelines = sorted({f.removeprefix(prefix) for f in goal_filters if f.startswith(prefix)})
+    if len(pipelines) == 1:
+        return pipelines[0]
+    if pipelines:
+        raise NoGoalTarget(
+            "no --pipeline given and no orchestrator runs; pipelines: "
+            + ", ".join(pipelines)
+            + f". Say which: loom submit \"...\" --pipeline {pipelines[0]}"
+        )
+    raise NoGoalTarget(
+        "no --pipeline given, and no orchestrator or pipeline has run on this NATS: start one "
+        "(loom pipeline --config FILE, or loom orchestrator --config FILE), or give --pipeline NAME "
+        "to queue the goal for a pipeline that starts later"
+    )
+
+
 async def _main(args: argparse.Namespace, msg: TaskMessage | GoalMessage) -> int:
     bus = await Bus.connect(nats_settings(args, name="loom-submit"), connect_timeout=args.connect_timeout)
     try:
+        if isinstance(msg, GoalMessage) and msg.pipeline is None:
+            try:
+                target = goal_target(list((await bus.consumer_filters(STREAM_GOALS)).values()))
+            except NoGoalTarget as exc:
+                print(f"loom submit: {exc}", file=sys.stderr)
+                return 2
+            if target is not None:
+                print(
+                    f"no --pipeline given: sending the goal to pipeline {target!r}, the only one",
+                    file=sys.stderr,
+                )
+                msg = msg.model_copy(update={"pipeline": target})
         key = msg.goal_id if isinstance(msg, GoalMessage) else msg.result_key
         sub = await bus.subscribe_results(key) if args.wait else None
         if isinstance(msg, GoalMessage):
@@ -179,6 +235,9 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, args.log_json)
     try:
         msg = build_message(args)
+    except ValidationError as exc:
+        print(f"loom submit: {describe_validation_error(exc)}", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as exc:
         print(f"loom submit: {exc}", file=sys.stderr)
         return 2
