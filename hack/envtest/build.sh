@@ -69,51 +69,22 @@ fi
 
 command -v go >/dev/null 2>&1 || { log "go is required (Go >= 1.24)"; exit 1; }
 
-export GOMODCACHE="${CACHE_ROOT}/go/mod"
-export GOCACHE="${CACHE_ROOT}/go/build"
-export GOPATH="${CACHE_ROOT}/go/path"
-# -modcacherw keeps the module cache deletable; -mod=mod lets go fill go.sum itself.
-export GOFLAGS="-mod=mod -modcacherw -buildvcs=false"
-export GOTOOLCHAIN=local
-export CGO_ENABLED=0
-export GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
+# One Go module and build cache shared with hack/node/build.sh (kubelet, kube-proxy).
+# shellcheck source=hack/lib/kube-go.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/kube-go.sh"
+kube_go_env
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/loom-envtest-build.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "${WORK}/bin"
 
 build_kube() {
-  local minor="${K8S_VERSION#v1.}"
-  minor="${minor%%.*}"
-  local staging_version="v0.${K8S_VERSION#v1.}"
-  local dir="${WORK}/kube" gomod staging m
-  mkdir -p "$dir"
-  # k8s.io/kubernetes replaces each staging module with ./staging/...; outside its own
-  # tree those replaces are ignored, so mirror them with the published v0.Y.Z twins
-  # (kubernetes/kubernetes#79384). The list comes from this version's own go.mod.
-  gomod="$(cd "$dir" && go mod download -json "k8s.io/kubernetes@${K8S_VERSION}" |
-    sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",*$/\1/p')"
-  [[ -f "$gomod" ]] || { log "could not download k8s.io/kubernetes@${K8S_VERSION}"; exit 1; }
-  staging="$(sed -n 's#^[[:space:]]*\(k8s.io/[^[:space:]]*\) => \./staging/.*#\1#p' "$gomod")"
-  [[ -n "$staging" ]] || { log "no staging replaces found in $gomod"; exit 1; }
-  {
-    printf 'module loom.dev/envtest-build/kube\n\ngo 1.24.0\n\ngodebug default=go1.24\n\n'
-    printf 'require k8s.io/kubernetes %s\n\nreplace (\n' "$K8S_VERSION"
-    for m in $staging; do printf '\t%s => %s %s\n' "$m" "$m" "$staging_version"; done
-    printf ')\n'
-  } >"${dir}/go.mod"
-  local targets=() bin
+  local names=() bin
   for bin in "${KUBE_BINARIES[@]}"; do
-    if want "$bin"; then targets+=("k8s.io/kubernetes/cmd/${bin}"); fi
+    if want "$bin"; then names+=("$bin"); fi
   done
-  # Same version stamping as kubernetes' hack/lib/version.sh, so /version is truthful.
-  local x="" pkg
-  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    x+=" -X ${pkg}.gitVersion=${K8S_VERSION} -X ${pkg}.gitMajor=1 -X ${pkg}.gitMinor=${minor}"
-    x+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.buildDate=1970-01-01T00:00:00Z"
-  done
-  log "building ${targets[*]} @ ${K8S_VERSION} (cold: 7-10 min on 2 cores)"
-  (cd "$dir" && go build -trimpath -ldflags "-s -w${x}" -o "${WORK}/bin/" "${targets[@]}")
+  log "building ${names[*]} @ ${K8S_VERSION} (cold: 7-10 min on 2 cores)"
+  kube_go_build "$K8S_VERSION" "${WORK}/kube" "${WORK}/bin" "${names[@]}"
 }
 
 build_etcd() {
