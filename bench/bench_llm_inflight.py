@@ -96,6 +96,9 @@ async def run(tasks: int, delay: float, in_flight: int) -> dict[str, float]:
         "LOOM_NATS_URL": nats.url,
         "LOOM_METRICS_PORT": "-1",
         "LOOM_LOG_LEVEL": "WARNING",
+        # the fake model runs on loopback: local mode, with its origin listed
+        "LOOM_LOCAL_MODE": "1",
+        "LOOM_MODEL_ENDPOINTS": json.dumps({"allowedUrls": [f"http://127.0.0.1:{fake_port}"]}),
     }
     worker = subprocess.Popen(  # noqa: ASYNC220 - started once, before measuring
         [sys.executable, "-m", "loom.cli.main", "worker", "--config", str(config), "--tier", "standard"],

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 from tests.fakes.llm_server import FakeLLMServer, Reply, last_user_text
+from tests.support.endpoints import loopback_allowed
 
 from loom.api.router_policy import TierDefinition
 from loom.api.worker import WorkerSpec
@@ -73,9 +74,8 @@ async def start_worker(bus: Bus, fake: FakeLLMServer) -> AsyncIterator[Start]:
 
     async def start(spec: WorkerSpec, **tier_kw: Any) -> None:
         tier = TierDefinition(name="standard", backend=fake.kind, model="m-1", base_url=fake.url, **tier_kw)
-        runtime = WorkerRuntime(
-            bus, spec, tier, LLMEngine(spec, tier, env=ENV), WorkerOptions(lag_interval=60)
-        )
+        engine = LLMEngine(spec, tier, env=ENV | loopback_allowed(fake.url))
+        runtime = WorkerRuntime(bus, spec, tier, engine, WorkerOptions(lag_interval=60))
         stop = asyncio.Event()
         stops.append((stop, asyncio.create_task(runtime.run(stop))))
         deadline = time.monotonic() + 10
@@ -225,6 +225,7 @@ async def test_loom_worker_cli(bus: Bus, fake: FakeLLMServer, nats_url: str, tmp
         "CLI_KEY": "sk-cli-secret",
         "LOOM_NATS_URL": nats_url,
         "LOOM_METRICS_PORT": "0",
+        **loopback_allowed(fake.url),
     }
     log = tmp_path / "worker.log"
     with log.open("wb") as out:
@@ -285,7 +286,8 @@ async def test_real_local_model_gives_a_schema_valid_result(bus: Bus, llama_serv
     tier = TierDefinition(
         name="standard", backend="local", base_url=llama_server.base_url, timeout_seconds=120
     )
-    runtime = WorkerRuntime(bus, spec, tier, LLMEngine(spec, tier, env={}), WorkerOptions(lag_interval=60))
+    engine = LLMEngine(spec, tier, env=loopback_allowed(llama_server.base_url))
+    runtime = WorkerRuntime(bus, spec, tier, engine, WorkerOptions(lag_interval=60))
     stop = asyncio.Event()
     running = asyncio.create_task(runtime.run(stop))
     try:

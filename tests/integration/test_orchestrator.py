@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from tests.fakes.llm_server import FakeLLMServer
+from tests.support.endpoints import loopback_allowed
 from tests.support.orchestrators import planner, running_orchestrator, system_of, write_config
 from tests.support.pipelines import submit, wait_goal_result
 from tests.support.processes import LoomProcess
@@ -135,7 +136,8 @@ async def test_checkpoint_is_written_read_back_and_survives_a_restart(
         # A tiny threshold: every result pushes the context over it, so each one is compacted.
         config = write_config(tmp_path, llm.url, checkpoint={"backend": "kv", "token_threshold": 40})
         args = ["orchestrator", "--config", str(config), "--ack-wait", "1.5"]
-        first = LoomProcess(args, nats_url).start().wait_ready()
+        env = loopback_allowed(llm.url)  # the fake planner model runs on loopback
+        first = LoomProcess(args, nats_url, env).start().wait_ready()
         second: LoomProcess | None = None
         try:
             goal = GoalMessage(instruction="two summaries and a count")
@@ -155,7 +157,7 @@ async def test_checkpoint_is_written_read_back_and_survives_a_restart(
             assert "[two] summarizer completed" in cp.executive_summary
             assert any(d.startswith("checkpoint 2:") for d in cp.decisions)
             first.kill()
-            second = LoomProcess(args, nats_url).start().wait_ready()
+            second = LoomProcess(args, nats_url, env).start().wait_ready()
             deadline = loop.time() + 20
             while "loom_orchestrator_resumed_total{" not in _nonzero(second.metrics_text()):
                 assert loop.time() < deadline, "the goal was not resumed from its checkpoint"

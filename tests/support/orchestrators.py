@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from loom.orchestrator.config import OrchestratorConfig, load_config
 from loom.orchestrator.service import OrchestratorOptions, OrchestratorService
 from loom.settings import NatsSettings
 from tests.fakes.llm_server import Reply
+from tests.support.endpoints import loopback_allowed
 from tests.support.pipelines import running_service
 
 WORKERS: list[dict[str, Any]] = [
@@ -96,7 +98,8 @@ async def running_orchestrator(
 ) -> AsyncIterator[OrchestratorService]:
     config, catalog = load_config(config_path)
     tier: TierDefinition = config.decomposer.tier
-    provider = build_model_client(tier)
+    env = {**os.environ, **loopback_allowed(tier.base_url)} if tier.base_url else None
+    provider = build_model_client(tier, env)  # the fake planner model runs on loopback
     service = OrchestratorService(
         config, catalog, NatsSettings(url=nats_url, name="test-orchestrator"), lambda: provider, options
     )

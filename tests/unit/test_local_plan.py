@@ -72,6 +72,10 @@ def test_worker_gets_its_manifest_and_the_tier_with_the_local_model_url(tmp_path
     assert tier["baseUrl"] == LLM_URL
     assert tier["model"] == "smollm2-135m-instruct"
     assert proc.env["LOOM_LOCAL_LLM_URL"] == LLM_URL
+    # loom up's own model server on loopback is the one endpoint local mode adds to the allow-list
+    assert proc.env["LOOM_LOCAL_MODE"] == "1"
+    origin = LLM_URL.rsplit("/", 1)[0]
+    assert json.loads(proc.env["LOOM_MODEL_ENDPOINTS"])["allowedUrls"] == [origin]
     # The written config is the Worker manifest itself and loads back into the same spec.
     assert proc.config is not None
     cfg.write_text(yaml.safe_dump(proc.config), encoding="utf-8")
@@ -115,6 +119,7 @@ spec:
   tiers:
     - {name: local, backend: local, baseUrl: "http://gpu-box:8080/v1"}
     - {name: edge, backend: local}
+  modelEndpoints: {allowedUrls: ["http://gpu-box:8080"], allowedNetworks: ["192.168.0.0/16"]}
 ---
 apiVersion: loom.dev/v1alpha1
 kind: Worker
@@ -129,8 +134,12 @@ spec: {workerKind: processor, processingBackend: loom.contrib.docs.DocumentFacts
     )
     assert local_llm_tiers(resources) == []
     plan = build_plan(resources, run_dir=tmp_path, ports=itertools.count(1))
-    tier = json.loads(plan.process("worker-llm-one-local").env["LOOM_TIER_CONFIG"])
+    proc = plan.process("worker-llm-one-local")
+    tier = json.loads(proc.env["LOOM_TIER_CONFIG"])
     assert tier["baseUrl"] == "http://gpu-box:8080/v1"
+    assert proc.env["LOOM_LOCAL_MODE"] == "1"
+    allowed = json.loads(proc.env["LOOM_MODEL_ENDPOINTS"])
+    assert allowed == {"allowedUrls": ["http://gpu-box:8080"], "allowedNetworks": ["192.168.0.0/16"]}
 
 
 def test_an_llm_tier_on_the_local_model_without_a_server_url_is_an_error(tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ from urllib.parse import urlparse
 
 from loom import subjects
 from loom.api import RouterPolicySpec, TierDefinition, WorkerSpec
+from loom.api.router_policy import ModelEndpoints
+from loom.llm.endpoints import ENDPOINTS_ENV
 from loom_operator.render.common import (
     Owner,
     RenderError,
@@ -51,8 +53,8 @@ def tier_definition(
         ) from None
 
 
-def tier_env(tier_def: TierDefinition) -> list[dict[str, Any]]:
-    """``LOOM_TIER_CONFIG`` plus the API key from its Secret (never the key's value)."""
+def tier_env(tier_def: TierDefinition, endpoints: ModelEndpoints | None = None) -> list[dict[str, Any]]:
+    """``LOOM_TIER_CONFIG``, ``LOOM_MODEL_ENDPOINTS`` and the API key from its Secret (never its value)."""
     env: list[dict[str, Any]] = []
     if tier_def.api_key_secret_ref is not None:
         key_env = tier_def.api_key_env or DEFAULT_KEY_ENV.get(tier_def.backend, FALLBACK_KEY_ENV)
@@ -61,7 +63,8 @@ def tier_env(tier_def: TierDefinition) -> list[dict[str, Any]]:
         assert ref is not None
         env.append({"name": key_env, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
     blob = json.dumps(tier_def.to_manifest_dict(), sort_keys=True, separators=(",", ":"))
-    return [{"name": "LOOM_TIER_CONFIG", "value": blob}, *env]
+    allowed = (endpoints or ModelEndpoints()).env_value()
+    return [{"name": "LOOM_TIER_CONFIG", "value": blob}, {"name": ENDPOINTS_ENV, "value": allowed}, *env]
 
 
 def scaled_object(owner: Owner, spec: WorkerSpec, tier: str, settings: Settings) -> dict[str, Any]:
@@ -113,6 +116,10 @@ def render_worker(
 ) -> list[dict[str, Any]]:
     """Every child of a Worker. Raises RenderError when a served tier is unknown to the policy."""
     tier_defs = [tier_definition(t, policy, policy_name) for t in spec.served_tiers]
+    if policy is not None:
+        refused = policy.endpoint_problems(local_mode=False, tiers=[t.name for t in tier_defs])
+        if refused:
+            raise RenderError("; ".join(refused))
     cm = config_map(owner, CONFIG_KEY, manifest_text("Worker", owner, spec.to_manifest_dict()))
     hash_ = config_hash(cm["data"])
     scaled = spec.autoscaling.enabled
@@ -131,7 +138,7 @@ def render_worker(
                 settings=settings,
                 replicas=None if scaled else spec.replicas,
                 tier=tier,
-                env=[*tier_env(tier_def), *extra_env],
+                env=[*tier_env(tier_def, policy.model_endpoints if policy else None), *extra_env],
                 image=spec.image,
             )
         )

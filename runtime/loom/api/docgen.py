@@ -16,7 +16,14 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from loom.api.pipeline import PipelineSpec, Stage
-from loom.api.router_policy import OnLimit, RateLimit, RouterPolicySpec, TenantLimits, TierDefinition
+from loom.api.router_policy import (
+    ModelEndpoints,
+    OnLimit,
+    RateLimit,
+    RouterPolicySpec,
+    TenantLimits,
+    TierDefinition,
+)
 from loom.api.schedule import GoalTemplate, ScheduleSpec, TaskTemplate
 from loom.api.worker import Autoscaling, KnowledgeSilo, KnowledgeSource, WorkerSpec
 
@@ -40,6 +47,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("RouterPolicy: rateLimits.<tier>, tenantLimits.default, tenantLimits.overrides.<tenant>", RateLimit),
     ("RouterPolicy: tenantLimits", TenantLimits),
     ("RouterPolicy: onLimit", OnLimit),
+    ("RouterPolicy: modelEndpoints", ModelEndpoints),
     ("Schedule", ScheduleSpec),
     ("Schedule: goal", GoalTemplate),
     ("Schedule: task", TaskTemplate),

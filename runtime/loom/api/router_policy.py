@@ -8,6 +8,8 @@ under per-tier and per-tenant limits. A task over a limit waits up to
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -22,6 +24,7 @@ from loom.api.common import (
     with_validations,
 )
 from loom.api.worker import WorkerSpec
+from loom.llm.endpoints import EndpointRules, parse_allowed_url, parse_network, url_problem
 
 Backend = Literal["anthropic", "openai", "ollama", "local"]
 
@@ -46,6 +49,53 @@ class TierDefinition(SpecModel):
     )
     timeout_seconds: float = Field(default=60, gt=0, le=3600, description="Per-call timeout.")
     max_retries: int = Field(default=3, ge=0, le=20, description="Retries of retryable provider errors.")
+
+
+class ModelEndpoints(SpecModel):
+    """Where tiers may send requests (and their API keys); see loom.llm.endpoints for the rules."""
+
+    allowed_urls: list[str] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Origins a tier's baseUrl may name, [scheme://]host[:port]: no scheme means https, "
+        "no port the scheme's default, *.example.com matches sub-domains. "
+        "https://api.openai.com and https://api.anthropic.com are always allowed.",
+    )
+    allowed_networks: list[str] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Private, cluster-internal or link-local address ranges (CIDR) the allowed hosts may "
+        "resolve to, e.g. 10.96.0.0/12; refused otherwise. Loopback is allowed only in local mode.",
+    )
+
+    @model_validator(mode="after")
+    def _entries_parse(self) -> ModelEndpoints:
+        problems = []
+        for entry in self.allowed_urls:
+            try:
+                parse_allowed_url(entry)
+            except ValueError as exc:
+                problems.append(f"allowedUrls: {exc}")
+        for entry in self.allowed_networks:
+            try:
+                parse_network(entry)
+            except ValueError as exc:
+                problems.append(f"allowedNetworks: {exc}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def rules(self, *, local_mode: bool = False) -> EndpointRules:
+        """The allow-list as rules (the built-in public endpoints included)."""
+        return EndpointRules.build(self.allowed_urls, self.allowed_networks, local_mode=local_mode)
+
+    def env_value(self) -> str:
+        """The JSON a process reads from ``LOOM_MODEL_ENDPOINTS``."""
+        return json.dumps(
+            {"allowedUrls": self.allowed_urls, "allowedNetworks": self.allowed_networks},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
 
 
 class RateLimit(SpecModel):
@@ -114,6 +164,10 @@ class RouterPolicySpec(SpecModel):
         default_factory=TenantLimits, description="Per-tenant limits on top of the tier limits."
     )
     on_limit: OnLimit = Field(default_factory=OnLimit, description="What happens to a task over a limit.")
+    model_endpoints: ModelEndpoints = Field(
+        default_factory=ModelEndpoints,
+        description="The allow-list of model endpoints: a tier's baseUrl outside it is refused.",
+    )
     replicas: int = Field(
         default=1, ge=1, le=20, description="Router replicas; each enforces 1/replicas of every limit."
     )
@@ -134,9 +188,24 @@ class RouterPolicySpec(SpecModel):
                 for k, v in self.tier_overrides.items()
                 if v not in names
             ]
+        problems += self.endpoint_problems(local_mode=True)
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def endpoint_problems(self, *, local_mode: bool, tiers: Iterable[str] | None = None) -> list[str]:
+        """Tiers whose baseUrl the allow-list refuses (judged without DNS; the worker resolves later).
+
+        The spec is validated with ``local_mode=True`` (it may run under ``loom up``);
+        the operator asks again with ``local_mode=False``.
+        """
+        rules = self.model_endpoints.rules(local_mode=local_mode)
+        chosen = [t for t in self.tiers if t.base_url and (tiers is None or t.name in tiers)]
+        return [
+            f"tiers.{t.name}.baseUrl: {problem}"
+            for t in chosen
+            if t.base_url and (problem := url_problem(t.base_url, rules))
+        ]
 
     @property
     def tier_names(self) -> list[str]:

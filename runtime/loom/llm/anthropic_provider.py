@@ -94,10 +94,10 @@ def map_sdk_error(exc: anthropic.AnthropicError) -> ProviderError:
         return ProviderTimeout(f"Anthropic API timeout: {exc}")
     if isinstance(exc, anthropic.APIStatusError):
         body = exc.body if isinstance(exc.body, str) else json.dumps(exc.body)
-        return error_for_status(exc.status_code, exc.response.headers, body or str(exc))
+        return error_for_status(exc.status_code, exc.response.headers, body or "")
     if isinstance(exc, anthropic.APIConnectionError):
         return Unavailable(f"Anthropic API unreachable: {exc}")
-    return Unavailable(f"Anthropic API error: {type(exc).__name__}: {exc}")
+    return Unavailable(f"Anthropic API error: {type(exc).__name__}")
 
 
 class AnthropicProvider(Provider):
@@ -136,7 +136,7 @@ class AnthropicProvider(Provider):
         except anthropic.AnthropicError as exc:
             raise map_sdk_error(exc) from exc
         if not hasattr(message, "content"):
-            raise Unavailable(f"unreadable Messages API answer: {str(message)[:200]!r}")
+            raise Unavailable(f"unreadable Messages API answer ({type(message).__name__})")
         return parse_anthropic_message(message)
 
     async def close(self) -> None:

@@ -87,3 +87,9 @@ def to_task_error(exc: ProviderError) -> TaskError:
     if isinstance(exc, InvalidModelOutput):
         return InvalidOutput(message)
     return TaskError(message, code=f"provider_{exc.kind}", retryable=exc.retryable)
+
+
+class EndpointNotAllowed(ProviderError):
+    """The tier's endpoint is outside the allow-list (or resolves to a refused address): nothing was sent."""
+
+    kind = "endpoint_refused"

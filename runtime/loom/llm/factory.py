@@ -4,6 +4,10 @@ API keys come only from the environment variable the tier names (default
 ``ANTHROPIC_API_KEY`` / ``OPENAI_API_KEY``) or from the file in ``LOOM_API_KEY_FILE``
 (a mounted Secret). They are handed to the client and never logged: provider
 reprs redact them and errors name only where a key was looked for.
+
+Every provider is built only for an allowed endpoint (:mod:`loom.llm.endpoints`,
+rules from ``LOOM_MODEL_ENDPOINTS`` / ``LOOM_LOCAL_MODE``) and checks it again,
+resolving the host, before each call (:class:`loom.llm.guarded.GuardedProvider`).
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ from pathlib import Path
 
 from loom.api.router_policy import TierDefinition
 from loom.llm.base import Provider
+from loom.llm.endpoints import EndpointRefused, EndpointRules, check_url, rules_from_env
+from loom.llm.guarded import GuardedProvider
 from loom.llm.http import DEFAULT_MAX_CONNECTIONS
 from loom.llm.resilience import Clock, ResilientProvider, RetryPolicy, Sleep
 
 #: Where ``loom`` expects the local llama.cpp server (see :mod:`loom.llm.local_server`).
 DEFAULT_LOCAL_URL = "http://127.0.0.1:8911/v1"
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
+DEFAULT_ANTHROPIC_URL = "https://api.anthropic.com"
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
 DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 KEY_FILE_ENV = "LOOM_API_KEY_FILE"
@@ -58,6 +65,8 @@ def base_url_for(tier: TierDefinition, env: Mapping[str, str] | None = None) -> 
         return (host if host.startswith("http") else f"http://{host}") if host else DEFAULT_OLLAMA_URL
     if tier.backend == "openai":
         return DEFAULT_OPENAI_URL
+    if tier.backend == "anthropic":
+        return DEFAULT_ANTHROPIC_URL
     return None
 
 
@@ -66,16 +75,44 @@ def build_provider(
     env: Mapping[str, str] | None = None,
     *,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    rules: EndpointRules | None = None,
 ) -> Provider:
-    """The raw provider (no retries) for a tier."""
-    url = base_url_for(tier, env)
+    """The provider (no retries) for a tier, refusing an endpoint outside the allow-list.
+
+    ``rules`` default to the process's (``LOOM_MODEL_ENDPOINTS`` and ``LOOM_LOCAL_MODE``).
+    """
+    e = os.environ if env is None else env
+    url, allowed = check_tier_endpoint(tier, e, rules)
     where = f"tier {tier.name!r} ({tier.backend})"
+    return GuardedProvider(_raw_provider(tier, e, url, where, max_connections), url, allowed)
+
+
+def check_tier_endpoint(
+    tier: TierDefinition, env: Mapping[str, str] | None = None, rules: EndpointRules | None = None
+) -> tuple[str, EndpointRules]:
+    """The tier's URL and the rules it passed (without DNS); ProviderConfigError when refused."""
+    e = os.environ if env is None else env
+    url = base_url_for(tier, e)
+    where = f"tier {tier.name!r} ({tier.backend})"
+    if url is None:
+        raise ProviderConfigError(f"{where}: no base URL")
+    try:
+        allowed = rules if rules is not None else rules_from_env(e)
+        check_url(url, allowed)
+    except EndpointRefused as exc:
+        raise ProviderConfigError(f"{where}: {exc}") from None
+    return url, allowed
+
+
+def _raw_provider(
+    tier: TierDefinition, env: Mapping[str, str], url: str, where: str, max_connections: int
+) -> Provider:
     if tier.backend == "local":
         from loom.llm.openai_provider import OpenAIProvider
 
         return OpenAIProvider(
             tier.model or "local",
-            base_url=url or DEFAULT_LOCAL_URL,
+            base_url=url,
             api_key=resolve_api_key(tier, env) if tier.api_key_env else None,
             timeout=tier.timeout_seconds,
             structured="json_object",
@@ -89,7 +126,7 @@ def build_provider(
 
         return OllamaProvider(
             tier.model,
-            base_url=url or DEFAULT_OLLAMA_URL,
+            base_url=url,
             timeout=tier.timeout_seconds,
             max_connections=max_connections,
         )
@@ -102,7 +139,7 @@ def build_provider(
             raise ProviderConfigError(f"{where} needs an API key: {key_hint}")
         return OpenAIProvider(
             tier.model,
-            base_url=url or DEFAULT_OPENAI_URL,
+            base_url=url,
             api_key=key,
             timeout=tier.timeout_seconds,
             structured="json_schema",
@@ -124,10 +161,11 @@ def build_model_client(
     sleep: Sleep | None = None,
     clock: Clock | None = None,
     policy: RetryPolicy | None = None,
+    rules: EndpointRules | None = None,
 ) -> ResilientProvider:
     """The tier's provider with per-call timeout, retries (``tier.max_retries``), breaker and metrics."""
     return ResilientProvider(
-        build_provider(tier, env),
+        build_provider(tier, env, rules=rules),
         tier=tier.name,
         call_timeout=tier.timeout_seconds,
         policy=policy or RetryPolicy(max_retries=tier.max_retries),

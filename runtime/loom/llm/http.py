@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 import os
+import re
 import ssl
 import time
 from collections.abc import Mapping
@@ -60,12 +61,36 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+#: What a provider's error type may look like to be quoted (``rate_limit_error``, ``invalid_request_error``).
+_ERROR_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+
+
+def provider_error_type(body: str) -> str | None:
+    """The provider's error type from a JSON error body (OpenAI ``error.type``/``error.code``,
+    Anthropic ``error.type``), if it looks like an identifier; nothing else of the body is kept."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if not isinstance(error, dict):
+        return None
+    for key in ("type", "code"):
+        value = error.get(key)
+        if isinstance(value, str) and _ERROR_TYPE.match(value):
+            return value
+    return None
+
+
 def error_for_status(status: int, headers: Mapping[str, str], body: str) -> ProviderError:
-    """The typed error for a non-2xx answer; ``body`` goes into the message, trimmed."""
-    detail = body.strip().replace("\n", " ")
-    if len(detail) > 300:
-        detail = detail[:300] + "..."
-    message = f"HTTP {status}: {detail}" if detail else f"HTTP {status}"
+    """The typed error for a non-2xx answer.
+
+    The message holds the status code and the provider's error type only: a body can
+    carry anything the endpoint chose to say, and messages reach task results and dead
+    letters. The body is read (not quoted) to tell a too-long context from other 400s.
+    """
+    kind = provider_error_type(body)
+    message = f"HTTP {status} ({kind})" if kind else f"HTTP {status}"
     lowered = body.lower()
     if status == 429:
         return RateLimited(message, retry_after=parse_retry_after(headers))
@@ -157,7 +182,7 @@ async def post_json(client: HttpPool, path: str, body: dict[str, Any]) -> dict[s
     try:
         data = response.json()
     except ValueError as exc:
-        raise Unavailable(f"unreadable response body from {path}: {response.text[:200]!r}") from exc
+        raise Unavailable(f"unreadable response body from {path} (HTTP {response.status_code})") from exc
     if not isinstance(data, dict):
         raise Unavailable(f"unexpected response body from {path}: not a JSON object")
     return data

@@ -34,7 +34,7 @@ def parse_ollama_response(data: dict[str, Any], default_model: str) -> ChatRespo
     """An ``/api/chat`` answer as a neutral response (tool call ids are made up: Ollama has none)."""
     message = data.get("message")
     if not isinstance(message, dict):
-        raise Unavailable(f"chat answer without message: {str(data)[:200]}")
+        raise Unavailable("chat answer without message")
     calls: list[ToolCall] = []
     for i, raw in enumerate(message.get("tool_calls") or []):
         fn = raw.get("function") or {}

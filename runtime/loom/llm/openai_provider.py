@@ -46,7 +46,7 @@ def parse_openai_response(data: dict[str, Any], default_model: str) -> ChatRespo
         choice = data["choices"][0]
         message = choice["message"]
     except (KeyError, IndexError, TypeError) as exc:
-        raise Unavailable(f"chat completion without choices: {str(data)[:200]}") from exc
+        raise Unavailable("chat completion without choices") from exc
     calls: list[ToolCall] = []
     for raw in message.get("tool_calls") or []:
         fn = raw.get("function") or {}

@@ -15,12 +15,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from loom.api.loader import Resource
 from loom.api.pipeline import PipelineSpec
 from loom.api.router_policy import RouterConfig, RouterPolicySpec, TierDefinition, WorkerRoute, worker_route
 from loom.api.schedule import ScheduleSpec
 from loom.api.worker import WorkerSpec
+from loom.llm.endpoints import ENDPOINTS_ENV, LOCAL_MODE_ENV
 
 #: Start order; processes of a later phase start once the earlier phases are ready.
 PHASES: dict[str, int] = {
@@ -160,15 +162,29 @@ def worker_manifest(res: Resource) -> dict[str, Any]:
     return fixed.manifest()
 
 
+def local_mode_env(policy: RouterPolicySpec, *extra_urls: str) -> dict[str, str]:
+    """``LOOM_LOCAL_MODE`` and ``LOOM_MODEL_ENDPOINTS`` for a process ``loom up`` starts.
+
+    ``extra_urls`` (``loom up``'s own embedded model server) join the policy's allow-list.
+    """
+    endpoints = policy.model_endpoints
+    if extra_urls:
+        origins = [f"{u.scheme}://{u.netloc}" for u in map(urlsplit, extra_urls)]
+        endpoints = endpoints.model_copy(update={"allowed_urls": [*endpoints.allowed_urls, *origins]})
+    return {LOCAL_MODE_ENV: "1", ENDPOINTS_ENV: endpoints.env_value()}
+
+
 def worker_tier_env(
     policy: RouterPolicySpec, tier: str, local_llm_url: str | None
 ) -> tuple[dict[str, str], TierDefinition]:
-    """``LOOM_TIER_CONFIG`` (and ``LOOM_LOCAL_LLM_URL``) for a worker on a tier."""
+    """``LOOM_TIER_CONFIG`` (and ``LOOM_LOCAL_LLM_URL``) for a worker on a tier, and the endpoint
+    allow-list of local mode: the policy's, plus the embedded model server on loopback."""
     tdef = tier_definition(policy, tier)
-    env: dict[str, str] = {}
+    env: dict[str, str] = local_mode_env(policy)
     if tdef.backend == "local" and not tdef.base_url and local_llm_url:
         tdef = tdef.model_copy(update={"base_url": local_llm_url})
         env["LOOM_LOCAL_LLM_URL"] = local_llm_url
+        env.update(local_mode_env(policy, local_llm_url))
     if tdef.api_key_secret_ref is not None and tdef.api_key_env is None and tdef.backend in DEFAULT_KEY_ENV:
         tdef = tdef.model_copy(update={"api_key_env": DEFAULT_KEY_ENV[tdef.backend]})
     env["LOOM_TIER_CONFIG"] = json.dumps(tdef.to_manifest_dict(), sort_keys=True)
@@ -314,6 +330,7 @@ def build_plan(
                 role="orchestrator",
                 args=("orchestrator", "--config", str(Path(orchestrator_config).resolve())),
                 metrics_port=next(ports),
+                env=local_mode_env(policy),
             )
         )
 

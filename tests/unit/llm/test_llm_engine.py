@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from tests.fakes.llm_server import FakeLLMServer, Reply, last_user_text
 from tests.fakes.virtual_time import VirtualSleep
+from tests.support.endpoints import loopback_allowed
 
 from loom.api.router_policy import TierDefinition
 from loom.api.worker import WorkerSpec
@@ -42,8 +43,9 @@ def engine(
     fake: FakeLLMServer, worker: WorkerSpec, vsleep: VirtualSleep, base_dir: Path | None = None, **tier: Any
 ) -> LLMEngine:
     t = TierDefinition(name="standard", backend=fake.kind, model="m-1", base_url=fake.url, **tier)
-    client = build_model_client(t, env=ENV, sleep=vsleep)
-    return LLMEngine(worker, t, provider=client, base_dir=base_dir, env=ENV)
+    env = ENV | loopback_allowed(fake.url)
+    client = build_model_client(t, env=env, sleep=vsleep)
+    return LLMEngine(worker, t, provider=client, base_dir=base_dir, env=env)
 
 
 def task(**payload: Any) -> TaskMessage:

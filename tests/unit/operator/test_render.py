@@ -172,6 +172,26 @@ def test_tier_the_policy_does_not_define_is_a_render_error() -> None:
         render_worker(OWNER, worker_spec(), SETTINGS, policy=policy, policy_name="default")
 
 
+def test_model_endpoint_allow_list_reaches_the_pods_and_loopback_is_a_render_error() -> None:
+    endpoints = {"allowedUrls": ["http://vllm.models.svc:8000"], "allowedNetworks": ["10.96.0.0/12"]}
+    policy = RouterPolicySpec.model_validate(
+        {
+            "tiers": [
+                {"name": "local", "backend": "openai", "model": "q", "baseUrl": "http://vllm.models.svc:8000/v1"},
+                {"name": "frontier", "backend": "openai", "model": "q", "baseUrl": "http://127.0.0.1:9/v1"},
+            ],
+            "modelEndpoints": {**endpoints, "allowedUrls": [*endpoints["allowedUrls"], "http://127.0.0.1:9"]},
+        }
+    )
+    with pytest.raises(RenderError, match=r"tiers\.frontier\.baseUrl: 127\.0\.0\.1 is loopback"):
+        render_worker(OWNER, worker_spec(), SETTINGS, policy=policy, policy_name="default")
+    one_tier = worker_spec(tiers=["local"])
+    objects = render_worker(OWNER, one_tier, SETTINGS, policy=policy, policy_name="default")
+    allowed = json.loads(env_of(by_kind(objects, "Deployment")[0])["LOOM_MODEL_ENDPOINTS"])
+    assert allowed["allowedNetworks"] == ["10.96.0.0/12"]
+    assert "http://vllm.models.svc:8000" in allowed["allowedUrls"]
+
+
 def test_without_policy_tiers_default_to_local_backend() -> None:
     dep = by_kind(render_worker(OWNER, worker_spec(), SETTINGS), "Deployment")[0]
     assert json.loads(env_of(dep)["LOOM_TIER_CONFIG"])["backend"] == "local"

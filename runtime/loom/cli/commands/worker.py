@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 from loom.api.loader import LoadError, load_one, resolve_schema_refs
-from loom.api.router_policy import TierDefinition
+from loom.api.router_policy import RouterPolicySpec, TierDefinition
 from loom.api.worker import WorkerSpec
 from loom.bus import Bus
 from loom.cli.commands._serve import Ready, RoleRun, configure_logging, serve_on_bus
 from loom.cli.common import add_runtime_options
+from loom.llm.endpoints import ENDPOINTS_ENV
 from loom.worker.engine import build_engine
 from loom.worker.knowledge import knowledge_problems
 
@@ -67,6 +68,9 @@ def _load(args: argparse.Namespace) -> tuple[WorkerSpec, TierDefinition]:
         raise LoadError(["--config (or LOOM_WORKER_CONFIG) is required"])
     spec: WorkerSpec = resolve_schema_refs(load_one(args.config, "Worker").spec)
     tier = args.tier or spec.default_model_tier
+    if args.policy:  # the policy's endpoint allow-list travels with its tiers
+        policy: RouterPolicySpec = load_one(args.policy, "RouterPolicy").spec
+        os.environ[ENDPOINTS_ENV] = policy.model_endpoints.env_value()
     return spec, load_tier_definition(tier, args.policy)
 
 
@@ -79,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
         if missing:
             raise LoadError([f"loom worker: {args.config}: {p}" for p in missing])
         engine = build_engine(spec, tier, base_dir=base_dir)  # configuration errors surface before connecting
+        if spec.worker_kind == "llm":
+            from loom.llm.factory import check_tier_endpoint
+
+            check_tier_endpoint(tier)  # a refused model endpoint stops the worker before it takes tasks
     except LoadError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 2
