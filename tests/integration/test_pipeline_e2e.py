@@ -161,9 +161,9 @@ async def test_an_output_that_breaks_the_schema_fails_the_goal_with_the_validati
     assert "summary: 42 is not of type 'string'" in bad.error
     records = {s.name: s for s in bad.stages}
     assert records["extract"].status == "completed" and records["report"].status == "failed"
-    # The worker retried the broken output (max_deliver 2) before giving up; the pipeline did not retry.
+    # A broken output is final: the worker did not retry it (max_deliver 2), nor did the pipeline.
     assert records["report"].attempts == 1
-    assert len(starts(calls, "reporter")) == 1 + 2
+    assert len(starts(calls, "reporter")) == 1 + 1
 
 
 def _stage(call: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ import json
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.support.nats_server import NatsServer
@@ -210,3 +211,24 @@ async def test_messages_past_max_deliver_leave_their_work_queues(
 async def _stored_in(b: Bus, stream: str, n: int, exact: bool = False) -> bool:
     stored = await b.stream_messages(stream)
     return stored == n if exact else stored >= n
+
+
+async def test_a_role_whose_connection_was_closed_for_good_stops_with_exit_code_1(nats_url: str) -> None:
+    """The process frame of every role: no silent life without NATS after the server closed the link."""
+    import argparse
+    import contextlib
+
+    from loom.cli.commands._serve import _run_framed
+
+    async def start(stack: contextlib.AsyncExitStack) -> tuple[Any, Any]:
+        b = await Bus.connect(NatsSettings(url=nats_url, name="test-frame"), role="test-frame")
+        stack.push_async_callback(b.close)
+
+        async def run(stop: asyncio.Event) -> None:
+            await b.nc.publish("loom.results." + "x" * 5000, b"{}")  # the server answers -ERR and closes
+            await stop.wait()
+
+        return run, lambda: b.is_connected
+
+    args = argparse.Namespace(metrics_port=-1, nats_lost_grace=60.0)
+    assert await asyncio.wait_for(_run_framed(args, "test-frame", start), 30) == 1
