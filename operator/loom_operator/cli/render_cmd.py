@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nats-url", help="NATS URL given to pods (default: env LOOM_NATS_URL)")
 
 
+#: Stalled reasons about a reference to another resource (the operator re-checks them as resources come).
+REFERENCE_REASONS = ("UnknownWorkerType", "UnknownPipeline")
+
+
 def name_problems(resources: list[Any], namespace: str) -> list[str]:
     """Names the API server would refuse (with the name to use), and resources that would share objects.
 
@@ -93,7 +97,10 @@ def render_resources(
                     pipelines=pipelines,
                 )
             except Stalled as exc:
-                problems.append(f"{r.source}: {r.kind}/{r.name}: {exc.message}")
+                hint = ""
+                if exc.reason in REFERENCE_REASONS:
+                    hint = " (references resolve among the manifests rendered together: include them)"
+                problems.append(f"{r.source}: {r.kind}/{r.name}: {exc.message}{hint}")
                 continue
             out[f"{r.kind.lower()}-{r.name}"] = objects
     if problems:

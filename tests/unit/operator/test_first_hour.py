@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -11,7 +12,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from loom.api import PipelineSpec, ScheduleSpec, WorkerSpec
+from loom.api import PipelineSpec, ScheduleSpec, WorkerSpec, load_paths
 from loom.api.common import TierName
 from loom.api.loader import Resource
 from loom.api.text import PROMPT_MAX_CHARS
@@ -212,3 +213,15 @@ def test_digest_diffbase_reads_and_drops_the_legacy_full_copy() -> None:
     patch = kopf.Patch()
     store.store(body=_body(spec, legacy), patch=patch, essence=store.build(body=_body(spec, legacy)))
     assert patch["status"]["kopf"]["lastHandledConfiguration"] is None
+
+
+def test_render_reports_a_reference_outside_the_manifests_given(tmp_path: Path) -> None:
+    from loom_operator.cli.render_cmd import render_resources
+
+    pipe = tmp_path / "pipeline.yaml"
+    pipe.write_text(
+        "apiVersion: loom.dev/v1alpha1\nkind: Pipeline\nmetadata: {name: docs}\n"
+        "spec: {pipelineStages: [{name: a, workerType: elsewhere}]}\n"
+    )
+    with pytest.raises(ValueError, match=r"workerType 'elsewhere'.*rendered together"):
+        render_resources(load_paths([pipe]), SETTINGS, keda=False, namespace="ns")
