@@ -232,3 +232,57 @@ async def test_a_role_whose_connection_was_closed_for_good_stops_with_exit_code_
 
     args = argparse.Namespace(metrics_port=-1, nats_lost_grace=60.0)
     assert await asyncio.wait_for(_run_framed(args, "test-frame", start), 30) == 1
+
+
+async def test_tokens_of_a_failed_task_are_settled_against_the_tier_budget(
+    tmp_path: Path, loom_procs: LoomProcesses, bus: Bus
+) -> None:
+    """The router corrects its token estimate from the usage in any result, a failed one included."""
+    from loom.bus import Delivery
+    from loom.messages import TaskResult, TaskStatus, TokenUsage
+    from loom.subjects import worker_consumer
+
+    echo = echo_worker(tmp_path, "echo", max_output_tokens=100)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        json.dumps(
+            {
+                "apiVersion": "loom.dev/v1alpha1",
+                "kind": "RouterPolicy",
+                "metadata": {"name": "default"},
+                "spec": {"rateLimits": {"local": {"tokensPerMinute": 600}}},
+            }
+        )
+    )
+    router = loom_procs.router(policy, echo)
+    durable = await bus.ensure_worker_consumer(
+        "echo", "local", ack_wait=30, max_deliver=1, max_ack_pending=10
+    )
+    assert durable == worker_consumer("echo", "local")
+    stop = asyncio.Event()
+
+    async def fail_expensively(d: Delivery) -> None:  # a model that burnt 500 tokens on a broken output
+        task = TaskMessage.from_bytes(d.data)
+        await bus.publish_result(
+            TaskResult(
+                task_id=task.task_id,
+                parent_task_id=task.parent_task_id,
+                worker_type="echo",
+                status=TaskStatus.FAILED,
+                error_code="invalid_output",
+                token_usage=TokenUsage(prompt_tokens=400, completion_tokens=100),
+            )
+        )
+        await d.ack()
+
+    consumer = asyncio.create_task(
+        bus.consume(STREAM_TASKS, durable, fail_expensively, max_in_flight=1, batch=1, stop=stop)
+    )
+    sub = await bus.subscribe_results("spent")
+    await bus.publish_task(TaskMessage(parent_task_id="spent", worker_type="echo"))
+    (result,) = await collect(sub, 1)
+    assert result["status"] == "failed"
+    # estimate ~100 tokens, then corrected to the 500 spent: far below the 600 a refund would leave
+    await poll(lambda: router.metric("loom_rate_limit_tokens_available", tier="local", limit="tokens") < 300)
+    stop.set()
+    await consumer
