@@ -87,6 +87,8 @@ cleanup() {
     kill "$DOCKERD_PID" 2>/dev/null || true
     wait "$DOCKERD_PID" 2>/dev/null || true
   fi
+  # dockerd bind-mounts its default netns under the exec root.
+  grep -o " ${WORK}/[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
