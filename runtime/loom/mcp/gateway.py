@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from loom.bus import Bus, BusError
 from loom.core.workspace import WorkspaceError
 from loom.mcp.config import GatewayPlan, ToolDef, argument_problems, argument_validator, tool_message_fields
+from loom.mcp.http_security import HttpSecurity, StaticTokenVerifier
 from loom.mcp.workspace import Workspace, changed, file_uri
 from loom.messages import (
     GoalMessage,
@@ -260,10 +261,17 @@ async def serve_stdio(gateway: Gateway) -> None:
 
 
 async def serve_streamable_http(
-    gateway: Gateway, host: str, port: int, *, on_ready: Callable[[str], None] | None = None
+    gateway: Gateway,
+    host: str,
+    port: int,
+    security: HttpSecurity,
+    *,
+    on_ready: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve MCP at ``http://host:port/mcp`` until SIGTERM/SIGINT."""
+    """Serve MCP at ``http://host:port/mcp`` until SIGTERM/SIGINT, with Host/Origin checks always on and
+    the bearer token (when given) checked by the SDK's auth middleware."""
     import uvicorn
+    from mcp.server.auth.settings import AuthSettings
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets: list[Any] | None = None) -> None:
@@ -271,5 +279,15 @@ async def serve_streamable_http(
             if self.started and on_ready is not None:
                 on_ready(f"http://{host}:{port}/mcp")
 
-    app = gateway.server.streamable_http_app(host=host)
+    auth: dict[str, Any] = {}
+    if security.token is not None:
+        # Resource-server mode with a local verifier: no OAuth routes, no metadata; the issuer URL
+        # is required by the settings model and names this server.
+        auth = {
+            "auth": AuthSettings(issuer_url=f"http://{host}:{port}", resource_server_url=None),
+            "token_verifier": StaticTokenVerifier(security.token),
+        }
+    app = gateway.server.streamable_http_app(
+        host=host, transport_security=security.transport_security(), **auth
+    )
     await _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")).serve()

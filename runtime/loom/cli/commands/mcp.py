@@ -2,7 +2,8 @@
 
 The NATS URL comes from ``--nats-url``, else ``LOOM_NATS_URL``, else the config's
 ``nats_url``. With the stdio transport, stdout carries the protocol, so every log
-line goes to stderr.
+line goes to stderr. Over HTTP, see :mod:`loom.mcp.http_security`: a bearer token
+off loopback, Host/Origin allow-lists always.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import logging
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -20,6 +22,7 @@ from loom.settings import NatsSettings
 
 if TYPE_CHECKING:
     from loom.mcp.config import GatewayPlan
+    from loom.mcp.http_security import HttpSecurity
 
 NAME = "mcp"
 HELP = "Serve workers and pipelines as MCP tools (stdio or streamable HTTP) from one gateway config."
@@ -31,12 +34,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stdio (default; Claude Desktop, Cursor, ...) or streamable-http")
     parser.add_argument("--host", default="127.0.0.1", help="listen address for streamable-http")
     parser.add_argument("--port", type=int, default=8000, help="listen port for streamable-http")
+    parser.add_argument("--token-file", default=os.environ.get("LOOM_MCP_TOKEN_FILE"), metavar="FILE",
+                        help="file holding the bearer token clients must send (required off loopback); "
+                        "env LOOM_MCP_TOKEN_FILE, or the token itself in env LOOM_MCP_TOKEN")
+    parser.add_argument("--allowed-host", action="append", default=_env_list("LOOM_MCP_ALLOWED_HOSTS"),
+                        metavar="HOST[:PORT]",
+                        help="a Host header value clients use (repeatable; the listen address is always "
+                        "allowed; HOST:* for any port); env LOOM_MCP_ALLOWED_HOSTS (comma-separated)")
+    parser.add_argument("--allowed-origin", action="append", default=_env_list("LOOM_MCP_ALLOWED_ORIGINS"),
+                        metavar="ORIGIN",
+                        help="a browser Origin allowed to call the gateway (repeatable; none by default); "
+                        "env LOOM_MCP_ALLOWED_ORIGINS (comma-separated)")
     parser.add_argument("--log-level", default=os.environ.get("LOOM_LOG_LEVEL", "WARNING"),
                         help="env LOOM_LOG_LEVEL (default WARNING)")
     json_default = os.environ.get("LOOM_LOG_JSON", "") in ("1", "true")
     parser.add_argument("--log-json", action="store_true", default=json_default, help="env LOOM_LOG_JSON")
     add_nats_options(parser)
     parser.set_defaults(nats_url=None)
+
+
+def _env_list(name: str) -> list[str]:
+    return [v.strip() for v in os.environ.get(name, "").split(",") if v.strip()]
 
 
 def resolve_nats_url(cli_url: str | None, config_url: str | None, env: dict[str, str] | None = None) -> str:
@@ -61,13 +79,30 @@ def run(args: argparse.Namespace) -> int:
             raise
         print(f"loom mcp: the MCP SDK is not installed ({exc}); pip install 'mcp>=2.3,<3'", file=sys.stderr)
         return 2
+    security = None
+    if args.transport == "streamable-http":
+        from loom.mcp.http_security import HttpSecurityError, load_token, plan_http_security
+
+        try:
+            token = load_token(args.token_file)
+            security = plan_http_security(
+                args.host, args.port, token, args.allowed_host, args.allowed_origin
+            )
+        except HttpSecurityError as exc:
+            print(f"loom mcp: {exc}", file=sys.stderr)
+            return 2
+        if security.warning:
+            logging.getLogger("loom.mcp").warning(security.warning)
+            print(f"\n*** WARNING: {security.warning} ***\n", file=sys.stderr, flush=True)
     url = resolve_nats_url(args.nats_url, plan.config.nats_url)
     args.nats_url = url
     settings = dataclasses.replace(nats_settings(args, name=f"loom-mcp-{plan.config.name}"), url=url)
-    return asyncio.run(_main(args, plan, settings))
+    return asyncio.run(_main(args, plan, settings, security))
 
 
-async def _main(args: argparse.Namespace, plan: GatewayPlan, settings: NatsSettings) -> int:
+async def _main(
+    args: argparse.Namespace, plan: GatewayPlan, settings: NatsSettings, security: HttpSecurity | None
+) -> int:
     from loom import __version__
     from loom.bus import Bus
     from loom.mcp.gateway import Gateway, serve_stdio, serve_streamable_http
@@ -88,7 +123,8 @@ async def _main(args: argparse.Namespace, plan: GatewayPlan, settings: NatsSetti
                 print(f"loom mcp: {plan.config.name} serving {url}; tools: {tools}", file=sys.stderr,
                       flush=True)
 
-            await serve_streamable_http(gateway, args.host, args.port, on_ready=ready)
+            assert security is not None
+            await serve_streamable_http(gateway, args.host, args.port, security, on_ready=ready)
     finally:
         await bus.close()
     return 0

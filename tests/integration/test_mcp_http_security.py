@@ -1,0 +1,209 @@
+"""``loom mcp --transport streamable-http`` as a real process: a bearer token off loopback, Host and
+Origin checks always, the token never on the command line; driven with the MCP SDK's client."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from tests.support.nats_server import free_port
+from tests.support.processes import LoomProcesses, loom_procs, write_yaml
+
+__all__ = ["loom_procs"]
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "t0ken-for-the-loom-mcp-gateway"
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"},
+    },
+}
+HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+
+
+def gateway_config(tmp: Path) -> Path:
+    write_yaml(tmp, "echo", {
+        "name": "echo", "description": "Echo the payload back.", "worker_kind": "processor",
+        "processing_backend": "loom.contrib.noop.EchoBackend", "default_model_tier": "local",
+        "timeout_seconds": 10, "max_deliver": 1,
+        "input_schema": {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}},
+    })
+    tools = {"workers": [{"config": "echo.yaml"}]}
+    return write_yaml(tmp, "gateway", {"name": "secure_gateway", "tools": tools})
+
+
+class Gateway:
+    """The gateway process with the given listen address and options."""
+
+    def __init__(
+        self, config: Path, nats_url: str, host: str, *extra: str, env: dict[str, str] | None = None
+    ):
+        self.port = free_port()
+        self.log_path = config.parent / f"mcp-{self.port}.log"
+        cmd = [sys.executable, "-m", "loom.cli.main", "mcp", "--config", str(config), "--transport",
+               "streamable-http", "--host", host, "--port", str(self.port), "--nats-url", nats_url, *extra]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 30.0) -> Gateway:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"loom mcp exited with {self.proc.returncode}:\n{self.log()}")
+            if "serving http://" in self.log():
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"loom mcp not serving after {timeout}s:\n{self.log()}")
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def started(tmp_path: Path, loom_procs: LoomProcesses, nats_url: str) -> Iterator[list[Gateway]]:
+    """Gateways a test starts, stopped at its end (with a router and an echo worker running)."""
+    gateway_config(tmp_path)
+    loom_procs.router(tmp_path / "echo.yaml")
+    loom_procs.worker(tmp_path / "echo.yaml", "local")
+    gateways: list[Gateway] = []
+    yield gateways
+    for g in gateways:
+        g.stop()
+
+
+def token_file(tmp: Path) -> Path:
+    path = tmp / "mcp-token"
+    path.write_text(TOKEN + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def with_headers(url: str, headers: dict[str, str]) -> Any:
+    """The SDK's streamable HTTP transport with extra request headers."""
+    return streamable_http_client(url, http_client=httpx2.AsyncClient(headers=headers, timeout=30))
+
+
+async def test_off_loopback_needs_the_token_and_then_tools_work(
+    tmp_path: Path, nats_url: str, started: list[Gateway]
+) -> None:
+    # the Host clients use must be listed; here 127.0.0.1 reaches the 0.0.0.0 listener
+    g = Gateway(
+        tmp_path / "gateway.yaml", nats_url, "0.0.0.0",
+        "--token-file", str(token_file(tmp_path)), "--allowed-host", "127.0.0.1:*",
+    )
+    started.append(g)
+    g.wait_ready()
+    assert "WARNING" in g.log() and "EVERY network interface" in g.log()
+    assert TOKEN not in g.log()
+
+    async with httpx.AsyncClient(timeout=30) as raw:
+        no_token = await raw.post(g.url, json=INIT, headers=HEADERS)
+        assert no_token.status_code == 401
+        wrong_token = {"authorization": "Bearer nope-nope-nope-nope"}
+        wrong = await raw.post(g.url, json=INIT, headers=HEADERS | wrong_token)
+        assert wrong.status_code == 401
+        foreign = await raw.post(
+            g.url, json=INIT,
+            headers=HEADERS | {"authorization": f"Bearer {TOKEN}", "origin": "http://evil.example"},
+        )
+        assert foreign.status_code == 403
+        bad_host = await raw.post(
+            g.url, json=INIT, headers=HEADERS | {"authorization": f"Bearer {TOKEN}", "host": "evil.example"}
+        )
+        assert bad_host.status_code == 421
+
+    with pytest.raises(Exception):  # noqa: B017 - the SDK surfaces the 401 as a connection failure
+        async with Client(g.url) as client:
+            await client.list_tools()
+
+    async with Client(with_headers(g.url, {"authorization": f"Bearer {TOKEN}"})) as client:
+        assert [t.name for t in (await client.list_tools()).tools] == ["echo"]
+        done = await client.call_tool("echo", {"text": "with the token"})
+        assert not done.is_error
+        assert done.structured_content is not None
+        assert done.structured_content["echo"] == {"text": "with the token"}
+
+
+def test_off_loopback_without_a_token_or_allowed_host_does_not_start(tmp_path: Path, nats_url: str) -> None:
+    gateway_config(tmp_path)
+    no_token = {"LOOM_MCP_TOKEN": "", "LOOM_MCP_TOKEN_FILE": ""}
+    cases = [
+        (("--allowed-host", "127.0.0.1:*"), no_token, "needs a bearer token"),
+        (("--token-file", str(token_file(tmp_path))), {}, "needs --allowed-host"),
+        ((), {"LOOM_MCP_TOKEN": "short"}, "shorter than 16 characters"),
+    ]
+    for extra, env, why in cases:
+        g = Gateway(tmp_path / "gateway.yaml", nats_url, "0.0.0.0", *extra, env=env)
+        try:
+            assert g.wait_exit() == 2, g.log()
+            assert why in g.log()
+        finally:
+            g.stop()
+
+
+async def test_loopback_refuses_a_local_web_page_origin(
+    tmp_path: Path, nats_url: str, started: list[Gateway]
+) -> None:
+    """No token needed on loopback, but a page on http://localhost:3000 cannot drive the gateway."""
+    g = Gateway(tmp_path / "gateway.yaml", nats_url, "127.0.0.1", env={"LOOM_MCP_TOKEN": ""})
+    started.append(g)
+    g.wait_ready()
+    async with httpx.AsyncClient(timeout=30) as raw:
+        page = await raw.post(g.url, json=INIT, headers=HEADERS | {"origin": "http://localhost:3000"})
+        assert page.status_code == 403
+        rebound = await raw.post(g.url, json=INIT, headers=HEADERS | {"host": "evil.example"})
+        assert rebound.status_code == 421
+    async with Client(g.url) as client:
+        done = await client.call_tool("echo", {"text": "local"})
+        assert not done.is_error
+
+
+async def test_token_from_the_environment_and_a_listed_origin(
+    tmp_path: Path, nats_url: str, started: list[Gateway]
+) -> None:
+    g = Gateway(
+        tmp_path / "gateway.yaml", nats_url, "127.0.0.1", "--allowed-origin", "https://app.example",
+        env={"LOOM_MCP_TOKEN": TOKEN},
+    )
+    started.append(g)
+    g.wait_ready()
+    async with httpx.AsyncClient(timeout=30) as raw:
+        assert (await raw.post(g.url, json=INIT, headers=HEADERS)).status_code == 401
+        listed = await raw.post(
+            g.url, json=INIT,
+            headers=HEADERS | {"authorization": f"Bearer {TOKEN}", "origin": "https://app.example"},
+        )
+        assert listed.status_code == 200
