@@ -16,7 +16,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 # Recipes print their own progress and results, not their shell lines.
 .SILENT:
 
-.PHONY: venv run up test test-setup test-cold lint envtest e2e-kind
+.PHONY: venv run up test test-setup test-cold lint envtest e2e-kind test-node
 
 venv: $(VENV)/.installed
 
@@ -84,6 +84,13 @@ lint: venv
 # The Docker-free control plane for the k8s tests (cached under ~/.cache/loom; cold build ~7-10 min).
 envtest:
 	bash hack/test-setup.sh envtest tools
+
+# The e2e suite on one real node (containerd + kubelet + kube-proxy + CoreDNS joined to the
+# envtest control plane; needs root): builds the node binaries and images once (cached), then runs
+# tests/e2e with LOOM_E2E_PROVIDER=node. Not yet part of `make test`.
+test-node: venv
+	bash hack/test-setup.sh envtest tools node
+	LOOM_E2E_PROVIDER=node $(BIN)/python -m pytest -q -rfEs -p no:cacheprovider tests/e2e
 
 # The same e2e suite on a kind cluster (needs Docker and kind).
 e2e-kind: venv

@@ -5,7 +5,7 @@
 # a warm run takes a few seconds. `make test` runs it; run it by hand before running pytest alone.
 #
 #   hack/test-setup.sh           # every step
-#   hack/test-setup.sh STEP...   # some of: system envtest tools promtool
+#   hack/test-setup.sh STEP...   # some of: system envtest tools promtool node
 #
 # Caches live under ${LOOM_CACHE_DIR:-~/.cache/loom}; `make test-cold` points them at an empty
 # directory to run the whole test command as a fresh machine (and CI) would.
@@ -13,6 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ALL_STEPS=(system envtest tools promtool)
+# Not (yet) part of every run: `make test-node` runs it.
+OPTIONAL_STEPS=(node)
 STEPS=("$@")
 [[ ${#STEPS[@]} -gt 0 ]] || STEPS=("${ALL_STEPS[@]}")
 
@@ -35,12 +37,28 @@ step_envtest() { bash hack/envtest/build.sh >/dev/null; }
 step_tools() { bash hack/envtest/tools.sh >/dev/null; }
 # promtool from the Go module proxy.
 step_promtool() { bash hack/promtool/build.sh >/dev/null; }
+# One real node (tests/k8s/node.py): containerd, runc, CNI plugins, iptables, conntrack,
+# debootstrap and dockerd (image builds only) from Debian; kubelet, kube-proxy, CoreDNS and
+# the node's images (pause, Debian base, the project's image, NATS) by hack/node/build.sh.
+step_node() {
+  local missing=() sudo="" pkg
+  for pkg in containerd runc containernetworking-plugins debootstrap iptables conntrack docker.io; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+  done
+  [[ "$(id -u)" == 0 ]] || sudo="sudo"
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    log "apt-get install ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  $sudo bash hack/node/build.sh >/dev/null
+}
 
 total=$SECONDS
 for step in "${STEPS[@]}"; do
   case "$step" in
-    system|envtest|tools|promtool) ;;
-    *) log "unknown step '$step' (steps: ${ALL_STEPS[*]})"; exit 2 ;;
+    system|envtest|tools|promtool|node) ;;
+    *) log "unknown step '$step' (steps: ${ALL_STEPS[*]} ${OPTIONAL_STEPS[*]})"; exit 2 ;;
   esac
   began=$SECONDS
   log "${step}: checking"

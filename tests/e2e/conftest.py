@@ -7,7 +7,11 @@ Which cluster (first match wins):
 - ``LOOM_E2E_PROVIDER=envtest`` (default): the local control plane from ``tests.k8s``
   (etcd + kube-apiserver + controller-manager + scheduler + kwok, no Docker);
 - ``LOOM_E2E_PROVIDER=kind``: a throwaway kind cluster, when ``docker`` and ``kind`` are on
-  PATH and the Docker daemon answers; otherwise the tests fail and say why.
+  PATH and the Docker daemon answers; otherwise the tests fail and say why;
+- ``LOOM_E2E_PROVIDER=node``: the envtest control plane plus one real node (containerd,
+  kubelet, kube-proxy, CoreDNS; ``tests.k8s.node``), pods running the project's image. Needs
+  root and ``hack/test-setup.sh node``; ``make test-node`` runs it. The ``test_node_*.py``
+  files run only with this provider.
 """
 
 from __future__ import annotations
@@ -23,8 +27,13 @@ import pytest
 from kubernetes import client, config
 
 from tests.k8s.envtest import ControlPlane
+from tests.k8s.node import NodeCluster
 
-PROVIDERS = ("envtest", "kind")
+PROVIDERS = ("envtest", "kind", "node")
+PROVIDER = os.environ.get("LOOM_E2E_PROVIDER", "envtest")
+
+# Tests that need real pods: collected only on the real node (never skipped elsewhere).
+collect_ignore_glob = [] if PROVIDER == "node" else ["test_node_*.py"]
 KIND_CREATE_TIMEOUT = 600
 
 
@@ -84,13 +93,22 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     if existing:
         yield Path(existing)
         return
-    provider = os.environ.get("LOOM_E2E_PROVIDER", "envtest")
-    if provider == "envtest":
+    provider = PROVIDER
+    if provider == "node":
+        yield request.getfixturevalue("node_cluster").kubeconfig
+    elif provider == "envtest":
         yield from _envtest_cluster(request)
     elif provider == "kind":
         yield from _kind_cluster(tmp_path_factory.mktemp("kind"))
     else:
         raise pytest.UsageError(f"LOOM_E2E_PROVIDER={provider!r}; expected one of {PROVIDERS}")
+
+
+@pytest.fixture(scope="session")
+def node_cluster() -> Iterator[NodeCluster]:
+    """The control plane plus one real node, started once per session and torn down after."""
+    with NodeCluster() as node:
+        yield node
 
 
 @pytest.fixture
