@@ -140,14 +140,17 @@ def test_default_operator_deployment(rendered: dict[str, list[dict[str, Any]]]) 
 
 def test_default_renders_nothing_optional(rendered: dict[str, list[dict[str, Any]]]) -> None:
     kinds = {o["kind"] for o in rendered["default"]}
-    assert kinds == {
-        "CustomResourceDefinition",
+    # The admission policy that keeps the operator's writes to its own objects is on by default.
+    required = {
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
         "Service",
         "Deployment",
-    } or kinds == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment"}
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    }
+    assert kinds in (required, required | {"CustomResourceDefinition"})
 
 
 def test_image_by_digest_and_connection_secrets(rendered: dict[str, list[dict[str, Any]]]) -> None:
