@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -20,14 +21,12 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("unknown operator key", {"operator": {"replicaCount": 2}}, "replicaCount"),
     ("keda mode", {"operator": {"keda": "maybe"}}, "keda"),
     ("digest format", {"image": {"digest": "sha256:abc"}}, "digest"),
-    ("latest tag", {"image": {"tag": "latest"}}, "tag"),
     ("namespace name", {"watchNamespaces": ["Team_A"]}, "watchNamespaces"),
     ("duplicate namespaces", {"watchNamespaces": ["a", "a"]}, "watchNamespaces"),
     ("metrics port", {"operator": {"metricsPort": 70000}}, "metricsPort"),
     ("nats url scheme", {"nats": {"url": "http://nats:4222"}}, "url"),
     ("nats size", {"nats": {"bundled": {"jetstream": {"maxFileStore": "lots"}}}}, "maxFileStore"),
     ("pvc size", {"nats": {"bundled": {"persistence": {"size": "ten gigs"}}}}, "size"),
-    ("bundled nats latest", {"nats": {"bundled": {"image": {"tag": "latest"}}}}, "tag"),
     ("pull policy", {"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
     ("alert duration", {"monitoring": {"prometheusRule": {"consumerLag": {"for": "ten minutes"}}}}, "for"),
     ("lag threshold", {"monitoring": {"prometheusRule": {"consumerLag": {"threshold": 0}}}}, "threshold"),
@@ -96,3 +95,23 @@ def _merge(base: Any, override: Any) -> Any:
     if isinstance(base, dict) and isinstance(override, dict):
         return {k: _merge(base.get(k), override[k]) if k in override else base[k] for k in base | override}
     return override
+
+
+LATEST = {
+    "image": {"image": {"tag": "latest"}},
+    "nats.bundled.image": {"nats": {"bundled": {"enabled": True, "image": {"tag": "latest"}}}},
+}
+
+
+@pytest.mark.parametrize("path", sorted(LATEST))
+def test_latest_tag_is_refused_saying_what_to_do(path: str, tmp_path: Path) -> None:
+    values = copy.deepcopy(LATEST[path])
+    with pytest.raises(chart.HelmFailed) as err:
+        chart.template_text(values, tmp_path)
+    message = str(err.value)
+    assert f"{path}.tag=latest" in message and "pin a version" in message, message
+    assert f"set {path}.digest" in message and "'not' failed" not in message
+    # A digest pins the image whatever the tag says.
+    section = values["image"] if path == "image" else values["nats"]["bundled"]["image"]
+    section["digest"] = "sha256:" + "a" * 64
+    chart.template_text(values, tmp_path)

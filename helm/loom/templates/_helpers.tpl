@@ -60,12 +60,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .image.digest -}}
 {{- printf "%s@%s" .image.repository .image.digest -}}
 {{- else -}}
+{{- if eq (toString .image.tag) "latest" -}}
+{{- fail (printf "%s.tag=latest: a moving tag makes every rollout and rollback unpredictable; pin a version (unset, it defaults to %s) or set %s.digest" .path .default .path) -}}
+{{- end -}}
 {{- printf "%s:%s" .image.repository (default .default .image.tag | toString) -}}
 {{- end -}}
 {{- end -}}
 
 {{- define "loom.image" -}}
-{{- include "loom.imageRef" (dict "image" .Values.image "default" .Chart.AppVersion) -}}
+{{- include "loom.imageRef" (dict "image" .Values.image "default" .Chart.AppVersion "path" "image") -}}
 {{- end -}}
 
 {{/* The image the operator gives to the pods it renders. */}}
