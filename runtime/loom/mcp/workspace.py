@@ -1,13 +1,18 @@
 """Workspace files as MCP resources: ``workspace:///<relative path>`` URIs, glob-filtered, confined.
 
 Patterns use gitignore semantics (``*.json`` matches at any depth, ``reports/*.md``
-below ``reports/``). A URI that leaves the workspace (``..``, an absolute path, a
-symlink pointing out) or names a file the patterns hide is refused.
+below ``reports/``) and are matched on the file's real path inside the workspace, so
+a link named ``x.json`` to a hidden ``notes.md`` stays hidden. A URI that leaves the
+workspace (``..``, an absolute path, a symlink pointing out) or names a file the
+patterns hide is refused. Files are opened by an ``O_NOFOLLOW`` walk
+(:func:`loom.core.workspace.open_in`), never checked first and opened later.
 """
 
 from __future__ import annotations
 
 import mimetypes
+import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +20,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import pathspec
 
-from loom.core.workspace import WorkspaceError, confined
+from loom.core.workspace import WorkspaceError, open_in, read_bytes_in
 
 SCHEME = "workspace"
 
@@ -72,23 +77,26 @@ class Workspace:
         return bool(self.spec.match_file(ref))
 
     def files(self) -> list[WorkspaceFile]:
-        """Every visible regular file, sorted by path (symlinks out of the workspace skipped)."""
+        """Every visible regular file, sorted by path (symlinks out of the workspace skipped; a link
+        inside is listed under its name when its target's real path is visible)."""
         root = self.root.resolve()
         out: list[WorkspaceFile] = []
-        for path in sorted(root.rglob("*")):
-            ref = path.relative_to(root).as_posix()
-            if not self.visible(ref):
-                continue
-            try:
-                real = confined(root, ref)
-                if not real.is_file():
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            base = Path(dirpath).relative_to(root)
+            for name in sorted(filenames):
+                ref = (base / name).as_posix()
+                try:
+                    fd, real = open_in(root, ref, os.O_RDONLY | os.O_NONBLOCK)
+                except (WorkspaceError, OSError):
                     continue
-                st = real.stat()
-            except (WorkspaceError, OSError):
-                continue
-            out.append(WorkspaceFile(ref, st.st_size, st.st_mtime_ns))
-        return out
-
+                try:
+                    st = os.fstat(fd)
+                finally:
+                    os.close(fd)
+                if stat.S_ISREG(st.st_mode) and self.visible(real):
+                    out.append(WorkspaceFile(ref, st.st_size, st.st_mtime_ns))
+        return sorted(out, key=lambda f: f.ref)
     def snapshot(self) -> dict[str, tuple[int, int]]:
         """Path -> (size, mtime): compared after tool calls to notice new and changed files."""
         return {f.ref: (f.size, f.mtime_ns) for f in self.files()}
@@ -96,12 +104,17 @@ class Workspace:
     def read(self, uri: str) -> tuple[str, bytes]:
         """(MIME type, bytes) of the file a URI names; WorkspaceError when refused or absent."""
         ref = uri_ref(uri)
-        path = confined(self.root, ref)
-        if not self.visible(ref):
+        if not self.visible(ref):  # refused before looking, so a hidden file's existence is not revealed
             raise WorkspaceError(f"{uri!r} is not one of the published workspace files")
-        if not path.is_file():
-            raise WorkspaceError(f"{uri!r}: no such file in the workspace")
-        return guess_mime(ref), path.read_bytes()
+        try:
+            data, real = read_bytes_in(self.root, ref)
+        except FileNotFoundError:
+            raise WorkspaceError(f"{uri!r}: no such file in the workspace") from None
+        except OSError as exc:
+            raise WorkspaceError(f"{uri!r}: cannot be read ({exc.strerror})") from None
+        if not self.visible(real):
+            raise WorkspaceError(f"{uri!r} is not one of the published workspace files")
+        return guess_mime(ref), data
 
 
 def changed(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> tuple[bool, list[str]]:

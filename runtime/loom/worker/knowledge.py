@@ -20,7 +20,7 @@ import pathspec
 import yaml
 
 from loom.api.worker import WorkerSpec
-from loom.core.workspace import WorkspaceError, confined
+from loom.core.workspace import WorkspaceError, confined, read_bytes_in
 from loom.llm.prompt import Example, Reference, SiloText
 
 IGNORE_FILE = ".siloignore"
@@ -135,9 +135,9 @@ class FolderSilo:
                 rel = (rel_dir / name).as_posix()
                 if name == IGNORE_FILE or name.startswith(_TMP_MARK) or spec.match_file(rel):
                     continue
-                try:
-                    text = (Path(dirpath) / name).read_text(encoding="utf-8")
-                except (UnicodeDecodeError, OSError):
+                try:  # opened by an O_NOFOLLOW walk: a link out of the folder is never read
+                    text = read_bytes_in(self.root, rel)[0].decode("utf-8")
+                except (UnicodeDecodeError, OSError, WorkspaceError):
                     continue
                 files.append((rel, text))
         return SiloText(name=self.name, writable=self.writable, files=tuple(sorted(files)))
