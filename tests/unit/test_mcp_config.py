@@ -101,9 +101,10 @@ def test_argument_problems() -> None:
     assert argument_problems(tool, {"text": 3}) == ["text: 3 is not of type 'string'"]
 
 
-def test_queries_are_refused_clearly() -> None:
-    with pytest.raises(GatewayConfigError, match=r"query backends \(DuckDB\) are not supported"):
+def test_query_entries_need_actions_and_a_prefix() -> None:
+    with pytest.raises(GatewayConfigError) as err:
         parse_config({"name": "g", "tools": {"queries": [{"backend": "loom.contrib.duckdb.X"}]}})
+    assert "tools.queries.0.actions" in str(err.value) and "tools.queries.0.name_prefix" in str(err.value)
 
 
 def test_unknown_keys_and_bad_names_are_named() -> None:
@@ -195,8 +196,9 @@ def test_cli_refuses_bad_config_before_connecting(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    config = _write(tmp_path / "gw.yaml", {"name": "g", "tools": {"queries": [{"backend": "x.Y"}]}})
+    queries = [{"backend": "loom.contrib.noop.NoSuchBackend", "actions": ["get"], "name_prefix": "q"}]
+    config = _write(tmp_path / "gw.yaml", {"name": "g", "tools": {"queries": queries}})
     out = subprocess.run([sys.executable, "-m", "loom.cli.main", "mcp", "--config", str(config)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
-    assert "query backends (DuckDB) are not supported" in out.stderr
+    assert "tools.queries[0]" in out.stderr and "NoSuchBackend" in out.stderr

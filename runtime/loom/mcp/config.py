@@ -1,12 +1,15 @@
 """The MCP gateway's config and the tools derived from it (pure: no NATS, no MCP SDK).
 
-One YAML file names worker and pipeline configs (plain Loom YAML or manifests);
-each becomes one MCP tool with a typed input schema:
+One YAML file names worker and pipeline configs (plain Loom YAML or manifests) and
+query backends; each becomes MCP tools with typed input schemas:
 
 - a worker tool takes the worker's ``input_schema`` and submits a task through the
   router (``loom.tasks.incoming``);
 - a pipeline tool takes the ``goal.context`` keys its stages read and submits a goal
-  to ``loom.goals.<pipeline>``.
+  to ``loom.goals.<pipeline>``;
+- a query entry runs a processing backend inside the gateway (e.g. DuckDBQueryBackend on
+  a local file): each listed action is a tool ``{name_prefix}_{action}`` whose schema comes
+  from the backend's ``action_schema(action)`` (its filter fields, stats groups, ...).
 
 Relative config paths are looked up beside the gateway file first, then in the
 current directory (where the original Loom resolved them).
@@ -23,9 +26,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from loom.api.common import TierName
-from loom.api.loader import LoadError, format_validation_error, load_one, resolve_schema_refs
+from loom.api.loader import LoadError, format_validation_error, import_object, load_one, resolve_schema_refs
 from loom.api.pipeline import CONDITION_RE, PipelineSpec, execution_levels
-from loom.api.worker import WorkerSpec
+from loom.api.worker import CLASS_PATH_PATTERN, WorkerSpec
+from loom.worker.processor import BackendError, ProcessingBackend
 
 #: What MCP clients accept as a tool name.
 TOOL_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
@@ -66,22 +70,29 @@ class PipelineToolEntry(_Model):
     timeout_seconds: float | None = Field(default=None, gt=0, description="How long a call waits (seconds).")
 
 
+class QueryToolEntry(_Model):
+    """A processing backend run inside the gateway, one tool per action."""
+
+    backend: str = Field(pattern=CLASS_PATH_PATTERN, description="ProcessingBackend class path.")
+    actions: list[str] = Field(min_length=1, description="Actions exposed, each as {name_prefix}_{action}.")
+    name_prefix: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$", description="Tool name prefix.")
+    backend_config: dict[str, Any] = Field(default_factory=dict, description="Backend keyword arguments.")
+    description: str | None = Field(default=None, description="Prefix of every tool's description.")
+
+    @field_validator("actions")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("actions are listed twice")
+        return value
+
+
 class ToolsConfig(_Model):
     """The ``tools`` section."""
 
     workers: list[WorkerToolEntry] = Field(default_factory=list)
     pipelines: list[PipelineToolEntry] = Field(default_factory=list)
-    queries: list[Any] = Field(default_factory=list)
-
-    @field_validator("queries")
-    @classmethod
-    def _no_queries(cls, value: list[Any]) -> list[Any]:
-        if value:
-            raise ValueError(
-                "query backends (DuckDB) are not supported by this gateway; remove tools.queries "
-                "and expose the data through a worker or pipeline tool instead"
-            )
-        return value
+    queries: list[QueryToolEntry] = Field(default_factory=list)
 
 
 class ResourcesConfig(_Model):
@@ -109,13 +120,15 @@ class ToolDef:
     name: str
     description: str
     input_schema: dict[str, Any]
-    kind: Literal["worker", "pipeline"]
-    target: str  # worker type or pipeline name
+    kind: Literal["worker", "pipeline", "query"]
+    target: str  # worker type, pipeline name or query action
     timeout_seconds: float
     tier: str | None = None
     source: str = ""
     #: Pipeline tools: the tool argument that becomes the goal's instruction, if any stage reads it.
     instruction_arg: str | None = None
+    #: Query tools: the index of their entry in ``GatewayPlan.backends``.
+    backend_index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +139,8 @@ class GatewayPlan:
     tools: dict[str, ToolDef]
     workspace_dir: Path | None = None
     patterns: tuple[str, ...] = field(default_factory=tuple)
+    #: The query entries' backends, built from their ``backend_config`` (in config order).
+    backends: tuple[ProcessingBackend, ...] = field(default_factory=tuple)
 
 
 def first_line(text: str | None) -> str:
@@ -223,6 +238,34 @@ def pipeline_tool(
     )
 
 
+def build_query_backend(entry: QueryToolEntry) -> ProcessingBackend:
+    """The entry's backend, built with its ``backend_config`` (TypeError, ValueError: why not)."""
+    cls = import_object(entry.backend)
+    if not (isinstance(cls, type) and issubclass(cls, ProcessingBackend)):
+        raise TypeError(f"{entry.backend} is not a ProcessingBackend subclass")
+    try:
+        return cls(**entry.backend_config)
+    except TypeError as exc:
+        raise TypeError(f"cannot build {entry.backend} with backend_config "
+                        f"{sorted(entry.backend_config)}: {exc}") from exc
+
+
+def query_tools(entry: QueryToolEntry, backend: ProcessingBackend, index: int) -> list[ToolDef]:
+    """One tool per action. The schema comes from ``backend.action_schema(action)`` when the backend has
+    one (DuckDBQueryBackend does); an action it does not know is refused here, not at the first call."""
+    schema_of = getattr(backend, "action_schema", None)
+    tools = []
+    for action in entry.actions:
+        schema = dict(schema_of(action)) if callable(schema_of) else {"type": "object"}
+        label = f"{entry.description}: " if entry.description else ""
+        tools.append(ToolDef(
+            name=f"{entry.name_prefix}_{action}", description=f"{label}{action} ({entry.backend})",
+            input_schema=schema, kind="query", target=action, timeout_seconds=WAIT_MARGIN_SECONDS,
+            source=entry.backend, backend_index=index,
+        ))
+    return tools
+
+
 def resolve_config_path(ref: str, base_dir: Path) -> Path:
     """A referenced config file: absolute as given; relative beside the gateway file, else in the cwd."""
     path = Path(ref).expanduser()
@@ -283,8 +326,21 @@ def build_plan(config: GatewayConfig, base_dir: Path, source: str = "<gateway>")
             continue
         add(pipeline_tool(pentry, res.spec, res.spec.name or res.name, worker_schemas, str(path)), where)
 
+    backends: list[ProcessingBackend] = []
+    for i, qentry in enumerate(config.tools.queries):
+        where = f"{source}: tools.queries[{i}]"
+        try:
+            backend = build_query_backend(qentry)
+            derived = query_tools(qentry, backend, len(backends))
+        except (ImportError, TypeError, ValueError, AttributeError, BackendError) as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        backends.append(backend)
+        for tool in derived:
+            add(tool, where)
+
     if not tools:
-        problems.append(f"{source}: no tools: list workers or pipelines under tools:")
+        problems.append(f"{source}: no tools: list workers, pipelines or queries under tools:")
     workspace: Path | None = None
     patterns: tuple[str, ...] = ()
     if config.resources is not None:
@@ -296,7 +352,9 @@ def build_plan(config: GatewayConfig, base_dir: Path, source: str = "<gateway>")
         patterns = tuple(config.resources.patterns)
     if problems:
         raise GatewayConfigError(problems)
-    return GatewayPlan(config=config, tools=tools, workspace_dir=workspace, patterns=patterns)
+    return GatewayPlan(
+        config=config, tools=tools, workspace_dir=workspace, patterns=patterns, backends=tuple(backends)
+    )
 
 
 def load_gateway(path: str | Path) -> GatewayPlan:

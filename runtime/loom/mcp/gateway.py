@@ -3,7 +3,8 @@
 A call subscribes to ``loom.results.<id>`` before it publishes (a fast result is
 never missed), waits up to the tool's timeout, and returns the output as JSON
 text plus structured content. A failed result comes back as a tool error carrying
-the error text, so the calling model sees why. Workspace files are resources.
+the error text, so the calling model sees why. Query tools run their backend here,
+in the gateway process, and need no NATS. Workspace files are resources.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from loom.messages import (
     TaskStatus,
     describe_validation_error,
 )
+from loom.settings import NatsSettings
+from loom.worker.processor import BackendError
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +71,16 @@ class _GatewayServer(Server[Any]):
 class Gateway:
     """Tools and resources of one gateway config, served over a connected Bus."""
 
-    def __init__(self, plan: GatewayPlan, bus: Bus, *, version: str = ""):
+    def __init__(
+        self, plan: GatewayPlan, bus: Bus | None, *, version: str = "", nats: NatsSettings | None = None
+    ):
+        """``bus`` is a connected Bus, or None to connect with ``nats`` at the first worker or pipeline
+        call (a gateway of query tools alone never connects)."""
         self.plan = plan
         self.bus = bus
+        self._nats = nats
+        self._connect_lock = asyncio.Lock()
+        self._owns_bus = False
         self.workspace = (
             Workspace(plan.workspace_dir, plan.patterns) if plan.workspace_dir is not None else None
         )
@@ -122,6 +132,8 @@ class Gateway:
         problems = argument_problems(tool, arguments, self._validators[name])
         if problems:
             return _text_result(f"invalid arguments for {name}: " + "; ".join(problems), error=True)
+        if tool.kind == "query":
+            return await self._run_query(tool, arguments)
         try:
             if tool.kind == "worker":
                 return await self._run_task(tool, arguments)
@@ -133,14 +145,46 @@ class Gateway:
             log.warning("tool %s: cannot submit: %s", name, exc)
             return _text_result(f"could not submit to Loom over NATS: {exc}", error=True)
 
+    async def _run_query(self, tool: ToolDef, arguments: dict[str, Any]) -> types.CallToolResult:
+        """Run a query backend's action in this process; its BackendError is the tool error text."""
+        assert tool.backend_index is not None
+        backend = self.plan.backends[tool.backend_index]
+        try:
+            result = await backend.process({**arguments, "action": tool.target}, {})
+        except BackendError as exc:
+            return _text_result(f"{tool.name} failed [{exc.code}]: {exc}", error=True)
+        output = result.get("output") if isinstance(result, dict) else None
+        if not isinstance(output, dict):
+            return _text_result(f"{tool.name}: the backend returned no output object", error=True)
+        return _text_result(json.dumps(output, ensure_ascii=False, default=str), structured=output)
+
+    async def _connected(self) -> Bus:
+        """The bus, connected at the first call that needs it when none was given."""
+        async with self._connect_lock:
+            if self.bus is None:
+                if self._nats is None:
+                    raise BusError("this gateway has no NATS connection configured")
+                self.bus = await Bus.connect(self._nats, connect_timeout=30)
+                self._owns_bus = True
+            return self.bus
+
+    async def close(self) -> None:
+        """Close the query backends and a bus this gateway connected itself."""
+        for backend in self.plan.backends:
+            await backend.close()
+        if self._owns_bus and self.bus is not None:
+            await self.bus.close()
+            self.bus, self._owns_bus = None, False
+
     async def _run_task(self, tool: ToolDef, arguments: dict[str, Any]) -> types.CallToolResult:
         task = TaskMessage(
             worker_type=tool.target, payload=arguments, model_tier=tool.tier, tenant=self.plan.config.tenant,
             metadata={"source": "mcp", "mcp_server": self.plan.config.name, "mcp_tool": tool.name},
         )
-        sub = await self.bus.subscribe_results(task.result_key)
+        bus = await self._connected()
+        sub = await bus.subscribe_results(task.result_key)
         try:
-            await self.bus.publish_task(task)
+            await bus.publish_task(task)
             try:
                 data = await sub.get(timeout=tool.timeout_seconds)
             except TimeoutError:
@@ -164,11 +208,12 @@ class Gateway:
             pipeline=tool.target, instruction=instruction, context=context, tenant=self.plan.config.tenant,
             metadata={"source": "mcp", "mcp_server": self.plan.config.name, "mcp_tool": tool.name},
         )
-        sub = await self.bus.subscribe_results(goal.goal_id)
+        bus = await self._connected()
+        sub = await bus.subscribe_results(goal.goal_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + tool.timeout_seconds
         try:
-            await self.bus.publish_goal(goal)
+            await bus.publish_goal(goal)
             while True:
                 try:
                     data = await sub.get(timeout=max(0.0, deadline - loop.time()))
