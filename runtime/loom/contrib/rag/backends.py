@@ -1,0 +1,214 @@
+"""Processor backends that make a RAG system out of Loom workers and pipelines.
+
+- :class:`RagIngestBackend` reads files from its corpus folder (or text, Markdown or records in the
+  payload), chunks, de-duplicates, embeds and stores them, then rebuilds the indexes. DuckDB has one
+  writer per file: run the ingest worker with one replica.
+- :class:`RagRetrieveBackend` embeds a question and returns the nearest chunks plus a ``context``
+  text whose lines start with ``[chunk_id]``, ready for an answering LLM worker.
+- :class:`RagWindowBackend` returns the chunks of a time window of a stream, for a summarising worker.
+- :class:`RagCitationsBackend` checks an answer's citations against the chunks it was given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from loom.contrib.rag.chunking import Chunk, chunk_document, dedupe
+from loom.contrib.rag.embedders import make_embedding_provider
+from loom.contrib.rag.ingest import (
+    SUFFIXES,
+    Document,
+    IngestError,
+    parse_timestamp,
+    read_jsonl,
+    read_markdown,
+    read_path,
+    read_text,
+    record_document,
+)
+from loom.contrib.rag.store import RagStore, nearest, window
+from loom.worker.embeddings import EmbeddingProvider
+from loom.worker.processor import BackendError, ProcessingBackend
+
+MAX_K = 50
+
+
+def context_text(chunks: list[dict[str, Any]]) -> str:
+    """``[chunk_id] (source) text`` lines: what an answering model reads and cites."""
+    return "\n".join(f"[{c['chunk_id']}] ({c.get('source') or '?'}) {c['text']}" for c in chunks)
+
+
+class _Embedding:
+    def __init__(self, provider: str, model: str | None, base_url: str | None, api_key_env: str | None):
+        self._args = (provider, model, base_url, api_key_env)
+        self._embedder: EmbeddingProvider | None = None
+
+    @property
+    def embedder(self) -> EmbeddingProvider:
+        if self._embedder is None:
+            self._embedder = make_embedding_provider(*self._args)
+        return self._embedder
+
+    async def close(self) -> None:
+        if self._embedder is not None:
+            await self._embedder.close()
+
+
+class RagIngestBackend(_Embedding, ProcessingBackend):
+    """Ingest ``paths`` (inside ``corpus_dir``), ``text``, ``markdown`` or ``records`` into the store."""
+
+    def __init__(
+        self,
+        db_path: str,
+        corpus_dir: str | None = None,
+        embedding_provider: str = "offline",
+        embedding_model: str | None = None,
+        embedding_base_url: str | None = None,
+        embedding_api_key_env: str | None = None,
+        max_words: int = 120,
+        overlap_words: int = 30,
+        batch_size: int = 64,
+    ):
+        super().__init__(embedding_provider, embedding_model, embedding_base_url, embedding_api_key_env)
+        self.db_path = db_path
+        self.corpus_dir = Path(corpus_dir).resolve() if corpus_dir else None
+        self.max_words = max_words
+        self.overlap_words = overlap_words
+        self.batch_size = batch_size
+        self._lock = asyncio.Lock()
+
+    def _corpus_files(self, names: list[Any]) -> list[Path]:
+        if not names:
+            return []
+        if self.corpus_dir is None:
+            raise BackendError("paths need corpus_dir in backend_config", code="invalid_input")
+        files: list[Path] = []
+        for name in names:
+            if not isinstance(name, str) or not name:
+                raise BackendError(f"path {name!r} must be a non-empty string", code="invalid_input")
+            path = (self.corpus_dir / name).resolve()
+            if not path.is_relative_to(self.corpus_dir):
+                raise BackendError(f"path {name!r} is outside the corpus folder", code="invalid_input")
+            if path.is_dir():
+                files += sorted(p for p in path.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file()
+                                and p.resolve().is_relative_to(self.corpus_dir))
+            elif path.is_file():
+                files.append(path)
+            else:
+                raise BackendError(f"path {name!r} does not exist in the corpus folder", code="invalid_input")
+        return files
+
+    def documents(self, payload: dict[str, Any]) -> list[Document]:
+        """Everything the payload names, read in full before anything is stored."""
+        docs: list[Document] = []
+        source = str(payload.get("source") or "payload")
+        try:
+            for path in self._corpus_files(list(payload.get("paths") or [])):
+                assert self.corpus_dir is not None
+                docs += read_path(path, str(path.relative_to(self.corpus_dir)))
+            if isinstance(payload.get("text"), str):
+                docs += read_text(payload["text"], source, payload.get("id"))
+            if isinstance(payload.get("markdown"), str):
+                docs += read_markdown(payload["markdown"], source)
+            if isinstance(payload.get("jsonl"), str):
+                docs += read_jsonl(payload["jsonl"].splitlines(), source)
+            for i, record in enumerate(payload.get("records") or []):
+                if not isinstance(record, dict):
+                    raise IngestError(f"records[{i}]: expected an object")
+                docs.append(record_document(record, source, f"records[{i}]"))
+        except IngestError as exc:
+            raise BackendError(str(exc), code="invalid_input") from exc
+        if not docs:
+            raise BackendError("nothing to ingest: give paths, text, markdown, jsonl or records",
+                               code="invalid_input")
+        return docs
+
+    async def process(self, payload: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+        docs = await asyncio.to_thread(self.documents, payload)
+        chunks = [c for d in docs for c in chunk_document(d, self.max_words, self.overlap_words)]
+        async with self._lock:
+            return await self._store(docs, chunks)
+
+    async def _store(self, docs: list[Document], chunks: list[Chunk]) -> dict[str, Any]:
+        dims = self.embedder.dimensions or len(await self.embedder.embed("dimension probe"))
+        with RagStore(self.db_path, dims) as store:
+            fresh, duplicates = dedupe(chunks, await asyncio.to_thread(store.known_hashes))
+            vectors: list[list[float]] = []
+            for i in range(0, len(fresh), self.batch_size):
+                vectors += await self.embedder.embed_batch([c.text for c in fresh[i:i + self.batch_size]])
+            added = await asyncio.to_thread(store.add, fresh, vectors)
+            await asyncio.to_thread(store.build_indexes)
+            total = store.count()
+        output = {"documents": len(docs), "chunks": len(chunks), "added": added, "duplicates": duplicates,
+                  "total": total}
+        return {"output": output, "model_used": getattr(self.embedder, "model", "embedding")}
+
+
+class RagRetrieveBackend(_Embedding, ProcessingBackend):
+    """``{"question", "k"?}`` → the nearest chunks and a citable ``context``."""
+
+    def __init__(
+        self,
+        db_path: str,
+        k: int = 5,
+        embedding_provider: str = "offline",
+        embedding_model: str | None = None,
+        embedding_base_url: str | None = None,
+        embedding_api_key_env: str | None = None,
+    ):
+        super().__init__(embedding_provider, embedding_model, embedding_base_url, embedding_api_key_env)
+        self.db_path = db_path
+        self.k = k
+
+    async def process(self, payload: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+        question = payload.get("question")
+        if not isinstance(question, str) or not question.strip():
+            raise BackendError("question must be non-empty text", code="invalid_input")
+        k = payload.get("k", self.k)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise BackendError(f"k must be an integer from 1 to {MAX_K}", code="invalid_input")
+        vector = await self.embedder.embed(question)
+        chunks = await asyncio.to_thread(nearest, self.db_path, vector, k)
+        output = {"question": question, "chunks": chunks, "context": context_text(chunks)}
+        return {"output": output, "model_used": getattr(self.embedder, "model", "embedding")}
+
+
+class RagWindowBackend(ProcessingBackend):
+    """``{"since", "until"}`` (ISO 8601) → the stream's chunks in that window, oldest first."""
+
+    def __init__(self, db_path: str, limit: int = 200):
+        self.db_path = db_path
+        self.limit = limit
+
+    async def process(self, payload: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+        try:
+            since = parse_timestamp(payload.get("since"), "since")
+            until = parse_timestamp(payload.get("until"), "until")
+        except IngestError as exc:
+            raise BackendError(str(exc), code="invalid_input") from exc
+        if since is None or until is None or since >= until:
+            raise BackendError("give since < until (ISO 8601)", code="invalid_input")
+        chunks = await asyncio.to_thread(window, self.db_path, since, until, self.limit)
+        output = {"since": since.isoformat(), "until": until.isoformat(), "count": len(chunks),
+                  "chunks": chunks, "context": context_text(chunks)}
+        return {"output": output, "model_used": "duckdb"}
+
+
+class RagCitationsBackend(ProcessingBackend):
+    """``{"answer", "citations", "chunks"}`` → the answer with each citation resolved to its chunk;
+    a citation of a chunk that was not retrieved fails the task (the answer would be unsupported)."""
+
+    async def process(self, payload: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+        chunks = {c.get("chunk_id"): c for c in payload.get("chunks") or [] if isinstance(c, dict)}
+        cited = payload.get("citations")
+        if not isinstance(payload.get("answer"), str) or not isinstance(cited, list):
+            raise BackendError("need answer (text) and citations (a list of chunk ids)", code="invalid_input")
+        ids = [str(c).strip("[] ") for c in cited]
+        unknown = [c for c in ids if c not in chunks]
+        if unknown:
+            raise BackendError(f"the answer cites chunks it was not given: {unknown}", code="bad_citation")
+        fields = ("chunk_id", "doc_id", "source", "author", "text")
+        sources = [{k: chunks[c].get(k) for k in fields} for c in ids]
+        return {"output": {"answer": payload["answer"], "citations": sources}, "model_used": "citations"}
