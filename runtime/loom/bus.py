@@ -38,17 +38,22 @@ from loom.dead_letters import decode_original
 from loom.messages import DeadLetter, GoalMessage, GoalResult, TaskMessage, TaskResult
 from loom.settings import NatsSettings
 from loom.subjects import (
+    ADVISORY_CONSUMER,
     DEAD_LETTER,
+    DEFAULT_TENANT,
+    INCOMING_SUBJECTS,
     RESULTS_PREFIX,
     ROUTER_CONSUMER,
+    STREAM_ADVISORIES,
     STREAM_DEAD_LETTER,
     STREAM_GOALS,
     STREAM_INCOMING,
     STREAM_TASKS,
-    TASKS_INCOMING,
     check_publish_subject,
     goal_consumer,
+    goal_filters,
     goal_subject,
+    incoming_subject,
     result_subject,
     subject_matches,
     task_subject,
@@ -57,9 +62,6 @@ from loom.subjects import (
 
 log = logging.getLogger(__name__)
 
-#: Stream that captures MAX_DELIVERIES advisories durably, consumed by the routers' shared durable.
-STREAM_ADVISORIES = "LOOM_ADVISORIES"
-ADVISORY_CONSUMER = "router-advisories"
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 ADVISED_STREAMS = (STREAM_TASKS, STREAM_INCOMING, STREAM_GOALS)
 
@@ -289,7 +291,7 @@ def _stream_configs() -> list[js_api.StreamConfig]:
     return [
         js_api.StreamConfig(
             name=STREAM_INCOMING,
-            subjects=[TASKS_INCOMING],
+            subjects=list(INCOMING_SUBJECTS),
             retention=wq,
             storage=file,
             duplicate_window=DUPLICATE_WINDOW,
@@ -329,6 +331,14 @@ def _stream_configs() -> list[js_api.StreamConfig]:
             description="MAX_DELIVERIES advisories, turned into dead letters by the routers.",
         ),
     ]
+
+
+def stream_config_matches(existing: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether a stream's stored config already holds every field Loom sets (as the server spells it;
+    it leaves out flags that are false)."""
+    return all(
+        existing.get(key, False if v is False else None) == v for key, v in wanted.items() if key != "name"
+    )
 
 
 class Bus:
@@ -406,6 +416,8 @@ class Bus:
             opts["password"] = settings.password or ""
         if settings.token:
             opts["token"] = settings.token
+        if settings.inbox_prefix:
+            opts["inbox_prefix"] = settings.inbox_prefix
         tls = ssl_context(settings)
         if tls is not None:
             opts["tls"] = tls
@@ -445,8 +457,15 @@ class Bus:
     # -- streams and consumers -----------------------------------------------------------------------
 
     async def ensure_streams(self) -> None:
-        """Declare every stream; an existing stream with a different config is updated."""
+        """Declare every stream; an existing stream with a different config is updated.
+
+        A stream that already has the wanted config is left alone, so an identity
+        allowed only to read stream info (a tenant's submitter) connects as well.
+        """
         for config in _stream_configs():
+            body = await self._api(f"$JS.API.STREAM.INFO.{config.name}", {}, missing_ok=True)
+            if body and stream_config_matches(body.get("config") or {}, config.as_dict()):
+                continue
             try:
                 await self.js.add_stream(config)
             except BadRequestError as exc:
@@ -503,7 +522,7 @@ class Bus:
             js_api.ConsumerConfig(
                 name=name,
                 durable_name=name,
-                filter_subject=goal_subject(pipeline),
+                filter_subjects=goal_filters(pipeline),
                 ack_policy=js_api.AckPolicy.EXPLICIT,
                 ack_wait=ack_wait,
                 max_deliver=max_deliver,
@@ -513,13 +532,12 @@ class Bus:
         )
 
     async def ensure_router_consumer(self, *, ack_wait: float, max_deliver: int, max_ack_pending: int) -> str:
-        """The routers' one shared durable on ``loom.tasks.incoming``: each task is routed once."""
+        """The routers' one shared durable on all router input (every tenant's): each task is routed once."""
         return await self._ensure_consumer(
             STREAM_INCOMING,
             js_api.ConsumerConfig(
                 name=ROUTER_CONSUMER,
                 durable_name=ROUTER_CONSUMER,
-                filter_subject=TASKS_INCOMING,
                 ack_policy=js_api.AckPolicy.EXPLICIT,
                 ack_wait=ack_wait,
                 max_deliver=max_deliver,
@@ -553,23 +571,31 @@ class Bus:
         )
 
     async def consumer_filters(self, stream: str) -> dict[str, str]:
-        """Durable consumer name -> filter subject, for every consumer of ``stream``."""
+        """Durable consumer name -> (first) filter subject, for every consumer of ``stream``."""
+        return {name: (subs[0] if subs else "") for name, subs in (await self._all_filters(stream)).items()}
+
+    async def _all_filters(self, stream: str) -> dict[str, list[str]]:
+        """Durable consumer name -> every filter subject (empty: the whole stream)."""
         try:
             infos = await self.js.consumers_info(stream)
         except NotFoundError:
             return {}
-        return {str(i.name): str(i.config.filter_subject or "") for i in infos}
+        out: dict[str, list[str]] = {}
+        for i in infos:
+            one = [i.config.filter_subject] if i.config.filter_subject else []
+            out[str(i.name)] = [str(f) for f in (i.config.filter_subjects or one)]
+        return out
 
     async def subjects_without_consumer(self, stream: str, pattern: str) -> dict[str, int]:
         """Subjects of ``stream`` matching ``pattern`` that hold messages no consumer's filter covers,
         with how many each holds: work that waits for a consumer nobody has created."""
         body = await self._api(f"$JS.API.STREAM.INFO.{stream}", {"subjects_filter": pattern})
         stored: dict[str, int] = (body.get("state") or {}).get("subjects") or {}
-        filters = list((await self.consumer_filters(stream)).values())
+        filters = [f for subs in (await self._all_filters(stream)).values() for f in (subs or [">"])]
         return {
             subj: int(n)
             for subj, n in stored.items()
-            if n and not any(subject_matches(f or ">", subj) for f in filters)
+            if n and not any(subject_matches(f, subj) for f in filters)
         }
 
     async def next_stored(self, stream: str, subject: str, from_seq: int) -> StoredMessage | None:
@@ -599,7 +625,13 @@ class Bus:
 
     async def _api(self, subject: str, req: dict[str, Any], *, missing_ok: bool = False) -> dict[str, Any]:
         """One JetStream API request; BusError on an error reply (``{}`` for a 404 when ``missing_ok``)."""
-        resp = await self.nc.request(subject, json.dumps(req).encode(), timeout=PUBLISH_TIMEOUT)
+        try:
+            resp = await self.nc.request(subject, json.dumps(req).encode(), timeout=PUBLISH_TIMEOUT)
+        except nats.errors.TimeoutError:
+            raise BusError(
+                f"{subject}: no answer within {PUBLISH_TIMEOUT:g}s (this identity may not use it?) "
+                f"{self.state.last_error}".rstrip()
+            ) from None
         body: dict[str, Any] = json.loads(resp.data)
         err = body.get("error")
         if err:
@@ -635,6 +667,11 @@ class Bus:
             resp = await self.nc.request(subject, data, timeout=PUBLISH_TIMEOUT, headers=headers)
         except nats.errors.NoRespondersError:
             raise BusError(f"no stream stores {subject!r} (streams not declared?)") from None
+        except nats.errors.TimeoutError:
+            raise BusError(
+                f"publish to {subject!r} not acknowledged within {PUBLISH_TIMEOUT:g}s "
+                f"(this identity may not publish there?) {self.state.last_error}".rstrip()
+            ) from None
         body: dict[str, Any] = json.loads(resp.data)
         if "error" in body:
             raise BusError(
@@ -643,19 +680,19 @@ class Bus:
         return body
 
     async def publish_task(
-        self, task: TaskMessage, *, subject: str = TASKS_INCOMING, msg_id: str | None = None
+        self, task: TaskMessage, *, subject: str | None = None, msg_id: str | None = None
     ) -> None:
-        """Submit a task (to the router by default), stored before this returns."""
-        await self.js_publish(subject, task.to_bytes(), msg_id=msg_id)
+        """Submit a task (to the router, on its tenant's subject, by default), stored before this returns."""
+        await self.js_publish(subject or incoming_subject(task.tenant), task.to_bytes(), msg_id=msg_id)
 
     async def publish_goal(self, goal: GoalMessage, *, msg_id: str | None = None) -> None:
-        """Submit a goal to its pipeline (``loom.goals.<pipeline>``) or the orchestrator."""
-        await self.js_publish(goal_subject(goal.pipeline), goal.to_bytes(), msg_id=msg_id)
+        """Submit a goal to its pipeline or the orchestrator, on its tenant's subject."""
+        await self.js_publish(goal_subject(goal.pipeline, goal.tenant), goal.to_bytes(), msg_id=msg_id)
 
     async def publish_result(self, result: TaskResult | GoalResult) -> None:
-        """Send a result to ``loom.results.<key>`` (core NATS: callers subscribe before publishing)."""
+        """Send a result to its tenant's result subject (core NATS: callers subscribe before publishing)."""
         key = result.result_key if isinstance(result, TaskResult) else result.goal_id
-        await self.nc.publish(check_publish_subject(result_subject(key)), result.to_bytes())
+        await self.nc.publish(check_publish_subject(result_subject(key, result.tenant)), result.to_bytes())
 
     async def publish_raw(self, subject: str, data: bytes) -> None:
         """Core NATS publish (no storage); InvalidSubject, before sending, for a subject NATS would refuse."""
@@ -670,10 +707,12 @@ class Bus:
             headers={"Loom-Reason": dl.reason.value, "Loom-Dead-Letter-Id": dl.dead_letter_id},
         )
 
-    async def subscribe_results(self, key: str) -> ResultSubscription:
-        """Subscribe to ``loom.results.<key>`` (do this BEFORE publishing the task or goal)."""
+    async def subscribe_results(self, key: str, tenant: str = DEFAULT_TENANT) -> ResultSubscription:
+        """Subscribe to the results of ``key`` for ``tenant`` (do this BEFORE publishing the task or goal)."""
         rs = ResultSubscription()
-        rs._sub = await self.nc.subscribe(result_subject(key), cb=rs._on_msg, pending_msgs_limit=1_000_000)
+        rs._sub = await self.nc.subscribe(
+            result_subject(key, tenant), cb=rs._on_msg, pending_msgs_limit=1_000_000
+        )
         await self.nc.flush()
         return rs
 

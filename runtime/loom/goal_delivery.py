@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from loom.dead_letters import dead_letter_of
 from loom.messages import DeadLetterReason, GoalMessage, describe_validation_error
-from loom.subjects import STREAM_GOALS
+from loom.subjects import STREAM_GOALS, tenant_of_subject
 
 if TYPE_CHECKING:
     from loom.bus import Bus, Delivery
@@ -38,7 +38,8 @@ async def read_goal(bus: Bus, d: Delivery, role: str) -> GoalMessage | None:
         )
         await d.term()
         return None
-    return goal
+    # The tenant is the one the subject (tied to an identity by NATS permissions) names.
+    return goal.model_copy(update={"tenant": tenant_of_subject(d.subject)})
 
 
 @contextlib.asynccontextmanager

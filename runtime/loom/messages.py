@@ -7,6 +7,7 @@ do not break older readers; a message that fails validation is a dead letter
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
@@ -56,6 +57,16 @@ class Message(BaseModel):
     def from_bytes(cls, data: bytes) -> Any:
         """Parse from the wire; raises pydantic.ValidationError on a malformed message."""
         return cls.model_validate_json(data)
+
+
+def stamp_tenant(data: bytes, tenant: str) -> bytes:
+    """A task or goal body whose ``tenant`` is ``tenant``: unchanged when it already says so, else
+    rewritten (other fields as sent). The tenant comes from the subject, never the payload."""
+    doc = json.loads(data)
+    if doc.get("tenant", "default") == tenant:
+        return data
+    doc["tenant"] = tenant
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def describe_validation_error(exc: ValidationError, limit: int = 5) -> str:
@@ -110,6 +121,7 @@ class TaskMessage(Message):
 
     _normalise_priority = field_validator("priority", mode="before")(_parse_priority)
     _worker_type_token = field_validator("worker_type")(_token("worker_type"))
+    _tenant_token = field_validator("tenant")(_token("tenant"))
     _tier_token = field_validator("model_tier")(_token("model_tier"))
 
     @model_validator(mode="after")
@@ -180,6 +192,7 @@ class GoalMessage(Message):
 
     _normalise_priority = field_validator("priority", mode="before")(_parse_priority)
     _goal_id_token = field_validator("goal_id")(_token("goal_id"))
+    _tenant_token = field_validator("tenant")(_token("tenant"))
     _pipeline_token = field_validator("pipeline")(_token("pipeline"))
 
 

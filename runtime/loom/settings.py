@@ -19,11 +19,15 @@ class NatsSettings:
     tls_cert: str | None = None
     tls_key: str | None = None
     name: str = "loom"
+    #: Reply subjects of this identity (``_INBOX`` by default); with bus permissions each identity
+    #: may subscribe only to its own prefix, so nobody reads another's replies.
+    inbox_prefix: str | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, name: str = "loom") -> NatsSettings:
         """Read ``LOOM_NATS_URL``, ``LOOM_NATS_CREDS``, ``LOOM_NATS_USER``, ``LOOM_NATS_PASSWORD``,
-        ``LOOM_NATS_TOKEN``, ``LOOM_NATS_TLS_CA``, ``LOOM_NATS_TLS_CERT``, ``LOOM_NATS_TLS_KEY``."""
+        ``LOOM_NATS_TOKEN``, ``LOOM_NATS_TLS_CA``, ``LOOM_NATS_TLS_CERT``, ``LOOM_NATS_TLS_KEY``,
+        ``LOOM_NATS_INBOX_PREFIX``."""
         e = os.environ if env is None else env
         return cls(
             url=e.get("LOOM_NATS_URL", cls.url),
@@ -34,5 +38,6 @@ class NatsSettings:
             tls_ca=e.get("LOOM_NATS_TLS_CA") or None,
             tls_cert=e.get("LOOM_NATS_TLS_CERT") or None,
             tls_key=e.get("LOOM_NATS_TLS_KEY") or None,
+            inbox_prefix=e.get("LOOM_NATS_INBOX_PREFIX") or None,
             name=name,
         )

@@ -7,6 +7,14 @@ Subjects:
   loom.goals.incoming              orchestrator input  (stream LOOM_GOALS, work queue)
   loom.goals.<pipeline>            pipeline input      (stream LOOM_GOALS, work queue)
   loom.results.<id>                results             (core NATS; callers subscribe before publishing)
+
+A tenant other than ``default`` has its own submission and result subjects, so NATS
+permissions can tie each to one identity and the router takes the tenant from the
+subject, never from the payload (see :mod:`loom.bus_auth`):
+  loom.tasks.incoming.tenant.<t>   router input of tenant t  (stream LOOM_INCOMING)
+  loom.goals.<pipeline>.tenant.<t> goals of tenant t         (stream LOOM_GOALS)
+  loom.results.tenant.<t>.<id>     results of tenant t
+The default tenant keeps the original subjects above.
 """
 
 from __future__ import annotations
@@ -17,11 +25,18 @@ TASKS_INCOMING = "loom.tasks.incoming"
 DEAD_LETTER = "loom.tasks.dead_letter"
 GOALS_INCOMING = "loom.goals.incoming"
 RESULTS_PREFIX = "loom.results"
+#: The tenant every message without a tenant subject belongs to.
+DEFAULT_TENANT = "default"
+#: The token that marks a tenant's own subjects (``....tenant.<name>``).
+TENANT_MARK = "tenant"
 
 STREAM_INCOMING = "LOOM_INCOMING"
 STREAM_TASKS = "LOOM_TASKS"
 STREAM_DEAD_LETTER = "LOOM_DEAD_LETTER"
 STREAM_GOALS = "LOOM_GOALS"
+#: Stream that captures MAX_DELIVERIES advisories durably, consumed by the routers' shared durable.
+STREAM_ADVISORIES = "LOOM_ADVISORIES"
+ADVISORY_CONSUMER = "router-advisories"
 
 #: The router's one shared durable consumer: N replicas never route a task twice.
 ROUTER_CONSUMER = "router"
@@ -135,9 +150,39 @@ def worker_consumer(worker_type: str, tier: str) -> str:
     return f"worker-{check_token(worker_type, 'worker type')}-{check_token(tier, 'tier')}"
 
 
-def goal_subject(pipeline: str | None) -> str:
-    """Goals for a pipeline, or for the dynamic orchestrator when ``pipeline`` is None."""
-    return f"loom.goals.{check_token(pipeline, 'pipeline')}" if pipeline else GOALS_INCOMING
+def goal_subject(pipeline: str | None, tenant: str = DEFAULT_TENANT) -> str:
+    """Goals for a pipeline, or for the dynamic orchestrator when ``pipeline`` is None; a tenant's own."""
+    base = f"loom.goals.{check_token(pipeline, 'pipeline')}" if pipeline else GOALS_INCOMING
+    return base if tenant == DEFAULT_TENANT else f"{base}.{TENANT_MARK}.{check_token(tenant, 'tenant')}"
+
+
+def goal_filters(pipeline: str | None) -> list[str]:
+    """The filter subjects of a pipeline's (or the orchestrator's) goal consumer: every tenant's goals."""
+    base = goal_subject(pipeline)
+    return [base, f"{base}.{TENANT_MARK}.*"]
+
+
+def incoming_subject(tenant: str = DEFAULT_TENANT) -> str:
+    """Where tasks of ``tenant`` go to the router."""
+    if tenant == DEFAULT_TENANT:
+        return TASKS_INCOMING
+    return f"{TASKS_INCOMING}.{TENANT_MARK}.{check_token(tenant, 'tenant')}"
+
+
+#: Every subject of router input (the default tenant's and each tenant's own).
+INCOMING_SUBJECTS = (TASKS_INCOMING, f"{TASKS_INCOMING}.{TENANT_MARK}.*")
+
+
+def tenant_of_subject(subject: str) -> str:
+    """The tenant a submission subject belongs to: the token after ``tenant``, else the default tenant.
+
+    The one rule by which the router and the goal runners take the tenant from
+    the subject (which NATS permissions tie to an identity), never from the payload.
+    """
+    parts = subject.split(".")
+    if len(parts) >= 2 and parts[-2] == TENANT_MARK and parts[0] == "loom" and parts[1] in ("tasks", "goals"):
+        return parts[-1]
+    return DEFAULT_TENANT
 
 
 def goal_consumer(pipeline: str | None) -> str:
@@ -145,6 +190,9 @@ def goal_consumer(pipeline: str | None) -> str:
     return f"goals-{check_token(pipeline, 'pipeline')}" if pipeline else "goals-orchestrator"
 
 
-def result_subject(result_key: str) -> str:
-    """Where results for a task or goal id are published."""
-    return f"{RESULTS_PREFIX}.{check_token(result_key, 'result id')}"
+def result_subject(result_key: str, tenant: str = DEFAULT_TENANT) -> str:
+    """Where results for a task or goal id are published: the default tenant's, or a tenant's own."""
+    key = check_token(result_key, "result id")
+    if tenant == DEFAULT_TENANT:
+        return f"{RESULTS_PREFIX}.{key}"
+    return f"{RESULTS_PREFIX}.{TENANT_MARK}.{check_token(tenant, 'tenant')}.{key}"

@@ -38,7 +38,7 @@ async def test_a_goal_that_keeps_crashing_its_pipeline_is_dead_lettered(
     router = loom_procs.router(worker)
     args = ("pipeline", "--config", str(pipeline), "--ack-wait", "1", "--max-deliver", "2")
     goal = GoalMessage(pipeline="fragile", context={"doc": "d1"}, tenant="acme", request_id="r-1")
-    sub = await bus.subscribe_results(goal.goal_id)
+    sub = await bus.subscribe_results(goal.goal_id, "acme")  # tenant acme's own result subject
     await bus.publish_goal(goal)
 
     # No worker serves the stage yet, so the goal stays in flight; its pipeline dies twice holding it.
@@ -59,7 +59,7 @@ async def test_a_goal_that_keeps_crashing_its_pipeline_is_dead_lettered(
     dl = stored.dead_letter
     assert dl.reason == DeadLetterReason.MAX_DELIVERIES
     assert dl.goal_id == goal.goal_id and dl.tenant == "acme" and dl.deliveries == 2
-    assert dl.subject == goal_subject("fragile")
+    assert dl.subject == goal_subject("fragile", "acme")
     assert GoalMessage.from_bytes(decode_original(dl.original)) == goal  # the original goal, unchanged
     lag = await bus.consumer_info(STREAM_GOALS, goal_consumer("fragile"))
     assert lag.total == 0  # removed from the work queue: no pipeline will take it up again

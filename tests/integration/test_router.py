@@ -197,10 +197,11 @@ async def test_tenant_limits_apply_per_tenant(tmp_path: Path, loom_procs: LoomPr
     )
     loom_procs.router(pol, echo)
     loom_procs.worker(echo, "local")
-    sub = await bus.subscribe_results("k8")
+    # Each tenant's results arrive on its own subject (loom.results.tenant.<t>.<key>).
+    subs = [await bus.subscribe_results("k8", tenant) for tenant in ("small", "big")]
     await submit(bus, 6, "k8", worker_type="echo", tenant="small")
     await submit(bus, 6, "k8", worker_type="echo", tenant="big")
-    results = await collect(sub, 12)
+    results = [r for sub in subs for r in await collect(sub, 6)]
     by = {(r["tenant"], r["status"]) for r in results}
     done_small = sum(1 for r in results if r["tenant"] == "small" and r["status"] == "completed")
     done_big = sum(1 for r in results if r["tenant"] == "big" and r["status"] == "completed")

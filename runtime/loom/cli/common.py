@@ -22,6 +22,12 @@ def add_nats_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--nats-tls-ca", default=env("LOOM_NATS_TLS_CA"), help="env LOOM_NATS_TLS_CA")
     g.add_argument("--nats-tls-cert", default=env("LOOM_NATS_TLS_CERT"), help="env LOOM_NATS_TLS_CERT")
     g.add_argument("--nats-tls-key", default=env("LOOM_NATS_TLS_KEY"), help="env LOOM_NATS_TLS_KEY")
+    g.add_argument(
+        "--nats-inbox-prefix",
+        default=env("LOOM_NATS_INBOX_PREFIX"),
+        help="reply subject prefix of this identity (with bus permissions: _INBOX_<user>); "
+        "env LOOM_NATS_INBOX_PREFIX",
+    )
 
 
 def add_runtime_options(parser: argparse.ArgumentParser, *, metrics: bool = True) -> None:
@@ -81,5 +87,6 @@ def nats_settings(args: argparse.Namespace, name: str = "loom") -> NatsSettings:
         tls_ca=args.nats_tls_ca,
         tls_cert=args.nats_tls_cert,
         tls_key=args.nats_tls_key,
+        inbox_prefix=args.nats_inbox_prefix,
         name=name,
     )

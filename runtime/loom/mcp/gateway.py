@@ -182,7 +182,7 @@ class Gateway:
             metadata={"source": "mcp", "mcp_server": self.plan.config.name, "mcp_tool": tool.name},
         )
         bus = await self._connected()
-        sub = await bus.subscribe_results(task.result_key)
+        sub = await bus.subscribe_results(task.result_key, task.tenant)
         try:
             await bus.publish_task(task)
             try:
@@ -209,7 +209,7 @@ class Gateway:
             metadata={"source": "mcp", "mcp_server": self.plan.config.name, "mcp_tool": tool.name},
         )
         bus = await self._connected()
-        sub = await bus.subscribe_results(goal.goal_id)
+        sub = await bus.subscribe_results(goal.goal_id, goal.tenant)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + tool.timeout_seconds
         try:

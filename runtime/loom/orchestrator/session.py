@@ -140,7 +140,7 @@ class GoalSession:
         """Run (or resume) a goal and publish its result."""
         key = self.key(goal.goal_id)
         async with keep_alive(heartbeat, heartbeat_every):
-            sub = await self.bus.subscribe_results(goal.goal_id)
+            sub = await self.bus.subscribe_results(goal.goal_id, goal.tenant)
             try:
                 cp = await self.store.load(key)
                 if cp is not None:

@@ -65,7 +65,7 @@ class GoalRunner:
         in_flight.inc()
         try:
             async with keep_alive(heartbeat, heartbeat_every):
-                sub = await self.bus.subscribe_results(goal.goal_id)
+                sub = await self.bus.subscribe_results(goal.goal_id, goal.tenant)
                 try:
                     resumed: list[str] = []
                     if state is None:

@@ -43,11 +43,12 @@ from loom.messages import (
     TaskResult,
     TaskStatus,
     describe_validation_error,
+    stamp_tenant,
     utcnow,
 )
 from loom.router.limits import AdmissionQueue, Limiter, Request, Ticket
 from loom.router.routing import Rejection, Route, RoutingTable, estimate_tokens
-from loom.subjects import ROUTER_CONSUMER, STREAM_GOALS, STREAM_INCOMING, STREAM_TASKS
+from loom.subjects import ROUTER_CONSUMER, STREAM_GOALS, STREAM_INCOMING, STREAM_TASKS, tenant_of_subject
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,8 @@ class RouterService:
         except ValidationError as exc:
             await self._dead(d, DeadLetterReason.MALFORMED, describe_validation_error(exc), None)
             return
+        # The tenant is the one the subject (tied to an identity by NATS permissions) names.
+        task = task.model_copy(update={"tenant": tenant_of_subject(d.subject)})
         served = await self._served_tiers(task.worker_type) if self.table.needs_served_tiers(task) else ()
         decision = self.table.route(task, served)
         if isinstance(decision, Rejection):
@@ -229,7 +232,8 @@ class RouterService:
                 self.limiter.release(earlier[0])
             self.dispatched[task.task_id] = (ticket, self.clock() + lease)
         try:
-            await self.bus.js_publish(route.subject, d.data, msg_id=f"in-{d.stream_seq}")
+            body = stamp_tenant(d.data, task.tenant)  # the worker answers on the subject's tenant
+            await self.bus.js_publish(route.subject, body, msg_id=f"in-{d.stream_seq}")
         except (BusError, TimeoutError, OSError) as exc:
             log.warning("forwarding task %s to %s failed (%s); will retry", task.task_id, route.subject, exc)
             if ticket is not None:
@@ -468,6 +472,11 @@ def _dead_stored(
             goal = GoalMessage.model_validate_json(data)
         else:
             task = TaskMessage.model_validate_json(data)
+    if stream in (STREAM_GOALS, STREAM_INCOMING):  # not routed yet: the subject names the tenant
+        if goal is not None:
+            goal = goal.model_copy(update={"tenant": tenant_of_subject(subject)})
+        if task is not None:
+            task = task.model_copy(update={"tenant": tenant_of_subject(subject)})
     parts = subject.split(".")
     if stream == STREAM_TASKS and len(parts) == 4:  # loom.tasks.<worker type>.<tier>
         tier = parts[3]

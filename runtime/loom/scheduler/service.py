@@ -33,7 +33,7 @@ from loom.bus import Bus, kv_get
 from loom.messages import GoalMessage, TaskMessage
 from loom.metrics import counter, gauge
 from loom.scheduler.plan import Decision, decide, dispatch_id
-from loom.subjects import TASKS_INCOMING, goal_subject
+from loom.subjects import goal_subject, incoming_subject
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def build_dispatch(spec: ScheduleSpec, fire: datetime) -> tuple[str, str, bytes]
             request_id=did,
             metadata=meta,
         )
-        return did, goal_subject(goal.pipeline), goal.to_bytes()
+        return did, goal_subject(goal.pipeline, goal.tenant), goal.to_bytes()
     assert spec.task is not None
     task = TaskMessage(
         task_id=stable_id(did),
@@ -156,7 +156,7 @@ def build_dispatch(spec: ScheduleSpec, fire: datetime) -> tuple[str, str, bytes]
         request_id=did,
         metadata=meta,
     )
-    return did, TASKS_INCOMING, task.to_bytes()
+    return did, incoming_subject(task.tenant), task.to_bytes()
 
 
 class Scheduler:

@@ -210,7 +210,7 @@ async def _main(args: argparse.Namespace, msg: TaskMessage | GoalMessage) -> int
                 )
                 msg = msg.model_copy(update={"pipeline": target})
         key = msg.goal_id if isinstance(msg, GoalMessage) else msg.result_key
-        sub = await bus.subscribe_results(key) if args.wait else None
+        sub = await bus.subscribe_results(key, msg.tenant) if args.wait else None
         if isinstance(msg, GoalMessage):
             await bus.publish_goal(msg)
         else:
