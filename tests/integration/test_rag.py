@@ -96,8 +96,12 @@ async def test_window_and_citations(tmp_path: Path) -> None:
     ok = await RagCitationsBackend().process(
         {"answer": "Solar.", "citations": [f"[{chunks[0]['chunk_id']}]"], "chunks": chunks}, {})
     assert ok["output"]["citations"][0]["doc_id"] == chunks[0]["doc_id"]
+    cite = RagCitationsBackend()
+    by_number = await cite.process({"answer": "x", "citations": [2, "[1]"], "chunks": chunks}, {})
+    cited = [c["doc_id"] for c in by_number["output"]["citations"]]
+    assert cited == [chunks[1]["doc_id"], chunks[0]["doc_id"]]
     with pytest.raises(BackendError, match="cites chunks it was not given"):
-        await RagCitationsBackend().process({"answer": "x", "citations": ["made-up"], "chunks": chunks}, {})
+        await cite.process({"answer": "x", "citations": ["made-up", 3], "chunks": chunks}, {})
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,12 @@
   payload), chunks, de-duplicates, embeds and stores them, then rebuilds the indexes. DuckDB has one
   writer per file: run the ingest worker with one replica.
 - :class:`RagRetrieveBackend` embeds a question and returns the nearest chunks plus a ``context``
-  text whose lines start with ``[chunk_id]``, ready for an answering LLM worker.
+  text whose lines start with ``[n]``, ready for an answering LLM worker (a citation is that number:
+  small models copy a digit more reliably than a hash).
 - :class:`RagWindowBackend` returns the chunks of a time window of a stream, for a summarising worker.
 - :class:`RagCitationsBackend` checks an answer's citations against the chunks it was given.
+- :class:`RagStoreBackend` is all of the above but citations in one worker, for a deployment where one
+  process owns the DuckDB file (``action`` or the payload's keys choose).
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ MAX_K = 50
 
 
 def context_text(chunks: list[dict[str, Any]]) -> str:
-    """``[chunk_id] (source) text`` lines: what an answering model reads and cites."""
-    return "\n".join(f"[{c['chunk_id']}] ({c.get('source') or '?'}) {c['text']}" for c in chunks)
+    """``[n] (source) text`` lines, n from 1: what an answering model reads and cites."""
+    return "\n".join(f"[{n}] ({c.get('source') or '?'}) {c['text']}" for n, c in enumerate(chunks, 1))
 
 
 class _Embedding:
@@ -197,18 +200,59 @@ class RagWindowBackend(ProcessingBackend):
 
 
 class RagCitationsBackend(ProcessingBackend):
-    """``{"answer", "citations", "chunks"}`` → the answer with each citation resolved to its chunk;
-    a citation of a chunk that was not retrieved fails the task (the answer would be unsupported)."""
+    """``{"answer", "citations", "chunks"}`` → the answer with each citation resolved to its chunk.
+
+    A citation is a context line number (``1``, ``"[2]"``) or a chunk id; one that names no chunk the
+    answer was given fails the task (the answer would be unsupported)."""
 
     async def process(self, payload: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-        chunks = {c.get("chunk_id"): c for c in payload.get("chunks") or [] if isinstance(c, dict)}
+        given = [c for c in payload.get("chunks") or [] if isinstance(c, dict)]
+        by_id = {c.get("chunk_id"): c for c in given}
         cited = payload.get("citations")
         if not isinstance(payload.get("answer"), str) or not isinstance(cited, list):
-            raise BackendError("need answer (text) and citations (a list of chunk ids)", code="invalid_input")
-        ids = [str(c).strip("[] ") for c in cited]
-        unknown = [c for c in ids if c not in chunks]
+            raise BackendError("need answer (text) and citations (a list)", code="invalid_input")
+        resolved, unknown = [], []
+        for c in cited:
+            ref = str(c).strip("[] ")
+            if ref.isdigit() and 1 <= int(ref) <= len(given):
+                resolved.append(given[int(ref) - 1])
+            elif ref in by_id:
+                resolved.append(by_id[ref])
+            else:
+                unknown.append(c)
         if unknown:
             raise BackendError(f"the answer cites chunks it was not given: {unknown}", code="bad_citation")
         fields = ("chunk_id", "doc_id", "source", "author", "text")
-        sources = [{k: chunks[c].get(k) for k in fields} for c in ids]
+        sources = [{k: c.get(k) for k in fields} for c in resolved]
         return {"output": {"answer": payload["answer"], "citations": sources}, "model_used": "citations"}
+
+
+class RagStoreBackend(ProcessingBackend):
+    """Ingest, retrieve and window in one process that owns the DuckDB file.
+
+    ``action`` is ``ingest``, ``retrieve`` or ``window``; without it a ``question`` means retrieve,
+    ``since`` means window, anything else ingest. Run it with ``maxInFlight: 1`` and one replica:
+    DuckDB lets one process write a file, and not read it read-only while writing.
+    """
+
+    def __init__(self, db_path: str, corpus_dir: str | None = None, k: int = 5, **embedding: Any):
+        self.ingest = RagIngestBackend(db_path, corpus_dir, **embedding)
+        self.retrieve = RagRetrieveBackend(db_path, k, **embedding)
+        self.retrieve._embedder = self.ingest.embedder  # one model in memory, one HTTP client
+        self.window = RagWindowBackend(db_path)
+
+    async def process(self, payload: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+        action = payload.get("action") or (
+            "retrieve" if "question" in payload else "window" if "since" in payload else "ingest"
+        )
+        rest = {k: v for k, v in payload.items() if k != "action"}
+        target: ProcessingBackend | None = {
+            "ingest": self.ingest, "retrieve": self.retrieve, "window": self.window
+        }.get(str(action))
+        if target is None:
+            raise BackendError(f"unknown action {action!r}; one of ingest, retrieve, window",
+                               code="invalid_input")
+        return await target.process(rest, config)
+
+    async def close(self) -> None:
+        await self.ingest.close()
