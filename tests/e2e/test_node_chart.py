@@ -157,6 +157,20 @@ def _pods(node: NodeCluster, namespace: str) -> list[dict[str, Any]]:
     return list(json.loads(node.kubectl("-n", namespace, "get", "pods", "-o", "json"))["items"])
 
 
+SAMPLE_WORKERS = {"doc-extractor", "doc-classifier", "doc-summarizer", "report-assembler"}
+
+
+def _router_catalog(node: NodeCluster, namespace: str) -> tuple[bool, list[str]]:
+    """Whether the router's rendered config lists every sample worker (and which it lists)."""
+    maps = json.loads(node.kubectl("-n", namespace, "get", "configmaps", "-o", "json"))["items"]
+    for cm in maps:
+        text = (cm.get("data") or {}).get("router.yaml")
+        if text:
+            listed = sorted((yaml.safe_load(text).get("workers") or {}).keys())
+            return set(listed) >= SAMPLE_WORKERS, listed
+    return False, []
+
+
 @dataclass(frozen=True)
 class Release:
     """The chart installed with bundled NATS and the samples applied, in ``namespace``."""
@@ -297,6 +311,19 @@ def test_goal_completes_through_in_cluster_pods_with_the_real_model(
         return not pending, pending
 
     wait_for(all_ready, timeout=READY_TIMEOUT, what="every sample Ready on Running pods")
+    wait_for(
+        lambda: _router_catalog(node_cluster, release.namespace),
+        timeout=READY_TIMEOUT,
+        what="the router's catalog to list the four sample workers",
+    )
+    node_cluster.kubectl(
+        "-n",
+        release.namespace,
+        "rollout",
+        "status",
+        "deployment/default-router",
+        f"--timeout={int(READY_TIMEOUT)}s",
+    )
     done = subprocess.run(
         [
             str(REPO_ROOT / ".venv" / "bin" / "loom"),
