@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from loom.messages import utcnow
+from loom.state_store import KeyValueStore, NatsKeyValueStore, RedisKeyValueStore
 
 if TYPE_CHECKING:
     from loom.bus import Bus
@@ -66,57 +67,35 @@ class CheckpointStore(ABC):
         """Release connections."""
 
 
-class KVCheckpointStore(CheckpointStore):
-    """Checkpoints in the NATS JetStream KV bucket ``loom-checkpoints`` (no extra infrastructure)."""
+class KeyValueCheckpointStore(CheckpointStore):
+    """Checkpoints as JSON in any :class:`~loom.state_store.KeyValueStore`."""
 
-    def __init__(self, bus: Bus, *, bucket: str = CHECKPOINT_BUCKET, ttl: float | None = None):
-        self._bus = bus
-        self._bucket = bucket
-        self._ttl = ttl
-        self._kv: Any = None
-
-    async def _store(self) -> Any:
-        if self._kv is None:
-            self._kv = await self._bus.key_value(self._bucket, ttl=self._ttl)
-        return self._kv
+    def __init__(self, store: KeyValueStore):
+        self.store = store
 
     async def save(self, key: str, checkpoint: Checkpoint) -> None:
-        kv = await self._store()
-        await kv.put(key, checkpoint.to_bytes())
+        await self.store.put(key, checkpoint.to_bytes())
 
     async def load(self, key: str) -> Checkpoint | None:
-        from loom.bus import kv_get
-
-        data = await kv_get(await self._store(), key)
+        data = await self.store.get(key)
         return None if data is None else Checkpoint.from_bytes(data)
 
     async def delete(self, key: str) -> None:
-        from loom.bus import kv_delete
+        await self.store.delete(key)
 
-        await kv_delete(await self._store(), key)
+    async def close(self) -> None:
+        await self.store.close()
 
 
-class RedisCheckpointStore(CheckpointStore):
+class KVCheckpointStore(KeyValueCheckpointStore):
+    """Checkpoints in the NATS JetStream KV bucket ``loom-checkpoints`` (no extra infrastructure)."""
+
+    def __init__(self, bus: Bus, *, bucket: str = CHECKPOINT_BUCKET, ttl: float | None = None):
+        super().__init__(NatsKeyValueStore(bus, bucket, ttl=ttl))
+
+
+class RedisCheckpointStore(KeyValueCheckpointStore):
     """Checkpoints in Redis or Valkey (``redis://[:password@]host:port/db``), under ``loom:checkpoint:``."""
 
     def __init__(self, url: str, *, ttl: float | None = None, prefix: str = REDIS_PREFIX):
-        import redis.asyncio as redis
-
-        self._client = redis.Redis.from_url(url)
-        self._ttl = None if ttl is None else max(1, int(ttl))
-        self._prefix = prefix
-
-    async def save(self, key: str, checkpoint: Checkpoint) -> None:
-        await self._client.set(self._prefix + key, checkpoint.to_bytes(), ex=self._ttl)
-
-    async def load(self, key: str) -> Checkpoint | None:
-        data = await self._client.get(self._prefix + key)
-        if data is None:
-            return None
-        return Checkpoint.from_bytes(data if isinstance(data, bytes) else data.encode())
-
-    async def delete(self, key: str) -> None:
-        await self._client.delete(self._prefix + key)
-
-    async def close(self) -> None:
-        await self._client.aclose()
+        super().__init__(RedisKeyValueStore(url, prefix, ttl=ttl))

@@ -38,6 +38,8 @@ class PipelineOptions:
     max_deliver: int = 10
     #: How long finished goals keep their result for replays.
     state_ttl: float = DEFAULT_STATE_TTL
+    #: Where goal states live: None for the NATS KV bucket, or a redis:// / rediss:// URL (Redis, Valkey).
+    state_url: str | None = None
     #: On shutdown, seconds running goals get before they are released to another replica.
     drain_grace: float = 5.0
 
@@ -62,8 +64,10 @@ class PipelineService:
 
     async def run(self, stop: asyncio.Event) -> None:
         bus = await Bus.connect(self.settings, role="pipeline")
+        closing: list[StateStore] = []
         try:
-            store = await StateStore.open(bus, ttl=self.options.state_ttl)
+            store = await StateStore.open(bus, ttl=self.options.state_ttl, url=self.options.state_url)
+            closing.append(store)
             self.runner = GoalRunner(bus, self.plan, store, clock=self.clock)
             spec = self.plan.spec
             durable = await bus.ensure_goal_consumer(
@@ -85,6 +89,8 @@ class PipelineService:
             )
         finally:
             self.ready.clear()
+            for store in closing:
+                await store.close()
             await bus.close()
 
     async def _handle(self, bus: Bus, d: Delivery) -> None:

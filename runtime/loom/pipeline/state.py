@@ -1,7 +1,8 @@
 """In-flight goal state: stage outputs, attempts and timeline, and how it changes.
 
 The state is the whole memory of a goal. It is written to NATS KV (bucket
-``loom-pipeline-state``, key ``<pipeline>.<goal_id>``) before each stage task is
+``loom-pipeline-state``, key ``<pipeline>.<goal_id>``; or Redis/Valkey under
+``loom:pipeline-state:``, the same interface as the orchestrator's checkpoints) before each stage task is
 published and after each stage ends, so an orchestrator that dies mid-goal can be
 replaced by any replica: the redelivered goal reads the state, keeps every stage
 that already finished and re-publishes the ones that were in flight under the
@@ -22,11 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from loom.messages import GoalMessage, GoalResult, StageRecord, TaskStatus, TokenUsage
 from loom.pipeline.plan import TERMINAL, PipelinePlan, final_output
+from loom.state_store import KeyValueStore, NatsKeyValueStore, open_key_value_store
 
 if TYPE_CHECKING:
     from loom.bus import Bus
 
 STATE_BUCKET = "loom-pipeline-state"
+STATE_REDIS_PREFIX = "loom:pipeline-state:"
 #: Finished goals keep their result this long (a resubmitted goal id gets it again); longer than any
 #: pipeline timeout, so in-flight state never expires.
 DEFAULT_STATE_TTL = 2 * 86400.0
@@ -270,21 +273,28 @@ class GoalState(BaseModel):
 
 
 class StateStore:
-    """Goal states in the NATS KV bucket ``loom-pipeline-state`` (one key per goal)."""
+    """Goal states, one key per goal, in a :class:`~loom.state_store.KeyValueStore`."""
 
-    def __init__(self, kv: Any):
-        self._kv = kv
+    def __init__(self, store: KeyValueStore):
+        self._store = store
 
     @classmethod
-    async def open(cls, bus: Bus, *, ttl: float | None = DEFAULT_STATE_TTL) -> StateStore:
-        """Open (creating if needed) the bucket; entries expire after ``ttl`` seconds."""
-        return cls(await bus.key_value(STATE_BUCKET, ttl=ttl))
+    async def open(
+        cls, bus: Bus, *, ttl: float | None = DEFAULT_STATE_TTL, url: str | None = None
+    ) -> StateStore:
+        """The bucket ``loom-pipeline-state`` on ``bus`` (created if needed), or Redis/Valkey when ``url``
+        is a redis URL; entries expire after ``ttl`` seconds."""
+        store = open_key_value_store(url, bus, bucket=STATE_BUCKET, prefix=STATE_REDIS_PREFIX, ttl=ttl)
+        if isinstance(store, NatsKeyValueStore):
+            await store.open()
+        return cls(store)
 
     async def get(self, pipeline: str, goal_id: str) -> GoalState | None:
-        from loom.bus import kv_get
-
-        data = await kv_get(self._kv, state_key(pipeline, goal_id))
+        data = await self._store.get(state_key(pipeline, goal_id))
         return None if data is None else GoalState.from_bytes(data)
 
     async def put(self, state: GoalState) -> None:
-        await self._kv.put(state.key, state.to_bytes())
+        await self._store.put(state.key, state.to_bytes())
+
+    async def close(self) -> None:
+        await self._store.close()

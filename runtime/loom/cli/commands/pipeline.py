@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from loom.api.loader import LoadError, load_one
@@ -20,6 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=2 * 86400.0,
         help="Seconds finished goals keep their result (default 2 days).",
+    )
+    parser.add_argument(
+        "--state-store",
+        default=os.environ.get("LOOM_PIPELINE_STATE_STORE"),
+        metavar="URL",
+        help="where goal states live: nats (default, the loom-pipeline-state bucket) or a redis:// or "
+        "rediss:// URL (Redis, Valkey); env LOOM_PIPELINE_STATE_STORE (better for a URL with a password)",
     )
     add_runtime_options(parser)
 
@@ -43,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
             ack_wait=args.ack_wait,
             max_deliver=args.max_deliver,
             state_ttl=args.state_ttl,
+            state_url=args.state_store,
             drain_grace=args.drain_grace,
         ),
     )
