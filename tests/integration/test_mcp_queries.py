@@ -153,3 +153,21 @@ def test_unknown_action_fails_at_load(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.chdir(tmp_path)
     with pytest.raises(GatewayConfigError, match=r"tools.queries\[0\]: unknown action 'delete'"):
         load_gateway(gateway_config)
+
+
+async def test_loom_mcp_with_query_tools_only_needs_no_nats(tmp_path: Path) -> None:
+    gateway_config = _project(tmp_path)
+    doc = yaml.safe_load(gateway_config.read_text())
+    doc["tools"] = {"queries": doc["tools"]["queries"]}
+    doc["nats_url"] = "nats://127.0.0.1:1"  # nothing listens there
+    gateway_config.write_text(yaml.safe_dump(doc))
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "loom.cli.main", "mcp", "--config", str(gateway_config)],
+        env={k: v for k, v in os.environ.items() if k != "LOOM_NATS_URL"},
+    )
+    async with Client(params) as client:
+        assert {t.name for t in (await client.list_tools()).tools} == {
+            "docs_search", "docs_filter", "docs_stats", "docs_get"
+        }
+        got = await client.call_tool("docs_get", {"id": "r4"})
+        assert json.loads(_text(got))["result"]["title"] == "Sourdough bread"

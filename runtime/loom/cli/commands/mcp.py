@@ -107,11 +107,14 @@ async def _main(
     from loom.bus import Bus
     from loom.mcp.gateway import Gateway, serve_stdio, serve_streamable_http
 
-    try:
-        bus = await Bus.connect(settings, connect_timeout=30)
-    except Exception as exc:  # any connect failure ends the command with its reason
-        print(f"loom mcp: cannot reach NATS at {settings.url}: {exc}", file=sys.stderr)
-        return 1
+    bus: Bus | None = None
+    if any(t.kind != "query" for t in plan.tools.values()):  # query tools alone never need NATS
+        try:
+            bus = await Bus.connect(settings, connect_timeout=30)
+        except Exception as exc:  # any connect failure ends the command with its reason
+            print(f"loom mcp: cannot reach NATS at {settings.url}: {exc}", file=sys.stderr)
+            return 1
+    gateway: Gateway | None = None
     try:
         gateway = Gateway(plan, bus, version=__version__)
         tools = ", ".join(plan.tools)
@@ -126,5 +129,8 @@ async def _main(
             assert security is not None
             await serve_streamable_http(gateway, args.host, args.port, security, on_ready=ready)
     finally:
-        await bus.close()
+        if gateway is not None:
+            await gateway.close()  # the query backends
+        if bus is not None:
+            await bus.close()
     return 0
