@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -171,6 +172,34 @@ def _router_catalog(node: NodeCluster, namespace: str) -> tuple[bool, list[str]]
     return False, []
 
 
+def _wait_serving(node: NodeCluster, release: Release) -> None:
+    """Every sample Ready, and the router rolled out with all four workers in its catalog.
+
+    Ready alone is not enough: the RouterPolicy can report Ready while its router still runs a
+    catalog rendered before every Worker existed (goals then fail with unknown_worker_type).
+    """
+
+    def all_ready() -> tuple[bool, list[str]]:
+        pending = _not_ready(node, release.namespace)
+        return not pending, pending
+
+    wait_for(all_ready, timeout=READY_TIMEOUT, what="every sample Ready on Running pods")
+    wait_for(
+        lambda: _router_catalog(node, release.namespace),
+        timeout=READY_TIMEOUT,
+        what="the router's catalog to list the four sample workers",
+    )
+    node.kubectl(
+        "-n",
+        release.namespace,
+        "rollout",
+        "status",
+        "deployment/default-router",
+        f"--timeout={int(READY_TIMEOUT)}s",
+    )
+    wait_for(all_ready, timeout=READY_TIMEOUT, what="every pod Ready after the router's rollout")
+
+
 @dataclass(frozen=True)
 class Release:
     """The chart installed with bundled NATS and the samples applied, in ``namespace``."""
@@ -306,24 +335,7 @@ def test_goal_completes_through_in_cluster_pods_with_the_real_model(
 ) -> None:
     """A goal to doc-analysis runs through the router, the worker pods and the pipeline pod."""
 
-    def all_ready() -> tuple[bool, list[str]]:
-        pending = _not_ready(node_cluster, release.namespace)
-        return not pending, pending
-
-    wait_for(all_ready, timeout=READY_TIMEOUT, what="every sample Ready on Running pods")
-    wait_for(
-        lambda: _router_catalog(node_cluster, release.namespace),
-        timeout=READY_TIMEOUT,
-        what="the router's catalog to list the four sample workers",
-    )
-    node_cluster.kubectl(
-        "-n",
-        release.namespace,
-        "rollout",
-        "status",
-        "deployment/default-router",
-        f"--timeout={int(READY_TIMEOUT)}s",
-    )
+    _wait_serving(node_cluster, release)
     done = subprocess.run(
         [
             str(REPO_ROOT / ".venv" / "bin" / "loom"),
@@ -348,3 +360,76 @@ def test_goal_completes_through_in_cluster_pods_with_the_real_model(
     goal, _ = json.JSONDecoder().raw_decode(done.stdout.lstrip())
     assert_completed_report(goal)
     assert goal["token_usage"]["completion_tokens"] > 0
+
+
+def _consumer(monitor_url: str, name: str) -> dict[str, Any] | None:
+    """One JetStream consumer's state from the NATS monitor (/jsz)."""
+    with urllib.request.urlopen(f"{monitor_url}/jsz?consumers=true", timeout=5) as resp:
+        doc = json.loads(resp.read())
+    for account in doc.get("account_details") or []:
+        for stream in account.get("stream_detail") or []:
+            for consumer in stream.get("consumer_detail") or []:
+                if consumer["name"] == name:
+                    return dict(consumer)
+    return None
+
+
+def _submit(release: Release, timeout: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            str(REPO_ROOT / ".venv" / "bin" / "loom"),
+            "submit",
+            "Analyse this document",
+            "--pipeline",
+            "doc-analysis",
+            "--context",
+            f"text=@{SAMPLES / 'example.txt'}",
+            "--wait",
+            "--timeout",
+            str(timeout),
+            "--nats-url",
+            release.nats_url,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_worker_pod_force_deleted_mid_task_loses_nothing(node_cluster: NodeCluster, release: Release) -> None:
+    """`kubectl delete pod --grace-period=0 --force` on the summarizer while it holds a task: the
+    task is redelivered (after its ack wait) to the replacement pod and the goal completes."""
+    monitor = release.nats_url.replace("nats://", "http://").replace(":4222", ":8222")
+    consumer = "worker-doc-summarizer-local"
+    _wait_serving(node_cluster, release)
+    before = {
+        p["metadata"]["name"]
+        for p in _pods(node_cluster, release.namespace)
+        if p["metadata"]["name"].startswith("doc-summarizer-local-")
+    }
+    assert len(before) == 1, before
+    proc = _submit(release, 240)
+    try:
+
+        def holding() -> tuple[bool, Any]:
+            state = _consumer(monitor, consumer)
+            return bool(state and state["num_ack_pending"] >= 1), state
+
+        wait_for(holding, timeout=120, what=f"{consumer} to hold a task")
+        node_cluster.kubectl(
+            "-n", release.namespace, "delete", "pod", *sorted(before), "--grace-period=0", "--force"
+        )
+        out, err = proc.communicate(timeout=250)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, f"{out[-3000:]}\n{err[-2000:]}"
+    goal, _ = json.JSONDecoder().raw_decode(out.lstrip())
+    assert_completed_report(goal)
+    after = {
+        p["metadata"]["name"]
+        for p in _pods(node_cluster, release.namespace)
+        if p["metadata"]["name"].startswith("doc-summarizer-local-")
+    }
+    assert after and not (after & before), (before, after)

@@ -15,6 +15,7 @@ Needs root; the binaries and images come from ``hack/node/build.sh`` (run by
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -23,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -169,6 +171,42 @@ class HostChanges:
                 self.undo_log.append(f"sysctl {name}: could not restore {old!r}: {exc}")
 
 
+_LIVE: set[NodeCluster] = set()
+
+
+def _stop_live_nodes() -> None:
+    for node in list(_LIVE):
+        with contextlib.suppress(Exception):
+            node.stop()
+
+
+# Registered after envtest's own hook, so it runs first: the node goes before its control plane.
+atexit.register(_stop_live_nodes)
+
+
+def _install_sigterm_teardown() -> None:
+    """On SIGTERM (CI timeouts), undo the node's host changes, then chain to the previous handler.
+
+    Python runs no atexit hooks on a fatal signal. Installed over envtest's handler (which then
+    stops any control plane still running) from the main thread only, once per live node set.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if getattr(previous, "__name__", "") == "_node_on_sigterm":
+        return
+
+    def _node_on_sigterm(signum: int, frame: Any) -> None:
+        _stop_live_nodes()
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, _node_on_sigterm)
+
+
 class NodeCluster:
     """The envtest control plane plus one real node; a context manager.
 
@@ -228,6 +266,8 @@ class NodeCluster:
                 ],
             )
             self.plane.start()
+            _LIVE.add(self)
+            _install_sigterm_teardown()
             self._prepare_host()
             self._start_containerd()
             self._preload_images()
@@ -516,6 +556,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
 
     def stop(self) -> None:
         """Undo everything, in reverse order; each step runs even when an earlier one failed."""
+        _LIVE.discard(self)
         steps: list[tuple[str, Callable[[], None]]] = [
             ("stop kube-proxy and kubelet", self._stop_node_agents),
             ("kill pod processes", self._kill_pods),
@@ -555,9 +596,8 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
             return dirs
         roots = {(h / self.cgroup_root.lstrip("/")).resolve() for h in CGROUP_FS.iterdir()}
         for root in sorted(roots):
-            if root.is_dir():
-                dirs.extend(sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)))
-                dirs.append(root)
+            # os.walk ignores dirs the kubelet removes while we look (bottom-up: deepest first).
+            dirs.extend(Path(top) for top, _, _ in os.walk(root, topdown=False))
         return dirs
 
     def _kill_pods(self) -> None:
