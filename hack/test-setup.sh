@@ -51,7 +51,7 @@ step_node() {
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
-  $sudo bash hack/node/build.sh >/dev/null
+  $sudo env "LOOM_CACHE_DIR=${LOOM_CACHE_DIR:-$HOME/.cache/loom}" bash hack/node/build.sh >/dev/null
 }
 
 total=$SECONDS

