@@ -194,7 +194,12 @@ build_loom() {
   docker_ build --network host --build-arg "PYTHON_IMAGE=${BASE_IMAGE}" -t "$tag" "$REPO" \
     >"${WORK}/loom-build.log" 2>&1 || { tail -n 40 "${WORK}/loom-build.log" >&2; exit 1; }
   save_image loom "$tag"
-  # Tarballs of older content keys are dropped: one loom image per cache.
+  # One project image per cache: older content keys and their dangling layers go.
+  local old
+  for old in $(docker_ images --format '{{.Repository}}:{{.Tag}}' ghcr.io/loom-dev/loom); do
+    [[ "$old" == "$tag" ]] || docker_ rmi "$old" >/dev/null
+  done
+  docker_ image prune -f >/dev/null
 }
 
 total=$SECONDS
