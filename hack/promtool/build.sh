@@ -30,14 +30,10 @@ fi
 command -v go >/dev/null 2>&1 || { log "go is required (Go >= 1.24)"; exit 1; }
 
 mkdir -p "$OUT"
-# Shares the Go module and build caches with hack/envtest/build.sh (common dependencies).
-export GOMODCACHE="${CACHE}/envtest/go/mod"
-export GOCACHE="${CACHE}/envtest/go/build"
-export GOPATH="${CACHE}/envtest/go/path"
-export GOFLAGS="-mod=mod -modcacherw -buildvcs=false"
-export GOTOOLCHAIN=local
-export CGO_ENABLED=0
-export GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
+# The Go module and build caches are the ones the Kubernetes builds use (common dependencies).
+# shellcheck source=../lib/kube-go.sh
+source "$(dirname "$0")/../lib/kube-go.sh"
+kube_go_env
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/loom-promtool-build.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
