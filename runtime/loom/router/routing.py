@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from loom.api.loader import LoadError, format_validation_error, load_text, read_files
+from loom.api.loader import LoadError, format_validation_error, infer_kind, load_text, read_files
 from loom.api.router_policy import RouterConfig, RouterPolicySpec, WorkerRoute, worker_route
 from loom.messages import DeadLetterReason, TaskMessage
 from loom.subjects import task_subject
@@ -146,12 +146,8 @@ def estimate_tokens(payload_size: int, max_output_tokens: int) -> int:
 
 
 def _is_router_config(doc: Any) -> bool:
-    return (
-        isinstance(doc, dict)
-        and "apiVersion" not in doc
-        and "kind" not in doc
-        and ("policy" in doc or ("workers" in doc and isinstance(doc["workers"], dict)))
-    )
+    """A plain RouterConfig document (``policy``/``workers``), by the loader's one kind rule."""
+    return isinstance(doc, dict) and infer_kind(doc) == "RouterConfig"
 
 
 def load_router_config(paths: list[str | Path]) -> RouterConfig:
