@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import subprocess
 from pathlib import Path
+
+from tests.support.setup_outputs import NotSetUp, checked_output
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS_SH = REPO / "hack" / "envtest" / "tools.sh"
@@ -23,16 +24,12 @@ class ToolUnavailable(RuntimeError):
 
 @functools.cache
 def _tools_dir() -> Path:
-    proc = subprocess.run(
-        ["bash", str(TOOLS_SH), "--check"], capture_output=True, text=True, timeout=60, check=False
-    )
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
+    try:
+        return Path(checked_output(TOOLS_SH, "tools"))
+    except NotSetUp as exc:
         raise ToolUnavailable(
-            "helm and kubectl are not fetched: run `bash hack/test-setup.sh tools` (part of `make test`) "
-            f"or set LOOM_HELM / LOOM_KUBECTL ({proc.stderr.strip()})"
-        )
-    return Path(lines[-1])
+            f"helm and kubectl are not fetched (or set LOOM_HELM / LOOM_KUBECTL): {exc}"
+        ) from exc
 
 
 def _find(name: str, env_var: str) -> str:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import functools
 import os
-import subprocess
 from pathlib import Path
+
+from tests.support.setup_outputs import NotSetUp, checked_output
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SH = REPO / "hack" / "promtool" / "build.sh"
@@ -28,13 +29,7 @@ def promtool() -> str:
         if not os.access(explicit, os.X_OK):
             raise PromtoolUnavailable(f"LOOM_PROMTOOL={explicit} is not executable")
         return explicit
-    proc = subprocess.run(
-        ["bash", str(BUILD_SH), "--check"], capture_output=True, text=True, timeout=60, check=False
-    )
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        raise PromtoolUnavailable(
-            "promtool is not built: run `bash hack/test-setup.sh promtool` (part of `make test`) "
-            f"or set LOOM_PROMTOOL ({proc.stderr.strip()})"
-        )
-    return lines[-1]
+    try:
+        return checked_output(BUILD_SH, "promtool")
+    except NotSetUp as exc:
+        raise PromtoolUnavailable(f"promtool is not built (or set LOOM_PROMTOOL): {exc}") from exc

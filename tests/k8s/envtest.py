@@ -51,6 +51,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from tests.support.setup_outputs import NotSetUp, checked_output
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "envtest" / "build.sh"
 CORE_BINARIES = ("etcd", "kube-apiserver")
@@ -89,15 +91,12 @@ def find_binaries(names: Sequence[str]) -> dict[str, Path]:
     missing = [n for n in names if n not in found]
     if not missing:
         return found
-    check = subprocess.run(
-        ["bash", str(BUILD_SCRIPT), "--check"], capture_output=True, text=True, timeout=60, check=False
-    )
-    if check.returncode != 0:
+    try:
+        bin_dir = Path(checked_output(BUILD_SCRIPT, "envtest"))
+    except NotSetUp as exc:
         raise ControlPlaneError(
-            f"control-plane binaries not built ({', '.join(missing)}): run `bash hack/test-setup.sh envtest` "
-            "(part of `make test`) or set KUBEBUILDER_ASSETS"
-        )
-    bin_dir = Path(check.stdout.strip().splitlines()[-1])
+            f"control-plane binaries not built ({', '.join(missing)}; or set KUBEBUILDER_ASSETS): {exc}"
+        ) from exc
     for name in missing:
         candidate = bin_dir / name
         if not os.access(candidate, os.X_OK):
