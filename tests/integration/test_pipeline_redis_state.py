@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as redis
 from prometheus_client import REGISTRY
 from tests.support.pipelines import running_pipeline, submit, wait_goal_result
+from tests.support.processes import LoomProcesses
 from tests.support.redis_server import RedisServer
 from tests.support.task_desk import TaskDesk
 
@@ -123,3 +125,56 @@ async def test_checkpoints_and_states_share_one_interface(bus: Bus, redis_server
     assert loaded is not None and loaded.executive_summary == "half way"
     with pytest.raises(ValueError, match="use nats"):
         open_key_value_store("http://example", bus, bucket="b", prefix="p", ttl=None)
+
+
+PIPELINE_IN_REDIS = """\
+apiVersion: loom.dev/v1alpha1
+kind: Pipeline
+metadata:
+  name: spec-redis
+spec:
+  stateStore:
+    backend: redis
+    urlSecretRef: {name: loom-redis, key: url}
+    urlEnv: TEST_PIPELINE_REDIS
+  pipelineStages:
+    - name: s
+      workerType: echo
+      inputMapping: {x: goal.context.x}
+"""
+
+
+async def test_a_pipeline_manifest_chooses_redis_and_reads_the_url_from_its_variable(
+    nats_url: str, bus: Bus, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The ``loom pipeline`` process of a manifest with ``stateStore: redis`` keeps goal states in Redis
+    (on a cluster the operator sets ``urlEnv`` from the Secret); without the variable it exits with why."""
+    manifest = tmp_path / "pipeline.yaml"
+    manifest.write_text(PIPELINE_IN_REDIS)
+    procs = LoomProcesses(nats_url)
+    try:
+        missing = procs.spawn("pipeline", "--config", str(manifest), ready=False)
+        assert missing.proc is not None and missing.proc.wait(30) == 2
+        assert "TEST_PIPELINE_REDIS is not set" in missing.log()
+        assert "Secret 'loom-redis', key 'url'" in missing.log()
+
+        async def echo(task: TaskMessage) -> dict[str, Any]:
+            return {"echo": task.payload}
+
+        desk = await TaskDesk(nats_url, {"echo": echo}).start()
+        try:
+            procs.spawn("pipeline", "--config", str(manifest), env={"TEST_PIPELINE_REDIS": redis_server.url})
+            goal = GoalMessage(pipeline="spec-redis", context={"x": 3})
+            result = await submit(bus, goal)
+        finally:
+            await desk.close()
+    finally:
+        for p in procs.procs:
+            p.cleanup()
+    assert result.status == TaskStatus.COMPLETED, result.error
+    client = redis.Redis.from_url(redis_server.url)
+    raw = await client.get(STATE_REDIS_PREFIX + state_key("spec-redis", goal.goal_id))
+    await client.aclose()
+    assert raw is not None and GoalState.from_bytes(raw).status == "finished"
+    kv = await bus.key_value(STATE_BUCKET)
+    assert await kv_get(kv, state_key("spec-redis", goal.goal_id)) is None

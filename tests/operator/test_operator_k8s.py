@@ -136,6 +136,11 @@ def test_pipeline_router_policy_and_schedule_go_ready(loom: Loom) -> None:
             "rateLimits keys must be tier names defined in tiers",
         ),
         ("RouterPolicy", {"tierOverrides": {"Not A Worker!": "local"}}, "keys must"),
+        (
+            "Pipeline",
+            {"pipelineStages": [{"name": "a", "workerType": "w"}], "stateStore": {"backend": "redis"}},
+            "backend redis needs urlSecretRef",
+        ),
     ],
     ids=[
         "bad-tier",
@@ -148,6 +153,7 @@ def test_pipeline_router_policy_and_schedule_go_ready(loom: Loom) -> None:
         "duplicate-stage",
         "unknown-rate-limit-tier",
         "bad-override-key",
+        "redis-state-without-secret",
     ],
 )
 def test_invalid_specs_are_rejected_by_the_server(

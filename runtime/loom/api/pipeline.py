@@ -9,11 +9,19 @@ operator (``Stalled`` for what CEL cannot say, e.g. cycles) and the runtime agre
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from loom.api.common import ResourceRequirements, SpecModel, TierName, WorkerType, cel, with_validations
+from loom.api.common import (
+    ResourceRequirements,
+    SecretKeyRef,
+    SpecModel,
+    TierName,
+    WorkerType,
+    cel,
+    with_validations,
+)
 from loom.api.text import CONDITION_MAX_CHARS, DESCRIPTION_MAX_CHARS
 
 STAGE_NAME_PATTERN = r"^[a-z0-9_]([-_a-z0-9]*[a-z0-9_])?$"
@@ -46,6 +54,47 @@ class Stage(SpecModel):
     )
     timeout_seconds: float = Field(default=60, gt=0, le=86400, description="Per-attempt time limit.")
     retries: int = Field(default=0, ge=0, le=10, description="Extra attempts after a failure or timeout.")
+
+
+#: The environment variable a pipeline process reads its Redis/Valkey state-store URL from.
+STATE_STORE_URL_ENV = "LOOM_PIPELINE_STATE_STORE"
+
+_STATE_STORE_RULES = [
+    cel("self.backend != 'redis' || has(self.urlSecretRef)", "backend redis needs urlSecretRef"),
+    cel("self.backend != 'nats' || !has(self.urlSecretRef)", "backend nats takes no urlSecretRef"),
+]
+
+
+class PipelineStateStore(SpecModel):
+    """Where a pipeline keeps its goal states: the NATS Key-Value bucket, or Redis/Valkey.
+
+    The Redis URL usually carries a password, so it comes from a Secret: the operator
+    sets ``urlEnv`` from ``urlSecretRef``; in local mode the process reads ``urlEnv``
+    from its own environment.
+    """
+
+    model_config = with_validations(SpecModel.model_config, _STATE_STORE_RULES)
+
+    backend: Literal["nats", "redis"] = Field(
+        default="nats", description="nats (the loom-pipeline-state bucket) or redis (Redis or Valkey)."
+    )
+    url_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the redis:// or rediss:// URL (backend redis)."
+    )
+    url_env: str = Field(
+        default=STATE_STORE_URL_ENV,
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        max_length=100,
+        description="Environment variable holding the URL (set from urlSecretRef on a cluster).",
+    )
+
+    @model_validator(mode="after")
+    def _secret_matches_backend(self) -> PipelineStateStore:
+        if self.backend == "redis" and self.url_secret_ref is None:
+            raise ValueError("stateStore backend redis needs urlSecretRef (the Secret key with the URL)")
+        if self.backend == "nats" and self.url_secret_ref is not None:
+            raise ValueError("stateStore backend nats takes no urlSecretRef")
+        return self
 
 
 _PIPELINE_RULES = [
@@ -83,6 +132,11 @@ class PipelineSpec(SpecModel):
     replicas: int = Field(default=1, ge=0, le=100, description="Orchestrator replicas.")
     resources: ResourceRequirements = Field(
         default_factory=ResourceRequirements, description="Container requests and limits of the orchestrator."
+    )
+    state_store: PipelineStateStore | None = Field(
+        default=None,
+        description="Where goal states live; unset: the --state-store flag or its environment "
+        "variable, else the NATS Key-Value bucket.",
     )
 
     @field_validator("name")

@@ -16,11 +16,13 @@ without a clock or a server.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from loom.api.pipeline import STATE_STORE_URL_ENV, PipelineStateStore
 from loom.messages import GoalMessage, GoalResult, StageRecord, TaskStatus, TokenUsage
 from loom.pipeline.plan import TERMINAL, PipelinePlan, final_output
 from loom.state_store import KeyValueStore, NatsKeyValueStore, open_key_value_store
@@ -35,6 +37,35 @@ STATE_REDIS_PREFIX = "loom:pipeline-state:"
 DEFAULT_STATE_TTL = 2 * 86400.0
 #: Stage statuses that fail the goal.
 FAILING: frozenset[str] = frozenset({"failed", "timeout"})
+
+
+class StateStoreConfigError(ValueError):
+    """The pipeline's state store is misconfigured (e.g. Redis chosen, no URL in the environment)."""
+
+
+def state_store_url(
+    configured: PipelineStateStore | None, flag: str | None, env: Mapping[str, str]
+) -> str | None:
+    """Where a pipeline process keeps goal states: None for the NATS bucket, else a Redis URL.
+
+    The ``--state-store`` flag wins, then the Pipeline's ``stateStore``, then
+    ``LOOM_PIPELINE_STATE_STORE``; ``nats`` (or nothing) means the NATS Key-Value bucket.
+    """
+    if flag:
+        return None if flag == "nats" else flag
+    if configured is None:
+        value = env.get(STATE_STORE_URL_ENV, "")
+        return None if value in ("", "nats") else value
+    if configured.backend == "nats":
+        return None
+    url = env.get(configured.url_env, "")
+    if not url:
+        ref = configured.url_secret_ref
+        where = f" (on a cluster it comes from Secret {ref.name!r}, key {ref.key!r})" if ref else ""
+        raise StateStoreConfigError(
+            f"the pipeline keeps its goal states in Redis, but {configured.url_env} is not set{where}"
+        )
+    return url
 
 
 def state_key(pipeline: str, goal_id: str) -> str:

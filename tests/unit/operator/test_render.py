@@ -177,7 +177,12 @@ def test_model_endpoint_allow_list_reaches_the_pods_and_loopback_is_a_render_err
     policy = RouterPolicySpec.model_validate(
         {
             "tiers": [
-                {"name": "local", "backend": "openai", "model": "q", "baseUrl": "http://vllm.models.svc:8000/v1"},
+                {
+                    "name": "local",
+                    "backend": "openai",
+                    "model": "q",
+                    "baseUrl": "http://vllm.models.svc:8000/v1",
+                },
                 {"name": "frontier", "backend": "openai", "model": "q", "baseUrl": "http://127.0.0.1:9/v1"},
             ],
             "modelEndpoints": {**endpoints, "allowedUrls": [*endpoints["allowedUrls"], "http://127.0.0.1:9"]},
@@ -276,6 +281,28 @@ def test_pipeline_router_and_schedule_children() -> None:
     objs = render_schedule(Owner("Schedule", "s", "ns"), sched, SETTINGS)
     assert objs[1]["metadata"]["name"] == "s-scheduler"
     assert objs[1]["spec"]["replicas"] == 0
+
+
+def test_a_pipeline_in_redis_gets_its_url_from_the_secret_never_the_value() -> None:
+    pipe = PipelineSpec.model_validate(
+        {
+            "name": "p",
+            "pipelineStages": [{"name": "a", "workerType": "summarizer"}],
+            "stateStore": {"backend": "redis", "urlSecretRef": {"name": "redis", "key": "url"}},
+        }
+    )
+    deploy = render_pipeline(Owner("Pipeline", "p", "ns"), pipe, SETTINGS)[1]
+    env = {e["name"]: e for e in container(deploy)["env"]}
+    assert env["LOOM_PIPELINE_STATE_STORE"] == {
+        "name": "LOOM_PIPELINE_STATE_STORE",
+        "valueFrom": {"secretKeyRef": {"name": "redis", "key": "url"}},
+    }
+    kubernetes_validate.validate(deploy, "1.33", strict=True)
+    plain = PipelineSpec.model_validate({"name": "p", "pipelineStages": [{"name": "a", "workerType": "s"}]})
+    names = [
+        e["name"] for e in container(render_pipeline(Owner("Pipeline", "p", "ns"), plain, SETTINGS)[1])["env"]
+    ]
+    assert "LOOM_PIPELINE_STATE_STORE" not in names
 
 
 @pytest.mark.parametrize("keda", [False, True])

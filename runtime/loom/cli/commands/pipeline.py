@@ -24,10 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--state-store",
-        default=os.environ.get("LOOM_PIPELINE_STATE_STORE"),
+        default=None,
         metavar="URL",
-        help="where goal states live: nats (default, the loom-pipeline-state bucket) or a redis:// or "
-        "rediss:// URL (Redis, Valkey); env LOOM_PIPELINE_STATE_STORE (better for a URL with a password)",
+        help="where goal states live: nats (the loom-pipeline-state bucket) or a redis:// or rediss:// URL "
+        "(Redis, Valkey); overrides the Pipeline's stateStore; default: the stateStore, else "
+        "env LOOM_PIPELINE_STATE_STORE (better for a URL with a password), else nats",
     )
     add_runtime_options(parser)
 
@@ -35,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from loom.cli.commands._serve import serve
     from loom.pipeline.service import PipelineOptions, PipelineService
+    from loom.pipeline.state import StateStoreConfigError, state_store_url
 
     try:
         resource = load_one(args.config, "Pipeline")
@@ -44,6 +46,11 @@ def run(args: argparse.Namespace) -> int:
     except (LoadError, ValueError) as exc:
         print(f"loom pipeline: invalid config:\n{exc}", file=sys.stderr)
         return 2
+    try:
+        state_url = state_store_url(spec.state_store, args.state_store, os.environ)
+    except StateStoreConfigError as exc:
+        print(f"loom pipeline: {exc}", file=sys.stderr)
+        return 2
     service = PipelineService(
         spec,
         nats_settings(args, name=f"loom-pipeline-{spec.pipeline_name}"),
@@ -51,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             ack_wait=args.ack_wait,
             max_deliver=args.max_deliver,
             state_ttl=args.state_ttl,
-            state_url=args.state_store,
+            state_url=state_url,
             drain_grace=args.drain_grace,
         ),
     )
