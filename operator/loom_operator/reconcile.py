@@ -23,6 +23,7 @@ from loom.api import GROUP_VERSION, PipelineSpec, RouterPolicySpec, ScheduleSpec
 from loom.api.loader import LoadError, Resource, parse_document
 from loom.api.router_policy import WorkerRoute
 from loom_operator import conditions
+from loom_operator.adoption import adoption_problem
 from loom_operator.conditions import Phase
 from loom_operator.k8s import Kube, KubeError, refused
 from loom_operator.readiness import ChildDeployment, freshest, phase_of
@@ -34,6 +35,7 @@ from loom_operator.render import (
     render_schedule,
     render_worker,
 )
+from loom_operator.render.bus_auth import with_identity
 from loom_operator.render.common import child_selector
 from loom_operator.render.schedule import describe, fire_times
 from loom_operator.settings import Settings
@@ -45,6 +47,10 @@ Key = tuple[str, str, str]  # (kind, namespace, name)
 
 class RefusedWrite(Exception):
     """The API server refused to store a child as rendered (e.g. a ConfigMap over 1 MiB)."""
+
+
+class NotOurs(Exception):
+    """An object of a child's name exists and does not belong to the resource (never adopted)."""
 
 
 class Stalled(Exception):
@@ -215,29 +221,47 @@ def render_resource(
     if missing is not None:
         raise missing
     try:
-        if isinstance(spec, WorkerSpec):
-            eff = effective_policy(policies)
-            return render_worker(
-                owner,
-                spec,
-                settings,
-                policy=eff.spec if eff else None,
-                policy_name=eff.name if eff else None,
-                keda=keda,
-            )
-        if isinstance(spec, PipelineSpec):
-            return render_pipeline(owner, spec, settings)
-        if isinstance(spec, RouterPolicySpec):
-            eff = effective_policy(policies)
-            if eff is not None and eff.name != owner.name:
-                raise Stalled(
-                    "Conflict", f"RouterPolicy {eff.name!r} already governs namespace {owner.namespace!r}"
-                )
-            return render_router_policy(owner, spec, settings, workers=catalog(workers))
-        if isinstance(spec, ScheduleSpec):
-            return render_schedule(owner, spec, settings)
+        return with_identity(
+            _render_children(owner, spec, settings, keda=keda, policies=policies, workers=workers),
+            owner,
+            spec,
+            settings,
+        )
     except RenderError as exc:
         raise Stalled("UnknownTier" if "tier" in str(exc) else "RenderFailed", str(exc)) from None
+
+
+def _render_children(
+    owner: Owner,
+    spec: Any,
+    settings: Settings,
+    *,
+    keda: bool,
+    policies: Sequence[PolicyEntry],
+    workers: Sequence[WorkerEntry],
+) -> list[dict[str, Any]]:
+    """The kind's own children (before the bus identity is wired in)."""
+    if isinstance(spec, WorkerSpec):
+        eff = effective_policy(policies)
+        return render_worker(
+            owner,
+            spec,
+            settings,
+            policy=eff.spec if eff else None,
+            policy_name=eff.name if eff else None,
+            keda=keda,
+        )
+    if isinstance(spec, PipelineSpec):
+        return render_pipeline(owner, spec, settings)
+    if isinstance(spec, RouterPolicySpec):
+        eff = effective_policy(policies)
+        if eff is not None and eff.name != owner.name:
+            raise Stalled(
+                "Conflict", f"RouterPolicy {eff.name!r} already governs namespace {owner.namespace!r}"
+            )
+        return render_router_policy(owner, spec, settings, workers=catalog(workers))
+    if isinstance(spec, ScheduleSpec):
+        return render_schedule(owner, spec, settings)
     raise TypeError(f"no renderer for {type(spec).__name__}")
 
 
@@ -336,7 +360,13 @@ class Reconciler:
         expected = tuple(o["metadata"]["name"] for o in objects if o["kind"] == "Deployment")
         known.expected = expected  # before applying: watch events may be handled meanwhile
         try:
+            await self._refuse_adoption(owner, objects)
             applied = await self._apply_all(objects)
+        except NotOurs as exc:
+            known.stalled = Phase.stalled("AdoptionRefused", str(exc))
+            async with self._lock(key):
+                await self._publish(known, known.stalled, children=children, body=body)
+            raise Stalled(known.stalled.reason, known.stalled.message) from None
         except RefusedWrite as exc:
             known.stalled = Phase.stalled("WriteRefused", str(exc))
             async with self._lock(key):
@@ -353,6 +383,23 @@ class Reconciler:
         async with self._lock(key):
             await self._publish(known, phase, children=merged.values(), body=body)
         return phase
+
+    async def _refuse_adoption(self, owner: Owner, objects: list[dict[str, Any]]) -> None:
+        """Raise NotOurs when an object of a child's name exists and is not this resource's.
+
+        Checked for every child before any is applied, so a refused resource changes nothing.
+        """
+
+        async def problem(obj: dict[str, Any]) -> str | None:
+            meta = obj["metadata"]
+            existing = await self.kube.get(
+                obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"]
+            )
+            return None if existing is None else adoption_problem({**existing, "kind": obj["kind"]}, owner)
+
+        problems = [p for p in await asyncio.gather(*(problem(o) for o in objects)) if p]
+        if problems:
+            raise NotOurs("; ".join(problems))
 
     async def _apply_all(self, objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Apply every child; a child the server refuses raises RefusedWrite naming it."""
