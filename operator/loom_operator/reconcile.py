@@ -35,7 +35,6 @@ from loom_operator.render import (
     render_schedule,
     render_worker,
 )
-from loom_operator.render.bus_auth import with_identity
 from loom_operator.render.common import child_selector
 from loom_operator.render.schedule import describe, fire_times
 from loom_operator.settings import Settings
@@ -221,47 +220,29 @@ def render_resource(
     if missing is not None:
         raise missing
     try:
-        return with_identity(
-            _render_children(owner, spec, settings, keda=keda, policies=policies, workers=workers),
-            owner,
-            spec,
-            settings,
-        )
+        if isinstance(spec, WorkerSpec):
+            eff = effective_policy(policies)
+            return render_worker(
+                owner,
+                spec,
+                settings,
+                policy=eff.spec if eff else None,
+                policy_name=eff.name if eff else None,
+                keda=keda,
+            )
+        if isinstance(spec, PipelineSpec):
+            return render_pipeline(owner, spec, settings)
+        if isinstance(spec, RouterPolicySpec):
+            eff = effective_policy(policies)
+            if eff is not None and eff.name != owner.name:
+                raise Stalled(
+                    "Conflict", f"RouterPolicy {eff.name!r} already governs namespace {owner.namespace!r}"
+                )
+            return render_router_policy(owner, spec, settings, workers=catalog(workers))
+        if isinstance(spec, ScheduleSpec):
+            return render_schedule(owner, spec, settings)
     except RenderError as exc:
         raise Stalled("UnknownTier" if "tier" in str(exc) else "RenderFailed", str(exc)) from None
-
-
-def _render_children(
-    owner: Owner,
-    spec: Any,
-    settings: Settings,
-    *,
-    keda: bool,
-    policies: Sequence[PolicyEntry],
-    workers: Sequence[WorkerEntry],
-) -> list[dict[str, Any]]:
-    """The kind's own children (before the bus identity is wired in)."""
-    if isinstance(spec, WorkerSpec):
-        eff = effective_policy(policies)
-        return render_worker(
-            owner,
-            spec,
-            settings,
-            policy=eff.spec if eff else None,
-            policy_name=eff.name if eff else None,
-            keda=keda,
-        )
-    if isinstance(spec, PipelineSpec):
-        return render_pipeline(owner, spec, settings)
-    if isinstance(spec, RouterPolicySpec):
-        eff = effective_policy(policies)
-        if eff is not None and eff.name != owner.name:
-            raise Stalled(
-                "Conflict", f"RouterPolicy {eff.name!r} already governs namespace {owner.namespace!r}"
-            )
-        return render_router_policy(owner, spec, settings, workers=catalog(workers))
-    if isinstance(spec, ScheduleSpec):
-        return render_schedule(owner, spec, settings)
     raise TypeError(f"no renderer for {type(spec).__name__}")
 
 
