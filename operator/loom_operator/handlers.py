@@ -22,6 +22,7 @@ from typing import Any
 import kopf
 
 from loom.api.common import API_GROUP, API_VERSION
+from loom_operator.bus_users import BusUsers
 from loom_operator.controller import Controller
 from loom_operator.diffbase import DigestDiffBaseStorage
 from loom_operator.k8s import Credentials, Kube, KubeError, namespace_terminating
@@ -177,6 +178,10 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         memo["kube"] = kube
         memo["controller"] = controller
         controller.start(controller.resync_forever(cfg.resync_seconds), controller.schedules_forever())
+        bus_users = BusUsers(kube, cfg)
+        if bus_users.enabled:
+            memo["bus_users"] = bus_users
+            controller.start(bus_users.run_forever(cfg.resync_seconds, active=controller.is_active))
         if not keda:
             scaler = ScalerLoop(
                 kube,
@@ -186,6 +191,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
                 interval=cfg.scaler_interval,
                 on_observed=lambda ns, name: controller.refresh("Worker", ns, name),
                 active=controller.is_active,
+                account=cfg.nats_account,
             )
             memo["scaler"] = scaler
             controller.start(scaler.run_forever())
@@ -223,6 +229,14 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
                 raise kopf.PermanentError(str(exc)) from None
             except KubeError as exc:
                 raise _translate(exc) from None
+
+    for plural in PLURALS:
+
+        @kopf.on.event(API_GROUP, API_VERSION, plural, registry=registry, id="bus-users")
+        async def bus_users_changed(memo: Any, **_: Any) -> None:
+            bus_users: BusUsers | None = memo.get("bus_users")
+            if bus_users is not None:
+                bus_users.changed()
 
     @kopf.on.event(API_GROUP, API_VERSION, "workers", registry=registry, id="worker-catalog")
     async def worker_changed(namespace: str | None, memo: Any, **_: Any) -> None:

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 PLURALS: dict[tuple[str, str], str] = {
     ("v1", "ConfigMap"): "configmaps",
     ("v1", "Service"): "services",
+    ("v1", "Secret"): "secrets",
     ("v1", "Event"): "events",
     ("apps/v1", "Deployment"): "deployments",
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobjects",

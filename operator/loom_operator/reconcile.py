@@ -35,6 +35,7 @@ from loom_operator.render import (
     render_schedule,
     render_worker,
 )
+from loom_operator.render.bus_auth import with_identity
 from loom_operator.render.common import child_selector
 from loom_operator.render.schedule import describe, fire_times
 from loom_operator.settings import Settings
@@ -220,29 +221,47 @@ def render_resource(
     if missing is not None:
         raise missing
     try:
-        if isinstance(spec, WorkerSpec):
-            eff = effective_policy(policies)
-            return render_worker(
-                owner,
-                spec,
-                settings,
-                policy=eff.spec if eff else None,
-                policy_name=eff.name if eff else None,
-                keda=keda,
-            )
-        if isinstance(spec, PipelineSpec):
-            return render_pipeline(owner, spec, settings)
-        if isinstance(spec, RouterPolicySpec):
-            eff = effective_policy(policies)
-            if eff is not None and eff.name != owner.name:
-                raise Stalled(
-                    "Conflict", f"RouterPolicy {eff.name!r} already governs namespace {owner.namespace!r}"
-                )
-            return render_router_policy(owner, spec, settings, workers=catalog(workers))
-        if isinstance(spec, ScheduleSpec):
-            return render_schedule(owner, spec, settings)
+        return with_identity(
+            _render_children(owner, spec, settings, keda=keda, policies=policies, workers=workers),
+            owner,
+            spec,
+            settings,
+        )
     except RenderError as exc:
         raise Stalled("UnknownTier" if "tier" in str(exc) else "RenderFailed", str(exc)) from None
+
+
+def _render_children(
+    owner: Owner,
+    spec: Any,
+    settings: Settings,
+    *,
+    keda: bool,
+    policies: Sequence[PolicyEntry],
+    workers: Sequence[WorkerEntry],
+) -> list[dict[str, Any]]:
+    """The kind's own children (before the bus identity is wired in)."""
+    if isinstance(spec, WorkerSpec):
+        eff = effective_policy(policies)
+        return render_worker(
+            owner,
+            spec,
+            settings,
+            policy=eff.spec if eff else None,
+            policy_name=eff.name if eff else None,
+            keda=keda,
+        )
+    if isinstance(spec, PipelineSpec):
+        return render_pipeline(owner, spec, settings)
+    if isinstance(spec, RouterPolicySpec):
+        eff = effective_policy(policies)
+        if eff is not None and eff.name != owner.name:
+            raise Stalled(
+                "Conflict", f"RouterPolicy {eff.name!r} already governs namespace {owner.namespace!r}"
+            )
+        return render_router_policy(owner, spec, settings, workers=catalog(workers))
+    if isinstance(spec, ScheduleSpec):
+        return render_schedule(owner, spec, settings)
     raise TypeError(f"no renderer for {type(spec).__name__}")
 
 
@@ -384,9 +403,9 @@ class Reconciler:
 
     async def _apply_all(self, objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Apply every child; a child the server refuses raises RefusedWrite naming it."""
-        # ConfigMaps first: pods of a new Deployment should find their config mounted.
-        first = [o for o in objects if o["kind"] == "ConfigMap"]
-        rest = [o for o in objects if o["kind"] != "ConfigMap"]
+        # ConfigMaps and Secrets first: pods of a new Deployment should find their config and identity.
+        first = [o for o in objects if o["kind"] in ("ConfigMap", "Secret")]
+        rest = [o for o in objects if o["kind"] not in ("ConfigMap", "Secret")]
         applied = [await self._apply(o) for o in first]
         applied += await asyncio.gather(*(self._apply(o) for o in rest))
         return applied

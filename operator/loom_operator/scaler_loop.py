@@ -62,13 +62,13 @@ def consumer_lags(
     return lags
 
 
-async def fetch_lags(http: httpx.AsyncClient, monitor_url: str) -> dict[str, int]:
+async def fetch_lags(http: httpx.AsyncClient, monitor_url: str, account: str = "$G") -> dict[str, int]:
     resp = await http.get(
         f"{monitor_url}/jsz",
         params={"accounts": "true", "streams": "true", "consumers": "true", "limit": "100000"},
     )
     resp.raise_for_status()
-    return consumer_lags(resp.json())
+    return consumer_lags(resp.json(), account=account)
 
 
 class ScalerLoop:
@@ -85,8 +85,11 @@ class ScalerLoop:
         on_observed: Callable[[str, str], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
         active: Callable[[], Awaitable[bool]] | None = None,
+        account: str = "$G",
     ):
         self.kube = kube
+        #: NATS account of Loom's streams in the /jsz document.
+        self.account = account
         self.reconciler = reconciler
         self.monitor_url = monitor_url.rstrip("/")
         self.targets = targets
@@ -123,7 +126,7 @@ class ScalerLoop:
         ]
         if not due:
             return []
-        lags = await fetch_lags(self._http, self.monitor_url)
+        lags = await fetch_lags(self._http, self.monitor_url, self.account)
         decided: list[tuple[Target, Decision]] = []
         touched: set[tuple[str, str]] = set()
         for target in due:

@@ -7,13 +7,18 @@ operator produce the same objects from the same settings.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from loom import __version__
 
 KedaMode = Literal["auto", "on", "off"]
+NatsAuthMode = Literal["generated", "creds", "none"]
+NATS_AUTH_MODES = ("generated", "creds", "none")
+#: A tenant with generated credentials: a subject token that is also a Secret-name part.
+TENANT_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 DEFAULT_IMAGE = f"ghcr.io/loom-dev/loom:{__version__}"
 
 
@@ -30,6 +35,16 @@ class Settings:
     nats_creds_secret: str | None = None
     nats_tls_secret: str | None = None
     nats_monitor_url: str = "http://nats:8222"
+    #: How rendered pods get their bus identity (see render/bus_auth.py).
+    nats_auth: NatsAuthMode = "none"
+    #: Key every generated password derives from (``generated`` mode).
+    nats_auth_key: str | None = field(default=None, repr=False)
+    #: ``namespace/name`` of the Secret the operator writes the server's authorization block to.
+    nats_auth_secret: str | None = None
+    #: Tenants that get generated credentials (``<auth secret>-tenant-<t>``).
+    nats_tenants: tuple[str, ...] = ()
+    #: NATS account of Loom's streams, read by the built-in scaler and KEDA's trigger.
+    nats_account: str = "$G"
     image: str = DEFAULT_IMAGE
     image_pull_policy: str = "IfNotPresent"
     keda: KedaMode = "auto"
@@ -54,12 +69,39 @@ class Settings:
         keda = e.get("LOOM_KEDA", "auto").strip().lower() or "auto"
         if keda not in ("auto", "on", "off"):
             raise ValueError(f"LOOM_KEDA must be auto, on or off, got {keda!r}")
+        auth = e.get("LOOM_NATS_AUTH", "none").strip().lower() or "none"
+        if auth not in NATS_AUTH_MODES:
+            raise ValueError(f"LOOM_NATS_AUTH must be one of {', '.join(NATS_AUTH_MODES)}, got {auth!r}")
+        tenants = _split(e.get("LOOM_NATS_TENANTS", ""))
+        bad = [t for t in tenants if not TENANT_PATTERN.match(t)]
+        if bad:
+            raise ValueError(
+                f"LOOM_NATS_TENANTS: {', '.join(map(repr, bad))} must be lower-case letters, digits and '-' "
+                "(at most 63), starting and ending with a letter or digit"
+            )
+        creds_secret = e.get("LOOM_NATS_CREDS_SECRET") or None
+        if auth != "none" and creds_secret:
+            raise ValueError(
+                f"LOOM_NATS_CREDS_SECRET (one identity shared by every pod) cannot be combined with "
+                f"LOOM_NATS_AUTH={auth} (an identity per resource); set LOOM_NATS_AUTH=none to share it"
+            )
+        key = e.get("LOOM_NATS_AUTH_KEY") or None
+        auth_secret = e.get("LOOM_NATS_AUTH_SECRET") or None
+        if auth == "generated" and not key:
+            raise ValueError("LOOM_NATS_AUTH=generated needs LOOM_NATS_AUTH_KEY (the chart's key Secret)")
+        if auth_secret is not None and auth_secret.count("/") != 1:
+            raise ValueError(f"LOOM_NATS_AUTH_SECRET must be namespace/name, got {auth_secret!r}")
         return cls(
             watch_namespaces=_split(e.get("LOOM_WATCH_NAMESPACES", "")),
             nats_url=e.get("LOOM_NATS_URL") or cls.nats_url,
-            nats_creds_secret=e.get("LOOM_NATS_CREDS_SECRET") or None,
+            nats_creds_secret=creds_secret,
             nats_tls_secret=e.get("LOOM_NATS_TLS_SECRET") or None,
             nats_monitor_url=(e.get("LOOM_NATS_MONITOR_URL") or cls.nats_monitor_url).rstrip("/"),
+            nats_auth=auth,  # type: ignore[arg-type]
+            nats_auth_key=key,
+            nats_auth_secret=auth_secret,
+            nats_tenants=tenants,
+            nats_account=e.get("LOOM_NATS_ACCOUNT") or cls.nats_account,
             image=e.get("LOOM_IMAGE") or cls.image,
             image_pull_policy=e.get("LOOM_IMAGE_PULL_POLICY") or cls.image_pull_policy,
             keda=keda,  # type: ignore[arg-type]

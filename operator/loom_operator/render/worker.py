@@ -92,7 +92,7 @@ def scaled_object(owner: Owner, spec: WorkerSpec, tier: str, settings: Settings)
                     "type": "nats-jetstream",
                     "metadata": {
                         "natsServerMonitoringEndpoint": monitor.netloc or monitor.path,
-                        "account": "$G",
+                        "account": settings.nats_account,
                         "stream": subjects.STREAM_TASKS,
                         "consumer": subjects.worker_consumer(spec.worker_type, tier),
                         "lagThreshold": str(a.target_lag),
