@@ -42,6 +42,36 @@ METADATA_ADDRESSES = frozenset(
 )
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
+#: Address ranges that are not the public internet: loopback, private, shared (carrier-grade NAT,
+#: where 100.100.100.200 lives), link-local (with the metadata services), documentation,
+#: benchmarking, multicast and reserved. :func:`address_problem` refuses every address in them
+#: unless listed; the operator's egress NetworkPolicy for worker pods (which cannot name hosts)
+#: excepts them from "anywhere on the model port", so both layers draw the same line.
+NON_PUBLIC_NETWORKS: tuple[str, ...] = (
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.0.2.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::/128",
+    "::1/128",
+    "100::/64",
+    "2001:db8::/32",
+    "fc00::/7",
+    "fe80::/10",
+    "ff00::/8",
+)
+_NON_PUBLIC = tuple(ipaddress.ip_network(n) for n in NON_PUBLIC_NETWORKS)
+
 
 class EndpointRefused(ValueError):
     """A model endpoint is not allowed; the message says why and what to list."""
@@ -145,7 +175,7 @@ def address_problem(address: IPAddress, rules: EndpointRules) -> str | None:
         kind = "link-local"
     elif address.is_unspecified or address.is_multicast or address.is_reserved:
         kind = "not a unicast address"
-    elif address.is_private or not address.is_global:
+    elif address.is_private or not address.is_global or any(address in n for n in _NON_PUBLIC):
         kind = "private or cluster-internal"
     else:
         return None
