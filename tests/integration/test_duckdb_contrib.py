@@ -11,6 +11,7 @@ import duckdb
 import pytest
 from tests.fakes.llm_server import FakeLLMServer
 from tests.support.duckdb_data import RECORDS, build_records_db, fake_vector
+from tests.support.endpoints import loopback_allowed
 
 from loom.contrib.duckdb import DuckDBError, DuckDBQueryBackend, DuckDBVectorTool, DuckDBViewTool, connect
 from loom.contrib.duckdb.connection import extension_path
@@ -90,12 +91,14 @@ def test_get_and_json_columns(db: Path) -> None:
     assert backend.query({"action": "get", "id": "nope"}) == {"action": "get", "found": False, "result": None}
 
 
-async def test_vector_search_by_embedding_and_by_query(db: Path) -> None:
+async def test_vector_search_by_embedding_and_by_query(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     backend = RecordsBackend(str(db))
     vector = fake_vector("Espresso extraction")
     out = backend.query({"action": "vector_search", "embedding": vector, "limit": 2})
     assert out["results"][0]["id"] == "r5" and out["results"][0]["similarity"] == pytest.approx(1.0)
     async with FakeLLMServer("ollama", dimensions=8) as fake:
+        for name, value in loopback_allowed(fake.url).items():  # the embedding endpoint is on the allow-list
+            monkeypatch.setenv(name, value)
         embedded = DuckDBQueryBackend(
             str(db), table_name="records", embedding_provider="ollama", embedding_model="m",
             embedding_base_url=fake.url,
@@ -193,8 +196,10 @@ async def test_view_tool_search_and_list(db: Path) -> None:
         await tool.execute({"operation": "search", "query": "x", "column": "status OR 1=1"})
 
 
-async def test_vector_tool_introspects_result_columns(db: Path) -> None:
+async def test_vector_tool_introspects_result_columns(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with FakeLLMServer("ollama", dimensions=8) as fake:
+        for name, value in loopback_allowed(fake.url).items():
+            monkeypatch.setenv(name, value)
         tool = DuckDBVectorTool(db_path=str(db), table_name="records", embedding_model="nomic-embed-text",
                                 ollama_url=fake.url)
         out = await tool.execute({"query": "Kubernetes operators", "limit": 1})

@@ -73,6 +73,8 @@ async def test_part_11_tools_in_the_tool_loop(
     )
     async with FakeLLMServer("openai") as model, FakeLLMServer("ollama", dimensions=8) as embed:
         monkeypatch.setenv("OLLAMA_HOST", embed.url)  # Ollama's own address variable; the YAML is unchanged
+        for name, value in loopback_allowed(embed.url).items():  # what `loom up` sets for listed endpoints
+            monkeypatch.setenv(name, value)
         model.push(
             Reply(tool_calls=[("summaries", {"operation": "search", "query": "sourdough"})]),
             Reply(tool_calls=[("find_similar", {"query": "Espresso extraction", "limit": 2})]),

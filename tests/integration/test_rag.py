@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from tests.fakes.llm_server import FakeLLMServer
+from tests.support.endpoints import loopback_allowed
 
 from loom.contrib.duckdb import DuckDBQueryBackend, connect
 from loom.contrib.rag.backends import (
@@ -121,9 +122,11 @@ async def test_bad_ingest_input_stores_nothing(tmp_path: Path, payload: dict[str
 
 
 @pytest.mark.parametrize("kind", ["openai", "ollama"])
-async def test_http_embedders(tmp_path: Path, kind: str) -> None:
+async def test_http_embedders(tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     db = tmp_path / "rag.duckdb"
     async with FakeLLMServer(kind, dimensions=16) as fake:  # type: ignore[arg-type]
+        for name, value in loopback_allowed(fake.url).items():  # the embedding endpoint is on the allow-list
+            monkeypatch.setenv(name, value)
         cfg = {"embedding_provider": kind, "embedding_model": "embed-1", "embedding_base_url": fake.url}
         ingest = RagIngestBackend(db_path=str(db), **cfg)
         out = (await ingest.process({"text": "One short note.", "source": "note"}, {}))["output"]

@@ -13,6 +13,16 @@ from loom.llm.endpoints import EndpointRefused, EndpointRules, check_endpoint
 from loom.llm.errors import EndpointNotAllowed, Unavailable
 
 
+async def require_endpoint(url: str, rules: EndpointRules) -> None:
+    """Check ``url`` and its host's addresses now; raise the provider error a caller handles."""
+    try:
+        await check_endpoint(url, rules)
+    except EndpointRefused as exc:
+        raise EndpointNotAllowed(str(exc)) from None
+    except OSError as exc:
+        raise Unavailable(f"cannot resolve the endpoint's host: {exc.strerror or exc}") from None
+
+
 class GuardedProvider(Provider):
     """Wraps a provider; refuses the call (EndpointNotAllowed) when its endpoint is not allowed now."""
 
@@ -24,12 +34,7 @@ class GuardedProvider(Provider):
         self.rules = rules
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
-        try:
-            await check_endpoint(self.url, self.rules)
-        except EndpointRefused as exc:
-            raise EndpointNotAllowed(str(exc)) from None
-        except OSError as exc:
-            raise Unavailable(f"cannot resolve the model endpoint's host: {exc.strerror or exc}") from None
+        await require_endpoint(self.url, self.rules)
         return await self.inner.complete(request)
 
     async def close(self) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
+from loom.llm.endpoints import EndpointRules
 from loom.llm.errors import Unavailable
+from loom.llm.guarded import require_endpoint
 from loom.llm.http import DEFAULT_MAX_CONNECTIONS, make_client, post_json
 
 
@@ -97,3 +99,29 @@ class OpenAIEmbeddingProvider(_HttpEmbeddings):
         ordered = sorted(items, key=lambda d: d.get("index", 0) if isinstance(d, dict) else 0)
         raw = [d.get("embedding") if isinstance(d, dict) else None for d in ordered]
         return self._remember(_vectors(raw, len(texts), "openai /embeddings"))
+
+
+class GuardedEmbeddingProvider(EmbeddingProvider):
+    """An HTTP embedding provider whose endpoint is checked against the allow-list before every call
+    (the same rules as a tier's ``baseUrl``): nothing, not even its API key, goes to a refused host."""
+
+    def __init__(self, inner: OllamaEmbeddingProvider | OpenAIEmbeddingProvider, rules: EndpointRules):
+        self.inner = inner
+        self.model = inner.model
+        self.rules = rules
+
+    @property
+    def dimensions(self) -> int | None:
+        return self.inner.dimensions
+
+    async def embed_batch(self, texts: list[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        await require_endpoint(self.inner.base_url, self.rules)
+        return await self.inner.embed_batch(texts)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def __repr__(self) -> str:
+        return f"GuardedEmbeddingProvider({self.inner!r})"

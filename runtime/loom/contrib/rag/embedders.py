@@ -5,7 +5,9 @@ ship inside the ``wordllama`` wheel (about 19 MB; numpy and tokenizers, no deep-
 framework). It is loaded from the package's own files: the library's ``load()`` would look
 for the tokenizer in the wrong folder and then download it. ``ollama`` and ``openai`` are the
 HTTP providers of :mod:`loom.worker.embeddings`; Ollama's address defaults to ``OLLAMA_HOST``,
-as for Ollama's own client, then ``http://127.0.0.1:11434``.
+as for Ollama's own client, then ``http://127.0.0.1:11434``. Their URLs obey the model-endpoint
+allow-list (``LOOM_MODEL_ENDPOINTS``, the RouterPolicy's ``modelEndpoints``) like a tier's ``baseUrl``:
+checked when the provider is built, and the host's addresses again before every request.
 """
 
 from __future__ import annotations
@@ -13,10 +15,17 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from loom.worker.embeddings import EmbeddingProvider, OllamaEmbeddingProvider, OpenAIEmbeddingProvider
+from loom.llm.endpoints import EndpointRefused, check_url, rules_from_env
+from loom.worker.embeddings import (
+    EmbeddingProvider,
+    GuardedEmbeddingProvider,
+    OllamaEmbeddingProvider,
+    OpenAIEmbeddingProvider,
+)
 
 #: Provider names accepted by :func:`make_embedding_provider`.
 PROVIDERS = ("offline", "ollama", "openai")
@@ -80,7 +89,7 @@ def make_embedding_provider(
     model: str | None = None,
     base_url: str | None = None,
     api_key_env: str | None = None,
-    env: dict[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> EmbeddingProvider:
     """Build a provider from configuration fields (the same fields in every tool and backend)."""
     e = os.environ if env is None else env
@@ -88,16 +97,32 @@ def make_embedding_provider(
         if model not in (None, OFFLINE_MODEL):
             raise EmbeddingConfigError(f"the offline provider has one model, {OFFLINE_MODEL}, not {model!r}")
         return OfflineEmbeddingProvider()
+    inner: OllamaEmbeddingProvider | OpenAIEmbeddingProvider
     if provider == "ollama":
         url = base_url or e.get("OLLAMA_HOST") or "http://127.0.0.1:11434"
         if "://" not in url:
             url = f"http://{url}"  # Ollama's own OLLAMA_HOST convention: host:port
-        return OllamaEmbeddingProvider(model or "nomic-embed-text", url)
-    if provider == "openai":
+        _check_endpoint(url, e)
+        inner = OllamaEmbeddingProvider(model or "nomic-embed-text", url)
+    elif provider == "openai":
         if not model:
             raise EmbeddingConfigError("the openai embedding provider needs embedding_model")
         key = e.get(api_key_env) if api_key_env else None
         if api_key_env and not key:
             raise EmbeddingConfigError(f"environment variable {api_key_env} (the embedding key) is not set")
-        return OpenAIEmbeddingProvider(model, base_url or "https://api.openai.com/v1", api_key=key)
-    raise EmbeddingConfigError(f"unknown embedding provider {provider!r}; one of {', '.join(PROVIDERS)}")
+        url = base_url or "https://api.openai.com/v1"
+        _check_endpoint(url, e)
+        inner = OpenAIEmbeddingProvider(model, url, api_key=key)
+    else:
+        raise EmbeddingConfigError(f"unknown embedding provider {provider!r}; one of {', '.join(PROVIDERS)}")
+    return GuardedEmbeddingProvider(inner, rules_from_env(e))
+
+
+def _check_endpoint(url: str, env: Mapping[str, str]) -> None:
+    try:
+        check_url(url, rules_from_env(env))
+    except EndpointRefused as exc:
+        raise EmbeddingConfigError(
+            f"embedding {exc}; the allow-list is the RouterPolicy's modelEndpoints "
+            "(env LOOM_MODEL_ENDPOINTS)"
+        ) from None
