@@ -8,19 +8,17 @@ JetStream's duplicate window makes extra replicas or overlapping rollouts harmle
 suspended Schedule keeps its ConfigMap and scales its Deployment to zero.
 
 The operator only *computes* ``lastScheduleTime``/``nextScheduleTime`` for status
-(``fire_times``, pure, with croniter) so ``kubectl get schedules`` shows them.
+(``fire_times``, pure, with the scheduler's own slot rule) so ``kubectl get schedules`` shows them.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
-
-from croniter import croniter
 
 from loom.api import ScheduleSpec
 from loom.api.common import ResourceRequirements
+from loom.scheduler.plan import next_fire, slot_at_or_before
 from loom_operator.render.common import Owner, config_hash, config_map, deployment, manifest_text
 from loom_operator.settings import Settings
 
@@ -57,25 +55,15 @@ def describe(spec: ScheduleSpec) -> str:
 
 
 def fire_times(spec: ScheduleSpec, since: datetime, now: datetime) -> tuple[datetime | None, datetime | None]:
-    """(last fire due in (since, now], next fire after now); None where there is none.
+    """(last fire due in (since, now], next fire after now) in UTC; None where there is none.
 
-    ``since`` is when the schedule started (its creation). Interval schedules fire at
-    ``since + k * interval``. Suspended schedules have no next fire.
+    The slots are the scheduler's own (:mod:`loom.scheduler.plan`: cron in the schedule's
+    zone, intervals counted from the Unix epoch), so status shows the fires that really
+    happen; ``since`` (the creation) only hides slots from before the schedule existed.
+    Suspended schedules have no next fire.
     """
-    if spec.cron:
-        zone = ZoneInfo(spec.timezone)
-        local_now = now.astimezone(zone)
-        nxt: datetime | None = croniter(spec.cron, local_now).get_next(datetime)
-        prev: datetime = croniter(spec.cron, local_now + timedelta(microseconds=1)).get_prev(datetime)
-        last: datetime | None = prev if prev > since else None
-    else:
-        assert spec.interval_seconds is not None
-        step = timedelta(seconds=spec.interval_seconds)
-        elapsed = max(now - since, timedelta(0))
-        count = elapsed // step
-        last = since + count * step if count > 0 else None
-        nxt = since + (count + 1) * step
-    if spec.suspend:
-        nxt = None
-    utc = UTC
-    return (last.astimezone(utc) if last else None, nxt.astimezone(utc) if nxt else None)
+    last = slot_at_or_before(spec, now)
+    if last is not None and last <= since:
+        last = None
+    nxt = None if spec.suspend else next_fire(spec, now)
+    return last, nxt
