@@ -81,6 +81,10 @@ class BusError(Exception):
     """A JetStream operation failed (publish not stored, stream misconfigured, ...)."""
 
 
+class BusAuthError(BusError):
+    """The server refused the connection's credentials (or the server needs some and none were given)."""
+
+
 class ConnectionState:
     """What the client's callbacks say about the connection; liveness and ``loom_nats_connected`` read it.
 
@@ -376,10 +380,13 @@ class Bus:
         """
         holder: list[Bus] = []
         state = ConnectionState(role)
+        refused = asyncio.Event()
 
         async def on_error(exc: Exception) -> None:
             state.last_error = f"last error: {exc}"
             log.warning("nats error: %s", exc)
+            if not holder and "authorization violation" in str(exc).lower():
+                refused.set()  # retrying the same credentials cannot help a one-shot command
 
         async def on_disconnect() -> None:
             if holder and not holder[0].closing:
@@ -421,13 +428,37 @@ class Bus:
         tls = ssl_context(settings)
         if tls is not None:
             opts["tls"] = tls
-        try:
-            nc = await asyncio.wait_for(nats.connect(**opts), connect_timeout)
-        except TimeoutError:
-            raise BusError(
-                f"could not connect to NATS at {settings.url} within {connect_timeout:g}s "
-                "(the logged NATS errors say why)"
-            ) from None
+        connecting = asyncio.ensure_future(nats.connect(**opts))
+        if connect_timeout is None:
+            nc = await connecting
+        else:
+            waiting = asyncio.ensure_future(refused.wait())
+            await asyncio.wait(
+                {connecting, waiting}, timeout=connect_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            waiting.cancel()
+            if not connecting.done():
+                connecting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await connecting
+                if refused.is_set():
+                    who = (
+                        f"user {settings.user!r}"
+                        if settings.user
+                        else "a credentials file"
+                        if settings.creds_file
+                        else "a token"
+                        if settings.token
+                        else "no credentials given"
+                    )
+                    raise BusAuthError(
+                        f"NATS at {settings.url} refused the connection: Authorization Violation ({who})"
+                    )
+                raise BusError(
+                    f"could not connect to NATS at {settings.url} within {connect_timeout:g}s "
+                    "(the logged NATS errors say why)"
+                )
+            nc = connecting.result()
         bus = cls(nc, settings, state)
         holder.append(bus)
         state.up()

@@ -4,6 +4,9 @@ Liveness answers while the event loop runs and ``live()`` names no reason to
 restart (a NATS connection lost past its grace period, or closed for good).
 Readiness asks the role (NATS connected, consumer bound); a role that is draining
 reports not ready so no new work is sent its way.
+
+The port listens on every interface in a pod and on loopback only in local mode
+(:func:`loom.settings.bind_host`), so ``loom up`` on a laptop exposes nothing to its network.
 """
 
 from __future__ import annotations
@@ -15,22 +18,26 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from loom.metrics import exposition
+from loom.settings import bind_host
 
 log = logging.getLogger(__name__)
 
 
 class HealthServer:
-    """A small aiohttp server; ``port`` 0 picks a free port (see :attr:`port` after start), -1 is off."""
+    """A small aiohttp server; ``port`` 0 picks a free port (see :attr:`port` after start), -1 is off.
+
+    ``host`` defaults to :func:`loom.settings.bind_host` (loopback in local mode).
+    """
 
     def __init__(
         self,
         port: int,
         ready: Callable[[], bool],
-        host: str = "0.0.0.0",
+        host: str | None = None,
         live: Callable[[], str | None] | None = None,
     ):
         self.requested_port = port
-        self.host = host
+        self.host = bind_host() if host is None else host
         self.ready = ready
         self.live = live
         self.port: int | None = None
@@ -51,7 +58,7 @@ class HealthServer:
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.requested_port
-        log.info("metrics and health on port %s", self.port)
+        log.info("metrics and health on %s:%s", self.host, self.port)
 
     async def stop(self) -> None:
         """Stop serving."""

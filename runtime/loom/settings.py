@@ -3,7 +3,27 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+#: Set (``1``) by ``loom up`` for every process it starts. One switch for what differs on a
+#: laptop: loopback model endpoints may be allowed, and runtime ports bind loopback only.
+LOCAL_MODE_ENV = "LOOM_LOCAL_MODE"
+#: Where a role's HTTP ports (metrics, health) listen: every interface in a pod (the kubelet and
+#: Prometheus reach the pod's IP), loopback only in local mode (nothing else on the network may).
+POD_BIND_HOST = "0.0.0.0"
+LOCAL_BIND_HOST = "127.0.0.1"
+
+
+def local_mode(env: Mapping[str, str] | None = None) -> bool:
+    """True when ``LOOM_LOCAL_MODE`` is on (``1``, ``true`` or ``yes``)."""
+    e = os.environ if env is None else env
+    return e.get(LOCAL_MODE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def bind_host(env: Mapping[str, str] | None = None) -> str:
+    """The address runtime HTTP ports listen on: loopback in local mode, every interface otherwise."""
+    return LOCAL_BIND_HOST if local_mode(env) else POD_BIND_HOST
 
 
 @dataclass(frozen=True)

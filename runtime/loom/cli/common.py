@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from pathlib import Path
 
+from loom.local.state import DEFAULT_RUN_DIR, default_run_dir
 from loom.settings import NatsSettings
 
 
@@ -90,3 +93,32 @@ def nats_settings(args: argparse.Namespace, name: str = "loom") -> NatsSettings:
         inbox_prefix=args.nats_inbox_prefix,
         name=name,
     )
+
+
+def add_local_credentials_option(parser: argparse.ArgumentParser) -> None:
+    """``--run-dir``: where a ``loom up`` keeps the bus credentials a client command may use."""
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=default_run_dir(),
+        help=f"run dir of `loom up`, whose bus credentials are used for its NATS URL when no "
+        f"--nats-user/--nats-creds/--nats-token is given (default {DEFAULT_RUN_DIR}); env LOOM_RUN_DIR",
+    )
+
+
+def client_nats_settings(args: argparse.Namespace, name: str, *, tenant: str | None) -> NatsSettings:
+    """NatsSettings of a client command: its options, else the ``loom up`` identity for the command
+    (the submitter of ``tenant``, or the admin when ``tenant`` is None); see
+    :func:`loom.local.credentials.client_settings`. Raises LocalCredentialsError when the run dir's
+    credentials do not hold that identity."""
+    from loom.local.credentials import client_settings
+
+    return client_settings(nats_settings(args, name=name), args.run_dir.resolve(), tenant=tenant)
+
+
+def explain_refusal(args: argparse.Namespace, settings: NatsSettings, command: str) -> None:
+    """After the bus refused the connection: say where credentials come from when none were used."""
+    from loom.local.credentials import has_credentials, missing_credentials_hint
+
+    if not has_credentials(settings):
+        print(f"{command}: {missing_credentials_hint(args.run_dir.resolve())}", file=sys.stderr)

@@ -26,6 +26,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from loom.settings import local_mode
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -33,8 +35,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 BUILTIN_URLS = ("https://api.openai.com", "https://api.anthropic.com")
 #: Environment variable with the allow-list (JSON: ``{"allowedUrls": [...], "allowedNetworks": [...]}``).
 ENDPOINTS_ENV = "LOOM_MODEL_ENDPOINTS"
-#: Set (``1``) by ``loom up`` for the processes it starts: loopback endpoints may then be allowed.
-LOCAL_MODE_ENV = "LOOM_LOCAL_MODE"
 
 #: Instance-metadata services of the clouds (AWS/GCP/Azure/OpenStack, AWS ECS, AWS IPv6, Alibaba).
 METADATA_ADDRESSES = frozenset(
@@ -140,7 +140,7 @@ class EndpointRules:
 
 
 def rules_from_env(env: Mapping[str, str]) -> EndpointRules:
-    """The rules a process runs under: ``LOOM_MODEL_ENDPOINTS`` and ``LOOM_LOCAL_MODE``."""
+    """The rules a process runs under: ``LOOM_MODEL_ENDPOINTS`` and local mode (``LOOM_LOCAL_MODE``)."""
     raw = env.get(ENDPOINTS_ENV, "").strip()
     doc: dict[str, object] = {}
     if raw:
@@ -154,7 +154,7 @@ def rules_from_env(env: Mapping[str, str]) -> EndpointRules:
     urls, networks = doc.get("allowedUrls") or [], doc.get("allowedNetworks") or []
     if not isinstance(urls, list) or not isinstance(networks, list):
         raise EndpointRefused(f"{ENDPOINTS_ENV}: allowedUrls and allowedNetworks must be lists")
-    local = env.get(LOCAL_MODE_ENV, "").strip().lower() in ("1", "true", "yes")
+    local = local_mode(env)
     try:
         return EndpointRules.build([str(u) for u in urls], [str(n) for n in networks], local_mode=local)
     except ValueError as exc:

@@ -22,7 +22,8 @@ from loom.api.pipeline import PipelineSpec
 from loom.api.router_policy import RouterConfig, RouterPolicySpec, TierDefinition, WorkerRoute, worker_route
 from loom.api.schedule import ScheduleSpec
 from loom.api.worker import WorkerSpec
-from loom.llm.endpoints import ENDPOINTS_ENV, LOCAL_MODE_ENV
+from loom.llm.endpoints import ENDPOINTS_ENV
+from loom.settings import LOCAL_MODE_ENV
 
 #: Start order; processes of a later phase start once the earlier phases are ready.
 PHASES: dict[str, int] = {

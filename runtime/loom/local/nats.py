@@ -62,10 +62,17 @@ def choose_port(requested: int, what: str) -> int:
     return requested
 
 
-def embedded_nats(store_dir: Path, port: int, monitor_port: int) -> tuple[ProcessSpec, str, str]:
-    """The nats-server process (JetStream on, loopback only) with its client URL and monitoring URL."""
+def embedded_nats(
+    store_dir: Path, port: int, monitor_port: int, config_file: Path | None = None
+) -> tuple[ProcessSpec, str, str]:
+    """The nats-server process (JetStream on, loopback only) with its client URL and monitoring URL.
+
+    ``config_file`` (written before the server starts) holds the ``authorization`` block of
+    local mode's bus identities; the address, ports and store given here win over it.
+    """
     store_dir.mkdir(parents=True, exist_ok=True)
     monitor_url = f"http://127.0.0.1:{monitor_port}"
+    config = ("-c", str(config_file)) if config_file is not None else ()
     spec = ProcessSpec(
         name="nats",
         role="nats",
@@ -82,6 +89,7 @@ def embedded_nats(store_dir: Path, port: int, monitor_port: int) -> tuple[Proces
             str(monitor_port),
             "-n",
             "loom-local",
+            *config,
         ),
         phase=PHASES["nats"],
         ready_url=f"{monitor_url}/healthz?js-enabled-only=true",

@@ -9,12 +9,20 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 STATE_FILE = "state.json"
 DEFAULT_RUN_DIR = Path(".loom") / "run"
+RUN_DIR_ENV = "LOOM_RUN_DIR"
+
+
+def default_run_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The run dir a command uses when not told: ``LOOM_RUN_DIR``, else ``.loom/run`` here."""
+    e = os.environ if env is None else env
+    return Path(e.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR)
 
 
 @dataclass
@@ -25,6 +33,8 @@ class RunState:
     nats_url: str
     nats_monitor_url: str | None
     embedded_nats: bool
+    #: True when the embedded NATS requires the per-role credentials ``loom up`` generated.
+    bus_auth: bool = False
     phase: str = "starting"  # starting | ready | stopping | stopped | failed
     local_llm_url: str | None = None
     manifests: list[str] = field(default_factory=list)

@@ -1,4 +1,8 @@
-"""``loom dead-letter list|show ID|replay ID|--all``: inspect and replay dead letters."""
+"""``loom dead-letter list|show ID|replay ID|--all``: inspect and replay dead letters.
+
+Only the bus admin may read, remove and replay dead letters; against the bus of a
+``loom up`` the command connects as that run's admin (found in its run dir).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,15 @@ import json
 import sys
 
 from loom.bus import Bus, StoredDeadLetter
-from loom.cli.common import add_runtime_options, nats_settings
+from loom.cli.common import (
+    add_local_credentials_option,
+    add_runtime_options,
+    client_nats_settings,
+    explain_refusal,
+)
+from loom.local.credentials import LocalCredentialsError
 from loom.logs import setup_logging
+from loom.settings import NatsSettings
 
 NAME = "dead-letter"
 HELP = "List, show and replay dead letters."
@@ -30,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p_replay.add_argument("--keep", action="store_true", help="keep the dead letter after replaying it")
     for p in (p_list, p_show, p_replay):
         add_runtime_options(p, metrics=False)
+        add_local_credentials_option(p)
 
 
 def _row(s: StoredDeadLetter) -> str:
@@ -40,8 +52,8 @@ def _row(s: StoredDeadLetter) -> str:
     )
 
 
-async def _main(args: argparse.Namespace) -> int:
-    bus = await Bus.connect(nats_settings(args, name="loom-dead-letter"), connect_timeout=30)
+async def _main(args: argparse.Namespace, settings: NatsSettings) -> int:
+    bus = await Bus.connect(settings, connect_timeout=30)
     try:
         if args.action == "list":
             items = [
@@ -91,10 +103,17 @@ async def _main(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, args.log_json)
-    from loom.bus import BusError
+    from loom.bus import BusAuthError, BusError
 
     try:
-        return asyncio.run(_main(args))
+        settings = client_nats_settings(args, "loom-dead-letter", tenant=None)
+    except LocalCredentialsError as exc:
+        print(f"loom dead-letter: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_main(args, settings))
     except BusError as exc:
         print(f"loom dead-letter: {exc}", file=sys.stderr)
+        if isinstance(exc, BusAuthError):
+            explain_refusal(args, settings, "loom dead-letter")
         return 1

@@ -1,9 +1,10 @@
 """``loom mcp --config FILE``: serve Loom workers and pipelines as Model Context Protocol tools.
 
 The NATS URL comes from ``--nats-url``, else ``LOOM_NATS_URL``, else the config's
-``nats_url``. With the stdio transport, stdout carries the protocol, so every log
-line goes to stderr. Over HTTP, see :mod:`loom.mcp.http_security`: a bearer token
-off loopback, Host/Origin allow-lists always.
+``nats_url``; against the bus of a ``loom up``, the gateway connects as that run's
+identity of the config's ``tenant`` (found in its run dir). With the stdio transport,
+stdout carries the protocol, so every log line goes to stderr. Over HTTP, see
+:mod:`loom.mcp.http_security`: a bearer token off loopback, Host/Origin allow-lists always.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from loom.cli.common import add_nats_options, nats_settings
+from loom.cli.common import add_local_credentials_option, add_nats_options, explain_refusal, nats_settings
 from loom.logs import setup_logging
 from loom.settings import NatsSettings
 
@@ -50,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     json_default = os.environ.get("LOOM_LOG_JSON", "") in ("1", "true")
     parser.add_argument("--log-json", action="store_true", default=json_default, help="env LOOM_LOG_JSON")
     add_nats_options(parser)
+    add_local_credentials_option(parser)
     parser.set_defaults(nats_url=None)
 
 
@@ -97,6 +99,13 @@ def run(args: argparse.Namespace) -> int:
     url = resolve_nats_url(args.nats_url, plan.config.nats_url)
     args.nats_url = url
     settings = dataclasses.replace(nats_settings(args, name=f"loom-mcp-{plan.config.name}"), url=url)
+    from loom.local.credentials import LocalCredentialsError, client_settings
+
+    try:
+        settings = client_settings(settings, args.run_dir.resolve(), tenant=plan.config.tenant)
+    except LocalCredentialsError as exc:
+        print(f"loom mcp: {exc}", file=sys.stderr)
+        return 2
     return asyncio.run(_main(args, plan, settings, security))
 
 
@@ -104,7 +113,7 @@ async def _main(
     args: argparse.Namespace, plan: GatewayPlan, settings: NatsSettings, security: HttpSecurity | None
 ) -> int:
     from loom import __version__
-    from loom.bus import Bus
+    from loom.bus import Bus, BusAuthError
     from loom.mcp.gateway import Gateway, serve_stdio, serve_streamable_http
 
     bus: Bus | None = None
@@ -113,6 +122,8 @@ async def _main(
             bus = await Bus.connect(settings, connect_timeout=30)
         except Exception as exc:  # any connect failure ends the command with its reason
             print(f"loom mcp: cannot reach NATS at {settings.url}: {exc}", file=sys.stderr)
+            if isinstance(exc, BusAuthError):
+                explain_refusal(args, settings, "loom mcp")
             return 1
     gateway: Gateway | None = None
     try:

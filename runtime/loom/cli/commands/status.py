@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from loom.local.state import DEFAULT_RUN_DIR, RunState, pid_alive, read_state
+from loom.local.state import RunState, default_run_dir, pid_alive, read_state
 from loom.local.view import Snapshot, collect, consumers_table, header, processes_table, tiers_table
 
 NAME = "status"
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--run-dir",
         type=Path,
-        default=Path(env("LOOM_RUN_DIR", str(DEFAULT_RUN_DIR))),
+        default=default_run_dir(),
         help="run dir of `loom up`; env LOOM_RUN_DIR",
     )
     parser.add_argument(

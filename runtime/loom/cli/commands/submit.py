@@ -1,6 +1,7 @@
 """``loom submit``: a task to the router, or a goal to a pipeline or the orchestrator.
 
-``--wait`` subscribes to the result before publishing and prints it.
+``--wait`` subscribes to the result before publishing and prints it. Against the bus of a
+``loom up``, the command connects as that run's identity of ``--tenant`` (found in its run dir).
 """
 
 from __future__ import annotations
@@ -13,8 +14,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from loom.bus import Bus, BusError
-from loom.cli.common import add_runtime_options, nats_settings
+from loom.bus import Bus, BusAuthError, BusError
+from loom.cli.common import (
+    add_local_credentials_option,
+    add_runtime_options,
+    client_nats_settings,
+    explain_refusal,
+)
+from loom.local.credentials import LocalCredentialsError
 from loom.logs import setup_logging
 from loom.messages import (
     GoalMessage,
@@ -24,6 +31,7 @@ from loom.messages import (
     TaskStatus,
     describe_validation_error,
 )
+from loom.settings import NatsSettings
 from loom.subjects import GOALS_INCOMING, STREAM_GOALS
 
 NAME = "submit"
@@ -56,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--connect-timeout", type=float, default=30.0, help="seconds to wait for the NATS connection"
     )
     add_runtime_options(parser, metrics=False)
+    add_local_credentials_option(parser)
 
 
 def _json_arg(text: str) -> Any:
@@ -194,8 +203,8 @@ def goal_target(goal_filters: list[str]) -> str | None:
     )
 
 
-async def _main(args: argparse.Namespace, msg: TaskMessage | GoalMessage) -> int:
-    bus = await Bus.connect(nats_settings(args, name="loom-submit"), connect_timeout=args.connect_timeout)
+async def _main(args: argparse.Namespace, msg: TaskMessage | GoalMessage, settings: NatsSettings) -> int:
+    bus = await Bus.connect(settings, connect_timeout=args.connect_timeout)
     try:
         if isinstance(msg, GoalMessage) and msg.pipeline is None:
             try:
@@ -242,7 +251,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"loom submit: {exc}", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(_main(args, msg))
+        settings = client_nats_settings(args, "loom-submit", tenant=msg.tenant)
+    except LocalCredentialsError as exc:
+        print(f"loom submit: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_main(args, msg, settings))
     except BusError as exc:
         print(f"loom submit: {exc}", file=sys.stderr)
+        if isinstance(exc, BusAuthError):
+            explain_refusal(args, settings, "loom submit")
         return 2

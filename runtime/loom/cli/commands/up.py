@@ -4,6 +4,11 @@ Starts an embedded NATS with JetStream (or uses ``--nats-url``), one shared loca
 model server when a tier runs on backend ``local``, and every role as a child
 process that is restarted if it dies. Ctrl-C drains and stops; a second Ctrl-C
 kills at once.
+
+The embedded NATS requires credentials: every process connects as its own identity
+with the permissions of its role (:mod:`loom.local.credentials`), and ``loom submit``
+and ``loom dead-letter`` find theirs in the run dir. ``--no-auth`` turns this off.
+Every process runs in local mode (``LOOM_LOCAL_MODE=1``): its ports listen on loopback only.
 """
 
 from __future__ import annotations
@@ -14,15 +19,28 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import yaml
 
 from loom.api.loader import LoadError, load_paths
+from loom.bus_auth import Credential, server_authorization
+from loom.local.credentials import (
+    SERVER_CONFIG_FILE,
+    LocalCredentials,
+    LocalCredentialsError,
+    credentials_path,
+    named_tenants,
+    plan_identities,
+    remove_credentials,
+    write_credentials,
+    write_private,
+)
 from loom.local.manifests import LocalPlan, PlanError, build_plan, local_llm_tiers
-from loom.local.state import DEFAULT_RUN_DIR, RunState, running_state, write_state
+from loom.local.state import DEFAULT_RUN_DIR, RunState, default_run_dir, running_state, write_state
 from loom.local.supervisor import ProcessSpec, Supervisor, SupervisorError
+from loom.settings import LOCAL_MODE_ENV
 
 NAME = "up"
 HELP = "Run manifests locally: embedded NATS, local model, router, workers, pipelines, schedules."
@@ -63,8 +81,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--run-dir",
         type=Path,
-        default=Path(env("LOOM_RUN_DIR", str(DEFAULT_RUN_DIR))),
-        help="config files, logs, state file and NATS store; env LOOM_RUN_DIR",
+        default=default_run_dir(),
+        help=f"config files, logs, state file, bus credentials and NATS store (default {DEFAULT_RUN_DIR}); "
+        "env LOOM_RUN_DIR",
+    )
+    parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="start the embedded NATS WITHOUT authentication: any local process may then read every "
+        "task and result, forge results, skip the router and delete the streams",
     )
     parser.add_argument(
         "--orchestrator",
@@ -102,11 +127,26 @@ def write_configs(plan: LocalPlan) -> None:
             path.write_text(yaml.safe_dump(proc.config, sort_keys=False), encoding="utf-8")
 
 
-def process_specs(plan: LocalPlan, *, nats_url: str, log_level: str, cwd: str) -> list[ProcessSpec]:
-    """Planned roles as supervised ``python -m loom.cli.main <role>`` processes."""
+#: Credentials a child must not inherit from the user's shell when it gets its own identity.
+_INHERITED_AUTH = {"LOOM_NATS_CREDS": "", "LOOM_NATS_TOKEN": ""}
+
+
+def process_specs(
+    plan: LocalPlan,
+    *,
+    nats_url: str,
+    log_level: str,
+    cwd: str,
+    credentials: Mapping[str, Credential] | None = None,
+) -> list[ProcessSpec]:
+    """Planned roles as supervised ``python -m loom.cli.main <role>`` processes, in local mode.
+
+    ``credentials`` (by process name) give each process its bus identity.
+    """
     specs = []
     for proc in plan.processes:
         metrics = f"http://127.0.0.1:{proc.metrics_port}"
+        auth = {} if credentials is None else {**_INHERITED_AUTH, **credentials[proc.name].env}
         specs.append(
             ProcessSpec(
                 name=proc.name,
@@ -118,7 +158,9 @@ def process_specs(plan: LocalPlan, *, nats_url: str, log_level: str, cwd: str) -
                     "LOOM_METRICS_PORT": str(proc.metrics_port),
                     "LOOM_LOG_LEVEL": log_level,
                     "PYTHONUNBUFFERED": "1",
+                    LOCAL_MODE_ENV: "1",
                     **proc.env,
+                    **auth,
                 },
                 cwd=cwd,
                 ready_url=f"{metrics}/readyz",
@@ -145,9 +187,11 @@ def run(args: argparse.Namespace) -> int:
             f"already running (pid {live.pid}) with run dir {run_dir}; stop it or use another --run-dir", 1
         )
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_credentials(run_dir)  # a previous run's, left by a crash: never reused
 
     from loom.local.nats import NatsUnavailable, choose_port, default_monitor_url, embedded_nats
 
+    auth = not args.nats_url and not args.no_auth
     infra: list[ProcessSpec] = []
     try:
         if args.nats_url:
@@ -158,10 +202,18 @@ def run(args: argparse.Namespace) -> int:
                 run_dir / "nats-store",
                 choose_port(args.nats_port, "NATS client"),
                 choose_port(args.nats_monitor_port, "NATS monitoring"),
+                config_file=run_dir / SERVER_CONFIG_FILE if auth else None,
             )
             infra.append(nats_spec)
     except NatsUnavailable as exc:
         return _fail(str(exc))
+    if args.no_auth and not args.nats_url:
+        print(
+            "loom up: WARNING: --no-auth: the embedded NATS accepts ANY client without credentials. "
+            "Every local process and user can read all tasks and results, forge results, bypass the "
+            "router and its limits, and delete the streams and dead letters.",
+            file=sys.stderr,
+        )
 
     ports = _free_ports()
     llm_url: str | None = None
@@ -186,17 +238,41 @@ def run(args: argparse.Namespace) -> int:
         return _fail("cannot run these manifests locally:\n  " + "\n  ".join(exc.problems))
     for warning in plan.warnings:
         print(f"loom up: warning: {warning}", file=sys.stderr)
+    by_process: dict[str, Credential] | None = None
+    if auth:
+        try:
+            by_process = setup_bus_auth(plan, named_tenants(resources), run_dir, nats_url)
+        except LocalCredentialsError as exc:
+            return _fail(str(exc))
     write_configs(plan)
-    specs = infra + process_specs(plan, nats_url=nats_url, log_level=args.log_level, cwd=os.getcwd())
+    specs = infra + process_specs(
+        plan, nats_url=nats_url, log_level=args.log_level, cwd=os.getcwd(), credentials=by_process
+    )
     state = RunState(
         pid=os.getpid(),
         nats_url=nats_url,
         nats_monitor_url=monitor_url,
         embedded_nats=not args.nats_url,
+        bus_auth=auth,
         local_llm_url=llm_url,
         manifests=[str(Path(p).resolve()) for p in paths],
     )
-    return asyncio.run(_up(specs, state, run_dir, args))
+    try:
+        return asyncio.run(_up(specs, state, run_dir, args))
+    finally:
+        remove_credentials(run_dir)
+
+
+def setup_bus_auth(
+    plan: LocalPlan, tenants: list[str], run_dir: Path, nats_url: str
+) -> dict[str, Credential]:
+    """Generate every identity's password, write the server's ``authorization`` block and the run
+    dir's credentials file (both mode 0600), and return each process's credential by name."""
+    by_identity, everyone = plan_identities(plan, tenants)
+    local = LocalCredentials.generate(nats_url, everyone)
+    write_private(run_dir / SERVER_CONFIG_FILE, server_authorization(list(local.credentials)))
+    write_credentials(run_dir, local)
+    return {name: local.user(ident.user) for name, ident in by_identity.items()}
 
 
 async def _up(specs: list[ProcessSpec], state: RunState, run_dir: Path, args: argparse.Namespace) -> int:
@@ -295,10 +371,16 @@ async def _up(specs: list[ProcessSpec], state: RunState, run_dir: Path, args: ar
 
 def _print_ready(state: RunState, run_dir: Path) -> None:
     flag = "" if state.nats_url == "nats://127.0.0.1:4222" else f" --nats-url {state.nats_url}"
+    if state.bus_auth and run_dir != default_run_dir().resolve():
+        flag += f" --run-dir {run_dir}"
     pipelines = [p["name"].removeprefix("pipeline-") for p in state.processes if p.get("role") == "pipeline"]
     logs = run_dir / "logs"
+    if state.bus_auth:
+        auth = f"bus auth on (credentials in {credentials_path(run_dir)})"
+    else:
+        auth = "bus auth OFF (--no-auth)" if state.embedded_nats else "bus auth as that NATS has it"
     print(
-        f"loom up: ready: {len(state.processes)} processes; NATS {state.nats_url}; logs in {logs}",
+        f"loom up: ready: {len(state.processes)} processes; NATS {state.nats_url}, {auth}; logs in {logs}",
         file=sys.stderr,
         flush=True,
     )
