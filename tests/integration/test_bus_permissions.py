@@ -3,10 +3,16 @@
 Tenant b (user ``bob``) tries what an attacker with bus access would; each attempt is
 refused by the server. The normal flow runs under the same permissions: a real router
 and worker process, a pipeline, a schedule and a dead-letter replay by the admin.
+
+Each test runs twice: with identities made directly, and with what the operator renders
+for a RouterPolicy, a Worker, a Pipeline and a Schedule (the server's user list from the
+authorization Secret, each role's user and password from its resource's Secret, tenants'
+and the admin's from theirs).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -17,8 +23,9 @@ from typing import Any
 import pytest
 from tests.support.nats_server import NatsServer
 from tests.support.pipelines import running_service
-from tests.support.processes import LoomProcesses, echo_worker, poll
+from tests.support.processes import LoomProcesses, echo_worker, poll, write_yaml
 
+from loom.api import load_paths
 from loom.api.pipeline import PipelineSpec
 from loom.api.schedule import ScheduleSpec
 from loom.bus import Bus, BusError
@@ -41,9 +48,30 @@ IDENTITIES = [
     Identity("bob", Role.TENANT, tenant="b"),
 ]
 
+PIPELINE: dict[str, Any] = {
+    "name": "twice",
+    "pipeline_stages": [
+        {"name": "one", "worker_type": "echo", "input_mapping": {"v": "goal.context.v"}},
+        {"name": "two", "worker_type": "echo", "input_mapping": {"v": "one.output.echo.v"}},
+    ],
+}
+SCHEDULE: dict[str, Any] = {
+    "name": "tick",
+    "interval_seconds": 60,
+    "dispatch_type": "task",
+    "tenant": "a",
+    "task": {"worker_type": "echo", "payload": {"s": 1}},
+}
+ROUTER_POLICY: dict[str, Any] = {
+    "apiVersion": "loom.dev/v1alpha1",
+    "kind": "RouterPolicy",
+    "metadata": {"name": "default"},
+    "spec": {"tiers": [{"name": "local", "backend": "local"}]},
+}
+
 
 class Secured:
-    """The server and one credential per identity."""
+    """The server and one credential per identity, by the tests' names for them."""
 
     def __init__(self, server: NatsServer, creds: dict[str, Credential]):
         self.server = server
@@ -63,15 +91,87 @@ class Secured:
         return await Bus.connect(self.settings(user), connect_timeout=10)
 
     def violations(self) -> list[str]:
-        """Users the server logged a permissions violation for."""
+        """Identities (by the tests' names) the server logged a permissions violation for."""
         text = (Path(self.server.store_dir) / "nats.log").read_text(errors="replace")
-        return re.findall(r'/user:([\w-]+)" - (?:Subscription|Publish) Violation', text)
+        names = {c.identity.user: name for name, c in self.creds.items()}
+        users = re.findall(r'/user:([\w-]+)" - (?:Subscription|Publish) Violation', text)
+        return [names.get(u, u) for u in users]
 
 
-@pytest.fixture
-def secured() -> Iterator[Secured]:
+def direct() -> tuple[str, dict[str, Credential]]:
+    """Identities made with loom.bus_auth directly."""
     creds = {i.user: new_credential(i) for i in IDENTITIES}
-    server = NatsServer(config_text=server_authorization(list(creds.values()))).start()
+    return server_authorization(list(creds.values())), creds
+
+
+def operator_rendered(tmp_path: Path) -> tuple[str, dict[str, Credential]]:
+    """What the operator renders for a RouterPolicy, the echo Worker, a Pipeline and a Schedule."""
+    from loom_operator.cli.render_cmd import render_resources
+    from loom_operator.render.bus_auth import AUTH_KEY, server_secrets
+    from loom_operator.settings import Settings
+
+    (tmp_path / "manifests").mkdir()
+    write_yaml(tmp_path / "manifests", "policy", ROUTER_POLICY)
+    write_yaml(tmp_path / "manifests", "pipeline", PIPELINE)
+    write_yaml(tmp_path / "manifests", "schedule", SCHEDULE)
+    echo_worker(tmp_path / "manifests")
+    settings = Settings(
+        nats_auth="generated",
+        nats_auth_key="k" * 40,
+        nats_auth_secret="loom-system/loom-nats-auth",
+        nats_tenants=("a", "b"),
+    )
+    resources = load_paths([tmp_path / "manifests"])
+    rendered = render_resources(resources, settings, keda=False, namespace="team")
+    secrets = {
+        o["metadata"]["name"]: _decoded(o)
+        for objects in rendered.values()
+        for o in objects
+        if o["kind"] == "Secret"
+    }
+    release = {
+        o["metadata"]["name"]: _decoded(o) for o in server_secrets(_identities(rendered, resources), settings)
+    }
+    by_name = {
+        "router": secrets["default-router-nats"],
+        "echo": secrets["echo-worker-nats"],
+        "pipe": secrets["twice-pipeline-nats"],
+        "scheduler": secrets["tick-scheduler-nats"],
+        "admin": release["loom-nats-auth-admin"],
+        "alice": release["loom-nats-auth-tenant-a"],
+        "bob": release["loom-nats-auth-tenant-b"],
+    }
+    roles = {i.user: i for i in IDENTITIES}
+    creds = {
+        name: Credential(_renamed(roles[name], data["user"]), data["password"])
+        for name, data in by_name.items()
+    }
+    for name, data in by_name.items():
+        assert creds[name].env["LOOM_NATS_INBOX_PREFIX"] == data["inboxPrefix"], name
+    return release["loom-nats-auth"][AUTH_KEY], creds
+
+
+def _decoded(secret: dict[str, Any]) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+def _identities(rendered: dict[str, list[dict[str, Any]]], resources: list[Any]) -> list[Identity]:
+    """Every resource's identity, as the operator's user list computes it."""
+    from loom_operator.render.bus_auth import identity
+    from loom_operator.render.common import Owner
+
+    assert len(rendered) == len(resources)
+    return [identity(Owner(r.kind, r.name, "team"), r.spec) for r in resources]
+
+
+def _renamed(ident: Identity, user: str) -> Identity:
+    return Identity(user, ident.role, ident.tenant, ident.worker_type, ident.tiers, ident.pipeline)
+
+
+@pytest.fixture(params=["direct", "operator"])
+def secured(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Secured]:
+    config, creds = direct() if request.param == "direct" else operator_rendered(tmp_path)
+    server = NatsServer(config_text=config).start()
     try:
         yield Secured(server, creds)
     finally:
@@ -195,15 +295,7 @@ async def test_pipeline_schedule_and_replay_under_permissions(
     try:
         procs.spawn("router", env=worker_env(secured, "router"))
         procs.worker(echo_worker(tmp_path), env=worker_env(secured, "echo"))
-        spec = PipelineSpec.model_validate(
-            {
-                "name": "twice",
-                "pipeline_stages": [
-                    {"name": "one", "worker_type": "echo", "input_mapping": {"v": "goal.context.v"}},
-                    {"name": "two", "worker_type": "echo", "input_mapping": {"v": "one.output.echo.v"}},
-                ],
-            }
-        )
+        spec = PipelineSpec.model_validate(PIPELINE)
         service = PipelineService(spec, secured.settings("pipe"))
         alice = await secured.connect("alice")
         try:
@@ -223,15 +315,7 @@ async def test_pipeline_schedule_and_replay_under_permissions(
             # A schedule dispatches a task for tenant a; alice receives its result.
             sched_bus = await secured.connect("scheduler")
             try:
-                schedule = ScheduleSpec.model_validate(
-                    {
-                        "name": "tick",
-                        "interval_seconds": 60,
-                        "dispatch_type": "task",
-                        "tenant": "a",
-                        "task": {"worker_type": "echo", "payload": {"s": 1}},
-                    }
-                )
+                schedule = ScheduleSpec.model_validate(SCHEDULE)
                 clock = _Clock()
                 scheduler = Scheduler(sched_bus, [schedule], clock=clock)
                 tasks_sub = await alice.nc.subscribe("loom.results.tenant.a.*")
