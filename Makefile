@@ -47,7 +47,7 @@ run: venv
 	  $(RUN_DIR)/state.json)
 	$(BIN)/loom submit "Analyse this document" --pipeline doc-analysis \
 	  --context text=@config/samples/example.txt \
-	  --wait --timeout $(GOAL_TIMEOUT) --nats-url "$$nats_url"
+	  --wait --timeout $(GOAL_TIMEOUT) --nats-url "$$nats_url" --run-dir $(RUN_DIR)
 
 # Run the sample system in the foreground with the live view; Ctrl-C drains and stops.
 up: venv

@@ -16,6 +16,9 @@ from typing import Any
 
 import pytest
 
+from loom.local.credentials import client_settings
+from loom.settings import NatsSettings
+
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "config" / "samples"
 LOOM = [sys.executable, "-m", "loom.cli.main"]
@@ -106,7 +109,14 @@ class LocalUp:
             str(timeout),
             "--nats-url",
             self.state()["nats_url"],
+            "--run-dir",  # where the bus credentials of this loom up are
+            str(self.run_dir),
         ]
+
+    def nats_settings(self, name: str, tenant: str | None = "default") -> NatsSettings:
+        """How a client reaches this loom up's bus: as a tenant's submitter, or the admin (None)."""
+        base = NatsSettings(url=self.state()["nats_url"], name=name)
+        return client_settings(base, self.run_dir, tenant=tenant)
 
     def stop(self, timeout: float = 120.0) -> int:
         """Ctrl-C (SIGINT) and wait for the drain; returns loom up's exit code."""

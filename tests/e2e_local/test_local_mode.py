@@ -33,9 +33,9 @@ def output_schema(worker: str) -> dict[str, Any]:
     return dict(spec.output_schema)
 
 
-async def run_goal(nats_url: str, text: str, wait_seconds: float) -> dict[str, Any]:
+async def run_goal(settings: NatsSettings, text: str, wait_seconds: float) -> dict[str, Any]:
     """Submit the sample goal with the bus client and wait for the goal's own result."""
-    bus = await Bus.connect(NatsSettings(url=nats_url, name="e2e-local"))
+    bus = await Bus.connect(settings)
     try:
         goal = GoalMessage(
             instruction="Analyse this document", pipeline="doc-analysis", context={"text": text}
@@ -125,7 +125,7 @@ def test_killing_a_worker_mid_task_loses_nothing(local_up_factory: Any, tmp_path
 
     text = (SAMPLES / "example.txt").read_text(encoding="utf-8")
     with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(asyncio.run, run_goal(up.state()["nats_url"], text, wait_seconds=900))
+        pending = pool.submit(asyncio.run, run_goal(up.nats_settings("e2e-local"), text, wait_seconds=900))
 
         def in_flight() -> bool:
             consumer = up.jsz_consumer("worker-doc-summarizer-local")

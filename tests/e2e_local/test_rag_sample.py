@@ -69,7 +69,7 @@ def test_rag_sample_answers_with_the_right_chunk(local_up_factory: Any, tmp_path
     store.write_text(yaml.safe_dump(manifest))
     up = local_up_factory([samples])
     up.wait_ready()
-    nats = ["--nats-url", up.state()["nats_url"], "--wait", "--timeout", "600"]
+    nats = ["--nats-url", up.state()["nats_url"], "--run-dir", str(up.run_dir), "--wait", "--timeout", "600"]
 
     def submit(pipeline: str, context: str) -> dict[str, Any]:
         cmd = [*LOOM, "submit", pipeline, "--pipeline", pipeline, "--context", context, *nats]

@@ -36,7 +36,9 @@ def secured(tmp_path: Path) -> Iterator[tuple[NatsServer, LocalCredentials]]:
         server.cleanup()
 
 
-async def test_a_refused_client_gets_the_reason_not_a_timeout(secured: tuple[NatsServer, LocalCredentials]) -> None:
+async def test_a_refused_client_gets_the_reason_not_a_timeout(
+    secured: tuple[NatsServer, LocalCredentials],
+) -> None:
     server, local = secured
     # Without the refusal check this waits out the minute and raises a plain BusError (timeout).
     with pytest.raises(BusAuthError, match=r"Authorization Violation \(no credentials given\)"):
@@ -71,7 +73,8 @@ def test_the_cli_uses_the_run_dirs_credentials_for_that_bus_and_says_where_they_
     assert "--run-dir" in missing.stderr
 
     ghost = loom(
-        "submit", "--worker-type", "x", "--tenant", "ghost", "--nats-url", server.url, "--run-dir", str(run_dir)
+        "submit", "--worker-type", "x", "--tenant", "ghost",
+        "--nats-url", server.url, "--run-dir", str(run_dir),
     )
     assert ghost.returncode == 2
     assert "not 'ghost'" in ghost.stderr

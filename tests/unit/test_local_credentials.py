@@ -97,7 +97,7 @@ spec:
 
 def test_a_tenant_that_cannot_be_a_nats_user_is_a_clear_error(tmp_path: Path) -> None:
     _, plan = samples_plan(tmp_path)
-    with pytest.raises(LocalCredentialsError, match="tenant 'a.b'"):
+    with pytest.raises(LocalCredentialsError, match=r"tenant 'a\.b'"):
         plan_identities(plan, ["default", "a.b"])
 
 
@@ -135,7 +135,8 @@ def test_write_private_never_follows_a_planted_temp_link(tmp_path: Path) -> None
 def test_each_process_connects_as_its_identity_in_local_mode(tmp_path: Path) -> None:
     _, plan = samples_plan(tmp_path)
     by_process = setup_bus_auth(plan, ["default"], tmp_path, URL)
-    specs = {s.name: s for s in process_specs(plan, nats_url=URL, log_level="INFO", cwd=".", credentials=by_process)}
+    made = process_specs(plan, nats_url=URL, log_level="INFO", cwd=".", credentials=by_process)
+    specs = {s.name: s for s in made}
     env = specs["worker-doc-extractor-local"].env
     assert env["LOOM_NATS_USER"] == "worker-doc-extractor"
     assert env["LOOM_NATS_PASSWORD"] == by_process["worker-doc-extractor-local"].password
