@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loom.worker.processor import BackendError, ProcessingBackend
+from loom.backends import BackendError, ProcessingBackend
 
 
 class RecordingBackend(ProcessingBackend):

@@ -11,7 +11,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from loom.worker.processor import BackendError, SyncProcessingBackend
+from loom.backends import BackendError, SyncProcessingBackend
 
 _MONTHS = (
     "january|february|march|april|may|june|july|august|september|october|november|december|"

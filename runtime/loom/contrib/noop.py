@@ -13,7 +13,7 @@ import asyncio
 import os
 from typing import Any
 
-from loom.worker.processor import BackendError, ProcessingBackend, SyncProcessingBackend
+from loom.backends import BackendError, ProcessingBackend, SyncProcessingBackend
 
 
 class NoopBackend(ProcessingBackend):

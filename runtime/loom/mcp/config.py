@@ -29,7 +29,7 @@ from loom.api.common import TierName
 from loom.api.loader import LoadError, format_validation_error, import_object, load_one, resolve_schema_refs
 from loom.api.pipeline import CONDITION_RE, PipelineSpec, execution_levels
 from loom.api.worker import CLASS_PATH_PATTERN, WorkerSpec
-from loom.worker.processor import BackendError, ProcessingBackend
+from loom.backends import BackendError, ProcessingBackend
 
 #: What MCP clients accept as a tool name.
 TOOL_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"

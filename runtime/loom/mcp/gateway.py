@@ -24,6 +24,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
+from loom.backends import BackendError
 from loom.bus import Bus, BusError
 from loom.core.workspace import WorkspaceError
 from loom.mcp.config import GatewayPlan, ToolDef, argument_problems, argument_validator, tool_message_fields
@@ -38,7 +39,6 @@ from loom.messages import (
     describe_validation_error,
 )
 from loom.settings import NatsSettings
-from loom.worker.processor import BackendError
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from loom import goal_metrics
 from loom.api.worker import WorkerSpec
 from loom.bus import Bus, Delivery
 from loom.checkpoint import CheckpointStore, KVCheckpointStore, RedisCheckpointStore
@@ -20,7 +21,6 @@ from loom.llm.base import Provider
 from loom.messages import TaskStatus
 from loom.orchestrator.config import OrchestratorConfig
 from loom.orchestrator.session import GoalSession
-from loom.pipeline import metrics as goal_metrics
 from loom.settings import NatsSettings
 from loom.subjects import STREAM_GOALS
 

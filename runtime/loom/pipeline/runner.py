@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from loom import goal_metrics as metrics
 from loom.goal_delivery import heartbeat as keep_alive
 from loom.messages import GoalMessage, GoalResult, TaskMessage, TaskResult, TaskStatus
-from loom.pipeline import metrics
 from loom.pipeline.plan import PipelinePlan, parse_stage_task_id, stage_msg_id, stage_task_id
 from loom.pipeline.state import GoalState, StateStore
 

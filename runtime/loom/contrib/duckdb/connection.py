@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loom.worker.processor import BackendError
+from loom.backends import BackendError
 
 #: Extensions this package can load, each from its own PyPI package.
 EXTENSIONS = ("fts", "vss")

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from loom.backends import SyncProcessingBackend
 from loom.contrib.duckdb.connection import DuckDBError, columns, connect, has_fts_index
 from loom.contrib.duckdb.rows import check_vector, row_dict, similarity_sql
 from loom.contrib.duckdb.sql import (
@@ -33,7 +34,6 @@ from loom.contrib.duckdb.sql import (
 )
 from loom.contrib.rag.embedders import make_embedding_provider
 from loom.worker.embeddings import EmbeddingProvider
-from loom.worker.processor import SyncProcessingBackend
 
 ACTIONS = ("search", "filter", "stats", "get", "vector_search")
 _SCALAR = {"type": ["string", "number", "integer", "boolean"]}

@@ -18,6 +18,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from loom.backends import BackendError, ProcessingBackend
 from loom.contrib.rag.chunking import Chunk, chunk_document, dedupe
 from loom.contrib.rag.embedders import make_embedding_provider
 from loom.contrib.rag.ingest import (
@@ -33,7 +34,6 @@ from loom.contrib.rag.ingest import (
 )
 from loom.contrib.rag.store import RagStore, nearest, window
 from loom.worker.embeddings import EmbeddingProvider
-from loom.worker.processor import BackendError, ProcessingBackend
 
 MAX_K = 50
 
