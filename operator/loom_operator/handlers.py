@@ -45,6 +45,7 @@ CHILD_RESOURCES = (
     ("v1", "configmaps"),
     ("v1", "services"),
     ("keda.sh/v1alpha1", "scaledobjects"),
+    ("networking.k8s.io/v1", "networkpolicies"),
 )
 
 

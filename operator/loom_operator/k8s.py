@@ -33,6 +33,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("v1", "Secret"): "secrets",
     ("v1", "Event"): "events",
     ("apps/v1", "Deployment"): "deployments",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobjects",
     ("loom.dev/v1alpha1", "Worker"): "workers",
     ("loom.dev/v1alpha1", "Pipeline"): "pipelines",

@@ -49,6 +49,11 @@ class RefusedWrite(Exception):
     """The API server refused to store a child as rendered (e.g. a ConfigMap over 1 MiB)."""
 
 
+#: Kinds the operator never reads (Secrets: tiers' API keys live there). Writing over one it does
+#: not manage is refused by the chart's admission policy (rbac.restrictWrites) instead.
+UNREAD_KINDS = frozenset({"Secret"})
+
+
 class NotOurs(Exception):
     """An object of a child's name exists and does not belong to the resource (never adopted)."""
 
@@ -391,6 +396,8 @@ class Reconciler:
         """
 
         async def problem(obj: dict[str, Any]) -> str | None:
+            if obj["kind"] in UNREAD_KINDS:
+                return None
             meta = obj["metadata"]
             existing = await self.kube.get(
                 obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"]
@@ -429,20 +436,20 @@ class Reconciler:
             if ("Deployment", child.name) not in wanted:
                 log.info("deleting stale Deployment %s/%s", child.namespace, child.name)
                 await self.kube.delete("apps/v1", "Deployment", child.namespace, child.name, uid=child.uid)
-        if self.keda and owner.kind == "Worker":
-            assert owner.namespace is not None
-            for so in await self.kube.list(
-                "keda.sh/v1alpha1", "ScaledObject", owner.namespace, child_selector(owner)
-            ):
-                name = so["metadata"]["name"]
-                if ("ScaledObject", name) not in wanted:
-                    log.info("deleting stale ScaledObject %s/%s", owner.namespace, name)
+        if owner.kind != "Worker":
+            return
+        assert owner.namespace is not None
+        # NetworkPolicies always: turning them off (or removing a tier) must remove them.
+        kinds = [("networking.k8s.io/v1", "NetworkPolicy")]
+        if self.keda:
+            kinds.append(("keda.sh/v1alpha1", "ScaledObject"))
+        for api_version, kind in kinds:
+            for obj in await self.kube.list(api_version, kind, owner.namespace, child_selector(owner)):
+                name = obj["metadata"]["name"]
+                if (kind, name) not in wanted:
+                    log.info("deleting stale %s %s/%s", kind, owner.namespace, name)
                     await self.kube.delete(
-                        "keda.sh/v1alpha1",
-                        "ScaledObject",
-                        owner.namespace,
-                        name,
-                        uid=so["metadata"].get("uid"),
+                        api_version, kind, owner.namespace, name, uid=obj["metadata"].get("uid")
                     )
 
     # ----------------------------------------------------------------- status

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from loom import __version__
+from loom_operator import network_settings
+from loom_operator.network_settings import NetworkPolicySettings
 
 KedaMode = Literal["auto", "on", "off"]
 NatsAuthMode = Literal["generated", "creds", "none"]
@@ -57,6 +59,8 @@ class Settings:
     peering: str | None = None
     #: Seconds a replica's keep-alive counts in the peering (Kopf's default 60): the standby's takeover delay.
     peering_lifetime: int | None = None
+    #: A NetworkPolicy per Worker tier (``LOOM_NETWORK_POLICY``); None renders none.
+    network_policy: NetworkPolicySettings | None = None
 
     @property
     def clusterwide(self) -> bool:
@@ -111,6 +115,11 @@ class Settings:
             kubeconfig=e.get("KUBECONFIG") or None,
             peering=e.get("LOOM_PEERING") or None,
             peering_lifetime=int(e["LOOM_PEERING_LIFETIME"]) if e.get("LOOM_PEERING_LIFETIME") else None,
+            network_policy=(
+                NetworkPolicySettings.from_json(e[network_settings.ENV])
+                if e.get(network_settings.ENV, "").strip()
+                else None
+            ),
         )
 
     def with_overrides(self, **changes: Any) -> Settings:

@@ -42,6 +42,7 @@ CONTRACT_RULES: dict[tuple[str, str], set[str]] = {
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("keda.sh", "scaledobjects"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
     ("", "namespaces"): {"get", "list", "watch"},
     ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
@@ -149,6 +150,7 @@ def test_default_renders_nothing_optional(rendered: dict[str, list[dict[str, Any
         "Deployment",
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
+        "NetworkPolicy",
     }
     assert kinds in (required, required | {"CustomResourceDefinition"})
 
@@ -228,7 +230,7 @@ def test_every_rbac_rule_has_a_comment(name: str, tmp_path: Path) -> None:
                 assert lines[i - 1].startswith("# ") and len(lines[i - 1]) > 20, (
                     f"rule without a reason: {line}"
                 )
-    assert rules == (11 if name == "cluster-wide" else 21)
+    assert rules == (12 if name == "cluster-wide" else 23)
 
 
 def test_hot_standby_uses_kopf_peering(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -270,11 +272,12 @@ def test_bundled_nats(rendered: dict[str, list[dict[str, Any]]]) -> None:
         "minAvailable": 0,
         "selector": one(objects, "Deployment")["spec"]["selector"],
     }
-    # The NetworkPolicy of NATS admits clients and, on the monitoring port, the operator and KEDA.
+    # The NetworkPolicy of NATS admits clients and, on the monitoring port, the operator and KEDA
+    # (tests/helm/test_network_policy.py has the details).
     np = one(objects, "NetworkPolicy", f"{FULLNAME}-nats")
     client, monitor = np["spec"]["ingress"]
     assert client["ports"][0]["port"] == "client"
-    assert client["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "loom"}
+    assert client["from"][0]["podSelector"]["matchLabels"] == {"loom.dev/bus-client": "true"}
     assert monitor["from"][0]["podSelector"] == one(objects, "Deployment")["spec"]["selector"]
     assert monitor["from"][1] == {"namespaceSelector": {"matchLabels": {"name": "keda"}}}
 

@@ -24,6 +24,9 @@ NAME_LABEL = "app.kubernetes.io/name"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 TIER_LABEL = "loom.dev/tier"
+#: On every pod the operator renders: the chart's NATS NetworkPolicy admits clients by this label
+#: (and by namespace; a label alone is no boundary, anyone who can create a pod can set it).
+BUS_CLIENT_LABEL = "loom.dev/bus-client"
 MANAGED_BY = "loom-operator"
 CONFIG_HASH_ANNOTATION = "loom.dev/config-hash"
 CONFIG_DIR = "/etc/loom"
@@ -250,7 +253,10 @@ def deployment(
     spec: dict[str, Any] = {
         "selector": {"matchLabels": selector(owner, tier)},
         "template": {
-            "metadata": {"labels": labels(owner, tier), "annotations": {CONFIG_HASH_ANNOTATION: hash_}},
+            "metadata": {
+                "labels": {**labels(owner, tier), BUS_CLIENT_LABEL: "true"},
+                "annotations": {CONFIG_HASH_ANNOTATION: hash_},
+            },
             "spec": {
                 "automountServiceAccountToken": False,
                 "enableServiceLinks": False,

@@ -26,6 +26,7 @@ from loom_operator.render.common import (
     metadata,
     metrics_service,
 )
+from loom_operator.render.network import worker_network_policy
 from loom_operator.settings import Settings
 
 CONFIG_KEY = "worker.yaml"
@@ -143,6 +144,18 @@ def render_worker(
             )
         )
     objects.append(metrics_service(owner))
+    if settings.network_policy is not None:
+        objects += [
+            worker_network_policy(
+                owner,
+                deployment_name(owner.name, t.name),
+                t,
+                nats_url=settings.nats_url,
+                network=settings.network_policy,
+                endpoints=policy.model_endpoints if policy else None,
+            )
+            for t in tier_defs
+        ]
     if scaled and keda:
         objects += [scaled_object(owner, spec, t.name, settings) for t in tier_defs]
     return objects
