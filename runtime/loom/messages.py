@@ -238,6 +238,7 @@ class DeadLetterReason(StrEnum):
     TASK_FAILED = "task_failed"
     MAX_DELIVERIES = "max_deliveries"
     TIMEOUT = "timeout"
+    TOO_LARGE = "too_large"
 
 
 class DeadLetter(Message):
@@ -247,7 +248,10 @@ class DeadLetter(Message):
     reason: DeadLetterReason
     detail: str = ""
     subject: str
-    original: str = Field(description="The original message body (UTF-8, or base64 when prefixed 'b64:').")
+    original: str = Field(
+        description="The original message body (UTF-8, or base64 when prefixed 'b64:'); empty for "
+        "too_large, whose body is not kept."
+    )
     task_id: str | None = None
     goal_id: str | None = None  # set when the original is a goal
     worker_type: str | None = None
@@ -256,3 +260,8 @@ class DeadLetter(Message):
     deliveries: int | None = None
     source: str = ""  # which role produced it (router, worker, advisory)
     at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def replayable(self) -> bool:
+        """Whether the original body was kept (a ``too_large`` one is not), so a replay can send it."""
+        return not (self.reason == DeadLetterReason.TOO_LARGE and not self.original)

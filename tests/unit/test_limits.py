@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from loom.api.router_policy import RouterPolicySpec
-from loom.router.limits import AdmissionQueue, Limiter, TokenBucket
+from loom.api.router_policy import DEFAULT_TENANT_REQUESTS_PER_MINUTE, RateLimit, RouterPolicySpec
+from loom.router.limits import SHARED_BUDGET, AdmissionQueue, Limiter, TokenBucket
 
 
 class Clock:
@@ -27,11 +27,11 @@ def admitted_in(q: AdmissionQueue, clock: Clock, seconds: float, step: float = 0
     """Offer one request per step for ``seconds``; count how many got in at once."""
     n = 0
     for _ in range(round(seconds / step)):
-        if q.submit(q.request("local", "default", tokens, 1)) is not None:
+        req = q.request("local", "default", tokens, 1)
+        if q.submit(req) is not None:
             n += 1
         else:
-            q.waiting.clear()
-            q._waiters_on.clear()
+            assert q.cancel(req)
         clock.advance(step)
     return n
 
@@ -138,16 +138,84 @@ def test_other_tiers_pass_while_one_is_blocked() -> None:
 def test_tenant_limits_default_and_override_on_top_of_tier() -> None:
     clock = Clock()
     q = make(
-        clock, tenantLimits={"default": {"maxConcurrent": 2}, "overrides": {"vip": {"maxConcurrent": 5}}}
+        clock,
+        tenantLimits={
+            "default": {"maxConcurrent": 2},
+            "defaultScope": "perTenant",
+            "overrides": {"vip": {"maxConcurrent": 5}},
+        },
     )
     assert sum(q.submit(q.request("local", "a", 0, 1)) is not None for _ in range(10)) == 2
     assert sum(q.submit(q.request("local", "b", 0, 1)) is not None for _ in range(10)) == 2
     assert sum(q.submit(q.request("local", "vip", 0, 1)) is not None for _ in range(10)) == 5
 
 
-def test_unlimited_requests_get_a_free_ticket() -> None:
+def test_unlisted_tenants_share_one_default_budget_so_new_names_gain_nothing() -> None:
+    clock = Clock()
+    q = make(clock, tenantLimits={"default": {"requestsPerMinute": 6}, "overrides": {"vip": {}}})
+    # A client rotating tenant names (a1, a2, ...) draws on the same budget as every unlisted tenant.
+    got = [q.submit(q.request("local", f"a{i}", 0, 1)) is not None for i in range(30)]
+    assert sum(got) == 6 and all(got[:6])
+    assert q.submit(q.request("local", "default", 0, 1)) is None  # the default tenant is unlisted too
+    assert set(q.limiter.tenants) == {SHARED_BUDGET}  # one limit set, not one per name
+    assert q.submit(q.request("local", "vip", 0, 1)) is not None  # a listed tenant has its own
+    for _ in range(len(q.waiting)):
+        q.cancel(q.waiting[0][1])
+    clock.advance(60)  # a minute refills the one shared bucket: six more, whatever the names
+    assert sum(q.submit(q.request("local", f"b{i}", 0, 1)) is not None for i in range(30)) == 6
+
+
+def test_a_policy_without_tenant_limits_has_the_shared_default() -> None:
+    spec = RouterPolicySpec()
+    assert spec.tenant_limits.default == RateLimit(requests_per_minute=DEFAULT_TENANT_REQUESTS_PER_MINUTE)
+    assert spec.tenant_limits.default_scope == "shared"
     clock = Clock()
     q = make(clock)
+    n = DEFAULT_TENANT_REQUESTS_PER_MINUTE
+    assert sum(q.submit(q.request("local", f"t{i}", 0, 1)) is not None for i in range(n + 10)) == n
+
+
+def test_a_tenant_waiting_on_its_own_limit_does_not_hold_up_another_on_the_same_tier() -> None:
+    clock = Clock()
+    q = make(
+        clock,
+        rateLimits={"local": {"requestsPerMinute": 1000}},
+        tenantLimits={"overrides": {"a": {"requestsPerMinute": 5}, "b": {"requestsPerMinute": 5}}},
+    )
+    # a floods ten times its limit: five pass, 45 wait for a's own bucket
+    flood = [q.request("local", "a", 0, 1) for _ in range(50)]
+    assert sum(q.submit(r) is not None for r in flood) == 5
+    assert len(q) == 45
+    # b, within its limit, passes at once, at the fast path and after a pump alike
+    assert all(q.submit(q.request("local", "b", 0, 1)) is not None for _ in range(3))
+    late = [q.request("local", "b", 0, 1) for _ in range(2)]
+    res = q.pump()
+    assert res.admitted == []
+    assert all(q.submit(r) is not None for r in late)
+    sixth = q.request("local", "b", 0, 1)
+    assert q.submit(sixth) is None  # b's own sixth waits for b's bucket
+    # waiting tasks keep their order and come through at their own tenant's rate
+    clock.advance(12)  # one token back for a and for b (5 per minute)
+    assert [r for r, _ in q.pump().admitted] == [flood[5], sixth]
+    assert len(q) == 44
+
+
+def test_a_full_tier_still_makes_everyone_queue_in_order() -> None:
+    clock = Clock()
+    q = make(clock, rateLimits={"local": {"maxConcurrent": 1}}, tenantLimits={"default": {}})
+    first = q.submit(q.request("local", "a", 0, 1))
+    assert first is not None
+    waiting = q.request("local", "a", 0, 1)
+    assert q.submit(waiting) is None
+    q.limiter.release(first)
+    other = q.request("local", "b", 0, 1)
+    assert q.submit(other) is None  # the tier has room again, but an earlier task waits for it
+    assert [r for r, _ in q.pump().admitted] == [waiting]
+
+
+def test_unlimited_requests_get_a_free_ticket() -> None:
+    clock = Clock()
+    q = make(clock, tenantLimits={"default": {}})
     t = q.submit(q.request("local", "t", 10**9, 1))
     assert t is not None and t.limits == ()
     assert not q.limiter.needs_tracking(t.limits)
@@ -155,7 +223,10 @@ def test_unlimited_requests_get_a_free_ticket() -> None:
 
 def test_idle_tenant_limit_sets_are_dropped_once_full_and_unused() -> None:
     clock = Clock()
-    q = make(clock, tenantLimits={"default": {"requestsPerMinute": 60, "maxConcurrent": 1}})
+    q = make(
+        clock,
+        tenantLimits={"default": {"requestsPerMinute": 60, "maxConcurrent": 1}, "defaultScope": "perTenant"},
+    )
     idle_after = q.limiter.tenant_idle_seconds
     # "busy" holds a dispatch, "waits" has a task waiting behind its own limit, "quiet" is done.
     held = q.submit(q.request("local", "busy", 0, 1))
@@ -181,7 +252,7 @@ def test_idle_tenant_limit_sets_are_dropped_once_full_and_unused() -> None:
     assert q.evict_idle_tenants() == 1 and set(q.limiter.tenants) == {"waits"}
     assert q.cancel(waiting)
     assert q.evict_idle_tenants() == 1 and q.limiter.tenants == {}
-    assert q._waiters_on == {}  # no bookkeeping left behind for limit sets nobody waits on
+    assert q._waiters_on == {} and q._blocked_on == {}  # no bookkeeping left for sets nobody waits on
 
 
 def test_a_tenant_bucket_that_is_not_full_is_kept_and_a_rebuilt_one_has_the_same_limits() -> None:
@@ -190,8 +261,9 @@ def test_a_tenant_bucket_that_is_not_full_is_kept_and_a_rebuilt_one_has_the_same
     assert q.submit(q.request("local", "t", 0, 1)) is not None
     assert q.submit(q.request("local", "t", 0, 1)) is not None
     clock.advance(q.limiter.tenant_idle_seconds + 1)
-    q.limiter.tenants["t"].requests.take(1, clock())  # type: ignore[union-attr]  # still in debt
-    q.limiter.tenants["t"].last_used = 0.0
+    shared = q.limiter.tenants[SHARED_BUDGET]
+    shared.requests.take(1, clock())  # type: ignore[union-attr]  # still in debt
+    shared.last_used = 0.0
     assert q.evict_idle_tenants() == 0  # dropping it would hand out a full bucket early
     clock.advance(120)
     assert q.evict_idle_tenants() == 1

@@ -21,6 +21,7 @@ from loom.api.router_policy import (
     OnLimit,
     RateLimit,
     RouterPolicySpec,
+    StreamLimits,
     TenantLimits,
     TierDefinition,
 )
@@ -48,6 +49,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("RouterPolicy: tenantLimits", TenantLimits),
     ("RouterPolicy: onLimit", OnLimit),
     ("RouterPolicy: modelEndpoints", ModelEndpoints),
+    ("RouterPolicy: streams", StreamLimits),
     ("Schedule", ScheduleSpec),
     ("Schedule: goal", GoalTemplate),
     ("Schedule: task", TaskTemplate),

@@ -108,11 +108,79 @@ class RateLimit(SpecModel):
     max_concurrent: int | None = Field(default=None, ge=1, description="Tasks in flight at once.")
 
 
-class TenantLimits(SpecModel):
-    """Per-tenant limits, applied on top of the tier limits."""
+#: Tasks per minute all unlisted tenants share when a RouterPolicy sets no ``tenantLimits.default``:
+#: a minute's burst and 100 tasks a second, enough for one team, a bound for a name-rotating flood.
+DEFAULT_TENANT_REQUESTS_PER_MINUTE = 6000
 
-    default: RateLimit | None = Field(default=None, description="Limits for every tenant not listed.")
-    overrides: dict[str, RateLimit] = Field(default_factory=dict, description="Limits per tenant id.")
+
+def _default_tenant_limit() -> RateLimit:
+    return RateLimit(requests_per_minute=DEFAULT_TENANT_REQUESTS_PER_MINUTE)
+
+
+class TenantLimits(SpecModel):
+    """Per-tenant limits, applied on top of the tier limits.
+
+    Tenants not listed in ``overrides`` share one budget by default: a client that
+    invents a new tenant name per task gets no fresh bucket.
+    """
+
+    default: RateLimit | None = Field(
+        default_factory=_default_tenant_limit,
+        description="Limits for the tenants not listed in overrides (the tenant 'default' included). "
+        f"Unset: requestsPerMinute {DEFAULT_TENANT_REQUESTS_PER_MINUTE}; {{}} turns them off.",
+    )
+    default_scope: Literal["shared", "perTenant"] = Field(
+        default="shared",
+        description="shared: all unlisted tenants draw on ONE budget of the default limits (new tenant "
+        "names get no fresh bucket). perTenant: each unlisted tenant gets its own copy; only safe when "
+        "the bus authenticates tenants and a client cannot invent tenant names.",
+    )
+    overrides: dict[str, RateLimit] = Field(
+        default_factory=dict, description="Limits per tenant id, each its own budget."
+    )
+
+
+#: Largest task message (bytes) the router takes by default; ``loom submit`` uses the same bound.
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+
+
+class StreamLimits(SpecModel):
+    """Size, count and age limits of the JetStream streams, applied (created or updated) by the router.
+
+    The work queues (router input, worker input, goals) refuse new messages when full
+    (``discard: new``): the publisher gets an error and nothing stored is dropped. Each
+    tenant's submission subject (``loom.tasks.incoming.tenant.<t>``, ``loom.goals.<p>.tenant.<t>``)
+    holds at most ``maxMessagesPerTenant``, so one tenant cannot fill a queue for all.
+    """
+
+    max_bytes: int = Field(
+        default=1024**3, ge=1024 * 1024, description="Bytes each work-queue stream may hold (default 1 GiB)."
+    )
+    max_messages: int = Field(
+        default=1_000_000, ge=1000, description="Messages each work-queue stream may hold."
+    )
+    max_age_seconds: float = Field(
+        default=7 * 24 * 3600.0,
+        ge=0,
+        description="Messages older than this are removed from the work queues without a dead letter "
+        "(0: no age limit; default 7 days).",
+    )
+    discard: Literal["new", "old"] = Field(
+        default="new",
+        description="When a stream is full: new refuses the publish (nothing stored is lost); old drops "
+        "the oldest messages to make room.",
+    )
+    max_messages_per_tenant: int = Field(
+        default=10_000,
+        ge=1,
+        description="Messages one tenant may have waiting on its submission subject (router input and "
+        "each pipeline's goals); more are refused to that tenant alone.",
+    )
+    dead_letter_max_bytes: int = Field(
+        default=1024**3,
+        ge=1024 * 1024,
+        description="Bytes of dead letters kept; the oldest go first (they also expire after 7 days).",
+    )
 
 
 class OnLimit(SpecModel):
@@ -164,6 +232,17 @@ class RouterPolicySpec(SpecModel):
         default_factory=TenantLimits, description="Per-tenant limits on top of the tier limits."
     )
     on_limit: OnLimit = Field(default_factory=OnLimit, description="What happens to a task over a limit.")
+    max_payload_bytes: int = Field(
+        default=DEFAULT_MAX_PAYLOAD_BYTES,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest task message (bytes) the router takes; a bigger one is dead-lettered "
+        "with reason too_large (its body is not kept) and its caller gets a failed result.",
+    )
+    streams: StreamLimits = Field(
+        default_factory=StreamLimits,
+        description="Size, count and age limits of the JetStream streams (the router applies them).",
+    )
     model_endpoints: ModelEndpoints = Field(
         default_factory=ModelEndpoints,
         description="The allow-list of model endpoints: a tier's baseUrl outside it is refused.",

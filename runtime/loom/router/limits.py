@@ -7,13 +7,19 @@ Time comes from an injected clock (seconds, monotonic) so tests drive it by hand
   is admitted when the bucket is full (and leaves it in debt) so it cannot wait forever;
 * max concurrent counts tasks dispatched and not yet answered;
 * each router replica enforces ``limit / replicas``;
-* tenant limits apply on top of the tier limits; a tenant's limit set is dropped
-  once it has been full and unused for ``tenant_idle_seconds`` (it would be
-  rebuilt full anyway), so many tenants do not mean unbounded memory.
+* tenant limits apply on top of the tier limits. A tenant listed in the overrides
+  has its own limit set; every other tenant draws on ONE shared limit set of the
+  default limits (``defaultScope: shared``), so inventing tenant names gains
+  nothing. A limit set is dropped once it has been full and unused for
+  ``tenant_idle_seconds`` (it would be rebuilt full anyway), so many tenants do not
+  mean unbounded memory.
 
 A task that does not fit waits. Waiting tasks are admitted by priority (high
 first), then age; a task never overtakes an earlier or higher-priority task
-that waits for one of the same limits. A task that waited ``max_wait`` expires.
+that waits for one of the same limits. A task waits *for* the limits that do not
+fit it (not for every limit it is counted in), so a tenant waiting on its own
+limit does not hold up another tenant whose limits have room, even on a shared
+tier. A task that waited ``max_wait`` expires.
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ from typing import Any
 from loom.api.router_policy import RateLimit, RouterPolicySpec
 
 Clock = Callable[[], float]
+
+#: The key of the one limit set all tenants not listed in the overrides share (no tenant name
+#: can be ``*``: tenant names are subject tokens).
+SHARED_BUDGET = "*"
 
 
 class TokenBucket:
@@ -184,6 +194,8 @@ class Request:
     item: Any = None
     seq: int = 0
     limits: tuple[LimitSet, ...] = field(default=())
+    #: While waiting: the limit sets it waits for (full ones, or ones an earlier task waits for).
+    blocked_by: tuple[LimitSet, ...] = field(default=())
 
     def sort_key(self) -> tuple[int, float, int]:
         return (-self.priority, self.arrived, self.seq)
@@ -203,7 +215,18 @@ class Limiter:
         }
         self._tenant_default = policy.tenant_limits.default
         self._tenant_overrides = policy.tenant_limits.overrides
+        self._shared_default = policy.tenant_limits.default_scope == "shared"
+        #: Limit sets by budget key (:meth:`budget_of`).
         self.tenants: dict[str, LimitSet] = {}
+
+    def budget_of(self, tenant: str) -> str | None:
+        """Whose limits a tenant draws on: its own name when listed (or when the default is per
+        tenant), :data:`SHARED_BUDGET` for the unlisted tenants sharing the default, None when unlimited."""
+        if tenant in self._tenant_overrides:
+            return tenant
+        if self._tenant_default is None:
+            return None
+        return SHARED_BUDGET if self._shared_default else tenant
 
     def limits_for(self, tier: str, tenant: str) -> tuple[LimitSet, ...]:
         """The non-empty limit sets a request of (tier, tenant) must fit."""
@@ -213,12 +236,13 @@ class Limiter:
             ts = self.tiers[tier] = LimitSet(f"tier:{tier}")
         if not ts.empty:
             out.append(ts)
-        if self._tenant_default is not None or tenant in self._tenant_overrides:
-            tl = self.tenants.get(tenant)
+        key = self.budget_of(tenant)
+        if key is not None:
+            tl = self.tenants.get(key)
             if tl is None:
                 spec = self._tenant_overrides.get(tenant, self._tenant_default)
-                tl = self.tenants[tenant] = LimitSet.from_spec(
-                    f"tenant:{tenant}", spec, self.replicas, self.clock()
+                tl = self.tenants[key] = LimitSet.from_spec(
+                    f"tenant:{key}", spec, self.replicas, self.clock()
                 )
             if not tl.empty:
                 out.append(tl)
@@ -289,7 +313,10 @@ class AdmissionQueue:
         self.clock = limiter.clock
         self.max_wait = max_wait
         self.waiting: list[tuple[tuple[int, float, int], Request]] = []
+        #: Waiting requests counted in each limit set (keeps the set from eviction).
         self._waiters_on: dict[int, int] = {}
+        #: Waiting requests that wait for each limit set (a newcomer counted in it queues behind them).
+        self._blocked_on: dict[int, int] = {}
         self._seq = 0
 
     def __len__(self) -> int:
@@ -312,27 +339,34 @@ class AdmissionQueue:
         )
 
     def submit(self, req: Request) -> Ticket | None:
-        """Admit now if nothing waits on the same limits and all fit; otherwise enqueue (returns None)."""
+        """Admit now if every limit fits and nothing waits for one of them; else enqueue (returns None)."""
         if not req.limits:
             return Ticket(req.tier, req.tenant, req.tokens, ())
-        if not any(self._waiters_on.get(id(ls)) for ls in req.limits):
+        now = self.clock()
+        blocking = tuple(
+            ls for ls in req.limits if self._blocked_on.get(id(ls)) or not ls.fits(req.tokens, now)
+        )
+        if not blocking:
             ticket = self.limiter.try_acquire(req.tier, req.tenant, req.tokens, req.limits)
             if ticket is not None:
                 return ticket
+            blocking = req.limits
         key = req.sort_key()
         bisect.insort(self.waiting, (key, req), key=lambda e: e[0])
-        for ls in req.limits:
-            self._waiters_on[id(ls)] = self._waiters_on.get(id(ls), 0) + 1
+        _count(self._waiters_on, req.limits, +1)
+        self._block(req, blocking)
         return None
+
+    def _block(self, req: Request, limits: tuple[LimitSet, ...]) -> None:
+        """From now on ``req`` waits for ``limits``."""
+        _count(self._blocked_on, req.blocked_by, -1)
+        req.blocked_by = limits
+        _count(self._blocked_on, limits, +1)
 
     def _remove(self, idx: int) -> Request:
         _, req = self.waiting.pop(idx)
-        for ls in req.limits:
-            left = self._waiters_on[id(ls)] - 1
-            if left:
-                self._waiters_on[id(ls)] = left
-            else:
-                del self._waiters_on[id(ls)]
+        _count(self._waiters_on, req.limits, -1)
+        self._block(req, ())
         return req
 
     def evict_idle_tenants(self) -> int:
@@ -352,7 +386,7 @@ class AdmissionQueue:
         now = self.clock()
         admitted: list[tuple[Request, Ticket]] = []
         expired: list[Request] = []
-        blocked: set[int] = set()
+        blocked: set[int] = set()  # limit sets an earlier waiting task waits for
         next_wake: float | None = None
         i = 0
         while i < len(self.waiting):
@@ -360,7 +394,9 @@ class AdmissionQueue:
             if now >= req.deadline:
                 expired.append(self._remove(i))
                 continue
-            if any(id(ls) in blocked for ls in req.limits):
+            behind = tuple(ls for ls in req.limits if id(ls) in blocked)
+            if behind:
+                self._block(req, behind)
                 next_wake = req.deadline if next_wake is None else min(next_wake, req.deadline)
                 i += 1
                 continue
@@ -369,12 +405,24 @@ class AdmissionQueue:
                 self._remove(i)
                 admitted.append((req, ticket))
                 continue
-            wait = max((ls.wait_time(req.tokens, now) for ls in req.limits), default=0.0)
+            full = tuple(ls for ls in req.limits if not ls.fits(req.tokens, now)) or req.limits
+            wait = max((ls.wait_time(req.tokens, now) for ls in full), default=0.0)
             candidates = [req.deadline]
             if math.isfinite(wait):
                 candidates.append(now + max(wait, 0.001))
             wake = min(candidates)
             next_wake = wake if next_wake is None else min(next_wake, wake)
-            blocked.update(id(ls) for ls in req.limits)
+            self._block(req, full)
+            blocked.update(id(ls) for ls in full)  # only what it waits for: others may still pass
             i += 1
         return PumpResult(admitted, expired, next_wake)
+
+
+def _count(counts: dict[int, int], limits: tuple[LimitSet, ...], delta: int) -> None:
+    """Add ``delta`` to the count of each limit set, dropping counts that reach zero."""
+    for ls in limits:
+        left = counts.get(id(ls), 0) + delta
+        if left > 0:
+            counts[id(ls)] = left
+        else:
+            counts.pop(id(ls), None)

@@ -46,11 +46,15 @@ from loom.messages import (
     stamp_tenant,
     utcnow,
 )
+from loom.quotas import payload_problem
 from loom.router.limits import AdmissionQueue, Limiter, Request, Ticket
 from loom.router.routing import Rejection, Route, RoutingTable, estimate_tokens
 from loom.subjects import ROUTER_CONSUMER, STREAM_GOALS, STREAM_INCOMING, STREAM_TASKS, tenant_of_subject
 
 log = logging.getLogger(__name__)
+
+#: Metadata (bytes of JSON) an oversized task's failed result still carries back to its caller.
+_RESULT_METADATA_MAX = 4096
 
 
 @dataclass
@@ -110,6 +114,7 @@ class RouterService:
     async def run(self, stop: asyncio.Event) -> None:
         """Route until ``stop`` is set, then hand waiting tasks back and return."""
         o = self.options
+        await self.bus.ensure_streams(self.table.policy.streams)  # the router owns the stream limits
         await self.bus.ensure_router_consumer(
             ack_wait=o.ack_wait,
             max_deliver=o.max_deliver,
@@ -158,6 +163,10 @@ class RouterService:
     # -- incoming tasks -----------------------------------------------------------------------------------
 
     async def _handle(self, d: Delivery) -> None:
+        too_large = payload_problem(len(d.data), self.table.policy.max_payload_bytes)
+        if too_large is not None:
+            await self._too_large(d, too_large)
+            return
         try:
             task = TaskMessage.model_validate_json(d.data)
         except ValidationError as exc:
@@ -262,6 +271,23 @@ class RouterService:
         await self.bus.publish_dead_letter(dl)
         if task is not None:
             await self.bus.publish_result(_failed(task, tier, reason.value, f"{reason.value}: {detail}"))
+        await d.term()
+        metrics.DEAD_LETTERS.labels(reason.value, "router").inc()
+
+    async def _too_large(self, d: Delivery, detail: str) -> None:
+        """Dead-letter an oversized task without its body (keeping it would fill the dead-letter
+        stream the same way); the caller still gets a failed result when the task parses."""
+        task: TaskMessage | None = None
+        with contextlib.suppress(ValidationError):
+            task = TaskMessage.model_validate_json(d.data)
+            task = task.model_copy(update={"tenant": tenant_of_subject(d.subject)})
+        reason = DeadLetterReason.TOO_LARGE
+        dl = dead_letter_of(d, reason, detail, stream=STREAM_INCOMING, role="router", task=task)
+        await self.bus.publish_dead_letter(dl.model_copy(update={"original": ""}))
+        if task is not None:
+            small = len(json.dumps(task.metadata, default=str)) <= _RESULT_METADATA_MAX
+            slim = task.model_copy(update={"payload": {}, "metadata": task.metadata if small else {}})
+            await self.bus.publish_result(_failed(slim, None, reason.value, f"{reason.value}: {detail}"))
         await d.term()
         metrics.DEAD_LETTERS.labels(reason.value, "router").inc()
 

@@ -92,6 +92,11 @@ async def _main(args: argparse.Namespace, settings: NatsSettings) -> int:
                 print(f"no dead letter {args.id!r}", file=sys.stderr)
                 return 1
             targets = [one]
+        if args.all:
+            kept = [s for s in targets if s.dead_letter.replayable]
+            if len(kept) < len(targets):
+                print(f"skipping {len(targets) - len(kept)} without a kept body (too_large)", file=sys.stderr)
+            targets = kept
         for s in targets:
             await bus.replay_dead_letter(s, keep=args.keep)
             print(f"replayed {s.dead_letter.dead_letter_id} to {s.dead_letter.subject}")
