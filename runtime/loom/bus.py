@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import logging
 import re
@@ -34,6 +35,7 @@ from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from loom import metrics
+from loom.api.router_policy import StreamLimits
 from loom.dead_letters import decode_original
 from loom.messages import DeadLetter, GoalMessage, GoalResult, TaskMessage, TaskResult
 from loom.settings import NatsSettings
@@ -289,25 +291,54 @@ def ssl_context(settings: NatsSettings) -> ssl.SSLContext | None:
     return ctx
 
 
-def _stream_configs() -> list[js_api.StreamConfig]:
+#: The stream config fields a RouterPolicy's ``streams`` sets; only the router changes them on an
+#: existing stream (every other role keeps what the stream has, so two configs never fight).
+LIMIT_FIELDS = (
+    "max_bytes",
+    "max_msgs",
+    "max_age",
+    "discard",
+    "max_msgs_per_subject",
+    "discard_new_per_subject",
+)
+
+
+def _stream_configs(limits: StreamLimits | None = None) -> list[js_api.StreamConfig]:
+    """Every stream Loom uses, with the size, count and age limits of ``limits`` (the defaults if None).
+
+    The work queues get ``limits``; router input and goals also cap each subject, that is each
+    tenant's submission subject (``....tenant.<t>``; the default tenant's is the bare subject).
+    """
+    lim = limits or StreamLimits()
     wq = js_api.RetentionPolicy.WORK_QUEUE
     file = js_api.StorageType.FILE
+    discard = js_api.DiscardPolicy(lim.discard)
+    queue: dict[str, Any] = {
+        "retention": wq,
+        "storage": file,
+        "duplicate_window": DUPLICATE_WINDOW,
+        "max_bytes": lim.max_bytes,
+        "max_msgs": lim.max_messages,
+        "max_age": lim.max_age_seconds,
+        "discard": discard,
+    }
+    per_tenant: dict[str, Any] = {
+        "max_msgs_per_subject": lim.max_messages_per_tenant,
+        "discard_new_per_subject": lim.discard == "new",
+    }
     return [
         js_api.StreamConfig(
             name=STREAM_INCOMING,
             subjects=list(INCOMING_SUBJECTS),
-            retention=wq,
-            storage=file,
-            duplicate_window=DUPLICATE_WINDOW,
             description="Router input (one shared durable consumer).",
+            **queue,
+            **per_tenant,
         ),
         js_api.StreamConfig(
             name=STREAM_TASKS,
             subjects=["loom.tasks.*.*"],
-            retention=wq,
-            storage=file,
-            duplicate_window=DUPLICATE_WINDOW,
             description="Worker input, one durable consumer per type and tier.",
+            **queue,
         ),
         js_api.StreamConfig(
             name=STREAM_DEAD_LETTER,
@@ -315,16 +346,17 @@ def _stream_configs() -> list[js_api.StreamConfig]:
             retention=js_api.RetentionPolicy.LIMITS,
             storage=file,
             max_age=DEAD_LETTER_MAX_AGE,
+            max_bytes=lim.dead_letter_max_bytes,
+            discard=js_api.DiscardPolicy.OLD,
             duplicate_window=DUPLICATE_WINDOW,
             description="Dead letters with their reason and original message.",
         ),
         js_api.StreamConfig(
             name=STREAM_GOALS,
             subjects=["loom.goals.>"],
-            retention=wq,
-            storage=file,
-            duplicate_window=DUPLICATE_WINDOW,
             description="Goals for pipelines and the orchestrator.",
+            **queue,
+            **per_tenant,
         ),
         js_api.StreamConfig(
             name=STREAM_ADVISORIES,
@@ -335,6 +367,19 @@ def _stream_configs() -> list[js_api.StreamConfig]:
             description="MAX_DELIVERIES advisories, turned into dead letters by the routers.",
         ),
     ]
+
+
+def _limit_fields(stream: str | None) -> tuple[str, ...]:
+    """The fields of ``stream`` a RouterPolicy's ``streams`` sets (the rest are fixed by Loom)."""
+    if stream == STREAM_DEAD_LETTER:
+        return ("max_bytes",)
+    return () if stream == STREAM_ADVISORIES else LIMIT_FIELDS
+
+
+def keep_limits(config: js_api.StreamConfig, existing: dict[str, Any]) -> js_api.StreamConfig:
+    """``config`` with the limit fields the stream already has (see :data:`LIMIT_FIELDS`)."""
+    have = js_api.StreamConfig.from_response(dict(existing))
+    return dataclasses.replace(config, **{f: getattr(have, f) for f in _limit_fields(config.name)})
 
 
 def stream_config_matches(existing: dict[str, Any], wanted: dict[str, Any]) -> bool:
@@ -487,15 +532,21 @@ class Bus:
 
     # -- streams and consumers -----------------------------------------------------------------------
 
-    async def ensure_streams(self) -> None:
+    async def ensure_streams(self, limits: StreamLimits | None = None) -> None:
         """Declare every stream; an existing stream with a different config is updated.
 
+        ``limits`` (the router passes its RouterPolicy's ``streams``) are applied to new and
+        existing streams alike. Without them a new stream gets the default limits and an
+        existing one keeps its own, so only the router's policy ever changes them.
         A stream that already has the wanted config is left alone, so an identity
         allowed only to read stream info (a tenant's submitter) connects as well.
         """
-        for config in _stream_configs():
+        for config in _stream_configs(limits):
             body = await self._api(f"$JS.API.STREAM.INFO.{config.name}", {}, missing_ok=True)
-            if body and stream_config_matches(body.get("config") or {}, config.as_dict()):
+            existing = (body or {}).get("config")
+            if existing and limits is None:
+                config = keep_limits(config, existing)
+            if existing and stream_config_matches(existing, config.as_dict()):
                 continue
             try:
                 await self.js.add_stream(config)
@@ -813,6 +864,11 @@ class Bus:
     async def replay_dead_letter(self, stored: StoredDeadLetter, *, keep: bool = False) -> None:
         """Publish the original message again to its original subject, then drop the dead letter."""
         dl = stored.dead_letter
+        if not dl.replayable:
+            raise BusError(
+                f"dead letter {dl.dead_letter_id} cannot be replayed: "
+                f"{dl.reason.value}, its body was not kept"
+            )
         await self.js_publish(dl.subject, decode_original(dl.original))
         if not keep:
             await self.delete_stream_message(STREAM_DEAD_LETTER, stored.seq)
