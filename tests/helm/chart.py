@@ -41,6 +41,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "credentialsSecret": "nats-creds",
             "tlsSecret": "nats-tls",
             "url": "tls://nats.nats.svc:4222",
+            "auth": {"mode": "none"},
         },
     },
     "namespaced": {
@@ -50,7 +51,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "routerPolicy": {"create": True, "namespace": "team-a"},
     },
     "bundled-nats": {
-        "nats": {"bundled": {"enabled": True}},
+        "nats": {"bundled": {"enabled": True}, "auth": {"tenants": ["a", "b"]}},
         "networkPolicy": {
             "enabled": True,
             "natsMonitorFrom": [{"namespaceSelector": {"matchLabels": {"name": "keda"}}}],

@@ -151,6 +151,7 @@ def test_default_renders_nothing_optional(rendered: dict[str, list[dict[str, Any
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
         "NetworkPolicy",
+        "Secret",  # the key of generated NATS passwords (nats.auth.mode generated)
     }
     assert kinds in (required, required | {"CustomResourceDefinition"})
 
@@ -191,7 +192,8 @@ def test_namespaced_rbac_is_a_role_per_namespace(rendered: dict[str, list[dict[s
     assert flat_rules(cluster_role) == {
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}
     }
-    roles = by_kind(objects, "Role")
+    # (The release namespace's Role for the NATS users Secret: tests/helm/test_bus_auth_chart.py.)
+    roles = [r for r in by_kind(objects, "Role") if not r["metadata"]["name"].endswith("-nats-auth")]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     namespaced_contract = {
         k: v
@@ -204,8 +206,10 @@ def test_namespaced_rbac_is_a_role_per_namespace(rendered: dict[str, list[dict[s
         }
     }
     for role in roles:
-        assert flat_rules(role) == namespaced_contract | LEASES
-    bindings = by_kind(objects, "RoleBinding")
+        assert flat_rules(role) == namespaced_contract | LEASES | {("", "secrets"): {"create", "patch"}}
+    bindings = [
+        b for b in by_kind(objects, "RoleBinding") if not b["metadata"]["name"].endswith("-nats-auth")
+    ]
     assert sorted((b["metadata"]["namespace"], b["roleRef"]["kind"]) for b in bindings) == [
         ("team-a", "Role"),
         ("team-b", "Role"),
@@ -230,7 +234,7 @@ def test_every_rbac_rule_has_a_comment(name: str, tmp_path: Path) -> None:
                 assert lines[i - 1].startswith("# ") and len(lines[i - 1]) > 20, (
                     f"rule without a reason: {line}"
                 )
-    assert rules == (12 if name == "cluster-wide" else 23)
+    assert rules == (12 if name == "cluster-wide" else 26)
 
 
 def test_hot_standby_uses_kopf_peering(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -256,12 +260,12 @@ def test_hot_standby_uses_kopf_peering(rendered: dict[str, list[dict[str, Any]]]
 def test_bundled_nats(rendered: dict[str, list[dict[str, Any]]]) -> None:
     objects = rendered["bundled-nats"]
     sts = one(objects, "StatefulSet")
-    (container,) = sts["spec"]["template"]["spec"]["containers"]
-    assert container["image"] == "nats:2.10-alpine"
+    container, reloader = sts["spec"]["template"]["spec"]["containers"]  # reloader: test_bus_auth_chart.py
+    assert container["image"] == reloader["image"] == "nats:2.10-alpine"
     assert {p["containerPort"] for p in container["ports"]} == {4222, 8222}
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "data" and claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
-    conf = one(objects, "ConfigMap")["data"]["nats.conf"]
+    conf = one(objects, "ConfigMap", f"{FULLNAME}-nats-config")["data"]["nats.conf"]
     assert re.search(r"jetstream \{\s*store_dir: /data", conf)
     svc = one(objects, "Service", f"{FULLNAME}-nats")
     assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"client": 4222, "monitor": 8222}

@@ -105,3 +105,23 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "loom.peeringName" -}}
 {{- default (include "loom.fullname" .) .Values.operator.standby.peeringName -}}
 {{- end -}}
+
+{{/* The Secret the operator writes the NATS server's users to (generated mode); the bundled NATS includes it. */}}
+{{- define "loom.natsAuthSecret" -}}
+{{- printf "%s-nats-auth" (include "loom.fullname" .) -}}
+{{- end -}}
+
+{{/* The Secret (key `key`) generated NATS passwords derive from. */}}
+{{- define "loom.natsAuthKeySecret" -}}
+{{- default (printf "%s-nats-auth-key" (include "loom.fullname" .)) .Values.nats.auth.keySecret -}}
+{{- end -}}
+
+{{/* Refuse combinations of NATS settings that cannot work, saying what to do. */}}
+{{- define "loom.natsAuthCheck" -}}
+{{- if and .Values.nats.credentialsSecret (ne .Values.nats.auth.mode "none") -}}
+{{- fail (printf "nats.credentialsSecret gives every pod one shared identity, but nats.auth.mode is %s (an identity per resource): set nats.auth.mode=none to share it, or unset nats.credentialsSecret" .Values.nats.auth.mode) -}}
+{{- end -}}
+{{- if and .Values.nats.auth.tenants (ne .Values.nats.auth.mode "generated") -}}
+{{- fail "nats.auth.tenants get generated credentials: they need nats.auth.mode=generated (with your own NATS accounts, make tenant users with nsc)" -}}
+{{- end -}}
+{{- end -}}

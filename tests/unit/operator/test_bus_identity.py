@@ -56,7 +56,6 @@ def test_every_deployment_connects_as_its_resource_from_its_secret() -> None:
     out = render(GENERATED)
     users = set()
     for key, objects in out.items():
-        kind, _, name = key.partition("-")
         secrets = [o for o in objects if o["kind"] == "Secret"]
         assert len(secrets) == 1, key
         secret = secrets[0]
