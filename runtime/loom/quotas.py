@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 
-def payload_problem(size: int, limit: int, what: str = "task") -> str | None:
-    """Why a message of ``size`` bytes is refused under ``limit``, or None when it fits."""
+def payload_problem(
+    size: int, limit: int, what: str = "task", setting: str = "RouterPolicy maxPayloadBytes"
+) -> str | None:
+    """Why a message of ``size`` bytes is refused under ``limit`` (configured as ``setting``), or None."""
     if size <= limit:
         return None
     return (
-        f"{what} message is {size} bytes, over the limit of {limit} bytes "
-        "(RouterPolicy maxPayloadBytes); pass large inputs by reference (a file ref or URL) instead"
+        f"{what} message is {size} bytes, over the limit of {limit} bytes ({setting}); "
+        "pass large inputs by reference (a file ref or URL) instead"
     )

@@ -46,3 +46,40 @@ def test_a_goal_without_pipeline_goes_to_the_orchestrator_or_the_only_pipeline()
         goal_target(["loom.goals.b", "loom.goals.a"])
     with pytest.raises(NoGoalTarget, match="loom pipeline --config FILE"):
         goal_target([])
+
+
+def test_submit_refuses_an_oversized_task_or_goal_up_front_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    big = tmp_path / "big.json"
+    big.write_text('{"text": "' + "x" * 5000 + '"}')
+    # An unreachable NATS: the refusal must come before any connection attempt.
+    env = {"LOOM_NATS_URL": "nats://127.0.0.1:9", "LOOM_MAX_PAYLOAD_BYTES": "4096", "PATH": ""}
+    cmd = [sys.executable, "-m", "loom.cli.main", "submit"]
+    task = subprocess.run(
+        [*cmd, "--worker-type", "w", "--payload", f"@{big}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert task.returncode == 2
+    (line,) = task.stderr.strip().splitlines()
+    assert line.startswith("loom submit: task message is ") and "over the limit of 4096 bytes" in line
+    goal = subprocess.run(
+        [*cmd, "summarize", "--context", f"doc=@{big}", "--max-payload-bytes", "2048"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert goal.returncode == 2 and "goal message is" in goal.stderr and "2048 bytes" in goal.stderr
+    small = subprocess.run(
+        [*cmd, "--worker-type", "w", "--connect-timeout", "0.5"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert small.returncode != 0 and "over the limit" not in small.stderr  # it fits: it tries to connect

@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from typing import Any
 
 from pydantic import ValidationError
 
+from loom.api.router_policy import DEFAULT_MAX_PAYLOAD_BYTES
 from loom.bus import Bus, BusAuthError, BusError
 from loom.cli.common import (
     add_local_credentials_option,
@@ -31,8 +33,12 @@ from loom.messages import (
     TaskStatus,
     describe_validation_error,
 )
+from loom.quotas import payload_problem
 from loom.settings import NatsSettings
 from loom.subjects import GOALS_INCOMING, STREAM_GOALS
+
+#: Environment variable of ``--max-payload-bytes``.
+MAX_PAYLOAD_ENV = "LOOM_MAX_PAYLOAD_BYTES"
 
 NAME = "submit"
 HELP = "Submit a task (--worker-type) or a goal (an instruction); --wait prints the result."
@@ -62,6 +68,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait with --wait")
     parser.add_argument(
         "--connect-timeout", type=float, default=30.0, help="seconds to wait for the NATS connection"
+    )
+    parser.add_argument(
+        "--max-payload-bytes",
+        type=int,
+        default=int(os.environ.get(MAX_PAYLOAD_ENV, DEFAULT_MAX_PAYLOAD_BYTES)),
+        metavar="BYTES",
+        help="refuse a task or goal message larger than this before sending it (the router dead-letters "
+        f"tasks over its RouterPolicy maxPayloadBytes as too_large); env {MAX_PAYLOAD_ENV}, "
+        f"default {DEFAULT_MAX_PAYLOAD_BYTES}",
     )
     add_runtime_options(parser, metrics=False)
     add_local_credentials_option(parser)
@@ -249,6 +264,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except (ValueError, OSError) as exc:
         print(f"loom submit: {exc}", file=sys.stderr)
+        return 2
+    what = "goal" if isinstance(msg, GoalMessage) else "task"
+    too_large = payload_problem(len(msg.to_bytes()), args.max_payload_bytes, what, "--max-payload-bytes")
+    if too_large is not None:
+        print(f"loom submit: {too_large}", file=sys.stderr)
         return 2
     try:
         settings = client_nats_settings(args, "loom-submit", tenant=msg.tenant)
