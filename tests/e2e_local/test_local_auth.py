@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import stat
 import subprocess
 import time
@@ -214,3 +215,27 @@ def test_dead_letters_are_the_admins(up: LocalUp) -> None:
     assert len(again) == 1 and again[0]["reason"] == "unknown_worker_type"
     assert up.stop() == 0
     assert not credentials_path(up.run_dir).exists() and not (up.run_dir / "nats.conf").exists()
+
+
+async def test_loom_mcp_calls_tools_as_its_configs_tenant(up: LocalUp, tmp_path: Path) -> None:
+    import mcp_types as types
+    from mcp import Client, StdioServerParameters
+
+    folder = tmp_path / "manifests"
+    gateway = tmp_path / "gateway.yaml"
+    gateway.write_text(yaml.safe_dump({
+        "name": "local_gateway",
+        "tenant": "acme",
+        "tools": {"workers": [{"config": str(folder / "worker-facts.yaml")}]},
+    }))
+    params = StdioServerParameters(
+        command=LOOM[0],
+        args=[*LOOM[1:], "mcp", "--config", str(gateway), "--run-dir", str(up.run_dir)],
+        env={**os.environ, "LOOM_NATS_URL": up.state()["nats_url"]},
+        cwd=str(ROOT),
+    )
+    async with Client(params) as client:
+        done = await client.call_tool("facts", {"text": TEXT})
+    assert not done.is_error, done
+    assert len(done.content) == 1 and isinstance(done.content[0], types.TextContent)
+    assert json.loads(done.content[0].text)["emails"] == ["ops@example.com"]
