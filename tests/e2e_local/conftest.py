@@ -31,6 +31,7 @@ class LocalUp:
     paths: list[Path]
     run_dir: Path
     env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -53,6 +54,7 @@ class LocalUp:
             "0",
             "--nats-monitor-port",
             "0",
+            *self.args,
         ]
         log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
@@ -161,8 +163,9 @@ def local_up_factory(tmp_path: Path) -> Iterator[Any]:
     """Start `loom up` instances; whatever is still running at the end is stopped."""
     started: list[LocalUp] = []
 
-    def make(paths: list[Path], env: dict[str, str] | None = None) -> LocalUp:
-        up = LocalUp(paths=paths, run_dir=tmp_path / f"run{len(started)}", env=env or {}).start()
+    def make(paths: list[Path], env: dict[str, str] | None = None, args: list[str] | None = None) -> LocalUp:
+        run_dir = tmp_path / f"run{len(started)}"
+        up = LocalUp(paths=paths, run_dir=run_dir, env=env or {}, args=args or []).start()
         started.append(up)
         return up
 

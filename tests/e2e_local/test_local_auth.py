@@ -91,15 +91,19 @@ def listening(port: int) -> set[str]:
     return found
 
 
-@pytest.fixture
-def up(local_up_factory: Any, tmp_path: Path) -> LocalUp:
+def start(local_up_factory: Any, tmp_path: Path, args: list[str] | None = None) -> LocalUp:
     folder = tmp_path / "manifests"
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     for doc in MANIFESTS:
         (folder / f"{doc['kind'].lower()}-{doc['metadata']['name']}.yaml").write_text(yaml.safe_dump(doc))
-    started: LocalUp = local_up_factory([folder])
+    started: LocalUp = local_up_factory([folder], args=args)
     started.wait_ready(timeout=240)
     return started
+
+
+@pytest.fixture
+def up(local_up_factory: Any, tmp_path: Path) -> LocalUp:
+    return start(local_up_factory, tmp_path)
 
 
 def submit(up: LocalUp, *args: str) -> subprocess.CompletedProcess[str]:
@@ -239,3 +243,15 @@ async def test_loom_mcp_calls_tools_as_its_configs_tenant(up: LocalUp, tmp_path:
     assert not done.is_error, done
     assert len(done.content) == 1 and isinstance(done.content[0], types.TextContent)
     assert json.loads(done.content[0].text)["emails"] == ["ops@example.com"]
+
+
+def test_no_auth_is_an_explicit_loud_opt_out(local_up_factory: Any, tmp_path: Path) -> None:
+    up = start(local_up_factory, tmp_path, ["--no-auth"])
+    assert up.state()["bus_auth"] is False
+    assert "WARNING: --no-auth" in up.log() and "forge results" in up.log()
+    assert not credentials_path(up.run_dir).exists()
+    # Any client gets in: exactly what the warning says.
+    sent = loom("submit", "--worker-type", "facts", "--payload", json.dumps({"text": TEXT}), "--wait",
+                "--nats-url", up.state()["nats_url"], "--run-dir", str(tmp_path / "elsewhere"))
+    assert sent.returncode == 0, sent.stderr
+    assert up.stop() == 0
