@@ -244,23 +244,23 @@ def run(args: argparse.Namespace) -> int:
             by_process = setup_bus_auth(plan, named_tenants(resources), run_dir, nats_url)
         except LocalCredentialsError as exc:
             return _fail(str(exc))
-    write_configs(plan)
-    specs = infra + process_specs(
-        plan, nats_url=nats_url, log_level=args.log_level, cwd=os.getcwd(), credentials=by_process
-    )
-    state = RunState(
-        pid=os.getpid(),
-        nats_url=nats_url,
-        nats_monitor_url=monitor_url,
-        embedded_nats=not args.nats_url,
-        bus_auth=auth,
-        local_llm_url=llm_url,
-        manifests=[str(Path(p).resolve()) for p in paths],
-    )
     try:
+        write_configs(plan)
+        specs = infra + process_specs(
+            plan, nats_url=nats_url, log_level=args.log_level, cwd=os.getcwd(), credentials=by_process
+        )
+        state = RunState(
+            pid=os.getpid(),
+            nats_url=nats_url,
+            nats_monitor_url=monitor_url,
+            embedded_nats=not args.nats_url,
+            bus_auth=by_process is not None,
+            local_llm_url=llm_url,
+            manifests=[str(Path(p).resolve()) for p in paths],
+        )
         return asyncio.run(_up(specs, state, run_dir, args))
     finally:
-        remove_credentials(run_dir)
+        remove_credentials(run_dir)  # passwords live only as long as this run
 
 
 def setup_bus_auth(
