@@ -5,19 +5,23 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 
-from loom.api import RouterPolicySpec, WorkerSpec
+from loom.api import RouterPolicySpec, WorkerSpec, load_paths
 from loom.api.pipeline import PipelineSpec
 from loom.llm.endpoints import NON_PUBLIC_NETWORKS
+from loom_operator.cli.render_cmd import render_resources
 from loom_operator.network_settings import NetworkPolicySettings
 from loom_operator.render import Owner, render_pipeline, render_worker
 from loom_operator.render.common import BUS_CLIENT_LABEL
 from loom_operator.render.network import model_ports, nats_ports
 from loom_operator.settings import Settings
+
+SAMPLES = Path(__file__).resolve().parents[3] / "config" / "samples"
 
 NATS_PEER = {
     "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "loom-system"}},
@@ -152,3 +156,22 @@ def test_settings_from_env_and_clear_errors() -> None:
         NetworkPolicySettings.from_json('{"allowedCIDRs": ["10.0.0.1/8"]}')
     with pytest.raises(ValueError, match="natsTo must be a list of objects"):
         NetworkPolicySettings.from_json('{"natsTo": "x"}')
+
+
+def test_every_sample_deployment_carries_the_bus_client_label_and_every_policy_validates() -> None:
+    rendered = render_resources(load_paths([SAMPLES]), SETTINGS, keda=False, namespace="default")
+    kinds: dict[str, int] = {}
+    for objects in rendered.values():
+        for obj in objects:
+            kinds[obj["kind"]] = kinds.get(obj["kind"], 0) + 1
+            if obj["kind"] == "Deployment":
+                assert obj["spec"]["template"]["metadata"]["labels"][BUS_CLIENT_LABEL] == "true"
+            if obj["kind"] == "NetworkPolicy":
+                kubernetes_validate.validate(obj, "1.33", strict=True)
+    workers = [
+        o
+        for objs in rendered.values()
+        for o in objs
+        if o["kind"] == "Deployment" and "loom.dev/worker" in o["metadata"]["labels"]
+    ]
+    assert kinds["NetworkPolicy"] == len(workers) > 0  # one per Worker tier, none for the other kinds
