@@ -63,6 +63,11 @@ CONTRACT_RULES: list[dict[str, Any]] = [
         "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"],
     },
     {
+        "apiGroups": ["networking.k8s.io"],
+        "resources": ["networkpolicies"],
+        "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"],
+    },
+    {
         "apiGroups": ["apiextensions.k8s.io"],
         "resources": ["customresourcedefinitions"],
         "verbs": ["get", "list", "watch"],
