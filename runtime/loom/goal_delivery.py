@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from loom import metrics
 from loom.dead_letters import dead_letter_of
-from loom.messages import DeadLetterReason, GoalMessage, describe_validation_error
+from loom.messages import DeadLetterReason, GoalMessage, GoalResult, TaskStatus, describe_validation_error
+from loom.quotas import MAX_PAYLOAD_ENV, max_payload_bytes, payload_problem
 from loom.subjects import STREAM_GOALS, tenant_of_subject
 
 if TYPE_CHECKING:
@@ -27,8 +29,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-async def read_goal(bus: Bus, d: Delivery, role: str) -> GoalMessage | None:
-    """The goal in ``d``; None when it is not one (then it is dead-lettered and settled)."""
+async def read_goal(bus: Bus, d: Delivery, role: str, max_bytes: int | None = None) -> GoalMessage | None:
+    """The goal in ``d``; None when it is not one or is over ``max_bytes`` (default
+    :func:`~loom.quotas.max_payload_bytes`), then it is dead-lettered and settled."""
+    too_large = payload_problem(
+        len(d.data), max_payload_bytes() if max_bytes is None else max_bytes, "goal", MAX_PAYLOAD_ENV
+    )
+    if too_large is not None:
+        await _too_large(bus, d, role, too_large)
+        return None
     try:
         goal: GoalMessage = GoalMessage.from_bytes(d.data)
     except ValidationError as exc:
@@ -40,6 +49,29 @@ async def read_goal(bus: Bus, d: Delivery, role: str) -> GoalMessage | None:
         return None
     # The tenant is the one the subject (tied to an identity by NATS permissions) names.
     return goal.model_copy(update={"tenant": tenant_of_subject(d.subject)})
+
+
+async def _too_large(bus: Bus, d: Delivery, role: str, detail: str) -> None:
+    """Dead-letter an oversized goal without its body; its caller gets a failed GoalResult."""
+    goal: GoalMessage | None = None
+    with contextlib.suppress(ValidationError):
+        goal = GoalMessage.from_bytes(d.data).model_copy(update={"tenant": tenant_of_subject(d.subject)})
+    reason = DeadLetterReason.TOO_LARGE
+    dl = dead_letter_of(d, reason, detail, stream=STREAM_GOALS, role=role, goal=goal)
+    await bus.publish_dead_letter(dl.model_copy(update={"original": ""}))
+    if goal is not None:
+        await bus.publish_result(
+            GoalResult(
+                goal_id=goal.goal_id,
+                status=TaskStatus.FAILED,
+                error=f"{reason.value}: {detail}",
+                pipeline=goal.pipeline,
+                tenant=goal.tenant,
+                request_id=goal.request_id,
+            )
+        )
+    await d.term()
+    metrics.DEAD_LETTERS.labels(reason.value, role).inc()
 
 
 @contextlib.asynccontextmanager

@@ -17,8 +17,9 @@ import pytest
 from tests.support.processes import bus, collect, poll
 
 from loom.api.router_policy import RouterConfig, RouterPolicySpec, StreamLimits
-from loom.bus import Bus, BusError
-from loom.messages import DeadLetterReason, TaskMessage
+from loom.bus import Bus, BusError, Delivery
+from loom.goal_delivery import read_goal
+from loom.messages import DeadLetterReason, GoalMessage, TaskMessage
 from loom.router.service import RouterOptions, RouterService
 from loom.settings import NatsSettings
 from loom.subjects import STREAM_DEAD_LETTER, STREAM_GOALS, STREAM_INCOMING, STREAM_TASKS
@@ -181,3 +182,37 @@ async def test_a_full_stream_discards_as_configured(bus: Bus) -> None:
     with pytest.raises(BusError, match=r"(?i)maximum messages"):
         await publish(bus, "y", 1)  # "new": a full stream refuses the publish, keeping what it holds
     assert await bus.stream_messages(STREAM_INCOMING) == 1000
+
+
+async def test_an_oversized_goal_is_dead_lettered_once_as_too_large_by_the_goal_runner(bus: Bus) -> None:
+    durable = await bus.ensure_goal_consumer("p", ack_wait=10, max_deliver=3, max_ack_pending=10)
+    big = GoalMessage(instruction="summarize", pipeline="p", tenant="t", context={"doc": "y" * 5000})
+    small = GoalMessage(instruction="summarize", pipeline="p", tenant="t")
+    sub = await bus.subscribe_results(big.goal_id, "t")
+    await bus.publish_goal(big)
+    await bus.publish_goal(small)
+    read: list[GoalMessage] = []
+
+    async def runner(d: Delivery) -> None:
+        goal = await read_goal(bus, d, "pipeline", max_bytes=2048)
+        if goal is not None:
+            read.append(goal)
+            await d.ack()
+
+    stop = asyncio.Event()
+    consuming = asyncio.create_task(
+        bus.consume(STREAM_GOALS, durable, runner, max_in_flight=4, batch=4, stop=stop)
+    )
+    try:
+        (failed,) = await collect(sub, 1)
+        assert failed["goal_id"] == big.goal_id and failed["status"] == "failed"
+        assert failed["error"].startswith("too_large: goal message is") and "yyyy" not in failed["error"]
+        await poll(lambda: len(read) == 1)
+        assert read[0].goal_id == small.goal_id
+        (stored,) = await bus.dead_letters()
+        assert stored.dead_letter.reason == DeadLetterReason.TOO_LARGE
+        assert stored.dead_letter.goal_id == big.goal_id and stored.dead_letter.original == ""
+        assert await bus.stream_messages(STREAM_GOALS) == 0
+    finally:
+        stop.set()
+        await consuming

@@ -33,12 +33,9 @@ from loom.messages import (
     TaskStatus,
     describe_validation_error,
 )
-from loom.quotas import payload_problem
+from loom.quotas import MAX_PAYLOAD_ENV, payload_problem
 from loom.settings import NatsSettings
 from loom.subjects import GOALS_INCOMING, STREAM_GOALS
-
-#: Environment variable of ``--max-payload-bytes``.
-MAX_PAYLOAD_ENV = "LOOM_MAX_PAYLOAD_BYTES"
 
 NAME = "submit"
 HELP = "Submit a task (--worker-type) or a goal (an instruction); --wait prints the result."
@@ -72,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-payload-bytes",
         type=int,
-        default=int(os.environ.get(MAX_PAYLOAD_ENV, DEFAULT_MAX_PAYLOAD_BYTES)),
+        default=os.environ.get(MAX_PAYLOAD_ENV) or str(DEFAULT_MAX_PAYLOAD_BYTES),  # goes through ``type``
         metavar="BYTES",
         help="refuse a task or goal message larger than this before sending it (the router dead-letters "
         f"tasks over its RouterPolicy maxPayloadBytes as too_large); env {MAX_PAYLOAD_ENV}, "
