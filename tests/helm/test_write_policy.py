@@ -1,5 +1,5 @@
 """The chart's admission policy on a real API server: the operator's identity may write only the
-ConfigMaps, Services and Deployments it manages, even where RBAC (cluster-wide) allows more."""
+ConfigMaps, Secrets, Services and Deployments it manages, even where RBAC (cluster-wide) allows more."""
 
 from __future__ import annotations
 
@@ -93,6 +93,41 @@ def test_the_operator_writes_only_what_it_manages(
             operator.delete_namespaced_config_map(own, "kube-system")
         finally:
             admin.delete_namespaced_config_map(name, "kube-system")
+
+
+def test_the_operator_cannot_overwrite_a_foreign_secret(
+    control_plane: ControlPlane, policy: list[dict[str, Any]]
+) -> None:
+    """Generated NATS identities give the operator Secrets create/patch: only on its own Secrets."""
+    rules = [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "patch"]}]
+    sa = control_plane.service_account_kubeconfig(NAMESPACE, f"{RELEASE}-loom", rules)
+    name = f"api-key-{uuid.uuid4().hex[:6]}"
+    with control_plane.api_client() as admin_api, config.new_client_from_config(str(sa)) as sa_api:
+        admin, operator = client.CoreV1Api(admin_api), client.CoreV1Api(sa_api)
+        admin.create_namespaced_secret("kube-system", {"metadata": {"name": name}, "stringData": {"k": "v"}})
+        try:
+
+            def denied() -> str | None:
+                try:
+                    operator.patch_namespaced_secret(name, "kube-system", {"stringData": {"k": "mine"}})
+                except ApiException as exc:
+                    return (
+                        exc.body
+                        if exc.status == 403 and "writes only objects it manages" in exc.body
+                        else None
+                    )
+                admin.patch_namespaced_secret(name, "kube-system", {"stringData": {"k": "v"}})
+                return None
+
+            assert wait_for(denied, 30, what="the policy denies a foreign Secret")
+            own = f"{name}-worker-nats"
+            operator.create_namespaced_secret(
+                "kube-system", {"metadata": {"name": own, "labels": MANAGED}, "stringData": {"user": "u"}}
+            )
+            operator.patch_namespaced_secret(own, "kube-system", {"stringData": {"user": "w"}})
+            admin.delete_namespaced_secret(own, "kube-system")
+        finally:
+            admin.delete_namespaced_secret(name, "kube-system")
 
 
 def test_the_policy_can_be_turned_off(tmp_path: Path) -> None:

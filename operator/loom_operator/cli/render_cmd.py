@@ -33,6 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--image", help="image of rendered pods (default: env LOOM_IMAGE or the release image)"
     )
     parser.add_argument("--nats-url", help="NATS URL given to pods (default: env LOOM_NATS_URL)")
+    parser.add_argument(
+        "--bus-users",
+        action="store_true",
+        help="print each resource's NATS user, permissions and `nsc add user` command (for your own "
+        "NATS accounts, nats.auth.mode creds), plus the admin and LOOM_NATS_TENANTS, instead of objects",
+    )
 
 
 #: Stalled reasons about a reference to another resource (the operator re-checks them as resources come).
@@ -108,6 +114,20 @@ def render_resources(
     return out
 
 
+def bus_users(resources: list[Any], settings: Any, namespace: str) -> list[dict[str, Any]]:
+    """One record per NATS user the resources need (and the admin and the settings' tenants)."""
+    from loom_operator.render import Owner
+    from loom_operator.render.bus_auth import admin_identity, identity, tenant_identity, user_record
+
+    out = []
+    for r in resources:
+        owner = Owner(r.kind, r.name, r.namespace or namespace)
+        out.append(user_record(identity(owner, r.spec), owner))
+    out.append(user_record(admin_identity()))
+    out += [user_record(tenant_identity(t)) for t in settings.nats_tenants]
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from loom.api import LoadError, load_paths
     from loom_operator.settings import Settings
@@ -123,6 +143,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return 1
+    if args.bus_users:
+        sys.stdout.write(yaml.safe_dump_all(bus_users(resources, settings, args.namespace), sort_keys=False))
+        return 0
     if args.output == "-" or args.output.endswith((".yaml", ".yml")):
         text = yaml.safe_dump_all([o for objs in rendered.values() for o in objs], sort_keys=False)
         if args.output == "-":

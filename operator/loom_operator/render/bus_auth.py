@@ -14,7 +14,7 @@ nothing here decides what a role may do). How the identity reaches the pods depe
   users (plus the admin and the listed tenants) to one Secret that the bundled NATS includes.
 - ``creds``: the user runs NATS with JWT/nkeys accounts and creates, per resource, a Secret
   ``<name>-<component>-nats-creds`` (key ``creds``) holding the ``.creds`` file of a user
-  made with the permissions :func:`identity_permissions` prints; pods mount it.
+  made with the permissions :func:`user_record` lists (``loom render --bus-users``); pods mount it.
 - ``none``: no per-resource identity (``nats.credentialsSecret``, if any, is shared by all).
 
 User names are ``<component>_<namespace>_<name>``: Kubernetes names hold no ``_``, so
@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import shlex
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -220,9 +221,22 @@ def _wire(
     return {**dep, "spec": {**dep["spec"], "template": template}}
 
 
-def identity_permissions(ident: Identity) -> dict[str, dict[str, list[str]]]:
-    """The NATS permissions of one identity (for ``nsc add user --allow-pub ...`` in ``creds`` mode)."""
-    return permissions(ident).as_nats()
+def user_record(ident: Identity, owner: Owner | None = None) -> dict[str, Any]:
+    """What to create for one identity on your own NATS: its user, permissions and the ``nsc`` command."""
+    perms = permissions(ident)
+    args = ["nsc", "add", "user", "--name", ident.user, "--allow-pub", ",".join(perms.publish)]
+    args += ["--allow-sub", ",".join(perms.subscribe)]
+    if perms.publish_deny:
+        args += ["--deny-pub", ",".join(perms.publish_deny)]
+    out: dict[str, Any] = {"user": ident.user, "role": ident.role.value}
+    if owner is not None:
+        out["resource"] = f"{owner.kind}/{owner.name}"
+        out["namespace"] = owner.namespace
+        out["credsSecret"] = creds_secret_name(owner)
+    out["inboxPrefix"] = inbox_prefix(ident.user)
+    out["permissions"] = perms.as_nats()
+    out["nsc"] = shlex.join(args)
+    return out
 
 
 # ------------------------------------------------------------------ server side

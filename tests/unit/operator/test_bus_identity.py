@@ -204,3 +204,37 @@ def test_keda_trigger_names_the_configured_account() -> None:
     )
     obj = scaled_object(owner, worker.spec, "local", Settings(nats_account="TEAM_A"))
     assert obj["spec"]["triggers"][0]["metadata"]["account"] == "TEAM_A"
+
+
+def test_render_bus_users_lists_what_to_create_on_your_own_nats(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+    import shlex
+
+    import yaml
+
+    from loom_operator.cli import render_cmd
+
+    monkeypatch.setenv("LOOM_NATS_TENANTS", "a")
+    parser = argparse.ArgumentParser()
+    render_cmd.add_arguments(parser)
+    assert render_cmd.run(parser.parse_args([str(SAMPLES), "-n", "team", "--bus-users"])) == 0
+    records = {r["user"]: r for r in yaml.safe_load_all(capsys.readouterr().out)}
+    from loom_operator.render.bus_auth import identity
+    from loom_operator.render.common import Owner
+
+    for r in load_paths([SAMPLES]):
+        owner = Owner(r.kind, r.name, "team")
+        ident = identity(owner, r.spec)
+        rec = records.pop(ident.user)
+        assert rec["permissions"] == permissions(ident).as_nats()
+        assert (
+            rec["credsSecret"]
+            == f"{r.name}-{rec['role']}-nats-creds"  # each kind's role is its component name
+        )
+        args = shlex.split(rec["nsc"])
+        assert args[:5] == ["nsc", "add", "user", "--name", ident.user]
+        assert args[args.index("--allow-pub") + 1].split(",") == list(permissions(ident).publish)
+        assert args[args.index("--deny-pub") + 1].split(",") == list(permissions(ident).publish_deny)
+    assert sorted(records) == ["admin", "tenant_a"]
