@@ -56,7 +56,6 @@ def judge_request(scorer: JudgeScorer, case_input: Any, expected: Any, output: A
         system=JUDGE_SYSTEM,
         response_schema=VERDICT_SCHEMA,
         max_tokens=scorer.max_output_tokens,
-        temperature=0.0,
     )
 
 

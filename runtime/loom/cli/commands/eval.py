@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from loom.api.loader import LoadError, load_paths
+from loom.api.loader import LoadError, expand_paths, load_paths
 from loom.bus import Bus, BusError
 from loom.cli.common import add_local_credentials_option, add_nats_options, client_nats_settings
 from loom.evals.compare import Comparison, compare_runs
@@ -132,9 +132,11 @@ def _prepare(args: argparse.Namespace) -> tuple[EvalSuite, Any, str, Any]:
         raise BadInput("invalid suite:\n  " + "\n  ".join(exc.problems)) from None
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise BadInput(f"--threshold must be between 0 and 1, got {args.threshold:g}")
-    paths = args.paths or list(DEFAULT_PATHS)
+    # the suite may sit among the manifests it names; it is not one of them
+    suite_file = Path(args.suite).resolve()
+    files = [f for f in expand_paths(args.paths or DEFAULT_PATHS) if f.resolve() != suite_file]
     try:
-        resources = load_paths(paths)
+        resources = load_paths(files)
     except LoadError as exc:
         raise BadInput("invalid manifests:\n  " + "\n  ".join(exc.problems)) from None
     try:
