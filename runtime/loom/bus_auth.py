@@ -232,11 +232,12 @@ def new_credential(identity: Identity) -> Credential:
     return Credential(identity, secrets.token_urlsafe(24))
 
 
-def server_authorization(credentials: list[Credential]) -> str:
+def server_authorization(credentials: list[Credential], *, compact: bool = False) -> str:
     """The ``authorization`` block of a nats-server configuration for these users.
 
     NATS configuration accepts JSON values, so the block is JSON: quoted strings keep
-    ``$JS...`` subjects from being read as variables.
+    ``$JS...`` subjects from being read as variables. ``compact`` drops the indentation
+    (a third of the size), for a block that must fit in a Kubernetes Secret.
     """
     seen: set[str] = set()
     users = []
@@ -251,4 +252,6 @@ def server_authorization(credentials: list[Credential]) -> str:
                 "permissions": permissions(c.identity).as_nats(),
             }
         )
-    return "authorization: " + json.dumps({"users": users}, indent=2) + "\n"
+    doc = {"users": users}
+    body = json.dumps(doc, separators=(",", ":")) if compact else json.dumps(doc, indent=2)
+    return "authorization: " + body + "\n"

@@ -255,7 +255,7 @@ def all_identities(resources: Iterable[Identity], tenants: Iterable[str]) -> lis
 
 def authorization(identities: Iterable[Identity], key: str) -> str:
     """The nats-server ``authorization`` block for these users (passwords derived from ``key``)."""
-    return server_authorization([credential(i, key) for i in identities])
+    return server_authorization([credential(i, key) for i in identities], compact=True)
 
 
 def _release_secret(settings: Settings, name: str, data: dict[str, str], role: str) -> dict[str, Any]:

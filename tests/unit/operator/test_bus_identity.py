@@ -238,3 +238,25 @@ def test_render_bus_users_lists_what_to_create_on_your_own_nats(
         assert args[args.index("--allow-pub") + 1].split(",") == list(permissions(ident).publish)
         assert args[args.index("--deny-pub") + 1].split(",") == list(permissions(ident).publish_deny)
     assert sorted(records) == ["admin", "tenant_a"]
+
+
+def test_the_user_list_of_500_workers_fits_in_one_secret() -> None:
+    """A Secret's data holds at most 1 MiB (decoded): the compact block fits about 500 Workers."""
+    from loom.bus_auth import Identity, server_authorization
+    from loom_operator.render.bus_auth import authorization, credential
+
+    idents = [
+        Identity(
+            f"worker_team-{i % 7}_summarizer-{i}",
+            Role.WORKER,
+            worker_type=f"summarizer-{i}",
+            tiers=("local", "standard"),
+        )
+        for i in range(500)
+    ]
+    text = authorization(idents, KEY)
+    assert len(text.encode()) < 1024 * 1024
+    pretty = server_authorization([credential(i, KEY) for i in idents])
+    assert json.loads(text.removeprefix("authorization: ")) == json.loads(
+        pretty.removeprefix("authorization: ")
+    )
