@@ -362,3 +362,15 @@ def test_sample_suite_with_the_real_local_model(tmp_path: Path) -> None:
     junit = ET.parse(tmp_path / "junit.xml").getroot()
     failed = {tc.get("name") for tc in junit.iter("testcase") if tc.find("failure") is not None}
     assert "news" in failed
+
+
+async def test_cases_in_flight_together_keep_their_own_replies(tmp_path: Path, openai: FakeLLMServer) -> None:
+    openai.delay = 0.3
+    write(tmp_path / "worker.yaml", worker_doc("Sort the document into a category."))
+    write(tmp_path / "policy.yaml", policy_doc(openai))
+    suite = write(tmp_path / "suite.yaml", suite_doc(concurrency=3))
+    code, out, err = await loom_eval(suite, tmp_path, "--store", tmp_path / "s.sqlite", "--json")
+    assert code == 0, err
+    assert openai.max_in_flight == 3
+    for case in json.loads(out)["run"]["cases"]:
+        assert [json.loads(r) for r in case["raw_replies"]] == [case["expected"]], case
