@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from typing import Any
 
 from loom_operator.settings import Settings
@@ -114,4 +115,9 @@ def configure_logging(level: str, json_logs: bool) -> None:
 
 def run(args: argparse.Namespace) -> int:
     configure_logging(str(args.log_level), bool(args.log_json))
+    try:
+        settings_from_args(args)  # a bad setting stops here with its message, not a traceback
+    except ValueError as exc:
+        print(f"loom operator: {exc}", file=sys.stderr)
+        return 2
     return asyncio.run(_main(args))

@@ -137,7 +137,11 @@ def run(args: argparse.Namespace) -> int:
     except LoadError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 1
-    settings = Settings.from_env().with_overrides(image=args.image, nats_url=args.nats_url)
+    try:
+        settings = Settings.from_env().with_overrides(image=args.image, nats_url=args.nats_url)
+    except ValueError as exc:
+        print(f"loom render: {exc}", file=sys.stderr)
+        return 2
     try:
         rendered = render_resources(resources, settings, keda=args.keda, namespace=args.namespace)
     except ValueError as exc:

@@ -260,3 +260,21 @@ def test_the_user_list_of_500_workers_fits_in_one_secret() -> None:
     assert json.loads(text.removeprefix("authorization: ")) == json.loads(
         pretty.removeprefix("authorization: ")
     )
+
+
+@pytest.mark.parametrize("command", ["render", "operator"])
+def test_a_bad_auth_setting_stops_the_command_with_its_message(
+    command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    from loom_operator.cli import operator_cmd, render_cmd
+
+    monkeypatch.setenv("LOOM_NATS_AUTH", "generated")
+    monkeypatch.delenv("LOOM_NATS_AUTH_KEY", raising=False)
+    module = render_cmd if command == "render" else operator_cmd
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    argv = [str(SAMPLES)] if command == "render" else []
+    assert module.run(parser.parse_args(argv)) == 2
+    assert f"loom {command}: LOOM_NATS_AUTH=generated needs LOOM_NATS_AUTH_KEY" in capsys.readouterr().err
