@@ -374,3 +374,45 @@ async def test_cases_in_flight_together_keep_their_own_replies(tmp_path: Path, o
     assert openai.max_in_flight == 3
     for case in json.loads(out)["run"]["cases"]:
         assert [json.loads(r) for r in case["raw_replies"]] == [case["expected"]], case
+
+
+def test_a_case_the_worker_refuses_scores_zero_with_the_workers_reason(tmp_path: Path) -> None:
+    suite = write(
+        tmp_path / "suite.yaml",
+        {
+            "worker": "doc-extractor",
+            "threshold": 0.5,
+            "scorers": [{"type": "schema"}],
+            "cases": [
+                {"id": "fine", "input": {"text": "Hello there."}},
+                {"id": "empty", "input": {"text": ""}},
+            ],
+        },
+    )
+    out = run_cli("eval", str(suite), str(SAMPLES), "--json", "--store", str(tmp_path / "s.sqlite"))
+    assert out.returncode == 0, out.stderr  # 0.5 reaches the threshold
+    cases = {c["case_id"]: c for c in json.loads(out.stdout)["run"]["cases"]}
+    assert cases["fine"]["passed"] and cases["fine"]["score"] == 1.0
+    empty = cases["empty"]
+    assert not empty["passed"] and empty["output"] is None and empty["error_code"] == "invalid_input"
+    assert "text: '' should be non-empty" in empty["error"]
+    assert empty["scores"][0]["error"].startswith("no output: payload does not match input_schema")
+
+
+async def test_a_judge_that_cannot_be_reached_scores_zero_and_says_why(
+    tmp_path: Path, openai: FakeLLMServer, anthropic: FakeLLMServer
+) -> None:
+    write(tmp_path / "worker.yaml", worker_doc("Sort."))
+    write(tmp_path / "policy.yaml", policy_doc(openai, anthropic))
+    doc = suite_doc(threshold=0.3)
+    doc["cases"] = doc["cases"][:1]
+    doc["scorers"].append({"type": "judge", "tier": "judge", "rubric": "r"})
+    suite = write(tmp_path / "suite.yaml", doc)
+    anthropic.push(Reply(status=401, error="invalid x-api-key"))
+    code, out, err = await loom_eval(
+        suite, tmp_path, "--store", tmp_path / "s.sqlite", "--json", env={"JUDGE_API_KEY": "wrong"}
+    )
+    assert code == 0, err
+    judge = json.loads(out)["run"]["cases"][0]["scores"][-1]
+    assert judge["score"] == 0.0 and judge["error"].startswith("judge call failed:")
+    assert "HTTP 401" in judge["error"]

@@ -198,7 +198,7 @@ class EvalSuite(SpecModel):
 
     @property
     def judge_tiers(self) -> set[str]:
-        """Tiers named by judge scorers (None means the suite's tier)."""
+        """Tiers that judge scorers name (a judge without a tier uses the suite's)."""
         return {
             s.tier
             for c in self.cases

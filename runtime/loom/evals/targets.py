@@ -264,6 +264,15 @@ class EngineTarget:
         return outcome
 
 
+def _answers(data: bytes, task: TaskMessage) -> bool:
+    """Whether a body on the result subject is the result of ``task`` (and not some other message)."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and doc.get("task_id") == task.task_id
+
+
 class BusTarget:
     """Tasks to the router of a running system; waits for each result."""
 
@@ -281,8 +290,6 @@ class BusTarget:
         return None
 
     async def run(self, case_id: str, payload: dict[str, Any]) -> CaseOutput:
-        from loom.cli.commands.submit import is_own_result
-
         task = TaskMessage(
             worker_type=self.worker_type,
             model_tier=self.tier,
@@ -300,7 +307,7 @@ class BusTarget:
                 if remaining <= 0:
                     raise TimeoutError
                 data = await sub.get(timeout=remaining)
-                if is_own_result(data, task):
+                if _answers(data, task):
                     break
         except TimeoutError:
             return CaseOutput(

@@ -27,7 +27,7 @@ from loom.evals.compare import Comparison, compare_runs
 from loom.evals.report import gate, junit_xml, print_table, run_document
 from loom.evals.runner import RunResult, run_suite
 from loom.evals.store import SqliteRunStore, StoreError, default_store_path
-from loom.evals.suite import EvalSuite, SuiteError, load_suite
+from loom.evals.suite import EvalSuite, JudgeScorer, SuiteError, load_suite
 from loom.evals.targets import (
     BusTarget,
     EngineTarget,
@@ -195,8 +195,6 @@ async def _run(
 
 
 def _has_judge(suite: EvalSuite) -> bool:
-    from loom.evals.suite import JudgeScorer
-
     return any(isinstance(s, JudgeScorer) for c in suite.cases for s in suite.scorers_for(c))
 
 
@@ -233,8 +231,11 @@ def run(args: argparse.Namespace) -> int:
         comparison = compare_runs(result, baseline, name=args.baseline, tolerance=suite.regression_tolerance)
     reasons = gate(result, comparison)
     if args.junit:
-        args.junit.parent.mkdir(parents=True, exist_ok=True)
-        args.junit.write_bytes(junit_xml(result, comparison))
+        try:
+            args.junit.parent.mkdir(parents=True, exist_ok=True)
+            args.junit.write_bytes(junit_xml(result, comparison))
+        except OSError as exc:
+            return _fail(f"cannot write {args.junit}: {exc.strerror or exc} (run {result.run_id} is stored)")
     if args.json:
         print(json.dumps(run_document(result, comparison, reasons), indent=2, ensure_ascii=False))
     else:
