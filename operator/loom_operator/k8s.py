@@ -81,8 +81,16 @@ def resource_path(
     return path
 
 
+#: What the chart's admission policy (templates/writepolicy.yaml) says when it refuses a write.
+POLICY_REFUSAL = "writes only objects it manages"
+
+
 def refused(exc: KubeError) -> bool:
-    """The server refused the write itself (invalid, too large): retrying the same write cannot help."""
+    """The server refused the write itself (invalid, too large, or an object of the child's name
+    that the operator does not manage, refused by the chart's admission policy): retrying the
+    same write cannot help."""
+    if exc.status == 403 and POLICY_REFUSAL in str(exc):
+        return True
     return exc.status in (400, 413, 422) or "request is too large" in str(exc)
 
 

@@ -18,6 +18,7 @@ import yaml
 from nats.errors import NoServersError
 
 from loom.local.nats import nats_server_binary
+from loom_operator.k8s import POLICY_REFUSAL, KubeError, refused
 from loom_operator.render.bus_auth import AUTH_KEY, password, server_secrets, tenant_identity
 from loom_operator.settings import Settings
 from tests.helm import chart
@@ -115,6 +116,20 @@ def test_creds_mode_and_account(tmp_path: Path) -> None:
 def test_bad_auth_values_are_refused(values: dict[str, Any], message: str, tmp_path: Path) -> None:
     with pytest.raises(chart.HelmFailed, match=message):
         chart.render(values, tmp_path)
+
+
+def test_a_write_the_admission_policy_refuses_is_final_not_an_rbac_retry(tmp_path: Path) -> None:
+    """A foreign Secret where a resource's identity Secret goes: the resource stalls with the reason."""
+    policy = chart.template_text({}, tmp_path, "--show-only", "templates/writepolicy.yaml")
+    assert POLICY_REFUSAL in policy  # the operator recognises the chart's own wording
+    denial = (
+        'secrets "w-worker-nats" is forbidden: ValidatingAdmissionPolicy denied request: '
+        f"the Loom operator {POLICY_REFUSAL}"
+    )
+    assert refused(KubeError(403, denial, "Forbidden"))
+    assert not refused(
+        KubeError(403, 'secrets is forbidden: User "x" cannot patch resource "secrets"', "Forbidden")
+    )
 
 
 # ---------------------------------------------------------------- the reload script, for real
