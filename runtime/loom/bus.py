@@ -1083,3 +1083,30 @@ async def kv_get(kv: KeyValue, key: str) -> bytes | None:
 async def kv_delete(kv: KeyValue, key: str) -> None:
     """Remove ``key`` with its history (no error when absent)."""
     await kv.purge(key)
+
+
+async def kv_read(kv: KeyValue, key: str) -> tuple[bytes | None, int]:
+    """The value under ``key`` and its revision; (None, 0) when absent, (None, revision) when deleted.
+
+    The revision is what :func:`kv_swap` compares against."""
+    from nats.js.errors import KeyDeletedError, KeyNotFoundError
+
+    try:
+        entry = await kv.get(key)
+    except KeyDeletedError as exc:
+        return None, int(exc.entry.revision) if exc.entry is not None and exc.entry.revision else 0
+    except KeyNotFoundError:
+        return None, 0
+    return entry.value, int(entry.revision or 0)
+
+
+async def kv_swap(kv: KeyValue, key: str, value: bytes, revision: int) -> bool:
+    """Write ``value`` only if ``key`` is still at ``revision`` (0: still absent); False when another
+    writer came first (compare-and-set on the bucket's per-key sequence)."""
+    from nats.js.errors import KeyWrongLastSequenceError
+
+    try:
+        await kv.update(key, value, last=revision)
+    except KeyWrongLastSequenceError:
+        return False
+    return True
