@@ -31,7 +31,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.errors import (
+    APIError,
+    BadRequestError,
+    BucketNotFoundError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
 
 from loom import metrics
@@ -70,6 +76,10 @@ ADVISED_STREAMS = (STREAM_TASKS, STREAM_INCOMING, STREAM_GOALS)
 DUPLICATE_WINDOW = 120.0
 DEAD_LETTER_MAX_AGE = 7 * 24 * 3600.0
 PUBLISH_TIMEOUT = 10.0
+
+#: How long declaring a stream or consumer retries while JetStream answers "unavailable" (a stream
+#: electing a leader after a node loss or a replicas change takes a few seconds).
+UNAVAILABLE_RETRY = 30.0
 
 _PULL_EXPIRES = 30.0
 _PULL_HEARTBEAT = 5.0
@@ -303,8 +313,9 @@ LIMIT_FIELDS = (
 )
 
 
-def _stream_configs(limits: StreamLimits | None = None) -> list[js_api.StreamConfig]:
-    """Every stream Loom uses, with the size, count and age limits of ``limits`` (the defaults if None).
+def _stream_configs(limits: StreamLimits | None = None, replicas: int = 1) -> list[js_api.StreamConfig]:
+    """Every stream Loom uses, with the size, count and age limits of ``limits`` (the defaults if None)
+    and ``replicas`` copies of each (on as many JetStream cluster nodes).
 
     The work queues get ``limits``; router input and goals also cap each subject, that is each
     tenant's submission subject (``....tenant.<t>``; the default tenant's is the bare subject).
@@ -316,6 +327,7 @@ def _stream_configs(limits: StreamLimits | None = None) -> list[js_api.StreamCon
     queue: dict[str, Any] = {
         "retention": wq,
         "storage": file,
+        "num_replicas": replicas,
         "duplicate_window": DUPLICATE_WINDOW,
         "max_bytes": lim.max_bytes,
         "max_msgs": lim.max_messages,
@@ -345,6 +357,7 @@ def _stream_configs(limits: StreamLimits | None = None) -> list[js_api.StreamCon
             subjects=[DEAD_LETTER],
             retention=js_api.RetentionPolicy.LIMITS,
             storage=file,
+            num_replicas=replicas,
             max_age=DEAD_LETTER_MAX_AGE,
             max_bytes=lim.dead_letter_max_bytes,
             discard=js_api.DiscardPolicy.OLD,
@@ -363,6 +376,7 @@ def _stream_configs(limits: StreamLimits | None = None) -> list[js_api.StreamCon
             subjects=[f"{MAX_DELIVERIES_ADVISORY}.{s}.*" for s in ADVISED_STREAMS],
             retention=wq,
             storage=file,
+            num_replicas=replicas,
             duplicate_window=DUPLICATE_WINDOW,
             description="MAX_DELIVERIES advisories, turned into dead letters by the routers.",
         ),
@@ -380,6 +394,24 @@ def keep_limits(config: js_api.StreamConfig, existing: dict[str, Any]) -> js_api
     """``config`` with the limit fields the stream already has (see :data:`LIMIT_FIELDS`)."""
     have = js_api.StreamConfig.from_response(dict(existing))
     return dataclasses.replace(config, **{f: getattr(have, f) for f in _limit_fields(config.name)})
+
+
+def replicas_for(wanted: int | None, existing: dict[str, Any] | None) -> int:
+    """The replicas a stream or bucket gets: the setting when given, else what it has (1 when new).
+
+    So a client without the setting (``loom submit`` from a laptop) never scales a cluster's
+    streams back down, and changing the setting scales existing ones (a stream update).
+    """
+    if wanted is not None:
+        return wanted
+    return int((existing or {}).get("num_replicas") or 1)
+
+
+def _replicas_error(what: str, replicas: int, exc: APIError) -> BusError:
+    return BusError(
+        f"cannot declare {what} with {replicas} replicas: {exc.description} "
+        f"(LOOM_NATS_REPLICAS must not exceed the number of JetStream servers: 1 on a single server)"
+    )
 
 
 def stream_config_matches(existing: dict[str, Any], wanted: dict[str, Any]) -> bool:
@@ -544,19 +576,60 @@ class Bus:
         for config in _stream_configs(limits):
             body = await self._api(f"$JS.API.STREAM.INFO.{config.name}", {}, missing_ok=True)
             existing = (body or {}).get("config")
+            replicas = replicas_for(self.settings.replicas, existing)
+            config = dataclasses.replace(config, num_replicas=replicas)
             if existing and limits is None:
                 config = keep_limits(config, existing)
             if existing and stream_config_matches(existing, config.as_dict()):
                 continue
             try:
-                await self.js.add_stream(config)
-            except BadRequestError as exc:
-                if exc.err_code != 10058:  # stream name already in use with a different configuration
-                    raise
-                await self.js.update_stream(config)
+                try:
+                    await self.js.add_stream(config)
+                except BadRequestError as exc:
+                    if exc.err_code != 10058:  # stream name already in use with a different configuration
+                        raise
+                    await self.js.update_stream(config)
+            except APIError as exc:
+                if replicas > 1:
+                    raise _replicas_error(f"stream {config.name}", replicas, exc) from exc
+                raise
+            if existing and int(existing.get("num_replicas") or 1) != replicas:
+                await self.wait_stream_leader(config.name or "")
+
+    async def wait_stream_leader(self, stream: str, timeout: float = UNAVAILABLE_RETRY) -> None:  # noqa: ASYNC109
+        """Until ``stream`` has a leader and every replica is current (after it was scaled, new
+        replicas catch up first); BusError after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        cluster: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            body = await self._api(f"$JS.API.STREAM.INFO.{stream}", {}, missing_ok=True)
+            cluster = body.get("cluster") or {}
+            replicas = cluster.get("replicas") or []
+            if not body.get("cluster") or (
+                cluster.get("leader") and all(r.get("current") and not r.get("offline") for r in replicas)
+            ):
+                return
+            await asyncio.sleep(0.2)
+        raise BusError(f"stream {stream} has no current leader and replicas after {timeout:g}s: {cluster}")
 
     async def _ensure_consumer(self, stream: str, config: js_api.ConsumerConfig) -> str:
-        """Create or update a durable consumer (creation is idempotent for the same config)."""
+        """Create or update a durable consumer (creation is idempotent for the same config); retried
+        while JetStream is unavailable (a stream electing its leader)."""
+        deadline = time.monotonic() + UNAVAILABLE_RETRY
+        while True:
+            try:
+                await self._add_consumer(stream, config)
+            except ServiceUnavailableError as exc:
+                if time.monotonic() >= deadline:
+                    raise BusError(
+                        f"cannot create consumer {config.durable_name} on {stream}: {exc.description}"
+                    ) from exc
+                await asyncio.sleep(0.5)
+            else:
+                assert config.durable_name
+                return config.durable_name
+
+    async def _add_consumer(self, stream: str, config: js_api.ConsumerConfig) -> None:
         try:
             await self.js.add_consumer(stream, config)
         except BadRequestError as exc:
@@ -572,8 +645,6 @@ class Bus:
                 raise BusError(
                     f"cannot update consumer {config.durable_name} on {stream}: {body['error']}"
                 ) from exc
-        assert config.durable_name
-        return config.durable_name
 
     async def ensure_worker_consumer(
         self, worker_type: str, tier: str, *, ack_wait: float, max_deliver: int, max_ack_pending: int
@@ -876,19 +947,42 @@ class Bus:
     # -- key-value ------------------------------------------------------------------------------------
 
     async def key_value(self, bucket: str, *, ttl: float | None = None) -> KeyValue:
-        """A JetStream Key-Value bucket, created (file storage) if missing; the first creator's ttl wins."""
+        """A JetStream Key-Value bucket, created (file storage, the setting's replicas) if missing; the
+        first creator's ttl wins. An existing bucket with other replicas than the setting is scaled."""
         try:
-            return await self.js.key_value(bucket)
+            kv = await self.js.key_value(bucket)
         except BucketNotFoundError:
             pass
+        else:
+            await self._scale_bucket(bucket)
+            return kv
+        replicas = replicas_for(self.settings.replicas, None)
         try:
             return await self.js.create_key_value(
-                js_api.KeyValueConfig(bucket=bucket, ttl=ttl, storage=js_api.StorageType.FILE)
+                js_api.KeyValueConfig(
+                    bucket=bucket, ttl=ttl, storage=js_api.StorageType.FILE, replicas=replicas
+                )
             )
-        except BadRequestError as exc:
+        except APIError as exc:
             if exc.err_code != 10058:  # another process created it meanwhile, with its own settings
+                if replicas > 1:
+                    raise _replicas_error(f"Key-Value bucket {bucket}", replicas, exc) from exc
                 raise
             return await self.js.key_value(bucket)
+
+    async def _scale_bucket(self, bucket: str) -> None:
+        """Give a bucket's stream the replicas of the setting (nothing when unset or already so)."""
+        if self.settings.replicas is None:
+            return
+        stream = f"KV_{bucket}"
+        info = await self.js.stream_info(stream)
+        if int(info.config.num_replicas or 1) == self.settings.replicas:
+            return
+        try:
+            await self.js.update_stream(dataclasses.replace(info.config, num_replicas=self.settings.replicas))
+        except APIError as exc:
+            raise _replicas_error(f"Key-Value bucket {bucket}", self.settings.replicas, exc) from exc
+        await self.wait_stream_leader(stream)
 
     # -- consuming ------------------------------------------------------------------------------------
 

@@ -13,6 +13,29 @@ LOCAL_MODE_ENV = "LOOM_LOCAL_MODE"
 #: Prometheus reach the pod's IP), loopback only in local mode (nothing else on the network may).
 POD_BIND_HOST = "0.0.0.0"
 LOCAL_BIND_HOST = "127.0.0.1"
+#: Replicas of Loom's streams and Key-Value buckets. One setting, next to the server list because
+#: both describe the NATS deployment (not a routing policy): every role declares streams or buckets,
+#: so every role must read the same value. Unset: new ones get 1 and existing ones keep theirs.
+REPLICAS_ENV = "LOOM_NATS_REPLICAS"
+#: JetStream's own bound: a stream has at most 5 replicas.
+MAX_REPLICAS = 5
+
+
+def parse_replicas(text: str | None) -> int | None:
+    """``LOOM_NATS_REPLICAS`` as a number of replicas (None when unset); ValueError for anything else
+    than 1..5."""
+    if text is None or not text.strip():
+        return None
+    try:
+        n = int(text.strip())
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_REPLICAS:
+        raise ValueError(
+            f"{REPLICAS_ENV}={text!r}: must be a whole number from 1 to {MAX_REPLICAS} "
+            "(the JetStream cluster's size or less; 3 on a 3-node cluster, 1 on a single server)"
+        )
+    return n
 
 
 def local_mode(env: Mapping[str, str] | None = None) -> bool:
@@ -42,12 +65,14 @@ class NatsSettings:
     #: Reply subjects of this identity (``_INBOX`` by default); with bus permissions each identity
     #: may subscribe only to its own prefix, so nobody reads another's replies.
     inbox_prefix: str | None = None
+    #: Replicas of streams and Key-Value buckets (:data:`REPLICAS_ENV`); None keeps what exists.
+    replicas: int | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, name: str = "loom") -> NatsSettings:
         """Read ``LOOM_NATS_URL``, ``LOOM_NATS_CREDS``, ``LOOM_NATS_USER``, ``LOOM_NATS_PASSWORD``,
         ``LOOM_NATS_TOKEN``, ``LOOM_NATS_TLS_CA``, ``LOOM_NATS_TLS_CERT``, ``LOOM_NATS_TLS_KEY``,
-        ``LOOM_NATS_INBOX_PREFIX``."""
+        ``LOOM_NATS_INBOX_PREFIX``, ``LOOM_NATS_REPLICAS``."""
         e = os.environ if env is None else env
         return cls(
             url=e.get("LOOM_NATS_URL", cls.url),
@@ -59,5 +84,6 @@ class NatsSettings:
             tls_cert=e.get("LOOM_NATS_TLS_CERT") or None,
             tls_key=e.get("LOOM_NATS_TLS_KEY") or None,
             inbox_prefix=e.get("LOOM_NATS_INBOX_PREFIX") or None,
+            replicas=parse_replicas(e.get(REPLICAS_ENV)),
             name=name,
         )

@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 
 from loom.local.state import DEFAULT_RUN_DIR, default_run_dir
-from loom.settings import NatsSettings
+from loom.settings import REPLICAS_ENV, NatsSettings, parse_replicas
+
+
+def _replicas(text: str) -> int | None:
+    try:
+        return parse_replicas(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_nats_options(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +37,13 @@ def add_nats_options(parser: argparse.ArgumentParser) -> None:
         default=env("LOOM_NATS_INBOX_PREFIX"),
         help="reply subject prefix of this identity (with bus permissions: _INBOX_<user>); "
         "env LOOM_NATS_INBOX_PREFIX",
+    )
+    g.add_argument(
+        "--nats-replicas",
+        type=_replicas,
+        default=env(REPLICAS_ENV),
+        help="replicas of Loom's streams and Key-Value buckets, 1-5 (3 on a 3-node JetStream cluster); "
+        f"unset: new ones get 1, existing ones keep theirs; env {REPLICAS_ENV}",
     )
 
 
@@ -91,6 +105,7 @@ def nats_settings(args: argparse.Namespace, name: str = "loom") -> NatsSettings:
         tls_cert=args.nats_tls_cert,
         tls_key=args.nats_tls_key,
         inbox_prefix=args.nats_inbox_prefix,
+        replicas=args.nats_replicas,
         name=name,
     )
 
