@@ -122,7 +122,9 @@ class AnthropicProvider(Provider):
         if request.system:
             kwargs["system"] = request.system
         if request.temperature is not None:
-            kwargs["temperature"] = request.temperature
+            # SDK 1.x dropped the keyword (newer models reject sampling settings); the API still
+            # takes the field from models that support it, so it goes in the body only when set.
+            kwargs["extra_body"] = {"temperature": request.temperature}
         tools, choice = forced_output_tools(request)
         if tools:
             kwargs["tools"] = tools

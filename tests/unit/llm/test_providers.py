@@ -231,3 +231,19 @@ def test_anthropic_merges_consecutive_turns() -> None:
     assert [m["role"] for m in out] == ["user", "assistant", "user"]
     assert [b["tool_use_id"] for b in out[2]["content"]] == ["a", "b"]
     assert out[2]["content"][1]["is_error"] is True
+
+
+async def test_temperature_reaches_the_wire_only_when_set(any_fake: FakeLLMServer) -> None:
+    """The Anthropic SDK no longer takes ``temperature`` as a keyword; it still goes on the wire."""
+    provider = make(any_fake)
+    any_fake.push(Reply(text="a"), Reply(text="b"))
+    await provider.complete(ChatRequest(messages=[Message(role="user", content="x")], temperature=0.2))
+    await provider.complete(ChatRequest(messages=[Message(role="user", content="x")]))
+    sent = any_fake.requests
+    if any_fake.kind == "ollama":
+        assert sent[0]["options"]["temperature"] == 0.2
+        assert "temperature" not in sent[1].get("options", {})
+    else:
+        assert sent[0]["temperature"] == 0.2
+        assert "temperature" not in sent[1]
+    await provider.close()
