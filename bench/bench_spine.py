@@ -110,8 +110,13 @@ async def bench_ours(url: str, n: int, sequential: int, workdir: Path) -> dict[s
         "name: noop\nworker_kind: processor\nprocessing_backend: loom.contrib.noop.NoopBackend\n"
         "default_model_tier: local\nmax_in_flight: 256\n"
     )
+    # The spine, not the limiter: tenant limits (on by default) off, as the baselines have none.
+    policy = workdir / "policy.yaml"
+    policy.write_text("tenant_limits:\n  default: {}\n")
     procs = [
-        LoomProcess(["router", "--config", str(cfg), "--log-level", "WARNING"], url).start(),
+        LoomProcess(
+            ["router", "--config", str(cfg), str(policy), "--log-level", "WARNING"], url
+        ).start(),
         LoomProcess(
             ["worker", "--config", str(cfg), "--tier", "local", "--log-level", "WARNING"], url
         ).start(),

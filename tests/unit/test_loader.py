@@ -53,6 +53,10 @@ def test_manifests_of_every_kind_with_names_from_metadata() -> None:
 def test_plain_files_infer_their_kind() -> None:
     assert infer_kind({"pipeline_stages": []}) == "Pipeline"
     assert infer_kind({"tier_overrides": {}}) == "RouterPolicy"
+    # Any field only a RouterPolicy has marks one, in either spelling.
+    policy_only = ("tenant_limits", "tenantLimits", "on_limit", "modelEndpoints", "max_payload_bytes")
+    for key in policy_only:
+        assert infer_kind({key: {}}) == "RouterPolicy", key
     assert infer_kind({"cron": "x"}) == "Schedule"
     assert infer_kind({"name": "w", "system_prompt": "p", "tiers": ["local"]}) == "Worker"
     rs = load_text(

@@ -147,6 +147,15 @@ EMPTY = (
     "empty: no YAML document to read (expected a Worker, Pipeline, RouterPolicy or Schedule, "
     "or a router, orchestrator or MCP gateway config)"
 )
+def _own_keys(model: type[BaseModel], *, besides: type[BaseModel]) -> frozenset[str]:
+    """The fields of ``model`` that ``besides`` lacks, in both spellings."""
+    own = set(model.model_fields) - set(besides.model_fields)
+    return frozenset(own | {to_camel(k) for k in own})
+
+
+#: Keys that mark a plain RouterPolicy file (``tiers`` too, when no Worker key is present).
+_POLICY_KEYS = _own_keys(RouterPolicySpec, besides=WorkerSpec) | {"tiers"}
+
 #: Top-level keys of a custom-resource manifest.
 MANIFEST_KEYS = ("apiVersion", "kind", "metadata", "spec", "status")
 
@@ -172,14 +181,7 @@ def infer_kind(doc: dict[str, Any]) -> str:
         return "Pipeline"
     if keys & {"cron", "interval_seconds", "intervalSeconds", "dispatch_type", "dispatchType", "schedules"}:
         return "Schedule"
-    if keys & {
-        "tier_overrides",
-        "tierOverrides",
-        "rate_limits",
-        "rateLimits",
-        "tiers",
-        "tenant_limits",
-    } and not (
+    if keys & _POLICY_KEYS and not (
         keys & {"system_prompt", "systemPrompt", "processing_backend", "processingBackend", "worker_kind"}
     ):
         return "RouterPolicy"
