@@ -6,7 +6,10 @@ Time comes from an injected clock (seconds, monotonic) so tests drive it by hand
   minute's worth and refill continuously; a request bigger than the whole bucket
   is admitted when the bucket is full (and leaves it in debt) so it cannot wait forever;
 * max concurrent counts tasks dispatched and not yet answered;
-* each router replica enforces ``limit / replicas``;
+* this is exact for one router replica. With more, the limits are shared through NATS
+  (:mod:`loom.router.shared_limits` builds the limit sets through ``factory``); split mode, where
+  each replica enforces ``limit / replicas`` on its own, is kept only when asked for, and refuses a
+  ``maxConcurrent`` below the number of replicas (a floor of one each would pass the limit);
 * tenant limits apply on top of the tier limits. A tenant listed in the overrides
   has its own limit set; every other tenant draws on ONE shared limit set of the
   default limits (``defaultScope: shared``), so inventing tenant names gains
@@ -28,11 +31,35 @@ import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from loom.api.router_policy import RateLimit, RouterPolicySpec
 
 Clock = Callable[[], float]
+
+
+class Bucket(Protocol):
+    """Requests or tokens over time: a local :class:`TokenBucket` or a shared window's grants."""
+
+    @property
+    def capacity(self) -> float: ...
+    def available(self, now: float) -> float: ...
+    def fits(self, amount: float, now: float) -> bool: ...
+    def take(self, amount: float, now: float) -> None: ...
+    def give(self, amount: float, now: float, since: float | None = None) -> None: ...
+    def time_until(self, amount: float, now: float) -> float: ...
+    def settled(self, now: float) -> bool: ...
+
+
+class Slots(Protocol):
+    """Tasks in flight: a local :class:`Concurrency` or a share of a shared one."""
+
+    used: int
+
+    @property
+    def limit(self) -> int: ...
+    def fits(self) -> bool: ...
+
 
 #: The key of the one limit set all tenants not listed in the overrides share (no tenant name
 #: can be ``*``: tenant names are subject tokens).
@@ -70,8 +97,8 @@ class TokenBucket:
         self._refill(now)
         self.level -= amount
 
-    def give(self, amount: float, now: float) -> None:
-        """Return tokens (up to capacity)."""
+    def give(self, amount: float, now: float, since: float | None = None) -> None:
+        """Return tokens (up to capacity); ``since`` (when they were taken) does not matter here."""
         self._refill(now)
         self.level = min(self.capacity, self.level + amount)
 
@@ -80,6 +107,10 @@ class TokenBucket:
         self._refill(now)
         need = min(amount, self.capacity) - self.level
         return 0.0 if need <= 1e-9 else need / self.rate
+
+    def settled(self, now: float) -> bool:
+        """Full: dropping it loses nothing (it would be rebuilt full)."""
+        return self.available(now) >= self.capacity
 
 
 class Concurrency:
@@ -101,9 +132,9 @@ class LimitSet:
     """The limits of one tier or one tenant (this replica's share)."""
 
     name: str
-    requests: TokenBucket | None = None
-    tokens: TokenBucket | None = None
-    concurrency: Concurrency | None = None
+    requests: Bucket | None = None
+    tokens: Bucket | None = None
+    concurrency: Slots | None = None
     #: Clock time of the last admission.
     last_used: float = 0.0
     #: Admitted dispatches whose release is still to come (concurrency or token corrections).
@@ -111,10 +142,16 @@ class LimitSet:
 
     @classmethod
     def from_spec(cls, name: str, spec: RateLimit | None, replicas: int, now: float) -> LimitSet:
-        """This replica's share of ``spec`` (each replica enforces ``limit / replicas``)."""
+        """This replica's share of ``spec`` when each replica enforces ``limit / replicas`` on its own;
+        ValueError when ``maxConcurrent`` is below ``replicas`` (no share of it could be exact)."""
         out = cls(name, last_used=now)
         if spec is None:
             return out
+        if spec.max_concurrent and spec.max_concurrent < replicas:
+            raise ValueError(
+                f"{name}: maxConcurrent {spec.max_concurrent} cannot be split over {replicas} router "
+                "replicas (each would still admit one); share the limits through NATS (--limits shared)"
+            )
         if spec.requests_per_minute:
             cap = spec.requests_per_minute / replicas
             out.requests = TokenBucket(cap, cap / 60.0, now)
@@ -122,7 +159,7 @@ class LimitSet:
             cap = spec.tokens_per_minute / replicas
             out.tokens = TokenBucket(cap, cap / 60.0, now)
         if spec.max_concurrent:
-            out.concurrency = Concurrency(max(1, spec.max_concurrent // replicas))
+            out.concurrency = Concurrency(spec.max_concurrent // replicas)
         return out
 
     @property
@@ -144,7 +181,7 @@ class LimitSet:
             self.last_used <= since
             and self.held == 0
             and (self.concurrency is None or self.concurrency.used == 0)
-            and all(b is None or b.available(now) >= b.capacity for b in (self.requests, self.tokens))
+            and all(b is None or b.settled(now) for b in (self.requests, self.tokens))
         )
 
     def take(self, tokens: float, now: float) -> None:
@@ -176,6 +213,8 @@ class Ticket:
     tenant: str
     tokens: float
     limits: tuple[LimitSet, ...]
+    #: Clock time of the admission (a shared window gives tokens back only to the window they came from).
+    at: float = 0.0
     released: bool = False
     #: Holds a place in its limit sets until released (see :meth:`Limiter.needs_tracking`).
     tracked: bool = False
@@ -201,20 +240,39 @@ class Request:
         return (-self.priority, self.arrived, self.seq)
 
 
-class Limiter:
-    """Every limit of a RouterPolicy for one router replica."""
+#: Builds the limit set of a name from its spec at a clock time (e.g. a shared one).
+LimitSetFactory = Callable[[str, RateLimit | None, float], LimitSet]
 
-    def __init__(self, policy: RouterPolicySpec, clock: Clock, tenant_idle_seconds: float = 300.0):
+
+class Limiter:
+    """Every limit of a RouterPolicy for one router replica.
+
+    Without ``factory`` each replica enforces ``limit / replicas`` on its own (exact with one replica);
+    ``factory`` builds the limit sets otherwise (:class:`loom.router.shared_limits.SharedLimits`).
+    Every limit the policy names is built once up front, so one that cannot work fails here."""
+
+    def __init__(
+        self,
+        policy: RouterPolicySpec,
+        clock: Clock,
+        tenant_idle_seconds: float = 300.0,
+        factory: LimitSetFactory | None = None,
+    ):
         self.clock = clock
         self.tenant_idle_seconds = tenant_idle_seconds
         self.replicas = policy.replicas
+        self._factory: LimitSetFactory = factory or (
+            lambda name, spec, now: LimitSet.from_spec(name, spec, self.replicas, now)
+        )
         now = clock()
         self.tiers: dict[str, LimitSet] = {
-            tier: LimitSet.from_spec(f"tier:{tier}", policy.rate_limits.get(tier), self.replicas, now)
+            tier: self._factory(f"tier:{tier}", policy.rate_limits.get(tier), now)
             for tier in set(policy.tier_names) | set(policy.rate_limits)
         }
         self._tenant_default = policy.tenant_limits.default
         self._tenant_overrides = policy.tenant_limits.overrides
+        for name, spec in [("tenant:*", self._tenant_default), *policy.tenant_limits.overrides.items()]:
+            self._factory(name if name == "tenant:*" else f"tenant:{name}", spec, now)
         self._shared_default = policy.tenant_limits.default_scope == "shared"
         #: Limit sets by budget key (:meth:`budget_of`).
         self.tenants: dict[str, LimitSet] = {}
@@ -241,9 +299,7 @@ class Limiter:
             tl = self.tenants.get(key)
             if tl is None:
                 spec = self._tenant_overrides.get(tenant, self._tenant_default)
-                tl = self.tenants[key] = LimitSet.from_spec(
-                    f"tenant:{key}", spec, self.replicas, self.clock()
-                )
+                tl = self.tenants[key] = self._factory(f"tenant:{key}", spec, self.clock())
             if not tl.empty:
                 out.append(tl)
         return tuple(out)
@@ -266,7 +322,7 @@ class Limiter:
             ls.take(tokens, now)
             if tracked:
                 ls.held += 1
-        return Ticket(tier, tenant, tokens, limits, tracked=tracked)
+        return Ticket(tier, tenant, tokens, limits, at=now, tracked=tracked)
 
     def release(self, ticket: Ticket, actual_tokens: float | None = None) -> None:
         """The result is back: free concurrency and correct the token estimate by the real usage."""
@@ -282,7 +338,7 @@ class Limiter:
             if ls.tokens is not None and actual_tokens is not None:
                 diff = ticket.tokens - actual_tokens
                 if diff > 0:
-                    ls.tokens.give(diff, now)
+                    ls.tokens.give(diff, now, since=ticket.at)
                 elif diff < 0:
                     ls.tokens.take(-diff, now)
 

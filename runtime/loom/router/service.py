@@ -7,6 +7,9 @@ routing decision and the limits, forwards the original bytes to ``loom.tasks.<ty
   capacity frees up or ``onLimit.maxWaitSeconds`` passes; then it is a dead letter.
 * Results on ``loom.results.>`` release the concurrency and correct the token
   estimate of this replica's own dispatches.
+* With more than one replica (or ``limits="shared"``) the limits are shared through a
+  Key-Value bucket (:mod:`loom.router.shared_limits`), exact across replicas; with one,
+  this process alone keeps them.
 * The captured MAX_DELIVERIES advisories (tasks, router input and goals) become
   ``max_deliveries`` dead letters carrying the original message, which is then
   removed from its work queue; the caller gets a failed TaskResult or GoalResult.
@@ -31,7 +34,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from loom import metrics
-from loom.api.router_policy import RouterConfig
+from loom.api.router_policy import RouterConfig, RouterPolicySpec
 from loom.bus import ADVISORY_CONSUMER, STREAM_ADVISORIES, Bus, BusError, Delivery
 from loom.dead_letters import build_dead_letter, dead_letter_of
 from loom.messages import (
@@ -49,6 +52,13 @@ from loom.messages import (
 from loom.quotas import payload_problem
 from loom.router.limits import AdmissionQueue, Limiter, Request, Ticket
 from loom.router.routing import Rejection, Route, RoutingTable, estimate_tokens
+from loom.router.shared_limits import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_WINDOW_SECONDS,
+    LIMITS_BUCKET,
+    SharedLimits,
+    limits_mode,
+)
 from loom.subjects import ROUTER_CONSUMER, STREAM_GOALS, STREAM_INCOMING, STREAM_TASKS, tenant_of_subject
 
 log = logging.getLogger(__name__)
@@ -75,6 +85,23 @@ class RouterOptions:
     no_worker_wait: float = 300.0
     #: How often stored tasks are checked for a missing worker.
     no_worker_interval: float = 5.0
+    #: ``auto`` (local for one replica, shared for more), ``local`` or ``shared``.
+    limits: str = "auto"
+    #: Seconds of a shared limit window (per-minute limits are scaled to it).
+    limit_window: float = DEFAULT_WINDOW_SECONDS
+    #: Seconds a replica's shared in-flight slots stay held once it stops renewing them.
+    limit_lease: float = DEFAULT_LEASE_SECONDS
+
+
+def build_limiter(
+    policy: RouterPolicySpec, options: RouterOptions, clock: Callable[[], float] = time.monotonic
+) -> tuple[Limiter, SharedLimits | None]:
+    """The limiter of one replica and, in shared mode, what shares it; ValueError for limits that
+    cannot work (a window too short for a limit, a concurrency split below one per replica)."""
+    shared = None
+    if limits_mode(options.limits, policy.replicas) == "shared":
+        shared = SharedLimits(options.limit_window, options.limit_lease)
+    return Limiter(policy, clock, factory=shared.limit_set if shared else None), shared
 
 
 class _ShuttingDown(Exception):
@@ -95,7 +122,7 @@ class RouterService:
         self.table = RoutingTable(config)
         self.options = options or RouterOptions()
         self.clock = clock
-        self.limiter = Limiter(config.policy, clock)
+        self.limiter, self.shared = build_limiter(config.policy, self.options, clock)
         self.queue = AdmissionQueue(self.limiter, config.policy.on_limit.max_wait_seconds)
         self.dispatched: dict[str, tuple[Ticket, float]] = {}
         self.wake = asyncio.Event()
@@ -121,6 +148,10 @@ class RouterService:
             max_ack_pending=o.max_in_flight * self.limiter.replicas,
         )
         await self.bus.ensure_advisory_consumer()
+        shared_kv = None
+        if self.shared is not None:  # windows outlive their counters by far; leases are renewed
+            ttl = max(3600.0, 4 * self.options.limit_window)
+            shared_kv = await self.bus.key_value(LIMITS_BUCKET, ttl=ttl)
         results_sub = await self.bus.subscribe_all_results(self._on_result)
 
         def bound() -> None:
@@ -130,6 +161,7 @@ class RouterService:
             asyncio.create_task(self._pump_loop(stop), name="router-pump"),
             asyncio.create_task(self._lag_loop(stop), name="router-lag"),
             asyncio.create_task(self._no_worker_loop(stop), name="router-no-worker"),
+            *self._shared_task(shared_kv, stop),
             asyncio.create_task(
                 self.bus.consume(
                     STREAM_ADVISORIES,
@@ -159,6 +191,19 @@ class RouterService:
             await asyncio.gather(*side, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await results_sub.unsubscribe()
+
+    def _shared_task(self, kv: Any, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+        if self.shared is None:
+            return []
+
+        def sets() -> list[Any]:
+            return [*self.limiter.tiers.values(), *self.limiter.tenants.values()]
+
+        def waiting() -> list[Request]:
+            return [req for _, req in self.queue.waiting]
+
+        run = self.shared.run(kv, sets, waiting, self.wake, stop)
+        return [asyncio.create_task(run, name="router-shared-limits")]
 
     # -- incoming tasks -----------------------------------------------------------------------------------
 
@@ -326,6 +371,8 @@ class RouterService:
                 fut = req.item[0] if req.item else None
                 if fut is not None and not fut.done():
                     fut.set_result(None)
+            if self.shared is not None and self.queue.waiting:
+                self.shared.poke()  # tasks wait: take what they need from the shared limits
             now = time.monotonic()
             if now >= next_keepalive:
                 next_keepalive = now + self._keepalive

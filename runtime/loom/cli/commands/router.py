@@ -55,6 +55,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "tier that no worker has ever consumed; 0 waits forever (default 300); "
         "env LOOM_ROUTER_NO_WORKER_WAIT",
     )
+    parser.add_argument(
+        "--limits",
+        choices=("auto", "local", "shared"),
+        default=env("LOOM_ROUTER_LIMITS", "auto"),
+        help="where rate limits are kept: shared through NATS (exact across replicas, survives a replica's "
+        "death), local to this process (each replica limit / replicas), or auto: local with one replica, "
+        "shared with more (default); env LOOM_ROUTER_LIMITS",
+    )
+    parser.add_argument(
+        "--limit-window-seconds",
+        type=_positive_seconds,
+        default=env("LOOM_ROUTER_LIMIT_WINDOW_SECONDS", "60"),
+        metavar="SECONDS",
+        help="window of the shared per-minute limits, aligned to wall time; a limit of N per minute allows "
+        "N x SECONDS / 60 per window (default 60); env LOOM_ROUTER_LIMIT_WINDOW_SECONDS",
+    )
+    parser.add_argument(
+        "--limit-lease-seconds",
+        type=_positive_seconds,
+        default=env("LOOM_ROUTER_LIMIT_LEASE_SECONDS", "15"),
+        metavar="SECONDS",
+        help="a replica's shared in-flight slots come back this long after it stops renewing them (it died); "
+        "default 15; env LOOM_ROUTER_LIMIT_LEASE_SECONDS",
+    )
     add_runtime_options(parser)
 
 
@@ -75,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     except LoadError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 2
-    from loom.router.service import RouterOptions, RouterService
+    from loom.router.service import RouterOptions, RouterService, build_limiter
 
     options = RouterOptions(
         max_in_flight=args.max_in_flight,
@@ -84,7 +108,15 @@ def run(args: argparse.Namespace) -> int:
         dispatch_lease=args.inflight_lease_seconds,
         no_worker_wait=args.no_worker_wait,
         no_worker_interval=min(5.0, max(0.2, args.no_worker_wait / 4)) if args.no_worker_wait > 0 else 5.0,
+        limits=args.limits,
+        limit_window=args.limit_window_seconds,
+        limit_lease=args.limit_lease_seconds,
     )
+    try:
+        build_limiter(config.policy, options)
+    except ValueError as exc:
+        print(f"router: {exc}", file=sys.stderr)
+        return 2
 
     def build(bus: Bus) -> tuple[RoleRun, Ready]:
         service = RouterService(bus, config, options)
