@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from urllib.parse import urlsplit
 
-from loom.llm.endpoints import ENDPOINTS_ENV, LOCAL_MODE_ENV
+from loom.llm.endpoints import ENDPOINTS_ENV
+from loom.settings import LOCAL_MODE_ENV
 
 
 def loopback_allowed(*urls: str) -> dict[str, str]:
