@@ -21,6 +21,7 @@ import logging
 import re
 import ssl
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -76,6 +77,8 @@ ADVISED_STREAMS = (STREAM_TASKS, STREAM_INCOMING, STREAM_GOALS)
 DUPLICATE_WINDOW = 120.0
 DEAD_LETTER_MAX_AGE = 7 * 24 * 3600.0
 PUBLISH_TIMEOUT = 10.0
+#: One attempt of a publish; a lost acknowledgement is retried (same Nats-Msg-Id) until PUBLISH_TIMEOUT.
+_PUBLISH_ATTEMPT = 2.5
 
 #: How long declaring a stream or consumer retries while JetStream answers "unavailable" (a stream
 #: electing a leader after a node loss or a replicas change takes a few seconds).
@@ -814,23 +817,41 @@ class Bus:
         return not body.get("duplicate", False)
 
     async def _store(self, subject: str, data: bytes, headers: dict[str, str] | None) -> dict[str, Any]:
-        """Publish and wait for the stream's acknowledgement (raises BusError when not stored)."""
+        """Publish and wait for the stream's acknowledgement (raises BusError when not stored).
+
+        Every publish carries a ``Nats-Msg-Id`` (a random one unless given), so an attempt that was
+        stored but whose acknowledgement was lost can be sent again without a duplicate: while a
+        stream elects a new leader (a JetStream server lost) or the connection moves to another
+        server, attempts are repeated for up to :data:`PUBLISH_TIMEOUT` seconds.
+        """
         check_publish_subject(subject)
-        try:
-            resp = await self.nc.request(subject, data, timeout=PUBLISH_TIMEOUT, headers=headers)
-        except nats.errors.NoRespondersError:
-            raise BusError(f"no stream stores {subject!r} (streams not declared?)") from None
-        except nats.errors.TimeoutError:
-            raise BusError(
-                f"publish to {subject!r} not acknowledged within {PUBLISH_TIMEOUT:g}s "
-                f"(this identity may not publish there?) {self.state.last_error}".rstrip()
-            ) from None
-        body: dict[str, Any] = json.loads(resp.data)
-        if "error" in body:
-            raise BusError(
-                f"publish to {subject!r} failed: {body['error'].get('description', body['error'])}"
-            )
-        return body
+        if not headers or "Nats-Msg-Id" not in headers:
+            headers = {**(headers or {}), "Nats-Msg-Id": uuid.uuid4().hex}
+        deadline = time.monotonic() + PUBLISH_TIMEOUT
+        pause = 0.1
+        while True:
+            attempt = min(_PUBLISH_ATTEMPT, max(0.1, deadline - time.monotonic()))
+            try:
+                resp = await self.nc.request(subject, data, timeout=attempt, headers=headers)
+            except nats.errors.NoRespondersError:
+                why = "no stream stores it (streams not declared, or electing a leader?)"
+            except nats.errors.TimeoutError:
+                why = "not acknowledged (this identity may not publish there?)"
+            else:
+                body: dict[str, Any] = json.loads(resp.data)
+                err = body.get("error")
+                if not err:
+                    return body
+                if err.get("code") != 503:  # not "JetStream unavailable": retrying cannot help
+                    raise BusError(f"publish to {subject!r} failed: {err.get('description', err)}")
+                why = f"JetStream unavailable: {err.get('description', err)}"
+            if time.monotonic() + pause >= deadline:
+                raise BusError(
+                    f"publish to {subject!r} not stored within {PUBLISH_TIMEOUT:g}s: {why} "
+                    f"{self.state.last_error}".rstrip()
+                )
+            await asyncio.sleep(pause)
+            pause = min(1.0, pause * 2)
 
     async def publish_task(
         self, task: TaskMessage, *, subject: str | None = None, msg_id: str | None = None
