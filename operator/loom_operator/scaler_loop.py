@@ -1,11 +1,16 @@
 """The built-in scaler's adapter: lag from NATS monitoring in, scale-subresource writes out.
 
-One pass reads ``/jsz?consumers=true`` once (every consumer of every stream), then
-decides each autoscaled Worker tier whose ``pollingSeconds`` have elapsed with
-``scaler.decide`` and sets replicas through the Deployment scale subresource as field
-manager ``loom-autoscaler``. It runs only when KEDA is not in use. A tier whose
+One pass reads ``/jsz?consumers=true`` once from each monitoring URL (every consumer of
+every stream), then decides each autoscaled Worker tier whose ``pollingSeconds`` have
+elapsed with ``scaler.decide`` and sets replicas through the Deployment scale subresource
+as field manager ``loom-autoscaler``. It runs only when KEDA is not in use. A tier whose
 consumer does not exist yet has no lag (new Deployments start with one replica, whose
 worker creates the durable consumer, so a tier can always be scaled back up).
+
+On a JetStream cluster only the server leading a consumer knows its counts; the others
+report stale ones (often 0). So the monitoring URL lists every server, and a consumer's
+lag is taken from the server that says it leads it; while no reachable server does (a
+leader election), the tier keeps its size instead of acting on a stale number.
 """
 
 from __future__ import annotations
@@ -47,10 +52,17 @@ class Target:
 
 
 def consumer_lags(
-    jsz: dict[str, Any], stream: str = subjects.STREAM_TASKS, account: str = "$G"
-) -> dict[str, int]:
-    """``num_pending + num_ack_pending`` per consumer of ``stream`` from a ``/jsz`` document."""
-    lags: dict[str, int] = {}
+    jsz: dict[str, Any],
+    stream: str = subjects.STREAM_TASKS,
+    account: str = "$G",
+    server_name: str | None = None,
+) -> dict[str, int | None]:
+    """``num_pending + num_ack_pending`` per consumer of ``stream`` from one server's ``/jsz`` document.
+
+    With ``server_name`` (that server's name), a replicated consumer led by another server maps
+    to None: it exists, but this server's counts for it are not authoritative.
+    """
+    lags: dict[str, int | None] = {}
     for acc in jsz.get("account_details") or []:
         if account not in (acc.get("name"), acc.get("id")):
             continue
@@ -58,17 +70,59 @@ def consumer_lags(
             if st.get("name") != stream:
                 continue
             for c in st.get("consumer_detail") or []:
-                lags[c["name"]] = int(c.get("num_pending", 0)) + int(c.get("num_ack_pending", 0))
+                leader = (c.get("cluster") or {}).get("leader")
+                replicated = bool((c.get("cluster") or {}).get("replicas"))
+                if server_name is not None and replicated and leader != server_name:
+                    lags[c["name"]] = None
+                else:
+                    lags[c["name"]] = int(c.get("num_pending", 0)) + int(c.get("num_ack_pending", 0))
     return lags
 
 
-async def fetch_lags(http: httpx.AsyncClient, monitor_url: str, account: str = "$G") -> dict[str, int]:
-    resp = await http.get(
-        f"{monitor_url}/jsz",
-        params={"accounts": "true", "streams": "true", "consumers": "true", "limit": "100000"},
-    )
-    resp.raise_for_status()
-    return consumer_lags(resp.json(), account=account)
+def leader_lags(views: Sequence[dict[str, int | None]]) -> dict[str, int | None]:
+    """One lag per consumer from every server's view: the leader's count where some server leads
+    it, None where the consumer exists but no view is authoritative (no leader reachable)."""
+    out: dict[str, int | None] = {}
+    for view in views:
+        for name, lag in view.items():
+            if lag is not None:
+                out[name] = lag
+            else:
+                out.setdefault(name, None)
+    return out
+
+
+def monitor_urls(monitor_url: str) -> list[str]:
+    """The monitoring URLs in ``LOOM_NATS_MONITOR_URL`` (comma-separated: every server of a cluster)."""
+    return [u.strip().rstrip("/") for u in monitor_url.split(",") if u.strip()]
+
+
+async def fetch_lags(http: httpx.AsyncClient, monitor_url: str, account: str = "$G") -> dict[str, int | None]:
+    """Lag per consumer of the task stream, read from every server in ``monitor_url`` (see
+    :func:`leader_lags`). Servers that do not answer are skipped; HTTPError when none does."""
+    views: list[dict[str, int | None]] = []
+    failures: list[str] = []
+    urls = monitor_urls(monitor_url)
+    for url in urls:
+        try:
+            name = None
+            if len(urls) > 1:
+                varz = await http.get(f"{url}/varz")
+                varz.raise_for_status()
+                name = str(varz.json().get("server_name") or "") or None
+            resp = await http.get(
+                f"{url}/jsz",
+                params={"accounts": "true", "streams": "true", "consumers": "true", "limit": "100000"},
+            )
+            resp.raise_for_status()
+            views.append(consumer_lags(resp.json(), account=account, server_name=name))
+        except httpx.HTTPError as exc:
+            failures.append(f"{url}: {exc}")
+    if not views:
+        raise httpx.HTTPError(f"no NATS monitoring endpoint answered ({'; '.join(failures)})")
+    if failures:
+        log.warning("scaler: some NATS servers did not answer: %s", "; ".join(failures))
+    return leader_lags(views)
 
 
 class ScalerLoop:
@@ -135,6 +189,10 @@ class ScalerLoop:
             if target.current is None:
                 continue  # the Deployment is not there yet; the reconciler creates it
             lag = lags.get(target.consumer, 0)
+            if lag is None:  # the consumer exists, but no reachable server leads it right now
+                log.info("scaler: %s has no leader answering; keeping %s", target.consumer, target.deployment)
+                self.last_polled.pop(key, None)
+                continue
             decision = decide(lag, target.current, self.last_needed.get(key), target.autoscaling, now)
             self.last_needed[key] = decision.last_needed
             metrics.SCALER_LAG.labels(target.worker, target.tier).set(lag)

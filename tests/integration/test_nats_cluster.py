@@ -14,10 +14,13 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from nats.js.errors import APIError
 from tests.support.nats_cluster import NatsCluster
 from tests.support.processes import LoomProcesses, echo_worker, poll
 
+from loom.api import Autoscaling
 from loom.bus import Bus, BusError
 from loom.cli.common import add_nats_options, nats_settings
 from loom.messages import TaskMessage
@@ -28,8 +31,13 @@ from loom.subjects import (
     STREAM_GOALS,
     STREAM_INCOMING,
     STREAM_TASKS,
+    task_subject,
     worker_consumer,
 )
+from loom_operator.k8s import Credentials, Kube
+from loom_operator.reconcile import Reconciler
+from loom_operator.scaler_loop import ScalerLoop, Target, consumer_lags, fetch_lags
+from loom_operator.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -199,3 +207,76 @@ async def test_tasks_survive_the_loss_of_the_task_streams_leader(
         if collector is not None:
             await collector.close()
         await admin.close()
+
+
+def _consumer_leader(cluster: NatsCluster, consumer: str) -> int | None:
+    """Index of the node a running node names as ``consumer``'s leader (None while there is none)."""
+    for i, node in enumerate(cluster.nodes):
+        if node.proc is None:
+            continue
+        for acc in cluster.jsz(i, consumers="true").get("account_details") or []:
+            for st in acc.get("stream_detail") or []:
+                for c in st.get("consumer_detail") or []:
+                    leader = (c.get("cluster") or {}).get("leader")
+                    if c.get("name") == consumer and leader:
+                        return int(str(leader).removeprefix("n")) - 1
+    return None
+
+
+async def test_the_scaler_reads_lag_from_the_consumers_leader_through_a_leader_change(
+    cluster: NatsCluster,
+) -> None:
+    bus = await Bus.connect(NatsSettings(url=cluster.url, name="scaler-test", replicas=3))
+    http = httpx.AsyncClient(timeout=5)
+    try:
+        consumer = await bus.ensure_worker_consumer(
+            "echo", "local", ack_wait=30, max_deliver=3, max_ack_pending=100
+        )
+        for _ in range(7):
+            await bus.js_publish(task_subject("echo", "local"), b"{}")
+        monitors = ",".join(n.monitor_url for n in cluster.nodes)
+
+        async def agrees(expected: int) -> bool:
+            try:
+                truth = (await bus.consumer_info(STREAM_TASKS, consumer)).total  # the leader answers
+            except (TimeoutError, APIError):  # no leader yet
+                return False
+            return truth == expected and (await fetch_lags(http, monitors)).get(consumer) == truth
+
+        await poll(lambda: agrees(7), timeout=20)
+        leader = _consumer_leader(cluster, consumer)
+        assert leader is not None
+        # What reading one follower's monitoring would give: not the leader's count.
+        followers = [
+            consumer_lags(cluster.jsz(i, consumers="true")).get(consumer) for i in range(3) if i != leader
+        ]
+        assert any(lag != 7 for lag in followers), followers
+
+        cluster.kill(leader)
+        for _ in range(5):
+            await bus.js_publish(task_subject("echo", "local"), b"{}")
+        await poll(lambda: agrees(12), timeout=60)
+        assert _consumer_leader(cluster, consumer) not in (None, leader)
+
+        # One scaler pass on the new leader's reading: the real consumer's lag is observed as is,
+        # a tier whose consumer does not exist is not scaled up (to its maximum or at all).
+        settings = Settings()
+        kube = Kube(Credentials("https://127.0.0.1:1", None, True, None, None, None))
+        reconciler = Reconciler(kube, settings, keda=False)
+        steady = Autoscaling(min_replicas=1, max_replicas=10, target_lag=100)
+        targets = [
+            Target("team", "echo", "echo", "local", "echo-local", steady, 1),
+            Target("team", "ghost", "ghost", "local", "ghost-local", steady, 2),
+        ]
+        loop = ScalerLoop(kube, reconciler, monitors, lambda: targets, interval=1)
+        try:
+            decided = {t.worker: d for t, d in await loop.tick()}
+        finally:
+            await loop.aclose()
+            await kube.aclose()
+        assert reconciler.observations[("team", "echo", "local")].lag == 12
+        assert decided["echo"].desired == 1
+        assert decided["ghost"].desired == 2 and decided["ghost"].wanted == 1
+    finally:
+        await http.aclose()
+        await bus.close()

@@ -71,7 +71,7 @@ def tier_env(tier_def: TierDefinition, endpoints: ModelEndpoints | None = None) 
 def scaled_object(owner: Owner, spec: WorkerSpec, tier: str, settings: Settings) -> dict[str, Any]:
     """KEDA ScaledObject on the tier's JetStream consumer lag (same semantics as the built-in scaler)."""
     a = spec.autoscaling
-    monitor = urlparse(settings.nats_monitor_url)
+    monitor = urlparse(settings.nats_monitor_url.split(",")[0].strip())  # KEDA takes one server
     name = deployment_name(owner.name, tier)
     return {
         "apiVersion": "keda.sh/v1alpha1",
