@@ -115,6 +115,8 @@ def test_killing_a_worker_mid_task_loses_nothing(local_up_factory: Any, tmp_path
     # (at 30 s it timed out there, and the pipeline's retry of the stage failed the assertion below).
     samples = tmp_path / "samples"
     shutil.copytree(SAMPLES, samples)
+    # The hourly schedule would start a second goal if the run crossed the top of an hour.
+    (samples / "schedule-hourly-status.yaml").unlink()
     path = samples / "worker-doc-summarizer.yaml"
     manifest = yaml.safe_load(path.read_text())
     manifest["spec"]["timeoutSeconds"] = 60
