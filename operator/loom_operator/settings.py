@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from loom import __version__
+from loom.settings import REPLICAS_ENV, parse_replicas
 from loom_operator import network_settings
 from loom_operator.network_settings import NetworkPolicySettings
 
@@ -37,6 +38,9 @@ class Settings:
     nats_creds_secret: str | None = None
     nats_tls_secret: str | None = None
     nats_monitor_url: str = "http://nats:8222"
+    #: Replicas of Loom's streams and buckets, passed to every rendered pod (``LOOM_NATS_REPLICAS``);
+    #: None leaves them as they are.
+    nats_replicas: int | None = None
     #: How rendered pods get their bus identity (see render/bus_auth.py).
     nats_auth: NatsAuthMode = "none"
     #: Key every generated password derives from (``generated`` mode).
@@ -101,6 +105,7 @@ class Settings:
             nats_creds_secret=creds_secret,
             nats_tls_secret=e.get("LOOM_NATS_TLS_SECRET") or None,
             nats_monitor_url=(e.get("LOOM_NATS_MONITOR_URL") or cls.nats_monitor_url).rstrip("/"),
+            nats_replicas=parse_replicas(e.get(REPLICAS_ENV)),
             nats_auth=auth,  # type: ignore[arg-type]
             nats_auth_key=key,
             nats_auth_secret=auth_secret,

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from loom.api.common import GROUP_VERSION, ResourceRequirements
+from loom.settings import REPLICAS_ENV
 from loom_operator.settings import Settings
 
 NAME_LABEL = "app.kubernetes.io/name"
@@ -141,6 +142,8 @@ def config_map(owner: Owner, key: str, text: str) -> dict[str, Any]:
 def nats_env(settings: Settings) -> list[dict[str, Any]]:
     """NATS connection environment for every pod (credentials and TLS files from Secrets)."""
     env: list[dict[str, Any]] = [{"name": "LOOM_NATS_URL", "value": settings.nats_url}]
+    if settings.nats_replicas is not None:
+        env.append({"name": REPLICAS_ENV, "value": str(settings.nats_replicas)})
     if settings.nats_creds_secret:
         env.append({"name": "LOOM_NATS_CREDS", "value": f"{CONFIG_DIR}/nats/creds"})
     if settings.nats_tls_secret:
