@@ -51,6 +51,7 @@ LOOM_STREAMS = (STREAM_INCOMING, STREAM_TASKS, STREAM_DEAD_LETTER, STREAM_GOALS,
 PIPELINE_BUCKETS = ("loom-pipeline-state", "loom-checkpoints")
 SCHEDULER_BUCKETS = ("loom-schedules",)
 WORKER_BUCKETS = ("loom-checkpoints",)
+ROUTER_BUCKETS = ("loom-router-limits",)  # limits shared by the router replicas
 
 
 class Role(StrEnum):
@@ -169,6 +170,8 @@ def permissions(identity: Identity) -> Permissions:
         pub += ["$JS.API.STREAM.MSG.GET.*", "$JS.API.DIRECT.GET.*", "$JS.API.DIRECT.GET.*.>"]
         pub += [f"$JS.API.STREAM.MSG.DELETE.{s}" for s in (STREAM_INCOMING, STREAM_TASKS, STREAM_GOALS)]
         sub.append(f"{RESULTS_PREFIX}.>")  # results release the router's concurrency slots
+        for b in ROUTER_BUCKETS:
+            pub += _bucket(b)
     elif me.role is Role.WORKER:
         assert me.worker_type is not None
         pub += [f"{RESULTS_PREFIX}.>", DEAD_LETTER]

@@ -366,3 +366,24 @@ async def _dead_count(bus: Bus) -> bool:
 async def _replayed(bus: Bus, first_id: str) -> bool:
     ids = [d.dead_letter.dead_letter_id for d in await bus.dead_letters()]
     return first_id not in ids and len(ids) == 1  # the replay was routed again and dead-lettered anew
+
+
+async def test_the_router_keeps_shared_limits_under_its_permissions(secured: Secured, admin: Bus) -> None:
+    from loom.api.router_policy import RouterPolicySpec
+    from loom.router.limits import AdmissionQueue, Limiter
+    from loom.router.shared_limits import LIMITS_BUCKET, SharedLimits
+
+    router = await secured.connect("router")
+    try:
+        kv = await router.key_value(LIMITS_BUCKET, ttl=3600)  # the router declares the bucket itself
+        shared = SharedLimits()
+        spec = RouterPolicySpec.model_validate({"replicas": 2, "rateLimits": {"local": {"maxConcurrent": 3}}})
+        queue = AdmissionQueue(Limiter(spec, lambda: 0.0, factory=shared.limit_set), 30)
+        for _ in range(5):
+            assert queue.submit(queue.request("local", "a", 0, 1)) is None
+        sets = [*queue.limiter.tiers.values(), *queue.limiter.tenants.values()]
+        assert await shared.sync(kv, sets, [req for _, req in queue.waiting])
+        assert len(queue.pump().admitted) == 3
+    finally:
+        await router.close()
+    assert "router" not in secured.violations()
