@@ -80,7 +80,6 @@ def limits_mode(mode: str, replicas: int) -> str:
     return mode
 
 
-
 def window_of(wall: float, window_seconds: float) -> int:
     """The index of the window ``wall`` (seconds since the epoch) falls in; the same on every replica."""
     return math.floor(wall / window_seconds)
@@ -190,7 +189,7 @@ class WindowGrants:
 class SlotGrants:
     """This replica's share of a shared max-in-flight; stands in for ``Concurrency`` in a LimitSet."""
 
-    __slots__ = ("_used", "granted", "key", "limit_total", "notify", "renew_at", "short")
+    __slots__ = ("_used", "checked", "granted", "key", "limit_total", "notify", "renew_at", "short")
 
     def __init__(self, key: str, limit: int, notify: Callable[[], None]):
         self.key = key
@@ -199,8 +198,9 @@ class SlotGrants:
         self._used = 0
         self.notify = notify
         self.renew_at = 0.0
-        #: Tasks waited for more slots than the last round could take.
+        #: Tasks waited for more slots than the last round could take, at wall time ``checked``.
         self.short = False
+        self.checked = 0.0
 
     @property
     def limit(self) -> int:
@@ -384,6 +384,13 @@ class SharedLimits:
         if target == pool.granted and not renew:
             pool.short = False
             return False
+        if (
+            target > pool.granted
+            and not renew
+            and pool.short
+            and self.wall() - pool.checked < self.recheck_seconds
+        ):
+            return False  # none free a moment ago
         held_before = pool.granted
         if target < pool.granted:
             pool.granted = target  # give back locally first, so nothing is admitted from it meanwhile
@@ -393,7 +400,7 @@ class SharedLimits:
             wall = self.wall()
             target = max(target, pool.used)
             keep = slots_to_hold(holders, self.replica, pool.limit_total, pool.granted, target, wall)
-            pool.short = keep < target
+            pool.short, pool.checked = keep < target, wall
             if keep == pool.granted == held_before and not renew:
                 return False  # nothing to take, nothing to give back, lease still fresh
             record = live_holders(holders, wall)
