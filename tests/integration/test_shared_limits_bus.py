@@ -54,12 +54,13 @@ class Replica:
 
 
 def replicas(
-    n: int, wall: Clock, lease: float = 15.0, window: float = 60.0, **policy: object
+    n: int, wall: Clock, lease: float = 15.0, window: float = 60.0, recheck: float = 0.0, **policy: object
 ) -> list[Replica]:
+    """``recheck`` 0: every round by hand asks the bucket (a router looks again after 0.25 s)."""
     spec = RouterPolicySpec.model_validate({"replicas": n, **policy})
     out = []
     for _ in range(n):
-        shared = SharedLimits(window_seconds=window, lease_seconds=lease, wall=wall)
+        shared = SharedLimits(window_seconds=window, lease_seconds=lease, wall=wall, recheck_seconds=recheck)
         out.append(Replica(shared, AdmissionQueue(Limiter(spec, wall, factory=shared.limit_set), 3600), []))
     return out
 
@@ -120,7 +121,7 @@ async def test_three_replicas_share_one_window_exactly(bus: Bus) -> None:
 async def test_units_a_replica_no_longer_needs_go_back_to_the_window(bus: Bus) -> None:
     kv = await bus.key_value(LIMITS_BUCKET, ttl=3600)
     wall = Clock(1_000_000.0)
-    a, b = replicas(2, wall, window=60.0, rateLimits={"local": {"requestsPerMinute": 10}})
+    a, b = replicas(2, wall, window=60.0, recheck=0.25, rateLimits={"local": {"requestsPerMinute": 10}})
     reqs = a.ask(6)
     limiter = a.queue.limiter
     sets = [*limiter.tiers.values(), *limiter.tenants.values()]
