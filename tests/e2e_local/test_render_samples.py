@@ -4,6 +4,7 @@ and local mode runs the router and workers from the same configuration the opera
 from __future__ import annotations
 
 import itertools
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 import yaml
 
 from loom.api import load_paths
+from loom.api.router_policy import TIER_CONFIG_ENV
+from loom.llm.endpoints import ENDPOINTS_ENV
 from loom.local.manifests import build_plan
 from loom_operator.reconcile import PipelineEntry, PolicyEntry, WorkerEntry, render_resource
 from loom_operator.render import Owner, worker_route
@@ -86,6 +89,18 @@ def test_local_mode_uses_the_configuration_the_operator_renders(tmp_path: Path) 
         local = plan.process(f"worker-{name}-local").config
         assert local is not None
         assert local["spec"] == rendered["spec"], name
+        # The environment too: the same tier definition and endpoint allow-list, except what local
+        # mode adds on purpose (the embedded model server's URL, allowed on loopback).
+        (deployment,) = [o for o in expected[f"worker-{name}"] if o["kind"] == "Deployment"]
+        pod_env = {
+            e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+        local_env = plan.process(f"worker-{name}-local").env
+        local_tier = json.loads(local_env[TIER_CONFIG_ENV])
+        assert local_tier.pop("baseUrl") == "http://127.0.0.1:1/v1"
+        assert json.loads(pod_env[TIER_CONFIG_ENV]) == local_tier, name
+        local_urls = json.loads(local_env[ENDPOINTS_ENV])["allowedUrls"]
+        assert json.loads(pod_env[ENDPOINTS_ENV])["allowedUrls"] + ["http://127.0.0.1:1"] == local_urls
     pipeline = plan.process("pipeline-doc-analysis").config
     assert pipeline is not None
     assert pipeline["spec"] == _configmap(expected["pipeline-doc-analysis"], "pipeline.yaml")["spec"]

@@ -8,13 +8,12 @@ the Deployment: KEDA or the built-in scaler owns it.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import urlparse
 
 from loom import subjects
 from loom.api import RouterPolicySpec, TierDefinition, WorkerSpec
-from loom.api.router_policy import ModelEndpoints
+from loom.api.router_policy import TIER_CONFIG_ENV, ModelEndpoints, worker_tier
 from loom.llm.endpoints import ENDPOINTS_ENV
 from loom_operator.render.common import (
     Owner,
@@ -30,9 +29,6 @@ from loom_operator.render.network import worker_network_policy
 from loom_operator.settings import Settings
 
 CONFIG_KEY = "worker.yaml"
-#: API key variable per backend when the tier names none.
-DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
-FALLBACK_KEY_ENV = "LOOM_API_KEY"
 
 
 def deployment_name(worker: str, tier: str) -> str:
@@ -42,12 +38,12 @@ def deployment_name(worker: str, tier: str) -> str:
 def tier_definition(
     tier: str, policy: RouterPolicySpec | None, policy_name: str | None = None
 ) -> TierDefinition:
-    """The tier's definition from the RouterPolicy; raises RenderError for a tier it does not define."""
-    if policy is None:
-        return TierDefinition(name=tier)
+    """The tier's definition (:func:`loom.api.router_policy.worker_tier`, as in local mode); raises
+    RenderError for a tier the policy does not define."""
     try:
-        return policy.tier(tier)
+        return worker_tier(policy, tier)
     except KeyError:
+        assert policy is not None
         where = f"RouterPolicy {policy_name!r}" if policy_name else "the namespace's RouterPolicy"
         raise RenderError(
             f"tier {tier!r} is not defined by {where} (defined: {', '.join(policy.tier_names)})"
@@ -56,16 +52,15 @@ def tier_definition(
 
 def tier_env(tier_def: TierDefinition, endpoints: ModelEndpoints | None = None) -> list[dict[str, Any]]:
     """``LOOM_TIER_CONFIG``, ``LOOM_MODEL_ENDPOINTS`` and the API key from its Secret (never its value)."""
-    env: list[dict[str, Any]] = []
-    if tier_def.api_key_secret_ref is not None:
-        key_env = tier_def.api_key_env or DEFAULT_KEY_ENV.get(tier_def.backend, FALLBACK_KEY_ENV)
-        tier_def = tier_def.model_copy(update={"api_key_env": key_env})
-        ref = tier_def.api_key_secret_ref
-        assert ref is not None
-        env.append({"name": key_env, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
-    blob = json.dumps(tier_def.to_manifest_dict(), sort_keys=True, separators=(",", ":"))
-    allowed = (endpoints or ModelEndpoints()).env_value()
-    return [{"name": "LOOM_TIER_CONFIG", "value": blob}, {"name": ENDPOINTS_ENV, "value": allowed}, *env]
+    env: list[dict[str, Any]] = [
+        {"name": TIER_CONFIG_ENV, "value": tier_def.worker_config()},
+        {"name": ENDPOINTS_ENV, "value": (endpoints or ModelEndpoints()).env_value()},
+    ]
+    ref = tier_def.api_key_secret_ref
+    if ref is not None:
+        key = {"secretKeyRef": {"name": ref.name, "key": ref.key}}
+        env.append({"name": tier_def.key_env, "valueFrom": key})
+    return env
 
 
 def scaled_object(owner: Owner, spec: WorkerSpec, tier: str, settings: Settings) -> dict[str, Any]:

@@ -29,6 +29,14 @@ from loom.llm.endpoints import EndpointRules, parse_allowed_url, parse_network, 
 Backend = Literal["anthropic", "openai", "ollama", "local"]
 
 
+#: The variable a worker process reads its tier's definition from (JSON), set by the operator and ``loom up``.
+TIER_CONFIG_ENV = "LOOM_TIER_CONFIG"
+#: The API key variable of a backend when the tier names none.
+DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
+#: The API key variable when a Secret gives a key to a backend that has no usual variable (ollama, local).
+FALLBACK_KEY_ENV = "LOOM_API_KEY"
+
+
 class TierDefinition(SpecModel):
     """Which model answers for a tier, and how to reach it."""
 
@@ -49,6 +57,24 @@ class TierDefinition(SpecModel):
     )
     timeout_seconds: float = Field(default=60, gt=0, le=3600, description="Per-call timeout.")
     max_retries: int = Field(default=3, ge=0, le=20, description="Retries of retryable provider errors.")
+
+    @property
+    def key_env(self) -> str | None:
+        """The variable holding the API key: ``apiKeyEnv``, else the backend's usual one, else
+        ``LOOM_API_KEY`` when a Secret supplies a key; None when the tier takes no key."""
+        if self.api_key_env:
+            return self.api_key_env
+        if self.backend in DEFAULT_KEY_ENV:
+            return DEFAULT_KEY_ENV[self.backend]
+        return FALLBACK_KEY_ENV if self.api_key_secret_ref is not None else None
+
+    def worker_config(self) -> str:
+        """The ``LOOM_TIER_CONFIG`` value a worker gets: the definition, with the key's variable named
+        whenever a Secret supplies the key (the worker reads that variable; the Secret stays unread)."""
+        tdef = self
+        if self.api_key_secret_ref is not None and self.api_key_env is None:
+            tdef = self.model_copy(update={"api_key_env": self.key_env})
+        return json.dumps(tdef.to_manifest_dict(), sort_keys=True, separators=(",", ":"))
 
 
 class ModelEndpoints(SpecModel):
@@ -342,3 +368,10 @@ class RouterConfig(SpecModel):
 
     policy: RouterPolicySpec = Field(default_factory=RouterPolicySpec)
     workers: dict[str, WorkerRoute] | None = None
+
+
+def worker_tier(policy: RouterPolicySpec | None, tier: str) -> TierDefinition:
+    """The definition a worker serving ``tier`` runs with, the same on a cluster and in local mode:
+    the policy's (KeyError for a tier it does not define), or a local-backend default when there is
+    no RouterPolicy at all."""
+    return TierDefinition(name=tier) if policy is None else policy.tier(tier)

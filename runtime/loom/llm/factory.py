@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from loom.api.router_policy import TierDefinition
+from loom.api.router_policy import DEFAULT_KEY_ENV, TierDefinition
 from loom.llm.base import Provider
 from loom.llm.endpoints import EndpointRefused, EndpointRules, check_url, rules_from_env
 from loom.llm.guarded import GuardedProvider
@@ -30,7 +30,6 @@ DEFAULT_LOCAL_URL = "http://127.0.0.1:8911/v1"
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 DEFAULT_ANTHROPIC_URL = "https://api.anthropic.com"
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
-DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 KEY_FILE_ENV = "LOOM_API_KEY_FILE"
 
 
@@ -41,7 +40,7 @@ class ProviderConfigError(ValueError):
 def resolve_api_key(tier: TierDefinition, env: Mapping[str, str] | None = None) -> str | None:
     """The tier's API key from its environment variable, else from ``LOOM_API_KEY_FILE``."""
     e = os.environ if env is None else env
-    name = tier.api_key_env or DEFAULT_KEY_ENV.get(tier.backend)
+    name = tier.key_env
     if name and e.get(name):
         return e[name].strip()
     path = e.get(KEY_FILE_ENV)

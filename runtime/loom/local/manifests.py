@@ -10,7 +10,6 @@ gets its own metrics port and a config file to be written into the run dir.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,15 @@ from urllib.parse import urlsplit
 
 from loom.api.loader import Resource
 from loom.api.pipeline import PipelineSpec
-from loom.api.router_policy import RouterConfig, RouterPolicySpec, TierDefinition, WorkerRoute, worker_route
+from loom.api.router_policy import (
+    TIER_CONFIG_ENV,
+    RouterConfig,
+    RouterPolicySpec,
+    TierDefinition,
+    WorkerRoute,
+    worker_route,
+    worker_tier,
+)
 from loom.api.schedule import ScheduleSpec
 from loom.api.worker import WorkerSpec
 from loom.llm.endpoints import ENDPOINTS_ENV
@@ -37,7 +44,6 @@ PHASES: dict[str, int] = {
 }
 
 #: Where a backend's API key is read from when a tier names a Secret but no variable.
-DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 
 
 class PlanError(Exception):
@@ -101,16 +107,14 @@ def router_policy(resources: Sequence[Resource]) -> tuple[str, RouterPolicySpec]
     return policies[0].name, spec
 
 
-def tier_definition(policy: RouterPolicySpec, tier: str) -> TierDefinition:
-    """The tier as the operator gives it to a worker: from the policy, or a local default when undefined."""
-    if not policy.tiers:
-        return TierDefinition(name=tier)
-    return policy.tier(tier)
+def given_policy(resources: Sequence[Resource]) -> RouterPolicySpec | None:
+    """The manifests' RouterPolicy, or None when they hold none (every tier is then a local default)."""
+    return router_policy(resources)[1] if _by_kind(resources, "RouterPolicy") else None
 
 
 def local_llm_tiers(resources: Sequence[Resource]) -> list[str]:
     """Tiers needing the shared llama.cpp server: backend local, no base URL, served by an LLM worker."""
-    _, policy = router_policy(resources)
+    policy = given_policy(resources)
     needed: set[str] = set()
     for res in _by_kind(resources, "Worker"):
         spec: WorkerSpec = res.spec
@@ -118,7 +122,7 @@ def local_llm_tiers(resources: Sequence[Resource]) -> list[str]:
             continue
         for tier in spec.served_tiers:
             try:
-                tdef = tier_definition(policy, tier)
+                tdef = worker_tier(policy, tier)
             except KeyError:
                 continue
             if tdef.backend == "local" and not tdef.base_url:
@@ -176,19 +180,18 @@ def local_mode_env(policy: RouterPolicySpec, *extra_urls: str) -> dict[str, str]
 
 
 def worker_tier_env(
-    policy: RouterPolicySpec, tier: str, local_llm_url: str | None
+    policy: RouterPolicySpec | None, tier: str, local_llm_url: str | None
 ) -> tuple[dict[str, str], TierDefinition]:
     """``LOOM_TIER_CONFIG`` (and ``LOOM_LOCAL_LLM_URL``) for a worker on a tier, and the endpoint
     allow-list of local mode: the policy's, plus the embedded model server on loopback."""
-    tdef = tier_definition(policy, tier)
-    env: dict[str, str] = local_mode_env(policy)
+    tdef = worker_tier(policy, tier)
+    endpoints_of = policy or RouterPolicySpec()
+    env: dict[str, str] = local_mode_env(endpoints_of)
     if tdef.backend == "local" and not tdef.base_url and local_llm_url:
         tdef = tdef.model_copy(update={"base_url": local_llm_url})
         env["LOOM_LOCAL_LLM_URL"] = local_llm_url
-        env.update(local_mode_env(policy, local_llm_url))
-    if tdef.api_key_secret_ref is not None and tdef.api_key_env is None and tdef.backend in DEFAULT_KEY_ENV:
-        tdef = tdef.model_copy(update={"api_key_env": DEFAULT_KEY_ENV[tdef.backend]})
-    env["LOOM_TIER_CONFIG"] = json.dumps(tdef.to_manifest_dict(), sort_keys=True)
+        env.update(local_mode_env(endpoints_of, local_llm_url))
+    env[TIER_CONFIG_ENV] = tdef.worker_config()
     return env, tdef
 
 
@@ -246,7 +249,7 @@ def build_plan(
         manifest = worker_manifest(res)
         for tier in spec.served_tiers:
             try:
-                tier_env, tdef = worker_tier_env(policy, tier, local_llm_url)
+                tier_env, tdef = worker_tier_env(given_policy(resources), tier, local_llm_url)
             except KeyError:
                 problems.append(
                     f"Worker {wtype!r} serves tier {tier!r}, which RouterPolicy {policy_name!r} "
@@ -258,8 +261,8 @@ def build_plan(
                     problems.append(
                         f"tier {tier!r} runs on the local model, but no local model server URL was given"
                     )
-                key_env = tdef.api_key_env
-                if tdef.backend in DEFAULT_KEY_ENV and key_env and not env.get(key_env):
+                key_env = tdef.key_env
+                if key_env and not env.get(key_env):
                     warnings.append(
                         f"Worker {wtype!r} on tier {tier!r} ({tdef.backend}) needs the API key in "
                         f"${key_env}, which is not set; its tasks will fail until it is"

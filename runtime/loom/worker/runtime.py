@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from loom import metrics
 from loom.api.loader import load_one
-from loom.api.router_policy import RouterPolicySpec, TierDefinition
+from loom.api.router_policy import TIER_CONFIG_ENV, RouterPolicySpec, TierDefinition
 from loom.api.worker import WorkerSpec
 from loom.bus import Bus, Delivery
 from loom.contracts import Contract
@@ -40,7 +40,6 @@ from loom.worker.engine import TaskEngine, WorkOutcome, build_engine
 
 log = logging.getLogger(__name__)
 
-TIER_CONFIG_ENV = "LOOM_TIER_CONFIG"
 
 
 @dataclass
