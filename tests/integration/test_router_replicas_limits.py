@@ -4,7 +4,8 @@ The routers share a limit of 600 requests per minute over 2 s windows (20 per wi
 tasks than that are queued up front, so the routers are saturated; no worker runs, so every
 admitted task stays in the worker stream, where the time JetStream stored it says which window
 admitted it. Each window must hold at most 20 and the complete windows together at least 95% of
-their limit, with a dead replica's share taken up by the living.
+their limit, with a dead replica's share taken up by the living. Tasks in flight: a SIGKILLed
+replica's slots come back to the other when its lease ends, and only then.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from tests.support.processes import LoomProcess, LoomProcesses, bus, echo_worker, loom_procs, write_yaml
+from tests.support.processes import LoomProcess, LoomProcesses, bus, echo_worker, loom_procs, poll, write_yaml
 
 from loom.bus import Bus
 from loom.messages import TaskMessage
@@ -93,3 +94,56 @@ async def test_admitted_per_window_stays_within_the_limit_and_reaches_it(
     assert len(full) >= WINDOWS - 1
     reached = sum(counts[w] for w in full)
     assert reached >= 0.95 * PER_WINDOW * len(full), (reached, [counts[w] for w in full])
+
+
+async def test_a_killed_replicas_in_flight_slots_come_back_when_its_lease_ends(
+    tmp_path: Path, loom_procs: LoomProcesses, bus: Bus
+) -> None:
+    pol = write_yaml(
+        tmp_path,
+        "policy",
+        {
+            "apiVersion": "loom.dev/v1alpha1",
+            "kind": "RouterPolicy",
+            "metadata": {"name": "default"},
+            "spec": {
+                "replicas": 2,
+                "rateLimits": {"local": {"maxConcurrent": 2}},
+                "onLimit": {"maxWaitSeconds": 3600},
+            },
+        },
+    )
+    echo = echo_worker(tmp_path, "echo")
+    extra = (
+        *(
+            "--limit-lease-seconds",
+            "3",
+            "--inflight-lease-seconds",
+            "3600",
+        ),  # only the shared lease frees slots
+        *("--max-in-flight", "20", "--ack-wait", "2", "--no-worker-wait", "0"),
+    )
+    routers = [loom_procs.router(pol, echo, extra=extra, ready=False) for _ in range(2)]
+    for r in routers:
+        r.wait_ready()
+    for _ in range(10):
+        await bus.publish_task(TaskMessage(worker_type="echo", model_tier="local", tenant="t"))
+
+    async def stored() -> int:  # no worker runs: every dispatched task stays, and holds its slot
+        return await bus.stream_messages(STREAM_TASKS)
+
+    await poll(lambda: sum(r.metric("loom_tier_in_flight", tier="local") for r in routers) == 2)
+    await asyncio.sleep(3 * 2)  # two leases: the holder, alive, keeps renewing
+    assert await stored() == 2
+    holder = max(routers, key=lambda r: r.metric("loom_tier_in_flight", tier="local"))
+    held = int(holder.metric("loom_tier_in_flight", tier="local"))  # 1 or 2: whoever asked first
+    holder.kill()
+    other = next(r for r in routers if r is not holder)
+
+    async def freed() -> bool:
+        return await stored() >= 2 + held
+
+    await poll(freed, timeout=30)
+    await asyncio.sleep(3)  # one more lease: nothing else comes free
+    assert await stored() == 2 + held  # the dead replica's slots came back, once
+    assert other.metric("loom_tier_in_flight", tier="local") == 2
