@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from loom.api.router_policy import RouterPolicySpec
@@ -126,3 +128,28 @@ def test_demand_counts_each_waiting_request_in_every_limit_set_it_needs() -> Non
     assert d[id(tier)].tokens == 3 * 400.0
     assert d[id(tenant)].requests == 3
     assert isinstance(tier.concurrency, SlotGrants) and tier.concurrency.limit == 0
+
+
+def test_the_router_refuses_limits_that_cannot_work_before_connecting(tmp_path: Path) -> None:
+    from tests.support.processes import run_cli, write_yaml
+
+    def policy(**spec: object) -> Path:
+        doc = {
+            "apiVersion": "loom.dev/v1alpha1",
+            "kind": "RouterPolicy",
+            "metadata": {"name": "p"},
+            "spec": spec,
+        }
+        return write_yaml(tmp_path, f"p{len(list(tmp_path.iterdir()))}", doc)
+
+    unreachable = ("--nats-url", "nats://127.0.0.1:1")  # never reached: the check comes first
+    split = policy(replicas=3, rateLimits={"local": {"maxConcurrent": 2}})
+    out = run_cli("router", "--config", str(split), "--limits", "local", *unreachable, timeout=30)
+    assert out.returncode == 2, out.stderr
+    assert "maxConcurrent 2 cannot be split over 3 router replicas" in out.stderr
+    window = policy(rateLimits={"local": {"requestsPerMinute": 10}})
+    out = run_cli(
+        "router", "--config", str(window), "--limits", "shared", "--limit-window-seconds", "2", *unreachable
+    )
+    assert out.returncode == 2, out.stderr
+    assert "less than one per 2s window; use a window of at least 6s" in out.stderr
