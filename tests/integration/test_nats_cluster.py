@@ -140,19 +140,26 @@ async def test_tasks_survive_the_loss_of_the_task_streams_leader(
     cluster: NatsCluster, tmp_path: Path
 ) -> None:
     """2,000 tasks through a real router and two workers on R3 streams; the server leading the task
-    stream is SIGKILLed mid-run and restarted later. Every task gets a result; duplicates are only
-    redeliveries of tasks whose acknowledgement was lost with the leader, at most one per task a
-    worker held at that moment."""
+    stream (and the workers' consumer, and holding the submitter's connection) is SIGKILLed while
+    tasks are being submitted and restarted later. Every submission is stored, every task gets a
+    result; duplicates are only redeliveries of tasks whose acknowledgement was lost with the
+    leader, at most one per task a worker held at that moment."""
     env = {"LOOM_NATS_REPLICAS": "3"}
     admin = await Bus.connect(NatsSettings(url=cluster.url, name="admin", replicas=3))
     procs = LoomProcesses(cluster.url)
-    collector: Bus | None = None
+    buses = [admin]
     try:
         leader = cluster.stream_leader(STREAM_TASKS)
+        # The submitter is connected to the server about to be lost (it learns the others from it).
+        submitter = await Bus.connect(
+            NatsSettings(url=cluster.nodes[leader].url, name="submitter"), ensure_streams=False
+        )
+        buses.append(submitter)
         # Results are core NATS: a caller receives them while its connection stays up, so the
-        # caller here talks to the servers that stay up (see docs/operations.md).
+        # caller collecting them here talks to the servers that stay up (see docs/operations.md).
         others = ",".join(n.url for i, n in enumerate(cluster.nodes) if i != leader)
         collector = await Bus.connect(NatsSettings(url=others, name="caller"), ensure_streams=False)
+        buses.append(collector)
         echo = echo_worker(tmp_path, "echo", timeout_seconds=5, max_in_flight=WORKER_IN_FLIGHT)
         procs.spawn("router", "--config", str(echo), "--ack-wait", "5", env=env)
         for _ in range(WORKERS):
@@ -172,16 +179,25 @@ async def test_tasks_survive_the_loss_of_the_task_streams_leader(
             TaskMessage(parent_task_id="failover", worker_type="echo", payload={"i": i, "sleep": 0.01})
             for i in range(TASKS)
         ]
-        killed = restarted = False
-        for start in range(0, TASKS, 50):
-            await asyncio.gather(*(admin.publish_task(t) for t in tasks[start : start + 50]))
+        submitted: list[str] = []
+        window = asyncio.Semaphore(32)
+
+        async def submit(task: TaskMessage) -> None:
+            async with window:
+                await submitter.publish_task(task)  # raises BusError when not stored
+                submitted.append(task.task_id)
+
+        async def a_fifth_done() -> bool:
             await drain()
-            if not killed and len(counts) >= TASKS // 5:
-                assert cluster.stream_leader(STREAM_TASKS) == leader
-                cluster.kill(leader)
-                killed = True
-                killed_at = len(counts)
-        assert killed, f"only {len(counts)} results while publishing; the kill came too late"
+            return len(counts) >= TASKS // 5
+
+        submitting = asyncio.gather(*(submit(t) for t in tasks))
+        await poll(a_fifth_done, timeout=120)
+        assert cluster.stream_leader(STREAM_TASKS) == leader
+        assert not submitting.done(), "all submitted before the kill: the test would prove less"
+        cluster.kill(leader)
+        killed_at, submitted_at_kill = len(counts), len(submitted)
+        restarted = False
 
         async def done() -> bool:
             nonlocal restarted
@@ -192,21 +208,28 @@ async def test_tasks_survive_the_loss_of_the_task_streams_leader(
             return len(counts) == TASKS
 
         await poll(done, timeout=240, interval=0.1)
+        await submitting
         assert restarted
         await asyncio.sleep(3)  # redeliveries still on their way are counted too
         await drain()
         assert set(counts) == {t.task_id for t in tasks}  # 0 lost
+        assert sorted(submitted) == sorted(t.task_id for t in tasks)
         duplicates = sum(n - 1 for n in counts.values())
-        print(f"results: {sum(counts.values())}, duplicates: {duplicates}, new leader ", end="")
-        print(f"{cluster.stream_leader(STREAM_TASKS)} (was {leader})")
+        print(
+            f"killed n{leader + 1} after {killed_at} results, {submitted_at_kill} submitted; "
+            f"results {sum(counts.values())}, duplicates {duplicates}; "
+            f"new leader n{cluster.stream_leader(STREAM_TASKS) + 1}; tasks stored "
+            f"{(await admin.js.stream_info(STREAM_INCOMING)).state.last_seq}"
+        )
         assert max(counts.values()) <= 2
         assert duplicates <= WORKERS * WORKER_IN_FLIGHT
         assert await admin.dead_letters() == []
+        # No submission stored twice: re-sent publishes carry the same Nats-Msg-Id.
+        assert (await admin.js.stream_info(STREAM_INCOMING)).state.last_seq == TASKS
     finally:
         procs.cleanup()
-        if collector is not None:
-            await collector.close()
-        await admin.close()
+        for bus in buses:
+            await bus.close()
 
 
 def _consumer_leader(cluster: NatsCluster, consumer: str) -> int | None:
