@@ -63,10 +63,15 @@ class OrchestratorService:
         self.options = options or OrchestratorOptions()
         self.clock = clock
         self.ready = asyncio.Event()
+        self.bus: Bus | None = None
         self.session: GoalSession | None = None
 
+    def is_ready(self) -> bool:
+        """Readiness: started (consumer bound) and NATS connected right now, like workers and routers."""
+        return self.ready.is_set() and self.bus is not None and self.bus.is_connected
+
     async def run(self, stop: asyncio.Event) -> None:
-        bus = await Bus.connect(self.settings, role="orchestrator")
+        bus = self.bus = await Bus.connect(self.settings, role="orchestrator")
         provider = self.provider_factory()
         store = checkpoint_store(self.config, bus)
         try:

@@ -61,9 +61,14 @@ class PipelineService:
         self.clock = clock
         self.runner: GoalRunner | None = None
         self.ready = asyncio.Event()
+        self.bus: Bus | None = None
+
+    def is_ready(self) -> bool:
+        """Readiness: started (consumer bound) and NATS connected right now, like workers and routers."""
+        return self.ready.is_set() and self.bus is not None and self.bus.is_connected
 
     async def run(self, stop: asyncio.Event) -> None:
-        bus = await Bus.connect(self.settings, role="pipeline")
+        bus = self.bus = await Bus.connect(self.settings, role="pipeline")
         closing: list[StateStore] = []
         try:
             store = await StateStore.open(bus, ttl=self.options.state_ttl, url=self.options.state_url)

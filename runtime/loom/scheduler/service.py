@@ -272,9 +272,14 @@ class SchedulerService:
         self.settings = settings
         self.clock = clock
         self.ready = asyncio.Event()
+        self.bus: Bus | None = None
+
+    def is_ready(self) -> bool:
+        """Readiness: started and NATS connected right now, like workers and routers."""
+        return self.ready.is_set() and self.bus is not None and self.bus.is_connected
 
     async def run(self, stop: asyncio.Event) -> None:
-        bus = await Bus.connect(self.settings, role="scheduler")
+        bus = self.bus = await Bus.connect(self.settings, role="scheduler")
         try:
             scheduler = Scheduler(bus, self.schedules, clock=self.clock)
             self.ready.set()

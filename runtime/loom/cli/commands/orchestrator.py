@@ -44,4 +44,4 @@ def run(args: argparse.Namespace) -> int:
             ack_wait=args.ack_wait, max_deliver=args.max_deliver, drain_grace=args.drain_grace
         ),
     )
-    return serve(args, f"orchestrator {config.name}", service.run, service.ready.is_set)
+    return serve(args, f"orchestrator {config.name}", service.run, service.is_ready)

@@ -62,4 +62,4 @@ def run(args: argparse.Namespace) -> int:
             drain_grace=args.drain_grace,
         ),
     )
-    return serve(args, f"pipeline {spec.pipeline_name}", service.run, service.ready.is_set)
+    return serve(args, f"pipeline {spec.pipeline_name}", service.run, service.is_ready)

@@ -33,4 +33,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"loom scheduler: invalid config:\n{exc}", file=sys.stderr)
         return 2
     service = SchedulerService(schedules, nats_settings(args, name="loom-scheduler"))
-    return serve(args, "scheduler", service.run, service.ready.is_set)
+    return serve(args, "scheduler", service.run, service.is_ready)
