@@ -22,15 +22,25 @@ RUN if [ -n "${LOOM_EXTRAS}" ]; then \
       rm -rf /var/lib/apt/lists/*; \
     fi
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# Dependencies first, in layers of their own that only a change of pyproject.toml rebuilds: a
+# wheel of the project's metadata alone (no packages yet, a placeholder README) pulls every
+# dependency of the chosen extras into the venv. The build backend is installed once, so the
+# wheel builds below need no network (--no-build-isolation).
+COPY pyproject.toml ./
+RUN python -m pip install "setuptools>=69" wheel && \
+    touch README.md && \
+    python -m pip wheel --no-deps --no-build-isolation --wheel-dir /deps . && \
+    python -m venv /opt/loom && \
+    WHEEL="$(ls /deps/*.whl)" && \
+    if [ -n "${LOOM_EXTRAS}" ]; then SPEC="${WHEEL}[${LOOM_EXTRAS}]"; else SPEC="${WHEEL}"; fi && \
+    /opt/loom/bin/pip install "${SPEC}"
+# Then the source: build the project's wheel and install it over the metadata-only one.
+COPY README.md ./
 COPY runtime/ runtime/
 COPY operator/ operator/
-# Build the wheel, then install it (and its dependencies) into a self-contained venv.
-RUN python -m pip wheel --no-deps --wheel-dir /dist . && \
-    python -m venv /opt/loom && \
-    WHEEL="$(ls /dist/*.whl)" && \
-    if [ -n "${LOOM_EXTRAS}" ]; then SPEC="${WHEEL}[${LOOM_EXTRAS}]"; else SPEC="${WHEEL}"; fi && \
-    /opt/loom/bin/pip install "${SPEC}" && \
+RUN python -m pip wheel --no-deps --no-build-isolation --wheel-dir /dist . && \
+    /opt/loom/bin/pip install --no-deps --force-reinstall /dist/*.whl && \
+    /opt/loom/bin/pip check && \
     /opt/loom/bin/pip uninstall -y pip setuptools wheel && \
     /opt/loom/bin/python -m compileall -q /opt/loom/lib && \
     /opt/loom/bin/loom --help > /dev/null

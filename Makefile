@@ -54,12 +54,14 @@ up: venv
 	$(BIN)/loom up config/samples
 
 # Set up what the tests need (each step cached), lint, then every test: unit, integration,
-# k8s, slow. A skipped test fails the run (tests/conftest.py).
+# k8s, slow, and the e2e tests on one real node (needs root; hack/node/README.md). A skipped
+# test fails the run (tests/conftest.py).
 test: venv test-setup
 	$(MAKE) --no-print-directory lint
 	$(BIN)/python -m pytest -q -rfEs -p no:cacheprovider
 
-# The slow one-time steps (control plane, helm/kubectl, promtool, Debian packages), outside any test.
+# The slow one-time steps (control plane, helm/kubectl, promtool, Debian packages, the real
+# node's binaries and images), outside any test.
 test-setup:
 	bash hack/test-setup.sh
 
@@ -85,9 +87,9 @@ lint: venv
 envtest:
 	bash hack/test-setup.sh envtest tools
 
-# The e2e suite on one real node (containerd + kubelet + kube-proxy + CoreDNS joined to the
-# envtest control plane; needs root): builds the node binaries and images once (cached), then runs
-# tests/e2e with LOOM_E2E_PROVIDER=node. Not yet part of `make test`.
+# Only the e2e suite, all of it on one real node (containerd + kubelet + kube-proxy + CoreDNS
+# joined to the envtest control plane; needs root): the node tests `make test` runs too, plus
+# tests/e2e/test_cluster_behaviour.py on the real node instead of kwok.
 test-node: venv
 	bash hack/test-setup.sh envtest tools node
 	LOOM_E2E_PROVIDER=node $(BIN)/python -m pytest -q -rfEs -p no:cacheprovider tests/e2e

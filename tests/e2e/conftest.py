@@ -9,9 +9,13 @@ Which cluster (first match wins):
 - ``LOOM_E2E_PROVIDER=kind``: a throwaway kind cluster, when ``docker`` and ``kind`` are on
   PATH and the Docker daemon answers; otherwise the tests fail and say why;
 - ``LOOM_E2E_PROVIDER=node``: the envtest control plane plus one real node (containerd,
-  kubelet, kube-proxy, CoreDNS; ``tests.k8s.node``), pods running the project's image. Needs
-  root and ``hack/test-setup.sh node``; ``make test-node`` runs it. The ``test_node_*.py``
-  files run only with this provider.
+  kubelet, kube-proxy, CoreDNS; ``tests.k8s.node``), pods running the project's image.
+
+The ``test_node_*.py`` files always run on that real node (the ``node_cluster`` fixture,
+started once per session and torn down after it), whatever the provider, because kwok runs no
+container: they are part of every ``pytest`` run and need root and ``hack/test-setup.sh node``
+(a machine that cannot run the node fails them and says what is missing). Only against a
+cluster of one's own (``LOOM_E2E_KUBECONFIG``, ``kind``) are they left out.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ from tests.k8s.node import NodeCluster
 PROVIDERS = ("envtest", "kind", "node")
 PROVIDER = os.environ.get("LOOM_E2E_PROVIDER", "envtest")
 
-# Tests that need real pods: collected only on the real node (never skipped elsewhere).
-collect_ignore_glob = [] if PROVIDER == "node" else ["test_node_*.py"]
+# Tests that need real pods start the node themselves; left out only for a cluster of one's own.
+collect_ignore_glob = (
+    ["test_node_*.py"] if PROVIDER == "kind" or os.environ.get("LOOM_E2E_KUBECONFIG") else []
+)
 KIND_CREATE_TIMEOUT = 600
 
 
@@ -106,9 +112,34 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="session")
 def node_cluster() -> Iterator[NodeCluster]:
-    """The control plane plus one real node, started once per session and torn down after."""
+    """The control plane plus one real node, started once per session and torn down after.
+
+    Torn down early, right after the last test that uses it (``pytest_runtest_teardown``
+    below), so its pods stop taking CPU from the tests that come after.
+    """
     with NodeCluster() as node:
+        _NODE[:] = [node]
         yield node
+
+
+_NODE: list[NodeCluster] = []
+_LAST_NODE_TEST: list[pytest.Item] = []
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # With the node provider, `cluster` is the node too (asked for with getfixturevalue).
+    names = {"node_cluster", "cluster"} if PROVIDER == "node" else {"node_cluster"}
+    users = [item for item in items if names & set(getattr(item, "fixturenames", ()))]
+    _LAST_NODE_TEST[:] = users[-1:]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """After the last node test (and its fixtures' teardown), stop the node."""
+    result = yield
+    if _LAST_NODE_TEST and item is _LAST_NODE_TEST[0] and _NODE:
+        _NODE.pop().stop()
+    return result
 
 
 @pytest.fixture

@@ -1,18 +1,22 @@
 """The chart and the samples on real pods: the image built from the Dockerfile, run by a kubelet.
 
-Runs only with ``LOOM_E2E_PROVIDER=node`` (``make test-node``): the envtest control plane plus
-one real node (``tests.k8s.node``), every image preloaded into containerd, nothing pulled.
+Part of every ``pytest`` run: the envtest control plane plus one real node (``tests.k8s.node``),
+every image preloaded into containerd, nothing pulled. One ``helm install`` (module fixture
+``release``) serves the tests in file order; the last two upgrade and uninstall it.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import subprocess
 import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +35,8 @@ CHART = REPO_ROOT / "helm" / "loom"
 SAMPLES = REPO_ROOT / "config" / "samples"
 READY_TIMEOUT = 240.0
 LOOM_KINDS = ("workers", "pipelines", "routerpolicies", "schedules")
+# The bundled NATS's runAsUser (chart values nats.bundled.podSecurityContext).
+NATS_UID = 1000
 
 
 def split_ref(ref: str) -> tuple[str, str]:
@@ -161,19 +167,19 @@ def _pods(node: NodeCluster, namespace: str) -> list[dict[str, Any]]:
 SAMPLE_WORKERS = {"doc-extractor", "doc-classifier", "doc-summarizer", "report-assembler"}
 
 
-def _router_catalog(node: NodeCluster, namespace: str) -> tuple[bool, list[str]]:
-    """Whether the router's rendered config lists every sample worker (and which it lists)."""
+def _router_catalog(node: NodeCluster, namespace: str, workers: set[str]) -> tuple[bool, list[str]]:
+    """Whether the router's rendered config lists every one of ``workers`` (and which it lists)."""
     maps = json.loads(node.kubectl("-n", namespace, "get", "configmaps", "-o", "json"))["items"]
     for cm in maps:
         text = (cm.get("data") or {}).get("router.yaml")
         if text:
             listed = sorted((yaml.safe_load(text).get("workers") or {}).keys())
-            return set(listed) >= SAMPLE_WORKERS, listed
+            return set(listed) >= workers, listed
     return False, []
 
 
-def _wait_serving(node: NodeCluster, release: Release) -> None:
-    """Every sample Ready, and the router rolled out with all four workers in its catalog.
+def _wait_serving(node: NodeCluster, release: Release, workers: set[str] = SAMPLE_WORKERS) -> None:
+    """Every resource Ready, and the router rolled out with ``workers`` in its catalog.
 
     Ready alone is not enough: the RouterPolicy can report Ready while its router still runs a
     catalog rendered before every Worker existed (goals then fail with unknown_worker_type).
@@ -185,9 +191,9 @@ def _wait_serving(node: NodeCluster, release: Release) -> None:
 
     wait_for(all_ready, timeout=READY_TIMEOUT, what="every sample Ready on Running pods")
     wait_for(
-        lambda: _router_catalog(node, release.namespace),
+        lambda: _router_catalog(node, release.namespace, workers),
         timeout=READY_TIMEOUT,
-        what="the router's catalog to list the four sample workers",
+        what=f"the router's catalog to list {sorted(workers)}",
     )
     node.kubectl(
         "-n",
@@ -202,11 +208,51 @@ def _wait_serving(node: NodeCluster, release: Release) -> None:
 
 @dataclass(frozen=True)
 class Release:
-    """The chart installed with bundled NATS and the samples applied, in ``namespace``."""
+    """The chart installed with bundled NATS and the samples applied, in ``namespace``.
+
+    ``bus_args``: the ``loom`` client flags of the bus identity the test process uses (the
+    operator-generated admin credentials when the chart's NATS auth is on, else none).
+    """
 
     name: str
     namespace: str
     nats_url: str
+    bus_args: tuple[str, ...]
+
+    @property
+    def monitor_url(self) -> str:
+        return self.nats_url.replace("nats://", "http://").replace(":4222", ":8222")
+
+    def loom(self, *args: str) -> list[str]:
+        """argv of a ``loom`` client command against this release's bus."""
+        return [str(REPO_ROOT / ".venv" / "bin" / "loom"), *args, "--nats-url", self.nats_url, *self.bus_args]
+
+
+def _chart_nats_auth_mode() -> str:
+    """``nats.auth.mode`` of the chart's defaults (``none`` when the chart has no such value)."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    return str(((values.get("nats") or {}).get("auth") or {}).get("mode", "none"))
+
+
+def _admin_bus_args(node: NodeCluster, name: str, namespace: str) -> tuple[str, ...]:
+    """Client flags of the admin identity the operator writes to ``<release>-nats-auth-admin``."""
+
+    def secret() -> tuple[bool, Any]:
+        found = json.loads(node.kubectl("-n", namespace, "get", "secrets", "-o", "json"))["items"]
+        for item in found:
+            if item["metadata"]["name"] == f"{name}-nats-auth-admin":
+                return True, {k: base64.b64decode(v).decode() for k, v in item["data"].items()}
+        return False, sorted(item["metadata"]["name"] for item in found)
+
+    creds = wait_for(secret, timeout=READY_TIMEOUT, what="the operator's admin bus credentials")
+    return (
+        "--nats-user",
+        creds["user"],
+        "--nats-password",
+        creds["password"],
+        "--nats-inbox-prefix",
+        creds["inboxPrefix"],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -246,13 +292,18 @@ def release(node_cluster: NodeCluster, model_server: str) -> Iterator[Release]:
     repo, tag = split_ref(node_cluster.images["LOOM_IMAGE"])
     nats_repo, nats_tag = split_ref(node_cluster.images["NATS_IMAGE"])
     name, namespace = "loom", f"loom-{uuid.uuid4().hex[:6]}"
+    # The chart's default persistence: the JetStream store survives a NATS restart
+    # (test_readiness_follows_the_nats_connection), on a hostPath volume of the node.
+    node_cluster.host_path_volume(
+        f"{namespace}-nats", claim=(namespace, f"data-{name}-nats-0"), size="10Gi", owner=NATS_UID
+    )
     values = {
         "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
         "nats": {
             "bundled": {
                 "enabled": True,
                 "image": {"repository": nats_repo, "tag": nats_tag, "pullPolicy": "Never"},
-                "persistence": {"enabled": False},
+                "persistence": {"enabled": True},
             }
         },
     }
@@ -284,8 +335,10 @@ def release(node_cluster: NodeCluster, model_server: str) -> Iterator[Release]:
         cluster_ip = node_cluster.kubectl(
             "-n", namespace, "get", "service", f"{name}-nats", "-o", "jsonpath={.spec.clusterIP}"
         )
+        auth = _chart_nats_auth_mode() == "generated"
+        bus_args = _admin_bus_args(node_cluster, name, namespace) if auth else ()
         # The test process reaches the in-cluster NATS through kube-proxy, like any node would.
-        yield Release(name, namespace, f"nats://{cluster_ip}:4222")
+        yield Release(name, namespace, f"nats://{cluster_ip}:4222", bus_args)
     finally:
         subprocess.run(
             [helm_bin.helm(), f"--kubeconfig={node_cluster.kubeconfig}", "uninstall", name, "-n", namespace],
@@ -330,6 +383,46 @@ def test_helm_install_and_samples_become_ready_on_real_pods(
     assert any(pod["metadata"]["name"] == f"{release.name}-nats-0" for pod in pods)
 
 
+def _proc_status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
+def _root_mount_options(pid: int) -> set[str]:
+    """Mount options of the container's ``/`` as its own process sees it."""
+    for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == "/":
+            return set(fields[5].split(","))
+    raise AssertionError(f"no / in /proc/{pid}/mountinfo")
+
+
+def test_loom_containers_run_as_10001_read_only_without_capabilities(
+    node_cluster: NodeCluster, release: Release
+) -> None:
+    """Every running container of our image, checked in /proc of its process on the node: uid and
+    gid 10001, no capabilities at all (effective, permitted, bounding), no privilege gain, and
+    a read-only root filesystem."""
+    _wait_serving(node_cluster, release)
+    checked = []
+    for pod in _pods(node_cluster, release.namespace):
+        for status in pod["status"].get("containerStatuses", []):
+            if status["image"] != node_cluster.images["LOOM_IMAGE"] or "running" not in status["state"]:
+                continue
+            pid = node_cluster.container_pid(status["containerID"])
+            proc = _proc_status(pid)
+            where = f"{pod['metadata']['name']}/{status['name']} (pid {pid})"
+            assert proc["Uid"].split() == ["10001"] * 4, (where, proc["Uid"])
+            assert proc["Gid"].split() == ["10001"] * 4, (where, proc["Gid"])
+            for caps in ("CapEff", "CapPrm", "CapBnd", "CapAmb"):
+                assert int(proc[caps], 16) == 0, (where, caps, proc[caps])
+            assert proc["NoNewPrivs"] == "1", where
+            assert "ro" in _root_mount_options(pid), where
+            checked.append(pod["metadata"]["labels"].get("app.kubernetes.io/component", where))
+    # The operator, router, pipeline, scheduler and the four workers.
+    assert len(checked) >= 8, checked
+
+
 def test_goal_completes_through_in_cluster_pods_with_the_real_model(
     node_cluster: NodeCluster, release: Release
 ) -> None:
@@ -337,8 +430,7 @@ def test_goal_completes_through_in_cluster_pods_with_the_real_model(
 
     _wait_serving(node_cluster, release)
     done = subprocess.run(
-        [
-            str(REPO_ROOT / ".venv" / "bin" / "loom"),
+        release.loom(
             "submit",
             "Analyse this document",
             "--pipeline",
@@ -348,9 +440,7 @@ def test_goal_completes_through_in_cluster_pods_with_the_real_model(
             "--wait",
             "--timeout",
             "240",
-            "--nats-url",
-            release.nats_url,
-        ],
+        ),
         capture_output=True,
         text=True,
         timeout=270,
@@ -376,8 +466,7 @@ def _consumer(monitor_url: str, name: str) -> dict[str, Any] | None:
 
 def _submit(release: Release, timeout: float) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [
-            str(REPO_ROOT / ".venv" / "bin" / "loom"),
+        release.loom(
             "submit",
             "Analyse this document",
             "--pipeline",
@@ -387,9 +476,7 @@ def _submit(release: Release, timeout: float) -> subprocess.Popen[str]:
             "--wait",
             "--timeout",
             str(timeout),
-            "--nats-url",
-            release.nats_url,
-        ],
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -399,7 +486,7 @@ def _submit(release: Release, timeout: float) -> subprocess.Popen[str]:
 def test_worker_pod_force_deleted_mid_task_loses_nothing(node_cluster: NodeCluster, release: Release) -> None:
     """`kubectl delete pod --grace-period=0 --force` on the summarizer while it holds a task: the
     task is redelivered (after its ack wait) to the replacement pod and the goal completes."""
-    monitor = release.nats_url.replace("nats://", "http://").replace(":4222", ":8222")
+    monitor = release.monitor_url
     consumer = "worker-doc-summarizer-local"
     _wait_serving(node_cluster, release)
     before = {
@@ -433,3 +520,374 @@ def test_worker_pod_force_deleted_mid_task_loses_nothing(node_cluster: NodeClust
         if p["metadata"]["name"].startswith("doc-summarizer-local-")
     }
     assert after and not (after & before), (before, after)
+
+
+# --------------------------------------------------------------------------- a slow worker tier
+
+SLOW_WORKER = "slow-echo"
+SLOW_DEPLOYMENT = f"{SLOW_WORKER}-local"
+SLOW_CONSUMER = f"worker-{SLOW_WORKER}-local"
+# The worker's documented SIGTERM drain (`loom worker --drain-grace-seconds`, default 25 s).
+DRAIN_GRACE = 25
+
+
+def _slow_worker_manifest() -> str:
+    """A processor tier whose tasks take the payload's ``sleep`` seconds (loom.contrib.noop.EchoBackend),
+    autoscaled with small cooldown and polling values so the test sees a whole scaling cycle."""
+    worker = {
+        "apiVersion": "loom.dev/v1alpha1",
+        "kind": "Worker",
+        "metadata": {"name": SLOW_WORKER},
+        "spec": {
+            "description": "Echoes its payload after the payload's `sleep` seconds.",
+            "workerKind": "processor",
+            "processingBackend": "loom.contrib.noop.EchoBackend",
+            "defaultModelTier": "local",
+            "tiers": ["local"],
+            "inputSchema": {"type": "object"},
+            "outputSchema": {"type": "object"},
+            "timeoutSeconds": 120,
+            "maxInFlight": 2,
+            "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}},
+            "autoscaling": {
+                "minReplicas": 1,
+                "maxReplicas": 3,
+                "targetLag": 2,
+                "cooldownSeconds": 20,
+                "pollingSeconds": 2,
+            },
+        },
+    }
+    return yaml.safe_dump(worker)
+
+
+@pytest.fixture(scope="module")
+def slow_tier(node_cluster: NodeCluster, release: Release) -> str:
+    """The slow-echo Worker applied to the release namespace, serving, one Ready pod."""
+    node_cluster.kubectl("-n", release.namespace, "apply", "-f", "-", input=_slow_worker_manifest())
+    _wait_serving(node_cluster, release, SAMPLE_WORKERS | {SLOW_WORKER})
+    _wait_replicas(node_cluster, release, 1)
+    return SLOW_WORKER
+
+
+def _tier_pods(node: NodeCluster, release: Release) -> list[dict[str, Any]]:
+    return [
+        p
+        for p in _pods(node, release.namespace)
+        if p["metadata"]["name"].startswith(f"{SLOW_DEPLOYMENT}-")
+        and not p["metadata"].get("deletionTimestamp")
+    ]
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    conditions = pod["status"].get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def _deployment(node: NodeCluster, namespace: str, name: str) -> dict[str, Any]:
+    return dict(json.loads(node.kubectl("-n", namespace, "get", "deployment", name, "-o", "json")))
+
+
+def _wait_replicas(node: NodeCluster, release: Release, want: int, timeout: float = READY_TIMEOUT) -> None:
+    """The slow tier's Deployment at ``want`` replicas, with exactly ``want`` Ready pods."""
+
+    def settled() -> tuple[bool, Any]:
+        spec = _deployment(node, release.namespace, SLOW_DEPLOYMENT)["spec"]["replicas"]
+        pods = _tier_pods(node, release)
+        ready = [p["metadata"]["name"] for p in pods if _ready(p)]
+        return spec == want and len(pods) == want and len(ready) == want, (spec, ready)
+
+    wait_for(settled, timeout=timeout, what=f"{SLOW_DEPLOYMENT} at {want} Ready replica(s)")
+
+
+def _submit_task(release: Release, payload: dict[str, Any], *, wait: float | None) -> subprocess.Popen[str]:
+    args = ["submit", "--worker-type", SLOW_WORKER, "--tier", "local", "--payload", json.dumps(payload)]
+    if wait is not None:
+        args += ["--wait", "--timeout", str(wait)]
+    return subprocess.Popen(release.loom(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _task_result(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, f"{out[-3000:]}\n{err[-2000:]}"
+    result, _ = json.JSONDecoder().raw_decode(out.lstrip())
+    return dict(result)
+
+
+def test_sigterm_drains_a_worker_pod_and_loses_nothing(
+    node_cluster: NodeCluster, release: Release, slow_tier: str
+) -> None:
+    """A worker pod deleted the normal way (SIGTERM, the chart's grace period) while it holds two
+    tasks, as the worker documents: the short one is finished by the draining pod (attempt 1);
+    the one longer than the drain grace is handed back and finished by the replacement pod
+    (attempt 2). Both results arrive; nothing is lost."""
+    (victim,) = [p["metadata"]["name"] for p in _tier_pods(node_cluster, release)]
+    short = _submit_task(release, {"sleep": 3, "n": "short"}, wait=200)
+    long = _submit_task(release, {"sleep": DRAIN_GRACE + 5, "n": "long"}, wait=200)
+    try:
+
+        def holding_both() -> tuple[bool, Any]:
+            state = _consumer(release.monitor_url, SLOW_CONSUMER)
+            return bool(state and state["num_ack_pending"] == 2), state
+
+        wait_for(holding_both, timeout=60, what=f"{victim} to hold both tasks")
+        node_cluster.kubectl("-n", release.namespace, "delete", "pod", victim, "--wait=false")
+        finished = _task_result(short, 60)
+        handed_back = _task_result(long, 200)
+    finally:
+        for proc in (short, long):
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert finished["status"] == "completed", finished
+    assert finished["output"]["echo"]["n"] == "short"
+    assert finished["attempt"] == 1, finished
+    assert handed_back["status"] == "completed", handed_back
+    assert handed_back["output"]["echo"]["n"] == "long"
+    assert handed_back["attempt"] == 2, handed_back
+    pods = [p["metadata"]["name"] for p in _tier_pods(node_cluster, release)]
+    assert victim not in pods, pods
+
+
+def _pod_metric(pod_ip: str, name: str, labels: dict[str, str]) -> float:
+    """One sample of a pod's /metrics, scraped from its pod IP (0 when the series is absent)."""
+    with urllib.request.urlopen(f"http://{pod_ip}:9090/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    for line in text.splitlines():
+        match = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
+        if match:
+            have = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+            if all(have.get(k) == v for k, v in labels.items()):
+                return float(match.group(2))
+    return 0.0
+
+
+BACKLOG = 16
+
+
+def test_backlog_scales_the_tier_up_then_back_to_its_minimum(
+    node_cluster: NodeCluster, release: Release, slow_tier: str
+) -> None:
+    """The built-in scaler (in the operator pod) sees a backlog on the tier's JetStream consumer,
+    scales its Deployment from the minimum (1) to the maximum (3); the new pods take part of the
+    work (each pod's /metrics, scraped from its pod IP, counts the tasks it completed); after
+    the cooldown the tier is back at one replica."""
+    _wait_replicas(node_cluster, release, 1)
+    labels = {"worker_type": SLOW_WORKER, "tier": "local"}
+
+    def completed() -> dict[str, float]:
+        return {
+            p["metadata"]["name"]: _pod_metric(p["status"]["podIP"], "loom_tasks_completed_total", labels)
+            for p in _tier_pods(node_cluster, release)
+            if _ready(p)
+        }
+
+    before = completed()  # the one pod may have done tasks of earlier tests
+    submits = [_submit_task(release, {"sleep": 8, "n": i}, wait=None) for i in range(BACKLOG)]
+    for proc in submits:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, f"{out}\n{err}"
+
+    def scaled_up() -> tuple[bool, Any]:
+        pods = _tier_pods(node_cluster, release)
+        ready = [p for p in pods if _ready(p)]
+        return len(ready) == 3, [(p["metadata"]["name"], _ready(p)) for p in pods]
+
+    wait_for(scaled_up, timeout=READY_TIMEOUT, what=f"{SLOW_DEPLOYMENT} scaled to 3 Ready pods")
+
+    def consumed() -> tuple[bool, Any]:
+        # Asked before the cooldown (20 s after the lag is gone) ends: every pod is still there.
+        done = {name: n - before.get(name, 0.0) for name, n in completed().items()}
+        return sum(done.values()) >= BACKLOG, done
+
+    done = wait_for(consumed, timeout=READY_TIMEOUT, what=f"{BACKLOG} tasks completed by the tier's pods")
+    assert sum(done.values()) == BACKLOG, done
+    assert sum(1 for n in done.values() if n > 0) >= 2, done
+    state = _consumer(release.monitor_url, SLOW_CONSUMER)
+    assert state and state["num_pending"] == 0 and state["num_ack_pending"] == 0, state
+    _wait_replicas(node_cluster, release, 1, timeout=READY_TIMEOUT)
+
+
+# --------------------------------------------------------------------------- NATS lost and back
+
+
+def _ready_by_component(node: NodeCluster, release: Release, names: tuple[str, ...]) -> dict[str, bool]:
+    """Ready of the (non-terminating) pod of each named Deployment."""
+    out = {}
+    for pod in _pods(node, release.namespace):
+        base = pod["metadata"]["name"].rsplit("-", 2)[0]
+        if base in names and not pod["metadata"].get("deletionTimestamp"):
+            out[base] = _ready(pod)
+    return out
+
+
+def test_readiness_follows_the_nats_connection(node_cluster: NodeCluster, release: Release) -> None:
+    """The bundled NATS scaled to zero: the router's, the pipeline's, the scheduler's and a
+    worker's pods turn not Ready (their /readyz, probed by the kubelet) without being restarted;
+    NATS back (its JetStream store kept on its volume): they turn Ready again and a goal completes."""
+    _wait_serving(node_cluster, release)
+    watched = ("default-router", "doc-analysis-pipeline", "hourly-status-scheduler", "doc-extractor-local")
+    restarts_before = {
+        p["metadata"]["name"]: sum(c["restartCount"] for c in p["status"]["containerStatuses"])
+        for p in _pods(node_cluster, release.namespace)
+    }
+    statefulset = f"statefulset/{release.name}-nats"
+    node_cluster.kubectl("-n", release.namespace, "scale", statefulset, "--replicas=0")
+    try:
+
+        def all_unready() -> tuple[bool, Any]:
+            state = _ready_by_component(node_cluster, release, watched)
+            return len(state) == len(watched) and not any(state.values()), state
+
+        # Well inside the 60 s the runtime gives a lost connection before liveness fails.
+        wait_for(all_unready, timeout=45, what=f"{watched} not Ready without NATS")
+    finally:
+        node_cluster.kubectl("-n", release.namespace, "scale", statefulset, "--replicas=1")
+
+    def all_ready() -> tuple[bool, Any]:
+        state = _ready_by_component(node_cluster, release, watched)
+        return len(state) == len(watched) and all(state.values()), state
+
+    wait_for(all_ready, timeout=READY_TIMEOUT, what=f"{watched} Ready again with NATS back")
+    for pod in _pods(node_cluster, release.namespace):
+        name = pod["metadata"]["name"]
+        if name.rsplit("-", 2)[0] in watched:
+            restarts = sum(c["restartCount"] for c in pod["status"]["containerStatuses"])
+            assert restarts == restarts_before.get(name), (name, restarts_before.get(name), restarts)
+    test_goal_completes_through_in_cluster_pods_with_the_real_model(node_cluster, release)
+
+
+# --------------------------------------------------------------------------- upgrade, uninstall
+
+
+def _deployments(node: NodeCluster, namespace: str) -> dict[str, dict[str, Any]]:
+    items = json.loads(node.kubectl("-n", namespace, "get", "deployments", "-o", "json"))["items"]
+    return {d["metadata"]["name"]: d for d in items}
+
+
+def test_helm_upgrade_with_a_new_image_tag_rolls_every_deployment(
+    node_cluster: NodeCluster, release: Release
+) -> None:
+    """`helm upgrade --set image.tag=<new>`: the operator's Deployment rolls (the chart), and the
+    operator rolls every Deployment it rendered (router, pipeline, scheduler, workers) to the
+    new tag; each ends with only new, Ready pods."""
+    _wait_serving(node_cluster, release)
+    repo, _ = split_ref(node_cluster.images["LOOM_IMAGE"])
+    new_tag = f"upgrade-{uuid.uuid4().hex[:6]}"
+    new_ref = f"{repo}:{new_tag}"
+    node_cluster.tag_image(node_cluster.images["LOOM_IMAGE"], new_ref)
+    before = {
+        name: d["status"].get("observedGeneration")
+        for name, d in _deployments(node_cluster, release.namespace).items()
+    }
+    old_pods = {p["metadata"]["name"] for p in _pods(node_cluster, release.namespace)}
+    _helm(
+        node_cluster,
+        "upgrade",
+        release.name,
+        str(CHART),
+        "--namespace",
+        release.namespace,
+        "--reuse-values",
+        "--set",
+        f"image.tag={new_tag}",
+        "--wait",
+        "--timeout",
+        f"{int(READY_TIMEOUT)}s",
+    )
+
+    def rolled() -> tuple[bool, Any]:
+        pending = {}
+        for name, d in _deployments(node_cluster, release.namespace).items():
+            images = {c["image"] for c in d["spec"]["template"]["spec"]["containers"]}
+            status = d["status"]
+            want = d["spec"]["replicas"]
+            done = (
+                images == {new_ref}
+                and status.get("observedGeneration", 0) >= d["metadata"]["generation"]
+                and status.get("updatedReplicas", 0) == want
+                and status.get("readyReplicas", 0) == want
+                and status.get("replicas", 0) == want
+            )
+            if not done:
+                pending[name] = (sorted(images), status.get("updatedReplicas"), status.get("readyReplicas"))
+        return not pending, pending
+
+    wait_for(rolled, timeout=READY_TIMEOUT, what=f"every Deployment rolled to {new_ref}")
+    deployments = _deployments(node_cluster, release.namespace)
+    assert set(before) <= set(deployments), (sorted(before), sorted(deployments))
+    for name in before:
+        assert deployments[name]["metadata"]["generation"] > (before[name] or 0), name
+    running = [
+        p for p in _pods(node_cluster, release.namespace) if not p["metadata"].get("deletionTimestamp")
+    ]
+    for pod in running:
+        if pod["metadata"]["name"].startswith(f"{release.name}-nats-"):
+            continue
+        assert pod["metadata"]["name"] not in old_pods, pod["metadata"]["name"]
+        assert {c["image"] for c in pod["spec"]["containers"]} == {new_ref}, pod["metadata"]["name"]
+
+
+def test_helm_uninstall_removes_the_release_and_keeps_crds_and_user_resources(
+    node_cluster: NodeCluster, release: Release
+) -> None:
+    """`helm uninstall`: every object of the release's manifest is gone (operator, NATS, RBAC,
+    ...); the CRDs (the chart's crds/, never deleted by Helm) and the users' Workers, Pipelines,
+    RouterPolicies and Schedules stay."""
+    manifest = [
+        doc
+        for doc in yaml.safe_load_all(
+            _helm(node_cluster, "get", "manifest", release.name, "-n", release.namespace)
+        )
+        if doc
+    ]
+    assert manifest
+    resources_before = {
+        kind: sorted(
+            i["metadata"]["name"]
+            for i in json.loads(node_cluster.kubectl("-n", release.namespace, "get", kind, "-o", "json"))[
+                "items"
+            ]
+        )
+        for kind in LOOM_KINDS
+    }
+    assert all(resources_before.values()), resources_before
+    _helm(node_cluster, "uninstall", release.name, "-n", release.namespace, "--wait", "--timeout", "120s")
+    assert release.name not in _helm(node_cluster, "list", "-n", release.namespace, "-q").split()
+    for doc in manifest:
+        namespace = doc["metadata"].get("namespace", release.namespace)
+        kind, name = doc["kind"], doc["metadata"]["name"]
+        found = subprocess.run(
+            [
+                helm_bin.kubectl(),
+                f"--kubeconfig={node_cluster.kubeconfig}",
+                "-n",
+                namespace,
+                "get",
+                kind,
+                name,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert found.returncode != 0 and "NotFound" in found.stderr, (kind, name, found.stdout)
+    crds = json.loads(node_cluster.kubectl("get", "crds", "-o", "json"))["items"]
+    names = {c["metadata"]["name"] for c in crds}
+    assert {f"{kind}.loom.dev" for kind in LOOM_KINDS} <= names, names
+    resources_after = {
+        kind: sorted(
+            i["metadata"]["name"]
+            for i in json.loads(node_cluster.kubectl("-n", release.namespace, "get", kind, "-o", "json"))[
+                "items"
+            ]
+        )
+        for kind in LOOM_KINDS
+    }
+    assert resources_after == resources_before

@@ -476,7 +476,48 @@ def _install_sigterm_teardown() -> None:
     _sigterm_installed = True
 
 
-class ControlPlane:
+class Components:
+    """The binaries one harness runs (``ControlPlane``, ``tests.k8s.node.NodeCluster``).
+
+    Each is a :class:`Component` logging to ``<dir>/<name>.log``; ``error`` is the exception a
+    harness raises when one of them has died.
+    """
+
+    error: type[Exception] = ControlPlaneError
+    dir: Path | None
+    components: list[Component]
+
+    def _component(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> Component:
+        assert self.dir is not None
+        component = Component(name, argv, self.dir / f"{name}.log")
+        component.start(env)
+        self.components.append(component)
+        return component
+
+    def _check_alive(self, component: Component) -> Callable[[], None]:
+        """A ``wait_until`` check: raise ``error`` with the end of its log once it has exited."""
+
+        def check() -> None:
+            if not component.alive():
+                raise self.error(f"{component.name} exited early:\n{component.log_tail(3000)}")
+
+        return check
+
+    def _check_all_alive(self) -> None:
+        for component in self.components:
+            self._check_alive(component)()
+
+    def failure_report(self) -> str:
+        """Log paths and tails of every component, for a failed start or test."""
+        parts = []
+        for component in self.components:
+            status = component.exit_status()
+            state = "running" if status is None else f"exited with status {status}"
+            parts.append(f"--- {component.name} ({state}) log {component.log_path}:\n{component.log_tail()}")
+        return "\n".join(parts)
+
+
+class ControlPlane(Components):
     """etcd + kube-apiserver (+ controller-manager, scheduler, kwok) for one test session.
 
     Use as a context manager. ``controllers=True`` adds kube-controller-manager (all
@@ -572,30 +613,7 @@ class ControlPlane:
             else:
                 shutil.rmtree(self.dir, ignore_errors=True)
 
-    def failure_report(self) -> str:
-        """Log paths and tails of every component, for a failed start or test."""
-        parts = []
-        for component in self.components:
-            status = component.exit_status()
-            state = "running" if status is None else f"exited with status {status}"
-            parts.append(f"--- {component.name} ({state}) log {component.log_path}:\n{component.log_tail()}")
-        return "\n".join(parts)
-
     # ---------------------------------------------------------------- components
-
-    def _component(self, name: str, argv: list[str]) -> Component:
-        assert self.dir is not None
-        component = Component(name, argv, self.dir / f"{name}.log")
-        component.start()
-        self.components.append(component)
-        return component
-
-    def _check_alive(self, component: Component) -> Callable[[], None]:
-        def check() -> None:
-            if not component.alive():
-                raise ControlPlaneError(f"{component.name} exited early")
-
-        return check
 
     def _start_etcd(self, binary: Path) -> None:
         assert self.dir is not None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -30,16 +31,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.helm import helm_bin
-from tests.k8s.envtest import REPO_ROOT, Component, ControlPlane, free_port, wait_until
+from tests.k8s.envtest import REPO_ROOT, Component, Components, ControlPlane, free_port, wait_until
 
 BUILD_SCRIPT = REPO_ROOT / "hack" / "node" / "build.sh"
+PREFLIGHT_SCRIPT = REPO_ROOT / "hack" / "node" / "preflight.sh"
 NODE_NAME = "loom-node-0"
 POD_SUBNET = "10.244.1.0/24"
 BRIDGE = "loomcni0"
@@ -65,6 +67,10 @@ SYSCTLS = (
 )
 OUR_CHAIN = re.compile(r"^(KUBE-|CNI-)")
 START_TIMEOUT = 240.0
+# One node per host: the bridge, the KUBE-*/CNI-* chains and the sysctls are host-wide, and a
+# node's teardown removes them. A second test session waits for the first one's node to go.
+HOST_LOCK = Path("/run/loom-node.lock")
+HOST_LOCK_WAIT = 240.0
 
 
 class NodeError(RuntimeError):
@@ -82,6 +88,15 @@ def find_node_build() -> Path:
             f"(needs root).\n{check.stderr.strip()}"
         )
     return Path(check.stdout.strip().splitlines()[-1])
+
+
+def preflight() -> None:
+    """Fail with every reason this machine cannot run the node (``hack/node/preflight.sh``)."""
+    check = subprocess.run(
+        ["bash", str(PREFLIGHT_SCRIPT), "--tools"], capture_output=True, text=True, timeout=60, check=False
+    )
+    if check.returncode != 0:
+        raise NodeError(check.stderr.strip() or f"{PREFLIGHT_SCRIPT} failed with status {check.returncode}")
 
 
 def read_images_env(build_dir: Path) -> dict[str, str]:
@@ -207,12 +222,14 @@ def _install_sigterm_teardown() -> None:
     signal.signal(signal.SIGTERM, _node_on_sigterm)
 
 
-class NodeCluster:
+class NodeCluster(Components):
     """The envtest control plane plus one real node; a context manager.
 
     ``kubeconfig`` is cluster-admin; ``images`` maps PAUSE/LOOM/NATS/COREDNS_IMAGE to the
     references preloaded into containerd; ``node_ip`` is the node's InternalIP.
     """
+
+    error = NodeError
 
     def __init__(self, *, start_timeout: float = START_TIMEOUT, keep_dir: bool | None = None) -> None:
         self.start_timeout = start_timeout
@@ -226,6 +243,8 @@ class NodeCluster:
         self.changes = HostChanges()
         self.startup_seconds = 0.0
         self.cgroup_root = ""
+        self.stopped = False
+        self._host_lock: IO[str] | None = None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -248,9 +267,9 @@ class NodeCluster:
 
     def start(self) -> NodeCluster:
         """Start control plane, containerd, kubelet, kube-proxy and CoreDNS; wait for Ready."""
-        if os.geteuid() != 0:
-            raise NodeError("the node provider needs root (containerd, kubelet, iptables)")
+        preflight()
         began = time.monotonic()
+        self._lock_host()
         self.dir = Path(tempfile.mkdtemp(prefix="loom-node-"))
         self.cgroup_root = f"/{self.dir.name}"
         try:
@@ -284,17 +303,37 @@ class NodeCluster:
         self.startup_seconds = time.monotonic() - began
         return self
 
-    def failure_report(self) -> str:
-        parts = []
-        for component in self.components:
-            status = component.exit_status()
-            state = "running" if status is None else f"exited with status {status}"
-            parts.append(
-                f"--- {component.name} ({state}) log {component.log_path}:\n{component.log_tail(3000)}"
-            )
-        return "\n".join(parts)
-
     # ---------------------------------------------------------------- host
+
+    def _lock_host(self) -> None:
+        """Hold the host's node lock (released when this process ends or the node stops)."""
+        HOST_LOCK.parent.mkdir(parents=True, exist_ok=True)
+        handle = HOST_LOCK.open("a+")
+        deadline = time.monotonic() + HOST_LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "unknown"
+                    handle.close()
+                    raise NodeError(
+                        f"another test node runs on this host (pid {holder}, lock {HOST_LOCK}); "
+                        f"waited {HOST_LOCK_WAIT:.0f}s: one node per host"
+                    ) from None
+                time.sleep(1.0)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._host_lock = handle
+
+    def _unlock_host(self) -> None:
+        if self._host_lock is not None:
+            self._host_lock.close()
+            self._host_lock = None
 
     def _prepare_host(self) -> None:
         assert self.dir is not None
@@ -376,7 +415,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
             lambda: _run(self._ctr("version"), check=False).returncode == 0,
             timeout=self.start_timeout,
             what="containerd",
-            check=self._alive(containerd),
+            check=self._check_alive(containerd),
         )
 
     def _ctr(self, *args: str) -> list[str]:
@@ -489,7 +528,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
                 timeout=self.start_timeout,
                 interval=0.5,
                 what=f"node {NODE_NAME} Ready",
-                check=self._all_alive,
+                check=self._check_all_alive,
             )
 
     def _drop_fake_node(self) -> None:
@@ -514,24 +553,6 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
 
     # ---------------------------------------------------------------- helpers
 
-    def _component(self, name: str, argv: list[str]) -> Component:
-        assert self.dir is not None
-        component = Component(name, argv, self.dir / f"{name}.log")
-        component.start()
-        self.components.append(component)
-        return component
-
-    def _alive(self, component: Component) -> Callable[[], None]:
-        def check() -> None:
-            if not component.alive():
-                raise NodeError(f"{component.name} exited early:\n{component.log_tail(3000)}")
-
-        return check
-
-    def _all_alive(self) -> None:
-        for component in self.components:
-            self._alive(component)()
-
     @contextlib.contextmanager
     def api(self) -> Iterator[client.ApiClient]:
         assert self.plane is not None
@@ -552,10 +573,51 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
             raise NodeError(f"kubectl {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
         return result.stdout
 
+    def container_pid(self, container_id: str) -> int:
+        """Host PID of a running container's first process (``containerd://<id>`` or ``<id>``)."""
+        wanted = container_id.removeprefix("containerd://")
+        for line in _run(self._ctr("tasks", "ls")).stdout.splitlines()[1:]:
+            words = line.split()
+            if len(words) >= 3 and words[0] == wanted and words[2] == "RUNNING":
+                return int(words[1])
+        raise NodeError(f"no running containerd task {wanted}")
+
+    def tag_image(self, source: str, target: str) -> None:
+        """Give a preloaded image a second reference (e.g. a new tag for `helm upgrade`)."""
+        _run(self._ctr("images", "tag", "--force", source, target))
+
+    def host_path_volume(self, name: str, *, claim: tuple[str, str], size: str, owner: int) -> None:
+        """A hostPath PersistentVolume in the node's temp dir, pre-bound to ``claim`` (namespace,
+        name) and owned by uid/gid ``owner``; it goes with the temp dir at teardown."""
+        assert self.dir is not None
+        path = self.dir / "volumes" / name
+        path.mkdir(parents=True)
+        os.chown(path, owner, owner)
+        namespace, claim_name = claim
+        volume = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": name},
+            "spec": {
+                "capacity": {"storage": size},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "hostPath": {"path": str(path), "type": "Directory"},
+                "claimRef": {"namespace": namespace, "name": claim_name},
+            },
+        }
+        self.kubectl("apply", "-f", "-", input=json.dumps(volume))
+
     # ---------------------------------------------------------------- teardown
 
     def stop(self) -> None:
-        """Undo everything, in reverse order; each step runs even when an earlier one failed."""
+        """Undo everything, in reverse order; each step runs even when an earlier one failed.
+
+        Once: a second call (the session fixture's exit after an early stop) does nothing.
+        """
+        if self.stopped:
+            return
+        self.stopped = True
         _LIVE.discard(self)
         steps: list[tuple[str, Callable[[], None]]] = [
             ("stop kube-proxy and kubelet", self._stop_node_agents),
@@ -568,6 +630,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
             ("restore sysctls", self.changes.restore_sysctls),
             ("remove cgroups", self._remove_cgroups),
             ("stop control plane", self._stop_plane),
+            ("release the host lock", self._unlock_host),
         ]
         errors = []
         for what, step in steps:
