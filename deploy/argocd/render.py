@@ -11,9 +11,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from loom.api.common import API_GROUP as GROUP
+from loom.api.kinds import KIND_NAMES as KINDS
+
 HERE = Path(__file__).resolve().parent
-GROUP = "loom.dev"
-KINDS = ("Worker", "Pipeline", "RouterPolicy", "Schedule")
 SOURCE = HERE / "health.lua"
 CM_SNIPPET = HERE / "argocd-cm-health.yaml"
 

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from loom.api.common import GROUP_VERSION
+from loom.api.kinds import KIND_NAMES
 from loom.bus_auth import Identity
 from loom_operator.k8s import Kube, KubeError
 from loom_operator.reconcile import Stalled, parse_body
@@ -27,7 +28,7 @@ from loom_operator.settings import Settings
 
 log = logging.getLogger(__name__)
 
-KINDS = ("Worker", "Pipeline", "RouterPolicy", "Schedule")
+KINDS = KIND_NAMES
 
 
 class BusUsers:

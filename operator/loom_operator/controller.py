@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 from loom.api.common import GROUP_VERSION
+from loom.api.kinds import KIND_NAMES
 from loom_operator import metrics
 from loom_operator.conditions import Phase
 from loom_operator.k8s import Kube, KubeError, namespace_terminating
@@ -43,7 +44,7 @@ from loom_operator.settings import Settings
 
 log = logging.getLogger(__name__)
 
-KINDS = ("Worker", "Pipeline", "RouterPolicy", "Schedule")
+KINDS = KIND_NAMES
 #: Foreign managers whose spec edits to a child are expected and left alone.
 OWN_MANAGERS = {"loom-operator", "loom-autoscaler", "kube-controller-manager", "keda-operator", "keda"}
 

@@ -15,7 +15,6 @@ import argparse
 import copy
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,30 +23,14 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
 from pydantic_core import PydanticUndefined, core_schema
 
-from loom.api import PipelineSpec, RouterPolicySpec, ScheduleSpec, WorkerSpec
 from loom.api.common import API_GROUP, API_VERSION, WorkerType
+from loom.api.kinds import KINDS, KindInfo, kind_info
 from loom.api.names import MAX_NAME_LENGTH, NAME_PATTERN
 from loom.api.pipeline import RESERVED_PIPELINE_NAMES
-from loom_operator.status import STATUS_MODELS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OUTPUT_DIRS = (REPO_ROOT / "crds", REPO_ROOT / "helm" / "loom" / "crds")
 COMMAND = "python -m loom_operator.crdgen"
-
-
-@dataclass(frozen=True)
-class KindInfo:
-    """Names and ``kubectl get`` columns of one kind."""
-
-    kind: str
-    plural: str
-    singular: str
-    short_names: tuple[str, ...]
-    spec_model: type[BaseModel]
-    columns: tuple[dict[str, Any], ...]
-    description: str
-    #: What ``metadata.name`` becomes (for the name rule's message).
-    name_use: str = ""
 
 
 def _ready_column() -> dict[str, Any]:
@@ -61,104 +44,10 @@ def _ready_column() -> dict[str, Any]:
 
 _AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
 
-KINDS: tuple[KindInfo, ...] = (
-    KindInfo(
-        "Worker",
-        "workers",
-        "worker",
-        ("lw",),
-        WorkerSpec,
-        (
-            _ready_column(),
-            {
-                "name": "Tiers",
-                "type": "string",
-                "jsonPath": ".status.tierNames",
-                "description": "Served tiers.",
-            },
-            {
-                "name": "Replicas",
-                "type": "string",
-                "jsonPath": ".status.replicaSummary",
-                "description": "Ready/desired replicas over all tiers.",
-            },
-            {"name": "Lag", "type": "integer", "jsonPath": ".status.lag", "description": "Consumer lag."},
-            _AGE,
-        ),
-        "A narrowly scoped, stateless LLM or processor worker type; one Deployment per model tier.",
-        "the tier Deployments <name>-<tier>, the Service <name>-metrics and the ConfigMap <name>-config",
-    ),
-    KindInfo(
-        "Pipeline",
-        "pipelines",
-        "pipeline",
-        ("lp",),
-        PipelineSpec,
-        (
-            _ready_column(),
-            {
-                "name": "Stages",
-                "type": "integer",
-                "jsonPath": ".status.stages",
-                "description": "Stage count.",
-            },
-            _AGE,
-        ),
-        "A multi-stage workflow over worker types, run by a pipeline orchestrator Deployment.",
-        "the Deployment <name>-pipeline and the ConfigMap <name>-config",
-    ),
-    KindInfo(
-        "RouterPolicy",
-        "routerpolicies",
-        "routerpolicy",
-        ("lrp",),
-        RouterPolicySpec,
-        (
-            _ready_column(),
-            {
-                "name": "Tiers",
-                "type": "string",
-                "jsonPath": ".status.tierNames",
-                "description": "Defined tiers.",
-            },
-            _AGE,
-        ),
-        "Model tiers, tier overrides and rate limits for the router of a namespace.",
-        "the Deployment <name>-router and the ConfigMap <name>-config",
-    ),
-    KindInfo(
-        "Schedule",
-        "schedules",
-        "schedule",
-        ("lsc",),
-        ScheduleSpec,
-        (
-            _ready_column(),
-            {
-                "name": "Schedule",
-                "type": "string",
-                "jsonPath": ".status.schedule",
-                "description": "Cron or interval.",
-            },
-            {
-                "name": "Last",
-                "type": "date",
-                "jsonPath": ".status.lastScheduleTime",
-                "description": "Last fire.",
-            },
-            {
-                # A string, not a date: kubectl shows dates as an age, and a future time as <invalid>.
-                "name": "Next",
-                "type": "string",
-                "jsonPath": ".status.nextScheduleTime",
-                "description": "Next fire (RFC 3339, UTC).",
-            },
-            _AGE,
-        ),
-        "Cron or fixed-interval dispatch of a goal or a task.",
-        "the Deployment <name>-scheduler and the ConfigMap <name>-config",
-    ),
-)
+
+def columns(info: KindInfo) -> list[dict[str, Any]]:
+    """``kubectl get`` columns: Ready, the kind's own, Age."""
+    return [_ready_column(), *info.columns, _AGE]
 
 
 def name_rules(kind: str, use: str) -> list[dict[str, str]]:
@@ -380,7 +269,7 @@ def model_schema(model: type[BaseModel], *, notes: bool = True) -> dict[str, Any
 
 def status_schema(kind: str) -> dict[str, Any]:
     """The status schema: conditions as a list-map keyed by type; Kopf's bookkeeping kept as is."""
-    schema = model_schema(STATUS_MODELS[kind], notes=False)
+    schema = model_schema(kind_info(kind).status_model, notes=False)
     props = schema["properties"]
     props["conditions"]["x-kubernetes-list-type"] = "map"
     props["conditions"]["x-kubernetes-list-map-keys"] = ["type"]
@@ -427,7 +316,7 @@ def crd(info: KindInfo) -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": list(info.columns),
+                    "additionalPrinterColumns": columns(info),
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",

@@ -22,6 +22,7 @@ from typing import Any
 import kopf
 
 from loom.api.common import API_GROUP, API_VERSION
+from loom.api.kinds import KINDS
 from loom_operator.bus_users import BusUsers
 from loom_operator.controller import Controller
 from loom_operator.diffbase import DigestDiffBaseStorage
@@ -36,7 +37,7 @@ from loom_operator.settings import Settings
 
 log = logging.getLogger(__name__)
 
-PLURALS = ("workers", "pipelines", "routerpolicies", "schedules")
+PLURALS = tuple(k.plural for k in KINDS)
 CHILD_LABELS = {MANAGED_BY_LABEL: MANAGED_BY}
 CHILD_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
 #: (group/version, plural) of every child kind the operator watches.

@@ -21,6 +21,8 @@ from urllib.parse import quote
 
 import httpx
 
+from loom.api.kinds import KINDS
+
 FIELD_MANAGER = "loom-operator"
 SCALER_MANAGER = "loom-autoscaler"
 
@@ -35,10 +37,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("apps/v1", "Deployment"): "deployments",
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobjects",
-    ("loom.dev/v1alpha1", "Worker"): "workers",
-    ("loom.dev/v1alpha1", "Pipeline"): "pipelines",
-    ("loom.dev/v1alpha1", "RouterPolicy"): "routerpolicies",
-    ("loom.dev/v1alpha1", "Schedule"): "schedules",
+    **{(k.api_version, k.kind): k.plural for k in KINDS},
     ("kopf.dev/v1", "ClusterKopfPeering"): "clusterkopfpeerings",
     ("kopf.dev/v1", "KopfPeering"): "kopfpeerings",
 }

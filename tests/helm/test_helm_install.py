@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from loom.api.kinds import KINDS
 from loom_operator.render.common import COMPONENTS
 from tests.helm import chart, helm_bin
 from tests.k8s.envtest import ControlPlane, service_account_kubeconfig, wait_until
@@ -33,12 +34,7 @@ SAMPLES = REPO / "config" / "samples"
 RELEASE = "loom"
 SYSTEM_NS = "loom-system"
 GROUP, VERSION = "loom.dev", "v1alpha1"
-PLURALS = {
-    "Worker": "workers",
-    "Pipeline": "pipelines",
-    "RouterPolicy": "routerpolicies",
-    "Schedule": "schedules",
-}
+PLURALS = {k.kind: k.plural for k in KINDS}
 INSTANCE = "app.kubernetes.io/instance"
 
 

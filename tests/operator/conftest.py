@@ -21,17 +21,13 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from loom.api.kinds import KINDS
 from tests.k8s.envtest import ControlPlane
 from tests.support.nats_server import NatsServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "loom.dev", "v1alpha1"
-PLURALS = {
-    "Worker": "workers",
-    "Pipeline": "pipelines",
-    "RouterPolicy": "routerpolicies",
-    "Schedule": "schedules",
-}
+PLURALS = {k.kind: k.plural for k in KINDS}
 
 #: OPERATOR-CONTRACT.md's ClusterRole, used when the chart (or helm) is not available.
 CONTRACT_RULES: list[dict[str, Any]] = [

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from loom.api import PipelineSpec, WorkerSpec
+from loom.api.kinds import KINDS
 from loom.bus_auth import Credential, Identity, Role, inbox_prefix, permissions, server_authorization
 from loom_operator.render.common import (
     COMPONENTS,
@@ -45,12 +46,7 @@ from loom_operator.render.common import (
 from loom_operator.settings import Settings
 
 #: The role of each kind's pods on the bus.
-ROLES = {
-    "Worker": Role.WORKER,
-    "Pipeline": Role.PIPELINE,
-    "RouterPolicy": Role.ROUTER,
-    "Schedule": Role.SCHEDULER,
-}
+ROLES = {k.kind: Role(k.component) for k in KINDS}
 ADMIN_USER = "admin"
 #: Variables the operator sets for a pod's identity; a resource's own ``env`` may not set them.
 IDENTITY_ENV = ("LOOM_NATS_USER", "LOOM_NATS_PASSWORD", "LOOM_NATS_INBOX_PREFIX", "LOOM_NATS_CREDS")

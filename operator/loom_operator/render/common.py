@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from loom.api.common import GROUP_VERSION, ResourceRequirements
+from loom.api.kinds import KINDS
 from loom.settings import REPLICAS_ENV
 from loom_operator.settings import Settings
 
@@ -35,13 +36,8 @@ HEALTH_PORT = 9090
 RUN_AS = 10001
 
 #: The component label value and the ``loom.dev/<kind>`` label of each kind.
-COMPONENTS = {"Worker": "worker", "Pipeline": "pipeline", "RouterPolicy": "router", "Schedule": "scheduler"}
-KIND_LABELS = {
-    "Worker": "loom.dev/worker",
-    "Pipeline": "loom.dev/pipeline",
-    "RouterPolicy": "loom.dev/routerpolicy",
-    "Schedule": "loom.dev/schedule",
-}
+COMPONENTS = {k.kind: k.component for k in KINDS}
+KIND_LABELS = {k.kind: k.label for k in KINDS}
 LABEL_KINDS = {v: k for k, v in KIND_LABELS.items()}
 
 

@@ -14,30 +14,26 @@ import typing
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Any, TypeAlias
 
 import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.alias_generators import to_camel
 
 from loom.api.common import GROUP_VERSION
+from loom.api.kinds import KINDS, KindName
 from loom.api.names import object_name
 from loom.api.pipeline import PipelineSpec
 from loom.api.router_policy import RouterPolicySpec
 from loom.api.schedule import ScheduleSpec
 from loom.api.worker import WorkerSpec
 
-Kind = Literal["Worker", "Pipeline", "RouterPolicy", "Schedule"]
+Kind = KindName
 AnySpec: TypeAlias = WorkerSpec | PipelineSpec | RouterPolicySpec | ScheduleSpec
 
-SPEC_MODELS: dict[str, type[AnySpec]] = {
-    "Worker": WorkerSpec,
-    "Pipeline": PipelineSpec,
-    "RouterPolicy": RouterPolicySpec,
-    "Schedule": ScheduleSpec,
-}
+SPEC_MODELS: dict[str, type[AnySpec]] = {k.kind: k.spec_model for k in KINDS}  # type: ignore[misc]
 #: Kinds whose spec carries a ``name`` defaulted from ``metadata.name``.
-_NAMED = {"Worker", "Pipeline", "Schedule"}
+_NAMED = {k.kind for k in KINDS if k.named}
 
 
 @dataclass

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from loom.api.common import TIER_MAX_LENGTH
+from loom.api.kinds import KINDS
 
 #: Kubernetes label values and DNS-1035 labels (Service names) are at most this long.
 LABEL_MAX_LENGTH = 63
@@ -27,16 +27,9 @@ LABEL_MAX_LENGTH = 63
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 _NAME_RE = re.compile(NAME_PATTERN)
 
-#: The suffixes the operator appends to a resource's name, per kind (``-<tier>`` at its longest).
-CHILD_SUFFIXES: dict[str, tuple[str, ...]] = {
-    "Worker": ("-config", "-metrics", "-" + "t" * TIER_MAX_LENGTH),
-    "Pipeline": ("-config", "-pipeline"),
-    "RouterPolicy": ("-config", "-router"),
-    "Schedule": ("-config", "-scheduler"),
-}
 #: The longest name of each kind whose every child name still fits in 63 characters.
 MAX_NAME_LENGTH: dict[str, int] = {
-    kind: LABEL_MAX_LENGTH - max(len(s) for s in suffixes) for kind, suffixes in CHILD_SUFFIXES.items()
+    k.kind: LABEL_MAX_LENGTH - max(len(s) for s in k.child_suffixes) for k in KINDS
 }
 #: The longest name any kind accepts (for rules that do not know the kind).
 MIN_MAX_NAME_LENGTH = min(MAX_NAME_LENGTH.values())

@@ -1,4 +1,4 @@
-"""Status models of the four resources (kstatus), used to render status and to generate the CRD schemas."""
+"""Status models of the four resources (kstatus): what the operator writes and the CRD schemas publish."""
 
 from __future__ import annotations
 
