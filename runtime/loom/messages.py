@@ -138,17 +138,45 @@ class TaskMessage(Message):
 
 
 class TokenUsage(BaseModel):
-    """Tokens a model call consumed."""
+    """Tokens a task's model calls consumed, cached input apart from fresh input.
+
+    ``prompt_tokens`` are input tokens processed at the full rate. Input served from the
+    provider's prompt cache is counted only in ``cache_read_tokens``, input written to it only
+    in ``cache_write_tokens`` (Anthropic bills both apart; OpenAI-compatible servers only read),
+    so a cached token is never counted as a fresh one. Results without the cache fields (older
+    workers) read as uncached.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    @property
+    def input_tokens(self) -> int:
+        """Every input token the model read: fresh, read from the cache and written to it."""
+        return self.prompt_tokens + self.cache_read_tokens + self.cache_write_tokens
 
     @property
     def total_tokens(self) -> int:
-        """Prompt plus completion tokens."""
-        return self.prompt_tokens + self.completion_tokens
+        """Every token: all input (cached included) plus completion."""
+        return self.input_tokens + self.completion_tokens
+
+    @property
+    def limited_tokens(self) -> int:
+        """The tokens a tokens-per-minute limit counts: fresh input, cache writes and output.
+        Cache reads are left out, as Anthropic leaves them out of its input-tokens-per-minute limit."""
+        return self.prompt_tokens + self.cache_write_tokens + self.completion_tokens
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
+            cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
+        )
 
 
 class TaskResult(Message):

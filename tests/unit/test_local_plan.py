@@ -104,6 +104,7 @@ spec:
         "backend": "local",
         "baseUrl": LLM_URL,
         "maxRetries": 3,
+        "promptCaching": True,
         "timeoutSeconds": 60.0,
     }
     assert local_llm_tiers(resources) == ["fast", "local"]

@@ -37,8 +37,22 @@ DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 FALLBACK_KEY_ENV = "LOOM_API_KEY"
 
 
+#: Only Anthropic caches on request: other backends cache a repeated prefix on their own, with no switch.
+PROMPT_CACHING_SWITCHABLE = ("anthropic",)
+_TIER_RULES = [
+    cel(
+        "(has(self.backend) && self.backend == 'anthropic') || "
+        "!has(self.promptCaching) || self.promptCaching",
+        "promptCaching: false applies to the anthropic backend only; the other backends cache a "
+        "repeated prompt prefix on the server, with no per-request switch",
+    ),
+]
+
+
 class TierDefinition(SpecModel):
     """Which model answers for a tier, and how to reach it."""
+
+    model_config = with_validations(SpecModel.model_config, _TIER_RULES)
 
     name: TierName = Field(description="Tier name, e.g. local, standard, frontier.")
     backend: Backend = Field(
@@ -57,6 +71,18 @@ class TierDefinition(SpecModel):
     )
     timeout_seconds: float = Field(default=60, gt=0, le=3600, description="Per-call timeout.")
     max_retries: int = Field(default=3, ge=0, le=20, description="Retries of retryable provider errors.")
+    prompt_caching: bool = Field(
+        default=True,
+        description="anthropic: mark the stable prefix (tools, system prompt with knowledge and few-shot "
+        "examples) with cache breakpoints, so later tasks read it from the prompt cache. false sends no "
+        "breakpoints. Other backends cache a repeated prefix on their own and cannot turn it off.",
+    )
+
+    @model_validator(mode="after")
+    def _caching_switch(self) -> TierDefinition:
+        if not self.prompt_caching and self.backend not in PROMPT_CACHING_SWITCHABLE:
+            raise ValueError(_TIER_RULES[0]["message"])
+        return self
 
     @property
     def key_env(self) -> str | None:

@@ -4,6 +4,12 @@ The SDK's own retries are off (``max_retries=0``): the resilience layer retries,
 so backoff, Retry-After, the circuit breaker and metrics behave the same for
 every backend. A response schema becomes a ``respond`` tool the model is forced
 to call; its arguments are the answer.
+
+Prompt caching: Anthropic reads a request as tools, then system, then messages, and
+caches the prefix up to a block marked with ``cache_control``. A worker's tools and
+system prompt (its prompt, knowledge and few-shot examples) are the same on every
+task and come before the task's payload, so the last tool and the system block carry
+the two breakpoints (of the four allowed); the payload after them is never cached.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from loom.llm.errors import ProviderError, ProviderTimeout, Unavailable
 from loom.llm.http import error_for_status
 
 RESPOND_TOOL = "respond"
+#: The breakpoint marking where the stable prefix ends (five-minute cache, refreshed on each hit).
+CACHE_BREAKPOINT: dict[str, str] = {"type": "ephemeral"}
 
 
 def to_anthropic_messages(messages: list[Message]) -> list[dict[str, Any]]:
@@ -76,7 +84,7 @@ def parse_anthropic_message(message: Any) -> ChatResponse:
                 answer = json.dumps(block.input)
             else:
                 calls.append(ToolCall(id=block.id, name=block.name, arguments=dict(block.input or {})))
-    usage = Usage(int(message.usage.input_tokens or 0), int(message.usage.output_tokens or 0))
+    usage = parse_anthropic_usage(message.usage)
     if answer is not None:
         return ChatResponse(text=answer, usage=usage, model=message.model, stop_reason=message.stop_reason)
     return ChatResponse(
@@ -86,6 +94,31 @@ def parse_anthropic_message(message: Any) -> ChatResponse:
         model=message.model,
         stop_reason=message.stop_reason,
     )
+
+
+def parse_anthropic_usage(usage: Any) -> Usage:
+    """The SDK's usage as neutral usage: ``input_tokens`` already excludes the cached share."""
+    return Usage(
+        prompt_tokens=int(usage.input_tokens or 0),
+        completion_tokens=int(usage.output_tokens or 0),
+        cache_read_tokens=int(getattr(usage, "cache_read_input_tokens", None) or 0),
+        cache_write_tokens=int(getattr(usage, "cache_creation_input_tokens", None) or 0),
+    )
+
+
+def mark_stable_prefix(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``messages.create`` arguments with cache breakpoints where the stable prefix ends: on the
+    last tool (tools come first in Anthropic's prefix) and on the system prompt's last block.
+    The messages (the task's payload and its tool rounds) get none."""
+    out = dict(kwargs)
+    if out.get("tools"):
+        tools = [dict(t) for t in out["tools"]]
+        tools[-1]["cache_control"] = dict(CACHE_BREAKPOINT)
+        out["tools"] = tools
+    system = out.get("system")
+    if isinstance(system, str) and system:
+        out["system"] = [{"type": "text", "text": system, "cache_control": dict(CACHE_BREAKPOINT)}]
+    return out
 
 
 def map_sdk_error(exc: anthropic.AnthropicError) -> ProviderError:
@@ -105,9 +138,18 @@ class AnthropicProvider(Provider):
 
     backend = "anthropic"
 
-    def __init__(self, model: str, *, api_key: str, base_url: str | None = None, timeout: float = 60.0):
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_key: str,
+        base_url: str | None = None,
+        timeout: float = 60.0,
+        prompt_caching: bool = True,
+    ):
         super().__init__(model)
         self.base_url = base_url
+        self.prompt_caching = prompt_caching
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout
         )
@@ -130,7 +172,7 @@ class AnthropicProvider(Provider):
             kwargs["tools"] = tools
         if choice:
             kwargs["tool_choice"] = choice
-        return kwargs
+        return mark_stable_prefix(kwargs) if self.prompt_caching else kwargs
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         try:

@@ -12,6 +12,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from loom.messages import TokenUsage
+
 Role = Literal["user", "assistant", "tool"]
 
 
@@ -59,10 +61,32 @@ class ChatRequest:
 
 @dataclass(frozen=True)
 class Usage:
-    """Tokens one call consumed."""
+    """Tokens one call consumed, cached input apart from fresh input.
+
+    ``prompt_tokens`` are the input tokens processed at the full rate; the prompt cache's
+    share is counted only in ``cache_read_tokens`` (read from the cache, billed at a fraction)
+    and ``cache_write_tokens`` (written to it, billed at a premium by Anthropic), never twice.
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    @property
+    def input_tokens(self) -> int:
+        """Every input token the model read: fresh, read from the cache and written to it."""
+        return self.prompt_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+
+def token_usage(usage: Usage) -> TokenUsage:
+    """One call's usage as results report it, the cached share kept apart."""
+    return TokenUsage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+    )
 
 
 @dataclass(frozen=True)

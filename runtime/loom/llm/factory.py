@@ -149,7 +149,13 @@ def _raw_provider(
 
         if key is None:
             raise ProviderConfigError(f"{where} needs an API key: {key_hint}")
-        return AnthropicProvider(tier.model, api_key=key, base_url=url, timeout=tier.timeout_seconds)
+        return AnthropicProvider(
+            tier.model,
+            api_key=key,
+            base_url=url,
+            timeout=tier.timeout_seconds,
+            prompt_caching=tier.prompt_caching,
+        )
     raise ProviderConfigError(f"{where}: unknown backend")
 
 

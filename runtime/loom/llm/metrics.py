@@ -13,7 +13,8 @@ REQUESTS = Counter(
 )
 TOKENS = Counter(
     "loom_llm_tokens_total",
-    "Tokens consumed by model calls, by kind (prompt or completion).",
+    "Tokens consumed by model calls, by kind: prompt (fresh input, full rate), cache_read (input "
+    "read from the provider's prompt cache), cache_write (input written to it) or completion.",
     ["backend", "tier", "kind"],
 )
 DURATION = Histogram(
@@ -43,6 +44,8 @@ class CallMetrics:
         self._ok = REQUESTS.labels(backend, tier, "ok")
         self._prompt = TOKENS.labels(backend, tier, "prompt")
         self._completion = TOKENS.labels(backend, tier, "completion")
+        self._cache_read = TOKENS.labels(backend, tier, "cache_read")
+        self._cache_write = TOKENS.labels(backend, tier, "cache_write")
         self._duration = DURATION.labels(backend, tier)
         self._circuit = CIRCUIT_OPEN.labels(backend, tier)
         self._circuit.set(0)
@@ -55,6 +58,10 @@ class CallMetrics:
             self._prompt.inc(usage.prompt_tokens)
         if usage.completion_tokens:
             self._completion.inc(usage.completion_tokens)
+        if usage.cache_read_tokens:
+            self._cache_read.inc(usage.cache_read_tokens)
+        if usage.cache_write_tokens:
+            self._cache_write.inc(usage.cache_write_tokens)
 
     def failure(self, seconds: float, kind: str) -> None:
         """Record a failed call by error kind (a bounded label set)."""

@@ -1,4 +1,11 @@
-"""Ollama's native ``/api/chat`` (``format`` = the output schema; tools in Ollama's function format)."""
+"""Ollama's native ``/api/chat`` (``format`` = the output schema; tools in Ollama's function format).
+
+Ollama keeps the processed prompt of the previous request and reuses its longest common
+prefix; the system prompt comes first and is the same on every task of a worker, so only the
+payload is processed again. Versions that report ``prompt_eval_cached_count`` count the cached
+share inside ``prompt_eval_count``; it is moved out of the fresh count (older versions report
+no split, and their count is taken as it is).
+"""
 
 from __future__ import annotations
 
@@ -30,6 +37,17 @@ def to_ollama_messages(system: str, messages: list[Message]) -> list[dict[str, A
     return out
 
 
+def parse_ollama_usage(data: dict[str, Any]) -> Usage:
+    """Usage of an ``/api/chat`` answer, the cached share (when reported) apart from the fresh one."""
+    prompt = int(data.get("prompt_eval_count") or 0)
+    cached = min(max(int(data.get("prompt_eval_cached_count") or 0), 0), prompt)
+    return Usage(
+        prompt_tokens=prompt - cached,
+        completion_tokens=int(data.get("eval_count") or 0),
+        cache_read_tokens=cached,
+    )
+
+
 def parse_ollama_response(data: dict[str, Any], default_model: str) -> ChatResponse:
     """An ``/api/chat`` answer as a neutral response (tool call ids are made up: Ollama has none)."""
     message = data.get("message")
@@ -47,7 +65,7 @@ def parse_ollama_response(data: dict[str, Any], default_model: str) -> ChatRespo
     return ChatResponse(
         text=message.get("content") or "",
         tool_calls=tuple(calls),
-        usage=Usage(int(data.get("prompt_eval_count") or 0), int(data.get("eval_count") or 0)),
+        usage=parse_ollama_usage(data),
         model=str(data.get("model") or default_model),
         stop_reason=data.get("done_reason"),
     )

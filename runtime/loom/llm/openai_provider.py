@@ -1,4 +1,11 @@
-"""Any OpenAI-compatible ``/v1/chat/completions`` endpoint (OpenAI, vLLM, llama.cpp, LM Studio)."""
+"""Any OpenAI-compatible ``/v1/chat/completions`` endpoint (OpenAI, vLLM, llama.cpp, LM Studio).
+
+These servers cache a repeated prompt prefix on their own (OpenAI from 1,024 tokens, vLLM's
+and llama.cpp's prefix caches), with no per-request switch. The request puts the stable
+prefix first (tools, then the system prompt with knowledge and examples, the same bytes on
+every task of a worker) and the task's payload after it; cached tokens come back in
+``prompt_tokens_details.cached_tokens``.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +47,23 @@ def to_openai_messages(system: str, messages: list[Message]) -> list[dict[str, A
     return out
 
 
+def parse_openai_usage(usage: Any) -> Usage:
+    """Chat-completions usage as neutral usage: ``prompt_tokens`` includes the cached prefix
+    (``prompt_tokens_details.cached_tokens``, read from the provider's automatic prefix cache),
+    so that share is moved out of the fresh count."""
+    if not isinstance(usage, dict):
+        return Usage()
+    prompt = int(usage.get("prompt_tokens") or 0)
+    details = usage.get("prompt_tokens_details")
+    cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+    cached = min(max(cached, 0), prompt)
+    return Usage(
+        prompt_tokens=prompt - cached,
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        cache_read_tokens=cached,
+    )
+
+
 def parse_openai_response(data: dict[str, Any], default_model: str) -> ChatResponse:
     """A chat-completions answer as a neutral response."""
     try:
@@ -59,11 +83,10 @@ def parse_openai_response(data: dict[str, Any], default_model: str) -> ChatRespo
         calls.append(
             ToolCall(id=str(raw.get("id") or f"call_{len(calls)}"), name=fn.get("name", ""), arguments=args)
         )
-    usage = data.get("usage") or {}
     return ChatResponse(
         text=message.get("content") or "",
         tool_calls=tuple(calls),
-        usage=Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
+        usage=parse_openai_usage(data.get("usage")),
         model=str(data.get("model") or default_model),
         stop_reason=choice.get("finish_reason"),
     )

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from loom.api.worker import WorkerSpec
 from loom.checkpoint import Checkpoint, CheckpointStore
 from loom.goal_delivery import heartbeat as keep_alive
-from loom.llm.base import ChatRequest, Message, Provider
+from loom.llm.base import ChatRequest, Message, Provider, token_usage
 from loom.llm.jsonextract import NoJSONFound, extract_json
 from loom.llm.prompt import estimate_tokens
 from loom.messages import (
@@ -179,10 +179,7 @@ class GoalSession:
                 max_tokens=self.config.decomposer.max_tokens,
             )
         )
-        state.usage = TokenUsage(
-            prompt_tokens=state.usage.prompt_tokens + response.usage.prompt_tokens,
-            completion_tokens=state.usage.completion_tokens + response.usage.completion_tokens,
-        )
+        state.usage = state.usage + token_usage(response.usage)
         return response.text
 
     async def _decompose(self, state: SessionState) -> None:
@@ -300,10 +297,7 @@ class GoalSession:
             "started_at": state.dispatched_at.get(sid, now),
             "finished_at": now,
         }
-        state.usage = TokenUsage(
-            prompt_tokens=state.usage.prompt_tokens + result.token_usage.prompt_tokens,
-            completion_tokens=state.usage.completion_tokens + result.token_usage.completion_tokens,
-        )
+        state.usage = state.usage + result.token_usage
         SUBTASKS.labels(self.config.name, status).inc()
         line = dc.result_line(sid, subtask.worker_type, status, body)
         state.context_lines.append(line)

@@ -271,10 +271,7 @@ class GoalState(BaseModel):
             error = f"stage {name!r} {s.status}: {s.error}"
         if error is not None:
             self.cancel_unfinished(f"not finished: {error}", now)
-        usage = TokenUsage(
-            prompt_tokens=sum(s.token_usage.prompt_tokens for s in self.stages.values()),
-            completion_tokens=sum(s.token_usage.completion_tokens for s in self.stages.values()),
-        )
+        usage = sum((s.token_usage for s in self.stages.values()), TokenUsage())
         result = GoalResult(
             goal_id=self.goal_id,
             status=TaskStatus.FAILED if error else TaskStatus.COMPLETED,

@@ -45,6 +45,7 @@ from loom.messages import (
     TaskMessage,
     TaskResult,
     TaskStatus,
+    TokenUsage,
     describe_validation_error,
     stamp_tenant,
     utcnow,
@@ -351,7 +352,8 @@ class RouterService:
         usage = doc.get("token_usage") or {}
         actual = None
         if isinstance(usage, dict):
-            actual = float(usage.get("prompt_tokens", 0) or 0) + float(usage.get("completion_tokens", 0) or 0)
+            with contextlib.suppress(ValidationError):
+                actual = float(TokenUsage.model_validate(usage).limited_tokens)
         self.limiter.release(entry[0], actual)
         self.wake.set()
 

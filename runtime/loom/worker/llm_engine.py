@@ -25,7 +25,7 @@ from loom.api.worker import WorkerSpec
 from loom.contracts import Contract
 from loom.core.workspace import WorkspaceError, WorkspaceManager
 from loom.errors import InvalidInput, InvalidOutput, TaskError
-from loom.llm.base import ChatRequest, ChatResponse, Message, Provider
+from loom.llm.base import ChatRequest, ChatResponse, Message, Provider, token_usage
 from loom.llm.errors import InputTooLong, ProviderError, to_task_error
 from loom.llm.factory import build_model_client
 from loom.llm.jsonextract import NoJSONFound, extract_json
@@ -191,15 +191,15 @@ class LLMEngine(TaskEngine):
                 f"max_input_tokens={self.spec.max_input_tokens}"
             )
         deadline = self._clock() + self.spec.timeout_seconds
-        usage = [0, 0]
+        usage = [TokenUsage()]
         try:
             return await self._conversation(system, messages, deadline, usage)
         except TaskError as exc:  # what the failed attempt spent is still reported and settled
-            exc.token_usage = TokenUsage(prompt_tokens=usage[0], completion_tokens=usage[1])
+            exc.token_usage = usage[0]
             raise
 
     async def _conversation(
-        self, system: str, messages: list[Message], deadline: float, usage: list[int]
+        self, system: str, messages: list[Message], deadline: float, usage: list[TokenUsage]
     ) -> WorkOutcome:
         """Ask until the reply meets the contract, at most ``1 + output_retries`` times."""
         model = ""
@@ -214,7 +214,7 @@ class LLMEngine(TaskEngine):
                 return WorkOutcome(
                     output=output,
                     model_used=model or None,
-                    token_usage=TokenUsage(prompt_tokens=usage[0], completion_tokens=usage[1]),
+                    token_usage=usage[0],
                 )
             messages.append(Message(role="assistant", content=response.text))
             messages.append(Message(role="user", content=feedback_message(problems)))
@@ -227,7 +227,7 @@ class LLMEngine(TaskEngine):
         raise failure
 
     async def _converse(
-        self, system: str, messages: list[Message], deadline: float, usage: list[int]
+        self, system: str, messages: list[Message], deadline: float, usage: list[TokenUsage]
     ) -> ChatResponse:
         """Call the model, running tool rounds until it answers (at most ``max_tool_rounds``)."""
         assert self._client is not None
@@ -248,8 +248,7 @@ class LLMEngine(TaskEngine):
                     response = await self._client.complete(request)
             except ProviderError as exc:
                 raise to_task_error(exc) from exc
-            usage[0] += response.usage.prompt_tokens
-            usage[1] += response.usage.completion_tokens
+            usage[0] += token_usage(response.usage)
             if not response.tool_calls:
                 return response
             if not offer_tools:

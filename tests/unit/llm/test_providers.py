@@ -23,6 +23,7 @@ from loom.llm.ollama_provider import OllamaProvider
 from loom.llm.openai_provider import OpenAIProvider
 
 SCHEMA = {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}
+BREAKPOINT = {"type": "ephemeral"}
 TOOL = ToolSpec("lookup", "Look a record up", {"type": "object", "properties": {"id": {"type": "string"}}})
 
 
@@ -45,7 +46,8 @@ async def test_text_answer_usage_and_model(any_fake: FakeLLMServer) -> None:
     assert response.model == "served-model"
     body = any_fake.requests[0]
     if any_fake.kind == "anthropic":
-        assert body["system"] == "be brief" and body["max_tokens"] == 33
+        assert body["system"] == [{"type": "text", "text": "be brief", "cache_control": BREAKPOINT}]
+        assert body["max_tokens"] == 33
         assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
     else:
         assert body["messages"][0] == {"role": "system", "content": "be brief"}
