@@ -25,7 +25,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client as NATS
@@ -36,6 +36,7 @@ from nats.js.errors import (
     APIError,
     BadRequestError,
     BucketNotFoundError,
+    NoStreamResponseError,
     NotFoundError,
     ServiceUnavailableError,
 )
@@ -1184,20 +1185,51 @@ class _PullLoop:
 # -- key-value helpers (pipeline state, checkpoints, schedules) -------------------------------------
 
 
+_T = TypeVar("_T")
+#: What a JetStream request answers while the stream it needs elects a leader (a server was lost).
+_UNAVAILABLE = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+)
+
+
+async def while_unavailable(op: Callable[[], Awaitable[_T]], what: str) -> _T:
+    """``op()``, repeated while JetStream is unavailable, up to :data:`PUBLISH_TIMEOUT` seconds; for
+    operations that may safely run twice (a read, a put of the same value, a purge)."""
+    deadline = time.monotonic() + PUBLISH_TIMEOUT
+    pause = 0.1
+    while True:
+        try:
+            return await op()
+        except _UNAVAILABLE as exc:
+            if time.monotonic() + pause >= deadline:
+                raise BusError(f"{what}: JetStream unavailable for {PUBLISH_TIMEOUT:g}s ({exc!r})") from exc
+        await asyncio.sleep(pause)
+        pause = min(1.0, pause * 2)
+
+
 async def kv_get(kv: KeyValue, key: str) -> bytes | None:
     """The value under ``key``, or None when it is absent or deleted."""
     from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
     try:
-        entry = await kv.get(key)
+        entry = await while_unavailable(lambda: kv.get(key), f"reading {key!r}")
     except (KeyNotFoundError, KeyDeletedError):
         return None
     return entry.value
 
 
+async def kv_put(kv: KeyValue, key: str, value: bytes) -> None:
+    """Store ``value`` under ``key``, again while the bucket elects a leader (the same value twice is
+    one more revision, nothing else)."""
+    await while_unavailable(lambda: kv.put(key, value), f"writing {key!r}")
+
+
 async def kv_delete(kv: KeyValue, key: str) -> None:
     """Remove ``key`` with its history (no error when absent)."""
-    await kv.purge(key)
+    await while_unavailable(lambda: kv.purge(key), f"removing {key!r}")
 
 
 async def kv_read(kv: KeyValue, key: str) -> tuple[bytes | None, int]:

@@ -61,7 +61,9 @@ class NatsKeyValueStore(KeyValueStore):
         return await kv_get(await self._store(), key)
 
     async def put(self, key: str, value: bytes) -> None:
-        await (await self._store()).put(key, value)
+        from loom.bus import kv_put
+
+        await kv_put(await self._store(), key, value)
 
     async def delete(self, key: str) -> None:
         from loom.bus import kv_delete

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from loom.bus import Bus, ResultSubscription
 
 log = logging.getLogger(__name__)
+#: How often a goal waiting for stage results checks whether the connection moved to another server.
+_CONNECTION_CHECK = 1.0
 
 #: Error codes of failed stage results that no retry can fix.
 NON_RETRYABLE_CODES = frozenset(
@@ -96,7 +98,19 @@ class GoalRunner:
         goal_deadline = state.started_at + plan.spec.timeout_seconds
         outbox: list[tuple[str, int]] = [(name, state.stages[name].attempts) for name in resumed]
         dirty = False
+        epoch, reconnects = self.bus.epoch, 0
         while True:
+            if self.bus.epoch != epoch:
+                # Results are core NATS: one sent while this process was between servers is lost.
+                # Ask again for the stages still running (a new message id, so it is not dropped as
+                # a duplicate); the first result of either wins.
+                epoch, reconnects = self.bus.epoch, reconnects + 1
+                again = [(name, state.stages[name].attempts) for name in state.running()]
+                if again:
+                    log.warning(
+                        "goal %s: reconnected to NATS; re-sending %s", state.goal_id, [n for n, _ in again]
+                    )
+                    await self._publish(state, again, resend=reconnects)
             now = self.clock()
             if now >= goal_deadline:
                 for name in state.running():
@@ -117,10 +131,11 @@ class GoalRunner:
                 outbox.clear()
             wait_until = min([goal_deadline, *state.deadlines(plan).values()])
             try:
-                data = await sub.get(timeout=max(0.0, wait_until - self.clock()))
+                data = await sub.get(timeout=max(0.0, min(wait_until - self.clock(), _CONNECTION_CHECK)))
             except TimeoutError:
-                self._expire(state, self.clock(), outbox)
-                dirty = True
+                if self.clock() >= wait_until:
+                    self._expire(state, self.clock(), outbox)
+                    dirty = True
                 continue
             dirty = self._on_result(state, data, self.clock(), outbox) or dirty
 
@@ -142,7 +157,7 @@ class GoalRunner:
                     self._stage_ended(state, name)
                 progressed = True
 
-    async def _publish(self, state: GoalState, outbox: list[tuple[str, int]]) -> None:
+    async def _publish(self, state: GoalState, outbox: list[tuple[str, int]], *, resend: int = 0) -> None:
         goal = state.goal
         outputs = state.outputs()
         statuses = state.statuses()
@@ -162,7 +177,8 @@ class GoalRunner:
                 tenant=goal.get("tenant", "default"),
                 metadata={"pipeline": self.plan.name, "stage": name, "attempt": attempt},
             )
-            await self.bus.publish_task(task, msg_id=stage_msg_id(state.goal_id, name, attempt))
+            msg_id = stage_msg_id(state.goal_id, name, attempt)
+            await self.bus.publish_task(task, msg_id=f"{msg_id}/resend-{resend}" if resend else msg_id)
 
     def _on_result(self, state: GoalState, data: bytes, now: float, outbox: list[tuple[str, int]]) -> bool:
         """Apply one message from the result subject; True when the state changed."""
