@@ -64,6 +64,8 @@ class Role(StrEnum):
     ORCHESTRATOR = "orchestrator"
     SCHEDULER = "scheduler"
     TENANT = "tenant"
+    #: An EvalSuite's Job: submits its cases as one tenant and reads their results, like a tenant.
+    EVAL = "eval"
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,11 @@ class Permissions:
         if self.publish_deny:
             pub["deny"] = list(self.publish_deny)
         return {"publish": pub, "subscribe": {"allow": list(self.subscribe)}}
+
+
+def tenant_identity(tenant: str) -> Identity:
+    """A submitter of one tenant, user ``tenant_<t>`` (on a cluster and in local mode alike)."""
+    return Identity(f"tenant_{tenant}", Role.TENANT, tenant=tenant)
 
 
 def inbox_prefix(user: str) -> str:
@@ -160,7 +167,7 @@ def permissions(identity: Identity) -> Permissions:
     inbox = f"{inbox_prefix(me.user)}.>"
     if me.role is Role.ADMIN:
         return Permissions(publish=(">",), subscribe=(">",))
-    if me.role is Role.TENANT:
+    if me.role in (Role.TENANT, Role.EVAL):
         return _tenant(me.tenant, inbox)
     pub = _declare_and_read()
     sub = [inbox]

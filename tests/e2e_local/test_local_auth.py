@@ -127,7 +127,7 @@ async def test_loom_up_bus_needs_credentials_and_keeps_tenants_in_their_lane(
     assert local is not None and local.nats_url == url
     users = {c.identity.user for c in local.credentials}
     assert users == {
-        "admin", "router", "worker-facts", "pipeline-facts-only", "tenant-default", "tenant-acme"
+        "admin", "router", "worker-facts", "pipeline-facts-only", "tenant_default", "tenant_acme"
     }
     logs = up.log() + "".join(p.read_text(errors="replace") for p in (up.run_dir / "logs").glob("*.log"))
     assert not any(c.password in logs for c in local.credentials)

@@ -158,8 +158,8 @@ def _stored(tmp_path: Path) -> LocalCredentials:
 def test_a_client_becomes_the_tenant_or_the_admin_of_that_bus_only(tmp_path: Path) -> None:
     local = _stored(tmp_path)
     sub = client_settings(NatsSettings(url="nats://localhost:4333"), tmp_path, tenant="team-b")
-    assert (sub.user, sub.password) == ("tenant-team-b", local.tenant("team-b").password)
-    assert sub.inbox_prefix == "_INBOX_tenant-team-b"
+    assert (sub.user, sub.password) == ("tenant_team-b", local.tenant("team-b").password)
+    assert sub.inbox_prefix == "_INBOX_tenant_team-b"
     admin = client_settings(NatsSettings(url=URL), tmp_path, tenant=None)
     assert (admin.user, admin.password) == ("admin", local.admin().password)
     # Another server never receives loom up's passwords.

@@ -1,6 +1,6 @@
 """Bus identities of the pods the operator renders: one NATS user per resource (pure).
 
-Every Worker, Pipeline, RouterPolicy and Schedule connects to NATS as its own user,
+Every Worker, Pipeline, RouterPolicy, Schedule and EvalSuite connects to NATS as its own user,
 with the permissions of its role from :func:`loom.bus_auth.permissions` (the one rule;
 nothing here decides what a role may do). How the identity reaches the pods depends on
 ``Settings.nats_auth``:
@@ -31,8 +31,17 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from loom.api import PipelineSpec, WorkerSpec
+from loom.api.eval_suite import EvalSuiteSpec
 from loom.api.kinds import KINDS
-from loom.bus_auth import Credential, Identity, Role, inbox_prefix, permissions, server_authorization
+from loom.bus_auth import (
+    Credential,
+    Identity,
+    Role,
+    inbox_prefix,
+    permissions,
+    server_authorization,
+    tenant_identity,
+)
 from loom_operator.render.common import (
     COMPONENTS,
     CONFIG_DIR,
@@ -73,17 +82,14 @@ def identity(owner: Owner, spec: Any) -> Identity:
         return Identity(user, role, worker_type=spec.worker_type, tiers=tuple(spec.served_tiers))
     if isinstance(spec, PipelineSpec):
         return Identity(user, role, pipeline=spec.pipeline_name)
+    if isinstance(spec, EvalSuiteSpec):
+        return Identity(user, role, tenant=spec.tenant)
     return Identity(user, role)
 
 
 def admin_identity() -> Identity:
     """The admin: stream management and dead-letter replay (``loom dead-letter``)."""
     return Identity(ADMIN_USER, Role.ADMIN)
-
-
-def tenant_identity(tenant: str) -> Identity:
-    """A submitter of one tenant (``loom submit --tenant``), user ``tenant_<t>``."""
-    return Identity(f"tenant_{tenant}", Role.TENANT, tenant=tenant)
 
 
 def password(key: str, user: str) -> str:
@@ -152,7 +158,7 @@ def _check_env(owner: Owner, spec: Any) -> None:
 def with_identity(
     objects: Sequence[dict[str, Any]], owner: Owner, spec: Any, settings: Settings
 ) -> list[dict[str, Any]]:
-    """``objects`` with the resource's bus identity wired into every Deployment (and its Secret)."""
+    """``objects`` with the resource's bus identity wired into every Deployment and Job (and its Secret)."""
     if settings.nats_auth == "none":
         return list(objects)
     _check_env(owner, spec)
@@ -187,7 +193,7 @@ def with_identity(
         raise ValueError(f"unknown NATS auth mode {settings.nats_auth!r}")
     out = [*extra]
     for obj in objects:
-        if obj["kind"] == "Deployment":
+        if obj["kind"] in ("Deployment", "Job"):
             obj = _wire(obj, env, mark, volume, mount)
         out.append(obj)
     return out

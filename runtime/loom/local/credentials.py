@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from loom.api.loader import Resource
 from loom.api.router_policy import RouterPolicySpec
 from loom.api.schedule import ScheduleSpec
-from loom.bus_auth import Credential, Identity, Role, new_credential
+from loom.bus_auth import Credential, Identity, Role, new_credential, tenant_identity
 from loom.local.manifests import LocalPlan, router_policy
 from loom.settings import NatsSettings
 from loom.subjects import DEFAULT_TENANT, token_problem
@@ -50,8 +50,8 @@ def credentials_path(run_dir: Path) -> Path:
 
 
 def tenant_user(tenant: str) -> str:
-    """The NATS user of a tenant in local mode."""
-    return f"tenant-{tenant}"
+    """The NATS user of a tenant (:func:`loom.bus_auth.tenant_identity`, as on a cluster)."""
+    return tenant_identity(tenant).user
 
 
 def named_tenants(resources: Sequence[Resource]) -> list[str]:
@@ -105,7 +105,7 @@ def plan_identities(plan: LocalPlan, tenants: Iterable[str]) -> tuple[dict[str, 
             problem = token_problem(tenant, "tenant")
             if problem is not None:
                 raise LocalCredentialsError(f"cannot make a bus identity for tenant {tenant!r}: {problem}")
-            everyone[tenant_user(tenant)] = Identity(tenant_user(tenant), Role.TENANT, tenant=tenant)
+            everyone[tenant_user(tenant)] = tenant_identity(tenant)
     except ValueError as exc:
         if isinstance(exc, LocalCredentialsError):
             raise
