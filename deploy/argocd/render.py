@@ -2,7 +2,7 @@
 
 Argo CD reads a health check per group/kind, both from its own source tree
 (resource_customizations/<group>/<kind>/health.lua, with health_test.yaml and testdata/)
-and from the argocd-cm ConfigMap. One script serves the four loom.dev kinds; this keeps
+and from the argocd-cm ConfigMap. One script serves every loom.dev kind; this keeps
 the copies identical. Run ``python deploy/argocd/render.py``; a test fails on drift.
 """
 

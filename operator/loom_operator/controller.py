@@ -26,6 +26,7 @@ from loom.api.common import GROUP_VERSION
 from loom.api.kinds import KIND_NAMES
 from loom_operator import metrics
 from loom_operator.conditions import Phase
+from loom_operator.eval_results import run_from_job, run_from_pod
 from loom_operator.k8s import Kube, KubeError, namespace_terminating
 from loom_operator.readiness import ChildDeployment
 from loom_operator.reconcile import (
@@ -76,6 +77,7 @@ class Controller:
         #: Per namespace: the worker types and pipeline names last seen (what references resolve to).
         self._worker_types: dict[str, frozenset[str]] = {}
         self._pipeline_names: dict[str, frozenset[str]] = {}
+        self._worker_specs: dict[str, str] = {}
         self._pending: dict[tuple[str, str, str], asyncio.Task[None]] = {}
         self._policy_hashes: dict[str, str] = {}
         self._handled_edits: set[tuple[str, str, str]] = set()
@@ -166,7 +168,7 @@ class Controller:
     # ------------------------------------------------------------ event paths
 
     async def child_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
-        """A child Deployment/ConfigMap/Service/ScaledObject changed or went away."""
+        """A child Deployment/ConfigMap/Service/ScaledObject/Job changed or went away."""
         kind, owner = _owner_of(body)
         if kind is None or owner is None:
             return
@@ -174,6 +176,20 @@ class Controller:
         if event_type == "DELETED" or self._edited_by_hand(body):
             self.soon(kind, ns, owner)
         elif body.get("kind") == "Deployment":
+            await self.refresh(kind, ns, owner)
+        elif body.get("kind") == "Job" and kind == "EvalSuite":
+            run = run_from_job(body)
+            if run is not None and self.reconciler.record_eval_run(ns, owner, run, from_pod=False):
+                await self.refresh(kind, ns, owner)
+
+    async def eval_pod_event(self, body: Mapping[str, Any]) -> None:
+        """An EvalSuite Job's pod changed: once it has finished, its verdict goes to status."""
+        kind, owner = _owner_of(body)
+        run = run_from_pod(body)
+        if kind != "EvalSuite" or owner is None or run is None:
+            return
+        ns = body["metadata"]["namespace"]
+        if self.reconciler.record_eval_run(ns, owner, run, from_pod=True):
             await self.refresh(kind, ns, owner)
 
     def _edited_by_hand(self, body: Mapping[str, Any]) -> bool:
@@ -212,7 +228,12 @@ class Controller:
         types = frozenset(w.worker_type for w in self.workers(namespace))
         if self._worker_types.get(namespace) != types:
             self._worker_types[namespace] = types
-            self._recheck(namespace, ("Pipeline", "Schedule"))
+            self._recheck(namespace, ("Pipeline", "Schedule", "EvalSuite"))
+        # EvalSuites carry their Worker's spec into their Job: a changed Worker is run again.
+        specs = _digest(sorted([w.name, w.spec.to_manifest_dict()] for w in self.workers(namespace)))
+        if self._worker_specs.get(namespace, specs) != specs:
+            self._recheck(namespace, ("EvalSuite",))
+        self._worker_specs[namespace] = specs
         routes = catalog(self.workers(namespace))
         if self.reconciler.catalogs.get(namespace) == catalog_hash(routes):
             return
@@ -330,6 +351,10 @@ class Controller:
                 await task
         self._tasks.clear()
         self._pending.clear()
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def _owner_of(body: Mapping[str, Any]) -> tuple[str | None, str | None]:

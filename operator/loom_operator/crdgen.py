@@ -166,6 +166,8 @@ def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     if "allOf" in node and len(node["allOf"]) == 1:
         inner = _resolve(node.pop("allOf")[0], defs)
         node = {**inner, **node}
+    if "oneOf" in node and "discriminator" in node:
+        node = {**_merge_tagged(node.pop("oneOf"), node.pop("discriminator"), defs), **node}
     if "anyOf" in node:
         options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
         if len(options) != 1:
@@ -175,6 +177,62 @@ def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         if node.get("default", 0) is None:
             del node["default"]
     return node
+
+
+def _merge_tagged(options: list[dict[str, Any]], discriminator: dict[str, Any], defs: dict[str, Any]) -> dict:
+    """A tagged union (pydantic's discriminated ``oneOf``) as one structural object.
+
+    A structural schema has one set of properties, so the members' properties are merged; the tag
+    becomes an enum, and CEL rules put back what the merge loses: each member's own required fields
+    and the fields only some members have (so ``{type: exact, rubric: ...}`` is refused by the API
+    server as it is by the model).
+    """
+    tag = discriminator["propertyName"]
+    members = [_resolve(o, defs) for o in options]
+    props: dict[str, Any] = {}
+    owners: dict[str, list[str]] = {}
+    values: list[str] = []
+    required: list[set[str]] = []
+    for member in members:
+        value = member["properties"][tag]["const"]
+        values.append(value)
+        required.append(set(member.get("required", [])) - {tag})
+        for name, schema in member["properties"].items():
+            if name == tag:
+                continue
+            if name in props and _resolve(schema, defs).get("type") != _resolve(props[name], defs).get(
+                "type"
+            ):
+                raise SchemaError(f"union members disagree on the type of {name!r}")
+            props.setdefault(name, schema)
+            owners.setdefault(name, []).append(value)
+    rules = []
+    for value, need in zip(values, required, strict=True):
+        for name in sorted(need):
+            rules.append(
+                {
+                    "rule": f"self.{tag} != {json.dumps(value)} || has(self.{name})",
+                    "message": f"{tag} {value} needs {name}",
+                }
+            )
+    for name, have in owners.items():
+        if len(have) < len(values):
+            allowed = json.dumps(have)
+            rules.append(
+                {
+                    "rule": f"!has(self.{name}) || self.{tag} in {allowed}",
+                    "message": f"{name} is a field of {tag} {' or '.join(have)} only",
+                }
+            )
+    return {
+        "type": "object",
+        "properties": {
+            tag: {"type": "string", "enum": values, "description": f"One of {', '.join(values)}."},
+            **props,
+        },
+        "required": [tag],
+        "x-kubernetes-validations": rules,
+    }
 
 
 def _convert(node: dict[str, Any], defs: dict[str, Any], path: str, notes: bool) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 import kopf
 
 from loom.api.common import API_GROUP, API_VERSION
-from loom.api.kinds import KINDS
+from loom.api.kinds import KINDS, kind_info
 from loom_operator.bus_users import BusUsers
 from loom_operator.controller import Controller
 from loom_operator.diffbase import DigestDiffBaseStorage
@@ -31,7 +31,7 @@ from loom_operator.peering import Standby, own_identity
 from loom_operator.readiness import ChildDeployment
 from loom_operator.reconcile import PipelineEntry, PolicyEntry, Reconciler, Stalled, WorkerEntry, parse_body
 from loom_operator.render import worker_route
-from loom_operator.render.common import MANAGED_BY, MANAGED_BY_LABEL
+from loom_operator.render.common import COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 from loom_operator.scaler_loop import ScalerLoop
 from loom_operator.settings import Settings
 
@@ -47,7 +47,10 @@ CHILD_RESOURCES = (
     ("v1", "services"),
     ("keda.sh/v1alpha1", "scaledobjects"),
     ("networking.k8s.io/v1", "networkpolicies"),
+    ("batch/v1", "jobs"),
 )
+#: The pods of EvalSuite Jobs: their termination message is the suite's verdict.
+EVAL_POD_LABELS = {MANAGED_BY_LABEL: MANAGED_BY, COMPONENT_LABEL: kind_info("EvalSuite").component}
 
 
 async def resolve_keda(settings: Settings, kube: Kube) -> bool:
@@ -267,6 +270,12 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
             controller: Controller | None = memo.get("controller")
             if controller is not None:
                 await controller.child_event(type, body)
+
+    @kopf.on.event("v1", "pods", labels=EVAL_POD_LABELS, registry=registry, id="eval-pods")
+    async def eval_pod_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        controller: Controller | None = memo.get("controller")
+        if controller is not None:
+            await controller.eval_pod_event(body)
 
 
 def build_registry(settings: Settings) -> kopf.OperatorRegistry:

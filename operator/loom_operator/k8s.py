@@ -35,6 +35,8 @@ PLURALS: dict[tuple[str, str], str] = {
     ("v1", "Secret"): "secrets",
     ("v1", "Event"): "events",
     ("apps/v1", "Deployment"): "deployments",
+    ("batch/v1", "Job"): "jobs",
+    ("v1", "Pod"): "pods",
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobjects",
     **{(k.api_version, k.kind): k.plural for k in KINDS},

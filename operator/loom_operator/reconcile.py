@@ -20,11 +20,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from loom.api import GROUP_VERSION, PipelineSpec, RouterPolicySpec, ScheduleSpec, WorkerSpec
+from loom.api.eval_suite import EvalSuiteSpec
 from loom.api.loader import LoadError, Resource, parse_document
 from loom.api.router_policy import WorkerRoute
+from loom.api.status import EvalRun
 from loom_operator import conditions
 from loom_operator.adoption import adoption_problem
 from loom_operator.conditions import Phase
+from loom_operator.eval_results import eval_phase
 from loom_operator.k8s import Kube, KubeError, refused
 from loom_operator.readiness import ChildDeployment, freshest, phase_of
 from loom_operator.render import (
@@ -37,6 +40,7 @@ from loom_operator.render import (
 )
 from loom_operator.render.bus_auth import with_identity
 from loom_operator.render.common import child_selector
+from loom_operator.render.eval_suite import name_jobs, render_eval_suite
 from loom_operator.render.schedule import describe, fire_times
 from loom_operator.settings import Settings
 
@@ -120,6 +124,8 @@ class Known:
     status: dict[str, Any] = field(default_factory=dict)
     #: The last status write the server refused (reported once by an Event).
     refused: str | None = None
+    #: EvalSuite: the Job that runs the current spec.
+    job: str | None = None
 
     def ref(self) -> dict[str, Any]:
         return {
@@ -171,7 +177,8 @@ def catalog_hash(routes: Mapping[str, WorkerRoute]) -> str:
 def missing_references(
     spec: Any, workers: Iterable[WorkerEntry], pipelines: Iterable[PipelineEntry]
 ) -> Stalled | None:
-    """Why a Pipeline or Schedule cannot work: a worker type or pipeline no resource provides (pure)."""
+    """Why a Pipeline, Schedule or EvalSuite cannot work: a worker type or pipeline no resource
+    provides (pure)."""
     types = sorted({w.worker_type for w in workers})
     known_types = ", ".join(types) or "none"
     if isinstance(spec, PipelineSpec):
@@ -197,6 +204,12 @@ def missing_references(
                 f"task.workerType {spec.task.worker_type!r} is not served by any Worker of this namespace "
                 f"(worker types: {known_types})",
             )
+    if isinstance(spec, EvalSuiteSpec) and spec.worker not in types:
+        return Stalled(
+            "UnknownWorkerType",
+            f"worker {spec.worker!r} is not served by any Worker of this namespace "
+            f"(worker types: {known_types})",
+        )
     return None
 
 
@@ -226,12 +239,9 @@ def render_resource(
     if missing is not None:
         raise missing
     try:
-        return with_identity(
-            _render_children(owner, spec, settings, keda=keda, policies=policies, workers=workers),
-            owner,
-            spec,
-            settings,
-        )
+        children = _render_children(owner, spec, settings, keda=keda, policies=policies, workers=workers)
+        # Jobs are named by a hash of their template, identity included.
+        return name_jobs(owner, with_identity(children, owner, spec, settings))
     except RenderError as exc:
         raise Stalled("UnknownTier" if "tier" in str(exc) else "RenderFailed", str(exc)) from None
 
@@ -267,6 +277,8 @@ def _render_children(
         return render_router_policy(owner, spec, settings, workers=catalog(workers))
     if isinstance(spec, ScheduleSpec):
         return render_schedule(owner, spec, settings)
+    if isinstance(spec, EvalSuiteSpec):
+        return render_eval_suite(owner, spec, settings, workers=workers)
     raise TypeError(f"no renderer for {type(spec).__name__}")
 
 
@@ -293,6 +305,10 @@ class Reconciler:
         #: Status of one resource is computed and written under its lock, so the last write
         #: is computed from the newest view (watch events and reconciles run concurrently).
         self._locks: dict[Key, asyncio.Lock] = {}
+        #: EvalSuite results per (namespace, name, job): from the Job's pod, and from the Job itself
+        #: (a failed Job whose pod never finished); the pod's verdict wins.
+        self.pod_runs: dict[tuple[str, str, str], EvalRun] = {}
+        self.job_runs: dict[tuple[str, str, str], EvalRun] = {}
 
     def render(
         self,
@@ -364,6 +380,7 @@ class Reconciler:
 
         expected = tuple(o["metadata"]["name"] for o in objects if o["kind"] == "Deployment")
         known.expected = expected  # before applying: watch events may be handled meanwhile
+        known.job = next((o["metadata"]["name"] for o in objects if o["kind"] == "Job"), None)
         try:
             await self._refuse_adoption(owner, objects)
             applied = await self._apply_all(objects)
@@ -384,7 +401,7 @@ class Reconciler:
         }
         await self._prune(owner, objects, children)
         merged = freshest(children, known.applied.values())
-        phase = phase_of(expected, [merged[n] for n in expected if n in merged])
+        phase = self._phase(known, [merged[n] for n in expected if n in merged])
         async with self._lock(key):
             await self._publish(known, phase, children=merged.values(), body=body)
         return phase
@@ -436,6 +453,8 @@ class Reconciler:
             if ("Deployment", child.name) not in wanted:
                 log.info("deleting stale Deployment %s/%s", child.namespace, child.name)
                 await self.kube.delete("apps/v1", "Deployment", child.namespace, child.name, uid=child.uid)
+        if owner.kind == "EvalSuite":
+            await self._prune_jobs(owner, wanted)
         if owner.kind != "Worker":
             return
         assert owner.namespace is not None
@@ -451,6 +470,19 @@ class Reconciler:
                     await self.kube.delete(
                         api_version, kind, owner.namespace, name, uid=obj["metadata"].get("uid")
                     )
+
+    async def _prune_jobs(self, owner: Owner, wanted: set[tuple[str, str]]) -> None:
+        """Delete an EvalSuite's Jobs of earlier specs (their pods go with them)."""
+        assert owner.namespace is not None
+        for obj in await self.kube.list("batch/v1", "Job", owner.namespace, child_selector(owner)):
+            name = obj["metadata"]["name"]
+            if ("Job", name) not in wanted:
+                log.info("deleting Job %s/%s of an earlier spec", owner.namespace, name)
+                await self.kube.delete(
+                    "batch/v1", "Job", owner.namespace, name, uid=obj["metadata"].get("uid")
+                )
+                for runs in (self.pod_runs, self.job_runs):
+                    runs.pop((owner.namespace, owner.name, name), None)
 
     # ----------------------------------------------------------------- status
 
@@ -473,14 +505,37 @@ class Reconciler:
             current = (
                 list(merged.values()) if known.stalled else [merged[n] for n in known.expected if n in merged]
             )
-            phase = known.stalled or phase_of(known.expected, current)
+            phase = known.stalled or self._phase(known, current)
             await self._publish(known, phase, children=current)
+
+    def _phase(self, known: Known, current: Sequence[ChildDeployment]) -> Phase:
+        """Readiness: an EvalSuite's from its Job's verdict, any other kind's from its Deployments."""
+        if known.job is not None:
+            return eval_phase(known.job, self.eval_run(known.namespace, known.name, known.job))
+        return phase_of(known.expected, current)
+
+    def eval_run(self, namespace: str, name: str, job: str) -> EvalRun | None:
+        key = (namespace, name, job)
+        return self.pod_runs.get(key) or self.job_runs.get(key)
+
+    def record_eval_run(self, namespace: str, name: str, run: EvalRun, *, from_pod: bool) -> bool:
+        """Keep a Job's verdict; True when it is new (status needs a refresh)."""
+        key = (namespace, name, run.job_name)
+        runs = self.pod_runs if from_pod else self.job_runs
+        if runs.get(key) == run:
+            return False
+        runs[key] = run
+        return True
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         self.known.pop((kind, namespace, name), None)
         self._locks.pop((kind, namespace, name), None)
         for key in [k for k in self.observations if k[0] == namespace and k[1] == name and kind == "Worker"]:
             del self.observations[key]
+        if kind == "EvalSuite":
+            for runs in (self.pod_runs, self.job_runs):
+                for key in [k for k in runs if k[:2] == (namespace, name)]:
+                    del runs[key]
 
     def build_status(
         self, known: Known, phase: Phase, children: Iterable[ChildDeployment] = ()
@@ -522,6 +577,11 @@ class Reconciler:
         elif isinstance(spec, RouterPolicySpec):
             status["tierNames"] = ",".join(spec.tier_names)
             status["workers"] = self.catalog_sizes.get(known.namespace, 0)
+        elif isinstance(spec, EvalSuiteSpec) and known.job is not None:
+            status["jobName"] = known.job
+            run = self.eval_run(known.namespace, known.name, known.job)
+            # Until the current Job has a verdict, lastRun stays the previous one.
+            status["lastRun"] = run.to_manifest_dict() if run else known.status.get("lastRun")
         elif isinstance(spec, ScheduleSpec):
             last, nxt = fire_times(spec, known.created, now)
             status["schedule"] = describe(spec)

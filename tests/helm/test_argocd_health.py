@@ -15,9 +15,11 @@ import lupa
 import pytest
 import yaml
 
+from loom.api.kinds import KIND_NAMES
+
 REPO = Path(__file__).resolve().parents[2]
 ARGOCD = REPO / "deploy" / "argocd"
-KINDS = ("Worker", "Pipeline", "RouterPolicy", "Schedule")
+KINDS = KIND_NAMES
 CUSTOMIZATIONS = ARGOCD / "resource_customizations" / "loom.dev"
 # What Argo CD's Lua VM leaves out (it opens base, table, string, math and coroutine only).
 SANDBOXED = ("os", "io", "require", "dofile", "loadfile", "package", "debug")

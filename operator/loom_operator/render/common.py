@@ -10,6 +10,7 @@ RuntimeDefault seccomp, no service-account token.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass
@@ -169,6 +170,14 @@ def _mounts_and_volumes(
         {"name": "config", "configMap": {"name": f"{owner.name}-config"}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
     ]
+    nats_mounts, nats_volumes = nats_files(settings)
+    return mounts + nats_mounts, volumes + nats_volumes
+
+
+def nats_files(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Mounts and volumes of the shared NATS credentials and TLS files (from Secrets), if any."""
+    mounts: list[dict[str, Any]] = []
+    volumes: list[dict[str, Any]] = []
     if settings.nats_creds_secret:
         mounts.append(
             {
@@ -191,6 +200,29 @@ def _mounts_and_volumes(
         mounts.append({"name": "nats-tls", "mountPath": f"{CONFIG_DIR}/nats/tls", "readOnly": True})
         volumes.append({"name": "nats-tls", "secret": {"secretName": settings.nats_tls_secret}})
     return mounts, volumes
+
+
+#: The container and pod hardening of every pod the operator renders.
+CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS,
+    "runAsGroup": RUN_AS,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+POD_HARDENING: dict[str, Any] = {
+    "automountServiceAccountToken": False,
+    "enableServiceLinks": False,
+    "securityContext": {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    },
+}
 
 
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
@@ -238,15 +270,7 @@ def deployment(
         "livenessProbe": _probe("/healthz", 10, 3),
         "readinessProbe": _probe("/readyz", 5, 2),
         "resources": resources.to_manifest_dict(),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
         "volumeMounts": mounts,
     }
     spec: dict[str, Any] = {
@@ -257,15 +281,7 @@ def deployment(
                 "annotations": {CONFIG_HASH_ANNOTATION: hash_},
             },
             "spec": {
-                "automountServiceAccountToken": False,
-                "enableServiceLinks": False,
-                "securityContext": {
-                    "runAsNonRoot": True,
-                    "runAsUser": RUN_AS,
-                    "runAsGroup": RUN_AS,
-                    "fsGroup": RUN_AS,
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
+                **copy.deepcopy(POD_HARDENING),
                 "terminationGracePeriodSeconds": 60,
                 "containers": [container],
                 "volumes": volumes,

@@ -11,13 +11,21 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from loom.api.common import API_GROUP, API_VERSION, TIER_MAX_LENGTH, SpecModel
+from loom.api.eval_suite import EvalSuiteSpec
 from loom.api.pipeline import PipelineSpec
 from loom.api.router_policy import RouterPolicySpec
 from loom.api.schedule import ScheduleSpec
-from loom.api.status import CommonStatus, PipelineStatus, RouterPolicyStatus, ScheduleStatus, WorkerStatus
+from loom.api.status import (
+    CommonStatus,
+    EvalSuiteStatus,
+    PipelineStatus,
+    RouterPolicyStatus,
+    ScheduleStatus,
+    WorkerStatus,
+)
 from loom.api.worker import WorkerSpec
 
-KindName = Literal["Worker", "Pipeline", "RouterPolicy", "Schedule"]
+KindName = Literal["Worker", "Pipeline", "RouterPolicy", "Schedule", "EvalSuite"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,8 @@ class KindInfo:
 
 #: A tier name at its longest, for the child-name budget.
 _LONGEST_TIER = "-" + "t" * TIER_MAX_LENGTH
+#: Hex digits of the spec hash in an EvalSuite's Job name (``<name>-eval-<hash>``).
+EVAL_JOB_HASH_LENGTH = 10
 
 KINDS: tuple[KindInfo, ...] = (
     KindInfo(
@@ -159,6 +169,40 @@ KINDS: tuple[KindInfo, ...] = (
         ),
         description="Cron or fixed-interval dispatch of a goal or a task.",
         name_use="the Deployment <name>-scheduler and the ConfigMap <name>-config",
+    ),
+    KindInfo(
+        kind="EvalSuite",
+        plural="evalsuites",
+        short_names=("les",),
+        spec_model=EvalSuiteSpec,
+        status_model=EvalSuiteStatus,
+        component="eval",
+        child_suffixes=("-config", "-eval-nats", "-eval-" + "0" * EVAL_JOB_HASH_LENGTH),
+        columns=(
+            {
+                "name": "Worker",
+                "type": "string",
+                "jsonPath": ".spec.worker",
+                "description": "Worker type under test.",
+            },
+            {
+                "name": "Score",
+                "type": "number",
+                "jsonPath": ".status.lastRun.score",
+                "description": "Aggregate score of the last run.",
+            },
+            {
+                "name": "Passed",
+                "type": "boolean",
+                "jsonPath": ".status.lastRun.passed",
+                "description": "Whether the last run passed its threshold.",
+            },
+        ),
+        description=(
+            "Eval cases and scorers for a worker type, run by the operator as a Job through the "
+            "namespace's router on each change; the result gates Argo CD (Degraded when it fails)."
+        ),
+        name_use="the Job <name>-eval-<hash> and the ConfigMap <name>-config",
     ),
 )
 BY_KIND: dict[str, KindInfo] = {k.kind: k for k in KINDS}

@@ -1,4 +1,4 @@
-"""Status models of the four resources (kstatus): what the operator writes and the CRD schemas publish."""
+"""Status models of the resources (kstatus): what the operator writes and the CRD schemas publish."""
 
 from __future__ import annotations
 
@@ -69,9 +69,33 @@ class ScheduleStatus(CommonStatus):
     next_schedule_time: str | None = Field(default=None, description="The next fire time (RFC 3339).")
 
 
+class EvalRun(SpecModel):
+    """The last finished run of an EvalSuite's Job (from the Job's termination message)."""
+
+    job_name: str = Field(default="", description="The Job that ran it.")
+    passed: bool = Field(description="Whether the gate passed (score at or above the threshold).")
+    score: float | None = Field(default=None, description="Aggregate score (mean of the case scores).")
+    threshold: float | None = Field(default=None, description="Aggregate score the suite had to reach.")
+    cases: int = Field(default=0, description="Cases run.")
+    passed_cases: int = Field(default=0, description="Cases that reached the case threshold.")
+    failed_cases: list[str] = Field(
+        default_factory=list, max_length=20, description="Ids of failed cases (the first 20)."
+    )
+    reasons: list[str] = Field(default_factory=list, max_length=10, description="Why the gate failed.")
+    finished_at: str | None = Field(default=None, description="When the Job's pod finished (RFC 3339).")
+
+
+class EvalSuiteStatus(CommonStatus):
+    """EvalSuite status: the current spec's Job and the result of its run."""
+
+    job_name: str = Field(default="", description="The Job running the current spec.")
+    last_run: EvalRun | None = Field(default=None, description="The result of the current spec's Job.")
+
+
 STATUS_MODELS: dict[str, type[CommonStatus]] = {
     "Worker": WorkerStatus,
     "Pipeline": PipelineStatus,
     "RouterPolicy": RouterPolicyStatus,
     "Schedule": ScheduleStatus,
+    "EvalSuite": EvalSuiteStatus,
 }

@@ -6,6 +6,7 @@ import json
 import xml.etree.ElementTree as ET
 from typing import Any, TextIO
 
+from loom.api.status import EvalRun
 from loom.evals.compare import Comparison, Verdict
 from loom.evals.runner import CaseResult, RunResult
 
@@ -22,6 +23,34 @@ def gate(run: RunResult, comparison: Comparison | None) -> list[str]:
             f"{comparison.baseline_name!r}: {ids}"
         )
     return reasons
+
+
+#: Kubernetes keeps at most this many bytes of a container's termination message.
+TERMINATION_MESSAGE_LIMIT = 4096
+
+
+def run_summary(run: RunResult, reasons: list[str], *, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
+    """The run in a few numbers as compact JSON of at most ``limit`` bytes: what an EvalSuite's Job
+    leaves in its termination message and the operator writes to status (``EvalRun``)."""
+    failed = [c.case_id for c in run.cases if not c.passed]
+    doc = EvalRun(
+        passed=not reasons,
+        score=round(run.score, 4),
+        threshold=run.threshold,
+        cases=len(run.cases),
+        passed_cases=len(run.cases) - len(failed),
+        failed_cases=failed[:20],
+        reasons=[r[:400] for r in reasons[:10]],
+    )
+    text = json.dumps(doc.to_manifest_dict(), separators=(",", ":"), ensure_ascii=False)
+    while len(text.encode()) > limit and (doc.failed_cases or doc.reasons):
+        # Drop detail, never the verdict: case ids first, then reasons from the end.
+        if doc.failed_cases:
+            doc.failed_cases = doc.failed_cases[: len(doc.failed_cases) // 2]
+        else:
+            doc.reasons = doc.reasons[:-1]
+        text = json.dumps(doc.to_manifest_dict(), separators=(",", ":"), ensure_ascii=False)
+    return text
 
 
 def _scores_text(case: CaseResult) -> str:

@@ -1,27 +1,60 @@
-"""The eval suite file: which worker and tier, its cases, its scorers and the pass threshold.
+"""Reading an eval suite file: the models live in :mod:`loom.api.eval_suite` (one model for the
+file ``loom eval`` reads and the EvalSuite custom resource); this module loads and validates.
 
-Keys are accepted in snake_case and camelCase like every Loom spec. A suite-level scorer applies to
-every case; a case's ``checks`` add scorers for that case only. Scorers that compare with the
-expected output need every case they apply to to have one: the suite is refused otherwise, so a
-missing expectation is never scored as a silent zero.
+A suite file is either the plain suite (``worker:``, ``cases:`` …) or an EvalSuite manifest
+(``apiVersion``/``kind``/``metadata``/``spec``), so the file applied to a cluster runs unchanged
+with ``loom eval``.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeAlias
+from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
-from loom.api.common import SpecModel, TierName, WorkerType
+from loom.api.common import GROUP_VERSION
+from loom.api.eval_suite import (
+    POINTER_PATTERN,
+    ContainsScorer,
+    EvalCase,
+    EvalSuiteSpec,
+    ExactScorer,
+    FieldsScorer,
+    FieldWeight,
+    JudgeScorer,
+    NumericScorer,
+    Pointer,
+    RegexScorer,
+    SchemaScorer,
+    Scorer,
+    Weight,
+)
 from loom.api.loader import format_validation_error
 
-#: A JSON Pointer (RFC 6901): empty for the whole document, else ``/a/0/b``.
-POINTER_PATTERN = r"^(/([^~/]|~[01])*)*$"
-Pointer = Annotated[str, Field(pattern=POINTER_PATTERN)]
-Weight = Annotated[float, Field(gt=0, le=1000)]
+#: The suite model under the name the eval library uses.
+EvalSuite = EvalSuiteSpec
+
+__all__ = [
+    "POINTER_PATTERN",
+    "ContainsScorer",
+    "EvalCase",
+    "EvalSuite",
+    "ExactScorer",
+    "FieldWeight",
+    "FieldsScorer",
+    "JudgeScorer",
+    "NumericScorer",
+    "Pointer",
+    "RegexScorer",
+    "SchemaScorer",
+    "Scorer",
+    "SuiteError",
+    "Weight",
+    "load_suite",
+    "parse_suite",
+]
 
 
 class SuiteError(Exception):
@@ -32,179 +65,18 @@ class SuiteError(Exception):
         super().__init__("\n".join(problems))
 
 
-class _Scorer(SpecModel):
-    weight: Weight = Field(default=1.0, description="Share of this scorer in the case score.")
-    name: str | None = Field(default=None, max_length=80, description="Label in reports (default: type).")
-
-    def needs_expected(self) -> bool:
-        """Whether the scorer compares with the case's expected output."""
-        return False
-
-    @property
-    def label(self) -> str:
-        return self.name or str(getattr(self, "type"))  # noqa: B009 - every subclass has its literal type
-
-
-class ExactScorer(_Scorer):
-    """1 when the output equals the expected output (as JSON values), else 0."""
-
-    type: Literal["exact"]
-
-    def needs_expected(self) -> bool:
-        return True
-
-
-class FieldWeight(SpecModel):
-    """One field compared by JSON pointer, with its share of the scorer's score."""
-
-    path: Pointer
-    weight: Weight = 1.0
-
-
-class FieldsScorer(_Scorer):
-    """Per-field match: the weighted share of fields whose value equals the expected one."""
-
-    type: Literal["fields"]
-    fields: list[FieldWeight] = Field(
-        default_factory=list,
-        description="Fields to compare; empty means every top-level key of the case's expected output.",
-    )
-
-    def needs_expected(self) -> bool:
-        return True
-
-
-class SchemaScorer(_Scorer):
-    """1 when the output is valid against a JSON Schema (default: the worker's output schema)."""
-
-    type: Literal["schema"]
-    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
-
-
-class NumericScorer(_Scorer):
-    """1 when the number at ``path`` is within the tolerance of the expected (or given) value."""
-
-    type: Literal["numeric"]
-    path: Pointer
-    value: float | None = Field(default=None, description="Expected number (default: expected at path).")
-    tolerance: float = Field(default=0.0, ge=0, description="Absolute tolerance.")
-    relative: float = Field(default=0.0, ge=0, description="Tolerance as a share of the expected value.")
-
-    def needs_expected(self) -> bool:
-        return self.value is None
-
-
-class ContainsScorer(_Scorer):
-    """The share of ``values`` found in the text at ``path`` (mode all), or 1 if any is (mode any)."""
-
-    type: Literal["contains"]
-    path: Pointer = ""
-    values: list[str] = Field(min_length=1)
-    mode: Literal["all", "any"] = "all"
-    case_sensitive: bool = False
-
-
-class RegexScorer(_Scorer):
-    """1 when the pattern is found in the text at ``path``, else 0."""
-
-    type: Literal["regex"]
-    path: Pointer = ""
-    pattern: str = Field(min_length=1)
-
-    @field_validator("pattern")
-    @classmethod
-    def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from None
-        return value
-
-
-class JudgeScorer(_Scorer):
-    """A model scores the output against a rubric (0 to 1) and says why."""
-
-    type: Literal["judge"]
-    rubric: str = Field(min_length=1, max_length=20000)
-    tier: TierName | None = Field(default=None, description="Tier of the judge (default: the suite's tier).")
-    max_output_tokens: int = Field(default=400, ge=16, le=16000)
-
-
-Scorer: TypeAlias = Annotated[
-    ExactScorer | FieldsScorer | SchemaScorer | NumericScorer | ContainsScorer | RegexScorer | JudgeScorer,
-    Field(discriminator="type"),
-]
-
-
-class EvalCase(SpecModel):
-    """One input, and what a good output is."""
-
-    id: str = Field(min_length=1, max_length=120, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
-    input: dict[str, Any]
-    expected: dict[str, Any] | None = None
-    checks: list[Scorer] = Field(default_factory=list, description="Scorers for this case only.")
-    description: str = ""
-
-
-class EvalSuite(SpecModel):
-    """An eval suite: a worker on a tier, cases, scorers and thresholds."""
-
-    name: str = Field(default="", max_length=120)
-    worker: WorkerType = Field(description="Worker type (name of a Worker in the given paths).")
-    tier: TierName | None = Field(default=None, description="Tier to run on (default: the worker's).")
-    threshold: float = Field(default=0.8, ge=0, le=1, description="Aggregate score the suite must reach.")
-    case_threshold: float | None = Field(
-        default=None, ge=0, le=1, description="Score a case must reach to pass (default: threshold)."
-    )
-    regression_tolerance: float = Field(
-        default=0.05,
-        ge=0,
-        le=1,
-        description="Score drop against the baseline that still counts as unchanged.",
-    )
-    scorers: list[Scorer] = Field(default_factory=list)
-    cases: list[EvalCase] = Field(min_length=1)
-    concurrency: int = Field(default=1, ge=1, le=64, description="Cases in flight at once.")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> EvalSuite:
-        problems: list[str] = []
-        seen: set[str] = set()
-        for i, case in enumerate(self.cases):
-            if case.id in seen:
-                problems.append(f"cases[{i}].id: duplicate case id {case.id!r}")
-            seen.add(case.id)
-            if not self.scorers and not case.checks:
-                problems.append(f"cases[{i}] ({case.id}): no scorer applies (add scorers or checks)")
-            if case.expected is None:
-                for s in [*self.scorers, *case.checks]:
-                    if s.needs_expected():
-                        problems.append(
-                            f"cases[{i}] ({case.id}): scorer {s.label!r} compares with the expected "
-                            "output, but the case has no expected"
-                        )
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-    @property
-    def pass_score(self) -> float:
-        """The score a case needs to pass."""
-        return self.threshold if self.case_threshold is None else self.case_threshold
-
-    def scorers_for(self, case: EvalCase) -> list[Any]:
-        """The scorers of one case: the suite's, then its own checks."""
-        return [*self.scorers, *case.checks]
-
-    @property
-    def judge_tiers(self) -> set[str]:
-        """Tiers that judge scorers name (a judge without a tier uses the suite's)."""
-        return {
-            s.tier
-            for c in self.cases
-            for s in self.scorers_for(c)
-            if isinstance(s, JudgeScorer) and s.tier is not None
-        }
+def _manifest_body(doc: dict[str, Any], source: str) -> dict[str, Any]:
+    """The suite inside an EvalSuite manifest, named by ``metadata.name`` unless it names itself."""
+    if doc.get("apiVersion") != GROUP_VERSION:
+        raise SuiteError([f"{source}: apiVersion must be {GROUP_VERSION}, got {doc.get('apiVersion')!r}"])
+    spec = doc.get("spec")
+    if not isinstance(spec, dict):
+        raise SuiteError([f"{source}: spec: expected a mapping, got {type(spec).__name__}"])
+    body = dict(spec)
+    meta = doc.get("metadata") or {}
+    if not body.get("name") and isinstance(meta, dict) and meta.get("name"):
+        body["name"] = meta["name"]
+    return body
 
 
 def parse_suite(doc: Any, source: str) -> EvalSuite:
@@ -214,11 +86,14 @@ def parse_suite(doc: Any, source: str) -> EvalSuite:
     body = dict(doc)
     if body.get("kind") not in (None, "EvalSuite"):
         raise SuiteError([f"{source}: kind must be EvalSuite, got {body.get('kind')!r}"])
+    prefix = "EvalSuite"
+    if "apiVersion" in body or "spec" in body:
+        body, prefix = _manifest_body(body, source), "spec"
     body.pop("kind", None)
     try:
         suite = EvalSuite.model_validate(body)
     except ValidationError as exc:
-        lines = format_validation_error(exc, "EvalSuite", EvalSuite)
+        lines = format_validation_error(exc, prefix, EvalSuite)
         raise SuiteError([f"{source}: {line}" for line in lines]) from None
     if not suite.name:
         suite = suite.model_copy(update={"name": Path(source).stem})

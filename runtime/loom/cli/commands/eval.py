@@ -24,7 +24,7 @@ from loom.api.loader import LoadError, expand_paths, load_paths
 from loom.bus import Bus, BusError
 from loom.cli.common import add_local_credentials_option, add_nats_options, client_nats_settings
 from loom.evals.compare import Comparison, compare_runs
-from loom.evals.report import gate, junit_xml, print_table, run_document
+from loom.evals.report import gate, junit_xml, print_table, run_document, run_summary
 from loom.evals.runner import RunResult, run_suite
 from loom.evals.store import SqliteRunStore, StoreError, default_store_path
 from loom.evals.suite import EvalSuite, JudgeScorer, SuiteError, load_suite
@@ -75,12 +75,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="OpenAI-compatible URL for tiers on backend local without baseUrl (default: start the "
         "embedded model for the run); env LOOM_LOCAL_LLM_URL",
     )
-    parser.add_argument("--tenant", default="default", help="tenant of the tasks (with --nats-url)")
+    parser.add_argument("--tenant", help="tenant of the tasks (with --nats-url; default: the suite's tenant)")
     parser.add_argument(
         "--timeout",
         type=float,
-        default=300.0,
-        help="seconds to wait for each case's result (with --nats-url)",
+        help="seconds to wait for each case's result (with --nats-url; default: the suite's "
+        "caseTimeoutSeconds)",
+    )
+    parser.add_argument(
+        "--summary-file",
+        metavar="FILE",
+        type=Path,
+        help="also write the verdict, score and failed cases as compact JSON (at most 4 KB) here; "
+        "an EvalSuite's Job writes it to its termination message",
     )
     parser.add_argument(
         "--connect-timeout", type=float, default=30.0, help="seconds to wait for the NATS connection"
@@ -167,9 +174,11 @@ async def _run(
             if judge_tier == tier:
                 judges[None] = provider
         if args.nats_url:
-            settings = client_nats_settings(args, "loom-eval", tenant=args.tenant)
+            tenant = args.tenant or suite.tenant
+            timeout = args.timeout or suite.case_timeout_seconds
+            settings = client_nats_settings(args, "loom-eval", tenant=tenant)
             bus = await Bus.connect(settings, connect_timeout=args.connect_timeout)
-            target = BusTarget(bus, worker.spec.name, tier, tenant=args.tenant, timeout=args.timeout)
+            target = BusTarget(bus, worker.spec.name, tier, tenant=tenant, timeout=timeout)
         else:
             tdef, env = tier_setup(policy, tier, local_url)
             target = EngineTarget(worker, tdef, env)
@@ -236,6 +245,13 @@ def run(args: argparse.Namespace) -> int:
             args.junit.write_bytes(junit_xml(result, comparison))
         except OSError as exc:
             return _fail(f"cannot write {args.junit}: {exc.strerror or exc} (run {result.run_id} is stored)")
+    if args.summary_file:
+        try:
+            args.summary_file.write_text(run_summary(result, reasons), encoding="utf-8")
+        except OSError as exc:
+            return _fail(
+                f"cannot write {args.summary_file}: {exc.strerror or exc} (run {result.run_id} is stored)"
+            )
     if args.json:
         print(json.dumps(run_document(result, comparison, reasons), indent=2, ensure_ascii=False))
     else:

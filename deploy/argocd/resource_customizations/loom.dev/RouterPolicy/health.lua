@@ -1,7 +1,8 @@
--- Argo CD health check for loom.dev resources (Worker, Pipeline, RouterPolicy, Schedule).
+-- Argo CD health check for loom.dev resources (Worker, Pipeline, RouterPolicy, Schedule, EvalSuite).
 -- Maps kstatus (status.observedGeneration, conditions Ready / Reconciling / Stalled) to
--- Healthy / Progressing / Degraded, and a Schedule with spec.suspend to Suspended.
--- One script serves all four kinds; render.py copies it to resource_customizations/loom.dev/<Kind>/.
+-- Healthy / Progressing / Degraded (an EvalSuite whose run failed is Stalled: Degraded), and a
+-- Schedule with spec.suspend to Suspended.
+-- One script serves every kind; render.py copies it to resource_customizations/loom.dev/<Kind>/.
 local hs = {}
 
 local function condition(kind)
