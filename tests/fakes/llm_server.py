@@ -5,6 +5,10 @@ Replies come from a script (a queue of :class:`Reply`) and, when it is empty, fr
 default responder. Every request body is recorded, so tests can check exactly what
 the worker sent (messages, tools, schema, no leftovers from earlier tasks).
 
+With ``prompt_cache=True`` the Anthropic endpoint applies Anthropic's documented prompt-caching
+rules (:class:`AnthropicPromptCache`) and reports usage from the request itself, so a test or a
+benchmark sees what a worker's requests would be billed.
+
 Run standalone (for benchmarks): ``python -m tests.fakes.llm_server --kind openai --delay 0.5``.
 """
 
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import time
 from collections import deque
@@ -44,6 +49,12 @@ class Reply:
     delay: float = 0.0
     prompt_tokens: int = 11
     completion_tokens: int = 7
+    #: Cached input: Anthropic's ``cache_read_input_tokens`` (apart from ``prompt_tokens``), OpenAI's
+    #: ``prompt_tokens_details.cached_tokens`` and Ollama's ``prompt_eval_cached_count`` (both a share
+    #: of ``prompt_tokens``, as those APIs count them).
+    cache_read_tokens: int = 0
+    #: Anthropic's ``cache_creation_input_tokens``.
+    cache_write_tokens: int = 0
     model: str | None = None
 
 
@@ -65,6 +76,89 @@ _ERROR_TYPES = {
 }
 
 
+class CacheRuleError(ValueError):
+    """A request Anthropic would refuse for its cache breakpoints (answered 400)."""
+
+
+def _tokens(block: Any) -> int:
+    """A block's token count: about four characters of its JSON per token, at least one."""
+    return max(1, (len(json.dumps(block, sort_keys=True, ensure_ascii=False)) + 3) // 4)
+
+
+def prompt_blocks(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Messages request as Anthropic reads it for caching: tools, then system, then messages,
+    one entry per block (a message's role rides with its blocks)."""
+    blocks: list[dict[str, Any]] = [dict(t) for t in body.get("tools") or []]
+    system = body.get("system")
+    if isinstance(system, str):
+        blocks += [{"type": "text", "text": system}] if system else []
+    else:
+        blocks += [dict(b) for b in system or []]
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        items = [{"type": "text", "text": content}] if isinstance(content, str) else content or []
+        blocks += [{**b, "role": message.get("role")} for b in items]
+    return blocks
+
+
+class AnthropicPromptCache:
+    """Anthropic's documented prompt-caching rules, for one server.
+
+    A block with ``cache_control`` is a breakpoint (at most four per request). The prefix up to a
+    breakpoint (tools, system, messages, in that order; the model included) is written to the
+    cache when it is at least ``min_tokens`` long, and lives ``ttl`` seconds, refreshed by each hit.
+    A request reads the longest cached prefix ending at a breakpoint or at one of the 20 block
+    boundaries before it. Usage then splits the input as Anthropic reports it: read from the cache,
+    written to it (the part past the hit, up to the last breakpoint), and the rest at full rate.
+    """
+
+    LOOKBACK = 20
+    MAX_BREAKPOINTS = 4
+
+    def __init__(
+        self, *, min_tokens: int = 1024, ttl: float = 300.0, clock: Callable[[], float] = time.monotonic
+    ):
+        self.min_tokens = min_tokens
+        self.ttl = ttl
+        self.clock = clock
+        self._expiry: dict[str, float] = {}
+
+    def usage(self, body: dict[str, Any]) -> tuple[int, int, int]:
+        """(input_tokens, cache_read_input_tokens, cache_creation_input_tokens) for one request."""
+        blocks = prompt_blocks(body)
+        breakpoints = [i for i, b in enumerate(blocks) if b.get("cache_control")]
+        if len(breakpoints) > self.MAX_BREAKPOINTS:
+            raise CacheRuleError(
+                f"A maximum of {self.MAX_BREAKPOINTS} blocks with cache_control may be provided. "
+                f"Found {len(breakpoints)}."
+            )
+        digest = hashlib.sha256(str(body.get("model")).encode())
+        keys: list[str] = []
+        totals: list[int] = []
+        total = 0
+        for block in blocks:
+            plain = {k: v for k, v in block.items() if k != "cache_control"}
+            digest.update(json.dumps(plain, sort_keys=True, ensure_ascii=False).encode())
+            keys.append(digest.copy().hexdigest())
+            total += _tokens(plain)
+            totals.append(total)
+        now = self.clock()
+        hit = -1
+        for bp in breakpoints:
+            for i in range(bp, max(-1, bp - self.LOOKBACK), -1):
+                if self._expiry.get(keys[i], 0.0) > now:
+                    hit = max(hit, i)
+                    break
+        read = totals[hit] if hit >= 0 else 0
+        if hit >= 0:
+            self._expiry[keys[hit]] = now + self.ttl
+        written = [bp for bp in breakpoints if bp > hit and totals[bp] >= self.min_tokens]
+        for bp in written:
+            self._expiry[keys[bp]] = now + self.ttl
+        write = totals[max(written)] - read if written else 0
+        return total - read - write, read, write
+
+
 class FakeLLMServer:
     """One fake provider on ``127.0.0.1:<port>``."""
 
@@ -77,6 +171,8 @@ class FakeLLMServer:
         model: str = "fake-model",
         dimensions: int = 8,
         record: bool = True,
+        prompt_cache: bool = False,
+        min_cache_tokens: int = 1024,
     ):
         self.kind = kind
         self.default = default or _ok_default
@@ -84,6 +180,8 @@ class FakeLLMServer:
         self.model = model
         self.dimensions = dimensions
         self.record = record
+        #: Anthropic's caching rules, applied when asked for: usage is then computed from each request.
+        self.prompt_cache = AnthropicPromptCache(min_tokens=min_cache_tokens) if prompt_cache else None
         self.script: deque[Reply] = deque()
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -211,6 +309,7 @@ class FakeLLMServer:
                     "prompt_tokens": reply.prompt_tokens,
                     "completion_tokens": reply.completion_tokens,
                     "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+                    "prompt_tokens_details": {"cached_tokens": reply.cache_read_tokens},
                 },
             }
         )
@@ -236,6 +335,22 @@ class FakeLLMServer:
         body, reply = await self._next(request)
         if reply.status != 200 or reply.body is not None:
             return self._error(reply)
+        usage = {
+            "input_tokens": reply.prompt_tokens,
+            "output_tokens": reply.completion_tokens,
+            "cache_read_input_tokens": reply.cache_read_tokens,
+            "cache_creation_input_tokens": reply.cache_write_tokens,
+        }
+        if self.prompt_cache is not None:
+            try:
+                fresh, read, write = self.prompt_cache.usage(body)
+            except CacheRuleError as exc:
+                return self._error(Reply(status=400, error=str(exc)))
+            usage |= {
+                "input_tokens": fresh,
+                "cache_read_input_tokens": read,
+                "cache_creation_input_tokens": write,
+            }
         forced = (body.get("tool_choice") or {}).get("type") in ("tool", "any")
         respond = any(t.get("name") == "respond" for t in body.get("tools") or [])
         content: list[dict[str, Any]] = []
@@ -257,7 +372,7 @@ class FakeLLMServer:
                 "content": content,
                 "stop_reason": "tool_use" if content[0]["type"] == "tool_use" else "end_turn",
                 "stop_sequence": None,
-                "usage": {"input_tokens": reply.prompt_tokens, "output_tokens": reply.completion_tokens},
+                "usage": usage,
             }
         )
 
@@ -279,6 +394,7 @@ class FakeLLMServer:
                 "done_reason": "stop",
                 "prompt_eval_count": reply.prompt_tokens,
                 "eval_count": reply.completion_tokens,
+                **({"prompt_eval_cached_count": reply.cache_read_tokens} if reply.cache_read_tokens else {}),
             }
         )
 
