@@ -101,6 +101,14 @@ def prompt_blocks(body: dict[str, Any]) -> list[dict[str, Any]]:
     return blocks
 
 
+@dataclass
+class CacheLookup:
+    """One request against the cache: its usage split and the prefixes it writes."""
+
+    usage: tuple[int, int, int]
+    written: list[str]
+
+
 class AnthropicPromptCache:
     """Anthropic's documented prompt-caching rules, for one server.
 
@@ -110,6 +118,8 @@ class AnthropicPromptCache:
     A request reads the longest cached prefix ending at a breakpoint or at one of the 20 block
     boundaries before it. Usage then splits the input as Anthropic reports it: read from the cache,
     written to it (the part past the hit, up to the last breakpoint), and the rest at full rate.
+    What a request writes is readable only once its answer is ready (:meth:`commit`), so requests
+    sent together before the first answer all miss, as they do at Anthropic.
     """
 
     LOOKBACK = 20
@@ -123,8 +133,14 @@ class AnthropicPromptCache:
         self.clock = clock
         self._expiry: dict[str, float] = {}
 
-    def usage(self, body: dict[str, Any]) -> tuple[int, int, int]:
-        """(input_tokens, cache_read_input_tokens, cache_creation_input_tokens) for one request."""
+    def commit(self, lookup: CacheLookup) -> None:
+        """Make what a request wrote readable (its answer is ready)."""
+        expiry = self.clock() + self.ttl
+        for key in lookup.written:
+            self._expiry[key] = expiry
+
+    def lookup(self, body: dict[str, Any]) -> CacheLookup:
+        """What a request reads from the cache and would write to it."""
         blocks = prompt_blocks(body)
         breakpoints = [i for i, b in enumerate(blocks) if b.get("cache_control")]
         if len(breakpoints) > self.MAX_BREAKPOINTS:
@@ -153,10 +169,8 @@ class AnthropicPromptCache:
         if hit >= 0:
             self._expiry[keys[hit]] = now + self.ttl
         written = [bp for bp in breakpoints if bp > hit and totals[bp] >= self.min_tokens]
-        for bp in written:
-            self._expiry[keys[bp]] = now + self.ttl
         write = totals[max(written)] - read if written else 0
-        return total - read - write, read, write
+        return CacheLookup((total - read - write, read, write), [keys[bp] for bp in written])
 
 
 class FakeLLMServer:
@@ -235,8 +249,12 @@ class FakeLLMServer:
 
     # -- plumbing --------------------------------------------------------------------------
 
-    async def _next(self, request: web.Request) -> tuple[dict[str, Any], Reply]:
+    async def _next(
+        self, request: web.Request, arrive: Callable[[dict[str, Any]], None] | None = None
+    ) -> tuple[dict[str, Any], Reply]:
         body = await request.json()
+        if arrive is not None:  # what the request finds on arrival, before its answer's delay
+            arrive(body)
         if self.record:
             self.requests.append(body)
             self.headers.append({k.lower(): v for k, v in request.headers.items()})
@@ -332,7 +350,16 @@ class FakeLLMServer:
     # -- Anthropic -------------------------------------------------------------------------
 
     async def _anthropic_messages(self, request: web.Request) -> web.Response:
-        body, reply = await self._next(request)
+        found: list[CacheLookup | CacheRuleError] = []
+
+        def arrive(body: dict[str, Any]) -> None:
+            assert self.prompt_cache is not None
+            try:
+                found.append(self.prompt_cache.lookup(body))
+            except CacheRuleError as exc:
+                found.append(exc)
+
+        body, reply = await self._next(request, arrive if self.prompt_cache is not None else None)
         if reply.status != 200 or reply.body is not None:
             return self._error(reply)
         usage = {
@@ -341,11 +368,13 @@ class FakeLLMServer:
             "cache_read_input_tokens": reply.cache_read_tokens,
             "cache_creation_input_tokens": reply.cache_write_tokens,
         }
-        if self.prompt_cache is not None:
-            try:
-                fresh, read, write = self.prompt_cache.usage(body)
-            except CacheRuleError as exc:
-                return self._error(Reply(status=400, error=str(exc)))
+        if found:
+            lookup = found[0]
+            if isinstance(lookup, CacheRuleError):
+                return self._error(Reply(status=400, error=str(lookup)))
+            assert self.prompt_cache is not None
+            self.prompt_cache.commit(lookup)
+            fresh, read, write = lookup.usage
             usage |= {
                 "input_tokens": fresh,
                 "cache_read_input_tokens": read,

@@ -5,6 +5,7 @@ caching rules."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,19 @@ async def test_a_marked_prefix_is_written_once_then_read() -> None:
         assert (await ask(on, "ticket one", "short"))[1:] == (0, 0)
         await on.close()
         await off.close()
+
+
+async def test_requests_sent_before_the_first_answer_all_miss() -> None:
+    """A prefix is readable once the answer that wrote it is ready, as at Anthropic."""
+    async with FakeLLMServer("anthropic", prompt_cache=True, delay=0.2) as fake:
+        provider = anthropic(fake)
+        request = ChatRequest(messages=[Message(role="user", content="x")], system=LONG_SYSTEM)
+        together = await asyncio.gather(provider.complete(request), provider.complete(request))
+        after = await provider.complete(request)
+        assert [r.usage.cache_read_tokens for r in together] == [0, 0]
+        assert together[0].usage.cache_write_tokens == together[1].usage.cache_write_tokens > 1024
+        assert after.usage.cache_read_tokens == together[0].usage.cache_write_tokens
+        await provider.close()
 
 
 async def test_more_than_four_breakpoints_are_refused() -> None:
