@@ -217,6 +217,9 @@ def _merge_tagged(options: list[dict[str, Any]], discriminator: dict[str, Any], 
             )
     for name, have in owners.items():
         if len(have) < len(values):
+            # A default would put the field on every member (and the rule below would refuse it):
+            # the model applies a member's own defaults.
+            props[name] = {k: v for k, v in _resolve(props[name], defs).items() if k != "default"}
             allowed = json.dumps(have)
             rules.append(
                 {

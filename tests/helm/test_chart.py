@@ -29,12 +29,14 @@ CONTRACT_ENV = {
 CONTRACT_RULES: dict[tuple[str, str], set[str]] = {
     **{
         ("loom.dev", r): {"get", "list", "watch", "patch"}
-        for r in ("workers", "pipelines", "routerpolicies", "schedules")
+        for r in ("workers", "pipelines", "routerpolicies", "schedules", "evalsuites")
     },
     **{
         ("loom.dev", f"{r}/status"): {"get", "patch", "update"}
-        for r in ("workers", "pipelines", "routerpolicies", "schedules")
+        for r in ("workers", "pipelines", "routerpolicies", "schedules", "evalsuites")
     },
+    ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "pods"): {"get", "list", "watch"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("apps", "deployments/scale"): {"get", "patch", "update"},
     ("", "configmaps"): {"get", "list", "watch", "create", "patch", "update", "delete"},
@@ -234,7 +236,7 @@ def test_every_rbac_rule_has_a_comment(name: str, tmp_path: Path) -> None:
                 assert lines[i - 1].startswith("# ") and len(lines[i - 1]) > 20, (
                     f"rule without a reason: {line}"
                 )
-    assert rules == (12 if name == "cluster-wide" else 26)
+    assert rules == (14 if name == "cluster-wide" else 30)
 
 
 def test_hot_standby_uses_kopf_peering(rendered: dict[str, list[dict[str, Any]]]) -> None:

@@ -33,14 +33,22 @@ PLURALS = {k.kind: k.plural for k in KINDS}
 CONTRACT_RULES: list[dict[str, Any]] = [
     {
         "apiGroups": ["loom.dev"],
-        "resources": ["workers", "pipelines", "routerpolicies", "schedules"],
+        "resources": ["workers", "pipelines", "routerpolicies", "schedules", "evalsuites"],
         "verbs": ["get", "list", "watch", "patch"],
     },
     {
         "apiGroups": ["loom.dev"],
-        "resources": ["workers/status", "pipelines/status", "routerpolicies/status", "schedules/status"],
+        "resources": [
+            "workers/status",
+            "pipelines/status",
+            "routerpolicies/status",
+            "schedules/status",
+            "evalsuites/status",
+        ],
         "verbs": ["get", "patch", "update"],
     },
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     {
         "apiGroups": ["apps"],
         "resources": ["deployments"],
