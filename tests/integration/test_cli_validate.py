@@ -225,3 +225,25 @@ def test_two_names_that_become_one_object_name_are_reported(tmp_path: Path) -> N
         f"{b}: Worker/doc-reader: its objects would be named 'doc-reader' like those of Worker/doc_reader"
         in out.stderr
     )
+
+
+def test_eval_suites_are_validated_with_their_worker_and_tiers(tmp_path: Path) -> None:
+    worker = write_yaml(tmp_path, "extractor", {**ENTITY_EXTRACTOR, "name": "extractor", "tiers": ["local"]})
+
+    def suite(name: str, **extra: object) -> Path:
+        spec = {"worker": "extractor", "scorers": [{"type": "schema"}], "cases": [{"id": "a", "input": {}}]}
+        body = {"apiVersion": "loom.dev/v1alpha1", "kind": "EvalSuite", "metadata": {"name": name}}
+        return write_yaml(tmp_path, name, {**body, "spec": {**spec, **extra}})
+
+    good = suite("good")
+    out = run_cli("validate", str(worker), str(good))
+    assert out.returncode == 0, out.stderr
+    assert f"{good}: OK (EvalSuite/good)" in out.stdout
+    unserved = suite("unserved", tier="standard")
+    unknown = suite("unknown", tier="premium")
+    no_expected = suite("no-expected", scorers=[{"type": "exact"}])
+    out = run_cli("validate", str(worker), str(unserved), str(unknown), str(no_expected))
+    assert out.returncode == 1
+    assert "EvalSuite/unserved: tier: worker 'extractor' does not serve tier 'standard'" in out.stderr
+    assert "EvalSuite/unknown: tier: unknown tier 'premium'" in out.stderr
+    assert "scorer 'exact' compares with the expected output, but the case has no expected" in out.stderr

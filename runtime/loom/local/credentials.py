@@ -27,7 +27,6 @@ from urllib.parse import urlsplit
 
 from loom.api.loader import Resource
 from loom.api.router_policy import RouterPolicySpec
-from loom.api.schedule import ScheduleSpec
 from loom.bus_auth import Credential, Identity, Role, new_credential, tenant_identity
 from loom.local.manifests import LocalPlan, router_policy
 from loom.settings import NatsSettings
@@ -55,13 +54,13 @@ def tenant_user(tenant: str) -> str:
 
 
 def named_tenants(resources: Sequence[Resource]) -> list[str]:
-    """The default tenant plus every tenant the manifests name (RouterPolicy tenant limits, Schedules)."""
+    """The default tenant plus every tenant the manifests name (RouterPolicy tenant limits, Schedules,
+    EvalSuites: ``loom up`` runs a suite as its tenant's submitter)."""
     _, policy = router_policy(resources)
     names = {DEFAULT_TENANT, *_policy_tenants(policy)}
     for res in resources:
-        if res.kind == "Schedule":
-            spec: ScheduleSpec = res.spec
-            names.add(spec.tenant)
+        if res.kind in ("Schedule", "EvalSuite"):
+            names.add(res.spec.tenant)
     return sorted(names)
 
 

@@ -1,4 +1,5 @@
-"""``loom up``: run Worker, Pipeline, RouterPolicy and Schedule manifests on this machine.
+"""``loom up``: run Worker, Pipeline, RouterPolicy and Schedule manifests on this machine, and
+run each EvalSuite once through the router when everything is ready.
 
 Starts an embedded NATS with JetStream (or uses ``--nats-url``), one shared local
 model server when a tier runs on backend ``local``, and every role as a child
@@ -37,6 +38,7 @@ from loom.local.credentials import (
     write_credentials,
     write_private,
 )
+from loom.local.evals import eval_command, eval_suites, write_suites
 from loom.local.manifests import LocalPlan, PlanError, build_plan, local_llm_tiers
 from loom.local.state import DEFAULT_RUN_DIR, RunState, default_run_dir, running_state, write_state
 from loom.local.supervisor import ProcessSpec, Supervisor, SupervisorError
@@ -246,6 +248,10 @@ def run(args: argparse.Namespace) -> int:
             return _fail(str(exc))
     try:
         write_configs(plan)
+        evals = [
+            eval_command(f, paths, nats_url=nats_url, run_dir=run_dir)
+            for f in write_suites(eval_suites(resources), run_dir)
+        ]
         specs = infra + process_specs(
             plan, nats_url=nats_url, log_level=args.log_level, cwd=os.getcwd(), credentials=by_process
         )
@@ -258,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
             local_llm_url=llm_url,
             manifests=[str(Path(p).resolve()) for p in paths],
         )
-        return asyncio.run(_up(specs, state, run_dir, args))
+        return asyncio.run(_up(specs, state, run_dir, args, evals))
     finally:
         remove_credentials(run_dir)  # passwords live only as long as this run
 
@@ -275,7 +281,34 @@ def setup_bus_auth(
     return {name: local.user(ident.user) for name, ident in by_identity.items()}
 
 
-async def _up(specs: list[ProcessSpec], state: RunState, run_dir: Path, args: argparse.Namespace) -> int:
+async def run_evals(commands: list[list[str]]) -> list[int]:
+    """Run each suite's ``loom eval`` in turn (its table on this terminal); print each verdict."""
+    codes = []
+    for command in commands:
+        name = Path(command[command.index("eval") + 1]).stem
+        print(f"loom up: running EvalSuite {name} through the router", file=sys.stderr, flush=True)
+        proc = await asyncio.create_subprocess_exec(*command)
+        try:
+            code = await proc.wait()
+        except asyncio.CancelledError:
+            proc.terminate()
+            await proc.wait()
+            raise
+        verdict = {0: "passed", 1: "FAILED (below its threshold or regressed)"}.get(
+            code, f"could not run (exit {code}; see above)"
+        )
+        print(f"loom up: EvalSuite {name}: {verdict}", file=sys.stderr, flush=True)
+        codes.append(code)
+    return codes
+
+
+async def _up(
+    specs: list[ProcessSpec],
+    state: RunState,
+    run_dir: Path,
+    args: argparse.Namespace,
+    evals: list[list[str]] | None = None,
+) -> int:
     sup: Supervisor
 
     def publish() -> None:
@@ -320,7 +353,15 @@ async def _up(specs: list[ProcessSpec], state: RunState, run_dir: Path, args: ar
             state.phase = "ready"
             publish()
             _print_ready(state, run_dir)
-            if not args.no_view:
+            if evals:
+                # Before the live view takes the terminal: each suite's table stays readable.
+                running = asyncio.create_task(run_evals(evals))
+                await asyncio.wait({running, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if not running.done():
+                    running.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await running
+            if not args.no_view and not stop_requested.is_set():
                 from loom.local.view import run_view
 
                 view = asyncio.create_task(

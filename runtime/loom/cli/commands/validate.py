@@ -1,6 +1,6 @@
 """``loom validate FILE...``: check every config kind Loom reads, without infrastructure.
 
-Each file's kind is detected (Worker, Pipeline, RouterPolicy / router rules, Schedule, a router
+Each file's kind is detected (Worker, Pipeline, RouterPolicy / router rules, Schedule, EvalSuite, a router
 config, a goal orchestrator config, an MCP gateway config) and checked by that kind's own loader.
 Then what only the files together can tell: tier names against the RouterPolicy in effect
 (``--policy``, one among the files, or the default tiers), object names the API server would
@@ -129,6 +129,9 @@ def _check_resources(report: FileReport, text: str, base_dir: Path, *, explicit_
             ]
         elif r.kind == "Schedule" and r.spec.task is not None and r.spec.task.tier:
             report.tier_refs.append((f"{label}: task.tier", r.spec.task.tier))
+        elif r.kind == "EvalSuite":
+            report.tier_refs += [(f"{label}: tier", t) for t in [r.spec.tier] if t]
+            report.tier_refs += [(f"{label}: judge tier", t) for t in sorted(r.spec.judge_tiers)]
         elif r.kind == "RouterPolicy":
             report.policies.append((f"RouterPolicy/{r.name} in {report.path}", r.spec))
             report.tier_refs += [(f"{label}: tierOverrides.{w}", t) for w, t in r.spec.tier_overrides.items()]
@@ -274,6 +277,14 @@ def check_across(reports: list[FileReport], policy_file: str | None) -> None:
                         f"{_label(r)}: pipelineStages[{i}] ({stage.name}).tier: worker {stage.worker_type!r} "
                         f"does not serve tier {stage.tier!r} (serves {', '.join(tiers)})"
                     )
+    for report in reports:
+        for r in report.resources:
+            tiers = served.get(r.spec.worker) if r.kind == "EvalSuite" else None
+            if tiers is not None and r.spec.tier and r.spec.tier not in tiers:
+                report.problem(
+                    f"{_label(r)}: tier: worker {r.spec.worker!r} does not serve tier {r.spec.tier!r} "
+                    f"(serves {', '.join(tiers)})"
+                )
     seen: dict[tuple[str, str | None, str], tuple[FileReport, Resource]] = {}
     for report in reports:
         for r in report.resources:
