@@ -286,3 +286,62 @@ async def test_tokens_of_a_failed_task_are_settled_against_the_tier_budget(
     await poll(lambda: router.metric("loom_rate_limit_tokens_available", tier="local", limit="tokens") < 300)
     stop.set()
     await consumer
+
+
+async def test_prompt_cache_reads_are_not_settled_against_the_tier_budget(
+    tmp_path: Path, loom_procs: LoomProcesses, bus: Bus
+) -> None:
+    """A result's cache reads do not count against tokens per minute: fresh input, writes and output do."""
+    from loom.bus import Delivery
+    from loom.messages import TaskResult, TaskStatus, TokenUsage
+    from loom.subjects import worker_consumer
+
+    echo = echo_worker(tmp_path, "echo", max_output_tokens=100)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        json.dumps(
+            {
+                "apiVersion": "loom.dev/v1alpha1",
+                "kind": "RouterPolicy",
+                "metadata": {"name": "default"},
+                "spec": {"rateLimits": {"local": {"tokensPerMinute": 600}}},
+            }
+        )
+    )
+    router = loom_procs.router(policy, echo)
+    durable = await bus.ensure_worker_consumer(
+        "echo", "local", ack_wait=30, max_deliver=1, max_ack_pending=10
+    )
+    assert durable == worker_consumer("echo", "local")
+    stop = asyncio.Event()
+
+    async def answer_from_cache(d: Delivery) -> None:  # 5,000 input tokens read from the prompt cache
+        task = TaskMessage.from_bytes(d.data)
+        await bus.publish_result(
+            TaskResult(
+                task_id=task.task_id,
+                parent_task_id=task.parent_task_id,
+                worker_type="echo",
+                status=TaskStatus.COMPLETED,
+                output={},
+                token_usage=TokenUsage(
+                    prompt_tokens=400, completion_tokens=3, cache_read_tokens=5000, cache_write_tokens=2
+                ),
+            )
+        )
+        await d.ack()
+
+    consumer = asyncio.create_task(
+        bus.consume(STREAM_TASKS, durable, answer_from_cache, max_in_flight=1, batch=1, stop=stop)
+    )
+    sub = await bus.subscribe_results("cached")
+    await bus.publish_task(TaskMessage(parent_task_id="cached", worker_type="echo"))
+    (result,) = await collect(sub, 1)
+    assert result["status"] == "completed"
+    # the estimate (~200) leaves 400 or more; the correction to the 405 counted leaves ~195 (refilling at
+    # 10 tokens/s); the 5,000 read, if counted, would leave the bucket deep in debt for minutes
+    await poll(
+        lambda: 0 < router.metric("loom_rate_limit_tokens_available", tier="local", limit="tokens") < 350
+    )
+    stop.set()
+    await consumer
