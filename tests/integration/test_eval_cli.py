@@ -416,3 +416,30 @@ async def test_a_judge_that_cannot_be_reached_scores_zero_and_says_why(
     judge = json.loads(out)["run"]["cases"][0]["scores"][-1]
     assert judge["score"] == 0.0 and judge["error"].startswith("judge call failed:")
     assert "HTTP 401" in judge["error"]
+
+
+def test_an_eval_suite_manifest_runs_unchanged_and_leaves_its_verdict_in_the_summary_file(
+    tmp_path: Path,
+) -> None:
+    """What an EvalSuite's Job does on a cluster: the custom resource as the suite file, and the
+    verdict in at most 4 KB of JSON that the operator reads back as status.lastRun."""
+    from loom.api.status import EvalRun
+
+    plain = yaml.safe_load((EVALS / "doc-extractor.yaml").read_text())
+    plain.pop("name")
+    manifest = {"apiVersion": "loom.dev/v1alpha1", "kind": "EvalSuite", "metadata": {"name": "gate"}}
+    good = write(tmp_path / "good.yaml", {**manifest, "spec": plain})
+    summary = tmp_path / "summary.json"
+    args = [str(SAMPLES), "--store", str(tmp_path / "s"), "--summary-file", str(summary)]
+    out = run_cli("eval", str(good), *args)
+    assert out.returncode == 0, out.stderr
+    verdict = EvalRun.model_validate_json(summary.read_text())
+    assert verdict.passed and verdict.score == 1.0 and verdict.cases == len(plain["cases"])
+    plain["cases"][0]["expected"]["title"] = "RECEIPT"
+    bad = write(tmp_path / "bad.yaml", {**manifest, "spec": plain})
+    out = run_cli("eval", str(bad), *args)
+    assert out.returncode == 1
+    verdict = EvalRun.model_validate_json(summary.read_text())
+    assert not verdict.passed and verdict.failed_cases == [plain["cases"][0]["id"]]
+    assert "below the threshold" in verdict.reasons[0]
+    assert len(summary.read_bytes()) <= 4096
