@@ -99,6 +99,32 @@ async def submit(bus: Bus, payload: dict[str, Any], wait: float = 15) -> TaskRes
         await sub.close()
 
 
+async def test_cached_tokens_reach_the_published_result(
+    bus: Bus, fake: FakeLLMServer, start_worker: Start
+) -> None:
+    """The result on the bus keeps the provider's cached input apart from its fresh input."""
+    await start_worker(worker_spec())
+    answer = {"label": "greeting", "score": 2}
+    if fake.kind == "anthropic":  # input_tokens excludes the cached share
+        fake.push(
+            Reply(
+                json=answer,
+                prompt_tokens=31,
+                completion_tokens=6,
+                cache_read_tokens=900,
+                cache_write_tokens=40,
+            )
+        )
+        expected = (31, 6, 900, 40)
+    else:  # OpenAI and Ollama count the cached share inside the prompt count
+        fake.push(Reply(json=answer, prompt_tokens=931, completion_tokens=6, cache_read_tokens=900))
+        expected = (31, 6, 900, 0)
+    result = await submit(bus, {"text": "hello"})
+    assert result.status is TaskStatus.COMPLETED, result.error
+    u = result.token_usage
+    assert (u.prompt_tokens, u.completion_tokens, u.cache_read_tokens, u.cache_write_tokens) == expected
+
+
 async def test_rate_limited_then_success(bus: Bus, fake: FakeLLMServer, start_worker: Start) -> None:
     await start_worker(worker_spec())
     fake.push(
