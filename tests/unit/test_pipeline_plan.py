@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from loom.api.pipeline import PipelineSpec
-from loom.messages import GoalMessage, TaskStatus
+from loom.messages import GoalMessage, TaskStatus, TokenUsage
 from loom.pipeline.plan import PipelinePlan, parse_stage_task_id, stage_msg_id, stage_task_id
 from loom.pipeline.state import GoalState
 
@@ -172,3 +172,34 @@ def test_stage_task_ids_round_trip() -> None:
     assert parse_stage_task_id("g-2", tid) is None
     assert parse_stage_task_id("g-1", "g-1.nope") is None
     assert stage_msg_id("g-1", "sum_up", 3) == "g-1/sum_up/3"
+
+
+def test_goal_usage_sums_the_stages_cached_input_apart() -> None:
+    plan = PipelinePlan(pipeline())
+    st = GoalState.new(plan, goal(file="f"), now=0.0)
+    st.start_attempt("extract", 0.0)
+    st.complete(
+        "extract",
+        {"text": "t"},
+        1.0,
+        usage=TokenUsage(prompt_tokens=2100, completion_tokens=9, cache_write_tokens=0),
+    )
+    for name in ("classify", "summarize"):
+        st.start_attempt(name, 1.0)
+        st.complete(
+            name,
+            {"label": "x"},
+            2.0,
+            usage=TokenUsage(
+                prompt_tokens=20, completion_tokens=5, cache_read_tokens=2000, cache_write_tokens=30
+            ),
+        )
+    st.skip("ocr", "condition false", 1.0)
+    st.start_attempt("report", 2.0)
+    st.complete("report", {"done": True}, 3.0)
+    usage = st.finish(3.0).token_usage
+    assert usage == TokenUsage(
+        prompt_tokens=2140, completion_tokens=19, cache_read_tokens=4000, cache_write_tokens=60
+    )
+    again = GoalState.from_bytes(st.to_bytes()).stored_result()
+    assert again is not None and again.token_usage == usage
