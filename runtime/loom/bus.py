@@ -813,7 +813,9 @@ class Bus:
         return int((await self._store(subject, data, headers))["seq"])
 
     async def js_publish_once(self, subject: str, data: bytes, *, msg_id: str) -> bool:
-        """Publish under ``Nats-Msg-Id``; False when the server dropped it as a duplicate."""
+        """Publish under ``Nats-Msg-Id``; False when the server dropped it as a duplicate (of another
+        publisher's message, or of this one's first attempt when its acknowledgement was lost and it
+        was re-sent: either way the message is stored once)."""
         body = await self._store(subject, data, {"Nats-Msg-Id": msg_id})
         return not body.get("duplicate", False)
 
