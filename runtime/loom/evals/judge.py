@@ -14,7 +14,7 @@ from typing import Any
 
 from loom.evals.scorers import Score
 from loom.evals.suite import JudgeScorer
-from loom.llm.base import ChatRequest, Message, Provider
+from loom.llm.base import ChatRequest, Message, Provider, token_usage
 from loom.llm.errors import ProviderError
 from loom.llm.jsonextract import NoJSONFound, extract_json
 from loom.messages import TokenUsage
@@ -89,9 +89,7 @@ async def judge(
         return Score(
             scorer.label, scorer.type, scorer.weight, 0.0, {}, f"judge call failed: {exc}"
         ), TokenUsage()
-    usage = TokenUsage(
-        prompt_tokens=response.usage.prompt_tokens, completion_tokens=response.usage.completion_tokens
-    )
+    usage = token_usage(response.usage)
     details: dict[str, Any] = {"model": response.model, "raw": response.text}
     try:
         score, reasoning = parse_verdict(response.text)

@@ -321,3 +321,22 @@ def test_a_cached_token_is_never_counted_as_a_fresh_one() -> None:
     assert total.input_tokens == 4022 and total.total_tokens == 4031
     # the router's tokens-per-minute correction counts writes and fresh input, not reads
     assert a.limited_tokens == 15 and b.limited_tokens == 2016
+
+
+async def test_an_eval_judge_reports_its_cached_tokens_apart(anthropic_fake: FakeLLMServer) -> None:
+    from loom.evals.judge import judge
+    from loom.evals.suite import JudgeScorer
+
+    anthropic_fake.push(
+        Reply(
+            json={"reasoning": "fine", "score": 1},
+            prompt_tokens=30,
+            cache_read_tokens=1500,
+            cache_write_tokens=0,
+        )
+    )
+    provider = anthropic(anthropic_fake)
+    score, usage = await judge(JudgeScorer(type="judge", rubric="Is it right?"), provider, {}, None, {"a": 1})
+    assert score.score == 1.0
+    assert (usage.prompt_tokens, usage.cache_read_tokens, usage.cache_write_tokens) == (30, 1500, 0)
+    await provider.close()
