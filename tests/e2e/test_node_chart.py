@@ -170,8 +170,10 @@ SLOW_WORKER = "slow-echo"
 SLOW_DEPLOYMENT = f"{SLOW_WORKER}-local"
 SLOW_CONSUMER = f"worker-{SLOW_WORKER}-local"
 SERVED_WORKERS = SAMPLE_WORKERS | {SLOW_WORKER}
-# The worker's documented SIGTERM drain (`loom worker --drain-grace-seconds`, default 25 s).
-DRAIN_GRACE = 25
+# The slow tier's SIGTERM drain and ack grace (`loom worker --drain-grace-seconds`, default 25 s,
+# and `--ack-grace-seconds`, default 30 s), set short through the Worker's env to keep the tests short.
+DRAIN_GRACE = 8
+ACK_GRACE = 10
 
 
 def _router_catalog(node: NodeCluster, namespace: str, workers: set[str]) -> tuple[bool, list[str]]:
@@ -491,9 +493,10 @@ def _slow_worker_manifest() -> str:
             "tiers": ["local"],
             "inputSchema": {"type": "object"},
             "outputSchema": {"type": "object"},
-            # Above the drain test's longest task (DRAIN_GRACE + 3 s); the ack wait, after which a
-            # force-deleted pod's tasks are redelivered, is this plus 30 s.
-            "timeoutSeconds": 35,
+            # Above the drain test's longest task (DRAIN_GRACE + 4 s); the ack wait, after which a
+            # force-deleted pod's tasks are redelivered, is this plus ACK_GRACE.
+            "timeoutSeconds": 20,
+            "env": {"LOOM_DRAIN_GRACE_SECONDS": str(DRAIN_GRACE), "LOOM_ACK_GRACE_SECONDS": str(ACK_GRACE)},
             "maxInFlight": 2,
             "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}},
             "autoscaling": {
@@ -595,7 +598,7 @@ def test_sigterm_drains_a_worker_pod_and_loses_nothing(node_cluster: NodeCluster
     _wait_replicas(node_cluster, release, 1)
     (victim,) = [p["metadata"]["name"] for p in _tier_pods(node_cluster, release)]
     short = _submit_task(release, {"sleep": 3, "n": "short"}, wait=200)
-    long = _submit_task(release, {"sleep": DRAIN_GRACE + 3, "n": "long"}, wait=200)
+    long = _submit_task(release, {"sleep": DRAIN_GRACE + 4, "n": "long"}, wait=200)
     try:
 
         def holding_both() -> tuple[bool, Any]:

@@ -461,6 +461,9 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
             "protectKernelDefaults": False,
             "makeIPTablesUtilChains": True,
             "serializeImagePulls": False,
+            # Mounted Secrets and ConfigMaps follow their objects within ~10 s instead of ~1 min
+            # (the bundled NATS reads the operator's user list from a Secret volume).
+            "syncFrequency": "10s",
             "registerNode": True,
             "maxPods": 110,
             "podPidsLimit": -1,
