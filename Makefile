@@ -63,7 +63,7 @@ test: venv test-setup
 # The slow one-time steps (control plane, helm/kubectl, promtool, Debian packages, the real
 # node's binaries and images), outside any test.
 test-setup:
-	bash hack/test-setup.sh
+	LOOM_NATS_SERVER="$(abspath $(BIN))/nats-server" bash hack/test-setup.sh
 
 # `make test` as a fresh machine (and CI) runs it: every cache, and the venv, in an empty
 # temporary directory (LOOM_COLD_DIR to choose it; deleted afterwards unless KEEP_COLD=1).
@@ -91,7 +91,7 @@ envtest:
 # joined to the envtest control plane; needs root): the node tests `make test` runs too, plus
 # tests/e2e/test_cluster_behaviour.py on the real node instead of kwok.
 test-node: venv
-	bash hack/test-setup.sh envtest tools node
+	LOOM_NATS_SERVER="$(abspath $(BIN))/nats-server" bash hack/test-setup.sh envtest tools node
 	LOOM_E2E_PROVIDER=node $(BIN)/python -m pytest -q -rfEs -p no:cacheprovider tests/e2e
 
 # The same e2e suite on a kind cluster (needs Docker and kind).

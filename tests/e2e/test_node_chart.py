@@ -11,6 +11,7 @@ import base64
 import json
 import re
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -234,7 +235,9 @@ class Release:
 
     def loom(self, *args: str) -> list[str]:
         """argv of a ``loom`` client command against this release's bus."""
-        return [str(REPO_ROOT / ".venv" / "bin" / "loom"), *args, "--nats-url", self.nats_url, *self.bus_args]
+        # The venv running the tests (`make test-cold` puts it outside the work tree).
+        loom = Path(sys.executable).parent / "loom"
+        return [str(loom), *args, "--nats-url", self.nats_url, *self.bus_args]
 
 
 def _chart_nats_auth_mode() -> str:

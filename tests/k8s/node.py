@@ -24,6 +24,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -79,8 +80,16 @@ class NodeError(RuntimeError):
 
 def find_node_build() -> Path:
     """The output dir of ``hack/node/build.sh``, asked with ``--check`` (it builds nothing)."""
+    # The NATS image is keyed on the nats-server of the venv running the tests (as `make` passes it).
+    nats_server = os.environ.get("LOOM_NATS_SERVER") or str(Path(sys.executable).parent / "nats-server")
+    env = {**os.environ, "LOOM_NATS_SERVER": nats_server}
     check = subprocess.run(
-        ["bash", str(BUILD_SCRIPT), "--check"], capture_output=True, text=True, timeout=120, check=False
+        ["bash", str(BUILD_SCRIPT), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
     )
     if check.returncode != 0:
         raise NodeError(
