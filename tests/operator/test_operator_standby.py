@@ -159,12 +159,33 @@ def test_one_replica_works_and_the_standby_takes_over(
     assert standby_state(standby) == "paused"
     resumed = standby.log().count(RESUMED)
 
-    # Hard kill: no goodbye in the peering; the standby waits out the keep-alive lifetime.
+    # A burst of changes, with the active replica hard-killed in the middle of it (no goodbye in the
+    # peering: the standby waits out the keep-alive lifetime, then must converge on all of it).
+    for i in range(6):
+        loom.create("Worker", f"burst-{i}", worker(f"burst-{i}"))
+    loom.patch("Worker", "first", {"systemPrompt": "Answer as first, version 2."})
     assert active.proc is not None
     active.proc.kill()
     active.proc.wait(10)
+    for i in range(6, 10):
+        loom.create("Worker", f"burst-{i}", worker(f"burst-{i}"))
+    loom.delete("Worker", "burst-0")
+    loom.patch("Worker", "burst-1", {"systemPrompt": "Answer as burst-1, version 2."})
+    loom.patch("Worker", "first", {"systemPrompt": "Answer as first, version 3."})
     loom.create("Worker", "second", worker("second"))
     loom.wait_ready("Worker", "second", timeout=LIFETIME + 60)
+    live = ["first", "second", *(f"burst-{i}" for i in range(1, 10))]
+    for name in live:
+        loom.wait_ready("Worker", name, timeout=60)  # status converged on the latest generation
+    # Exactly one Deployment per live Worker tier: none lost, none left from the deleted one.
+    wait_for(
+        lambda: sorted(loom.deployments("loom.dev/worker")) == sorted(f"{n}-local" for n in live),
+        60,
+        what="one Deployment per live Worker, none for the deleted one",
+    )
+    for name, version in (("first", "version 3"), ("burst-1", "version 2")):
+        config = loom.core.read_namespaced_config_map(f"{name}-config", loom.ns).data["worker.yaml"]
+        assert version in config, name
     assert standby.log().count(RESUMED) == resumed + 1  # Kopf's handlers resumed
     assert worker_reconciles(standby) >= 1
     # Its own loops resume too: the resync re-applies what existed before the takeover.
