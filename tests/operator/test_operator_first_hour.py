@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.helm import helm_bin
@@ -116,6 +117,14 @@ def test_loom_render_matches_what_the_operator_creates(loom: Loom, tmp_path: Pat
         for o in rendered
         if o["kind"] == "Deployment"
     }
+    # An EvalSuite's Job (its name also hashes the image and bus settings, which differ here).
+    hashes |= {
+        "Job of " + o["metadata"]["labels"]["loom.dev/evalsuite"]: o["spec"]["template"]["metadata"][
+            "annotations"
+        ][HASH]
+        for o in rendered
+        if o["kind"] == "Job"
+    }
     assert len(config_maps) == len(docs) and len(hashes) >= len(docs)
 
     def cluster() -> tuple[dict[str, Any], dict[str, str]]:
@@ -129,7 +138,13 @@ def test_loom_render_matches_what_the_operator_creates(loom: Loom, tmp_path: Pat
             n: d.spec.template.metadata.annotations[HASH]
             for n, d in loom.deployments("app.kubernetes.io/managed-by=loom-operator").items()
         }
-        return cms, deps
+        jobs = client.BatchV1Api(loom.core.api_client).list_namespaced_job(
+            loom.ns, label_selector="app.kubernetes.io/managed-by=loom-operator"
+        )
+        return cms, deps | {
+            "Job of " + j.metadata.labels["loom.dev/evalsuite"]: j.spec.template.metadata.annotations[HASH]
+            for j in jobs.items
+        }
 
     # The router's catalog fills as the Workers are seen: wait for the operator to settle.
     wait_for(

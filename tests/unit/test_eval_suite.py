@@ -108,4 +108,17 @@ def test_load_suite_file_errors(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", sorted((ROOT / "config" / "evals").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_suites_are_valid(path: Path) -> None:
     suite = load_suite(path)
-    assert suite.name == yaml.safe_load(path.read_text())["name"]
+    doc = yaml.safe_load(path.read_text())
+    # A plain suite names itself; an EvalSuite manifest is named by metadata.name.
+    assert suite.name == (doc["metadata"]["name"] if "apiVersion" in doc else doc["name"])
+
+
+def test_an_eval_suite_manifest_is_a_suite_file() -> None:
+    spec = {"worker": "w", "scorers": [{"type": "schema"}], "cases": [{"id": "a", "input": {}}]}
+    doc = {"apiVersion": "loom.dev/v1alpha1", "kind": "EvalSuite", "metadata": {"name": "gate"}, "spec": spec}
+    assert parse_suite(doc, "gate.yaml").name == "gate"
+    assert parse_suite({**doc, "spec": {**spec, "name": "own"}}, "gate.yaml").name == "own"
+    with pytest.raises(SuiteError, match=r"apiVersion must be loom\.dev/v1alpha1"):
+        parse_suite({**doc, "apiVersion": "v1"}, "gate.yaml")
+    with pytest.raises(SuiteError, match=r"spec\.threshold"):
+        parse_suite({**doc, "spec": {**spec, "threshold": 3}}, "gate.yaml")

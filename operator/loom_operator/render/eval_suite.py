@@ -1,5 +1,5 @@
-"""EvalSuite → ConfigMap (the suite and the Worker it tests) + Job ``<name>-eval-<hash>`` running
-``loom eval`` through the namespace's router.
+"""EvalSuite → ConfigMap ``<name>-eval-config`` (the suite and the Worker it tests) + Job
+``<name>-eval-<hash>`` running ``loom eval`` through the namespace's router.
 
 The Job tests the deployed system: its cases go to the router as tasks of the suite's tenant, with
 the EvalSuite's own bus identity (role ``eval``: a submitter of that tenant, nothing more). The
@@ -60,6 +60,12 @@ class WorkerRef(Protocol):
     def spec(self) -> WorkerSpec: ...
 
 
+def config_map_name(owner: Owner) -> str:
+    """``<name>-eval-config``: not ``<name>-config``, which a Worker of the same name (a suite is
+    often named after its worker) already has."""
+    return f"{owner.name}-eval-config"
+
+
 def job_name(owner: Owner, job: dict[str, Any]) -> str:
     """``<name>-eval-<hash of the Job's spec without its name>``."""
     blob = json.dumps(_unnamed(job), sort_keys=True, separators=(",", ":")).encode()
@@ -118,7 +124,7 @@ def render_eval_suite(
     cm = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": metadata(owner, f"{owner.name}-config"),
+        "metadata": metadata(owner, config_map_name(owner)),
         "data": data,
     }
     return [cm, _job(owner, spec, settings, config_hash(data))]
@@ -172,7 +178,7 @@ def _job(owner: Owner, spec: EvalSuiteSpec, settings: Settings, hash_: str) -> d
                     "terminationGracePeriodSeconds": 30,
                     "containers": [container],
                     "volumes": [
-                        {"name": "config", "configMap": {"name": f"{owner.name}-config"}},
+                        {"name": "config", "configMap": {"name": config_map_name(owner)}},
                         {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
                         *nats_volumes,
                     ],

@@ -177,7 +177,7 @@ KINDS: tuple[KindInfo, ...] = (
         spec_model=EvalSuiteSpec,
         status_model=EvalSuiteStatus,
         component="eval",
-        child_suffixes=("-config", "-eval-nats", "-eval-" + "0" * EVAL_JOB_HASH_LENGTH),
+        child_suffixes=("-eval-config", "-eval-nats", "-eval-" + "0" * EVAL_JOB_HASH_LENGTH),
         columns=(
             {
                 "name": "Worker",
@@ -202,7 +202,7 @@ KINDS: tuple[KindInfo, ...] = (
             "Eval cases and scorers for a worker type, run by the operator as a Job through the "
             "namespace's router on each change; the result gates Argo CD (Degraded when it fails)."
         ),
-        name_use="the Job <name>-eval-<hash> and the ConfigMap <name>-config",
+        name_use="the Job <name>-eval-<hash> and the ConfigMap <name>-eval-config",
     ),
 )
 BY_KIND: dict[str, KindInfo] = {k.kind: k for k in KINDS}

@@ -92,7 +92,7 @@ def test_config_map_and_job_are_valid_hardened_and_owned() -> None:
         assert obj["metadata"]["labels"]["loom.dev/evalsuite"] == "extractor-gate"
         assert obj["metadata"]["labels"]["app.kubernetes.io/component"] == "eval"
         assert obj["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
-    assert cm["metadata"]["name"] == "extractor-gate-config"
+    assert cm["metadata"]["name"] == "extractor-gate-eval-config"
     # The suite file is the EvalSuite manifest itself: `loom eval` reads it unchanged.
     parsed = parse_suite(yaml.safe_load(cm["data"][SUITE_KEY]), SUITE_KEY)
     assert parsed.name == "extractor-gate" and parsed.tenant == "evals"
@@ -229,3 +229,12 @@ def test_a_failed_job_is_a_failed_run_and_phases_follow_the_verdict() -> None:
     phase = eval_phase("j", failed)
     assert (phase.state, phase.reason) == ("stalled", EVAL_FAILED)
     assert json.loads(json.dumps(failed.to_manifest_dict()))["jobName"] == "g-eval-0123456789"
+
+
+def test_a_suite_named_like_its_worker_shares_no_object_name_with_it() -> None:
+    from loom_operator.render import render_worker
+
+    same = Owner("Worker", OWNER.name, OWNER.namespace)
+    worker_names = {(o["kind"], o["metadata"]["name"]) for o in render_worker(same, worker().spec, GENERATED)}
+    suite_names = {(o["kind"], o["metadata"]["name"]) for o in render(settings=GENERATED)}
+    assert not worker_names & suite_names
