@@ -157,6 +157,10 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         settings.posting.reporting_component = "loom-operator"
         for group_version, plural in CHILD_RESOURCES:
             settings.watching.label_selectors[group_version, plural] = CHILD_SELECTOR
+        # Only eval Jobs' pods, selected by the server: the operator never streams other pods.
+        settings.watching.label_selectors["v1", "pods"] = ",".join(
+            f"{k}={v}" for k, v in EVAL_POD_LABELS.items()
+        )
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.networking.request_timeout = 60
