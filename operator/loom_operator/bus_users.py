@@ -1,7 +1,7 @@
 """The NATS server's user list, kept in step with the resources the operator serves.
 
 Only in ``generated`` mode with an authorization Secret (``LOOM_NATS_AUTH_SECRET``). The list
-comes from reading the four kinds from the API server (not from Kopf's indices, which fill
+comes from reading every Loom kind from the API server (not from Kopf's indices, which fill
 after start-up: writing a partial list would make the server drop the users it lost and
 disconnect their pods). A resource whose spec no longer validates keeps the identity it had
 last, so its running pods stay connected while someone fixes the spec. The Secret is written

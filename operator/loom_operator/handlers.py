@@ -4,7 +4,7 @@ Kopf configuration (set at startup):
   * handler progress and a digest of the last handled spec live in ``status.kopf``
     (never in annotations, never a second copy of the spec: see diffbase.py), so the
     operator never writes its resources' spec or metadata and a large spec stays writable;
-  * no deletion handlers, timers or daemons on the four kinds, so Kopf adds no
+  * no deletion handlers, timers or daemons on the Loom kinds, so Kopf adds no
     finalizer: children go with their owner through ownerReferences;
   * children are watched with a server-side label selector (``managed-by=loom-operator``);
   * Kopf posts only Warning-level events (errors); Stalled events come from k8s.py.

@@ -1,4 +1,4 @@
-"""Spec models of the four custom resources: the one source of truth for runtime, operator and CRDs."""
+"""Spec models of the custom resources: the one source of truth for runtime, operator and CRDs."""
 
 from loom.api.common import API_GROUP, API_VERSION, GROUP_VERSION
 from loom.api.loader import LoadError, Resource, load_one, load_paths, load_text
