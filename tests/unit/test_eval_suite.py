@@ -122,3 +122,15 @@ def test_an_eval_suite_manifest_is_a_suite_file() -> None:
         parse_suite({**doc, "apiVersion": "v1"}, "gate.yaml")
     with pytest.raises(SuiteError, match=r"spec\.threshold"):
         parse_suite({**doc, "spec": {**spec, "threshold": 3}}, "gate.yaml")
+
+
+def test_a_plain_suite_file_is_read_as_an_eval_suite_by_the_loader() -> None:
+    """`loom validate` and `loom up` take the plain suite files of config/evals for what they are."""
+    from loom.api import load_paths
+
+    resources = load_paths([ROOT / "config" / "evals"])
+    assert {(r.kind, r.name) for r in resources} == {
+        ("EvalSuite", "doc-classifier"),
+        ("EvalSuite", "doc-extractor"),
+        ("EvalSuite", "doc-extractor-gate"),
+    }

@@ -173,6 +173,8 @@ def infer_kind(doc: dict[str, Any]) -> str:
         return "MCPGateway"
     if "decomposer" in keys or isinstance(doc.get("workers"), list):
         return "Orchestrator"
+    if "cases" in keys and keys & {"worker", "scorers"}:
+        return "EvalSuite"  # a plain suite file, as `loom eval` reads it
     if keys & {"pipeline_stages", "pipelineStages"}:
         return "Pipeline"
     if keys & {"cron", "interval_seconds", "intervalSeconds", "dispatch_type", "dispatchType", "schedules"}:
