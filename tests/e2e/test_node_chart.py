@@ -153,12 +153,19 @@ def _not_ready(node: NodeCluster, namespace: str) -> list[str]:
             if not ready or ready["status"] != "True":
                 pending.append(f"{kind}/{item['metadata']['name']}: {ready and ready.get('message')}")
     for pod in _pods(node, namespace):
+        if _job_pod(pod):
+            continue
         conditions = pod["status"].get("conditions", [])
         ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
         if pod["status"].get("phase") != "Running" or not ready:
             states = [c.get("state") for c in pod["status"].get("containerStatuses", [])]
             pending.append(f"pod/{pod['metadata']['name']}: {pod['status'].get('phase')} {states}")
     return pending
+
+
+def _job_pod(pod: dict[str, Any]) -> bool:
+    """A pod of a Job (an EvalSuite's): it runs to completion and never serves."""
+    return any(ref.get("kind") == "Job" for ref in pod["metadata"].get("ownerReferences", []))
 
 
 def _pods(node: NodeCluster, namespace: str) -> list[dict[str, Any]]:
@@ -800,7 +807,9 @@ def test_helm_upgrade_with_a_new_image_tag_rolls_every_deployment(
     for name in before:
         assert deployments[name]["metadata"]["generation"] > (before[name] or 0), name
     running = [
-        p for p in _pods(node_cluster, release.namespace) if not p["metadata"].get("deletionTimestamp")
+        p
+        for p in _pods(node_cluster, release.namespace)
+        if not p["metadata"].get("deletionTimestamp") and not _job_pod(p)
     ]
     for pod in running:
         if pod["metadata"]["name"].startswith(f"{release.name}-nats-"):
