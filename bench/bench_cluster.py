@@ -13,31 +13,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import statistics
 import sys
 import tempfile
-import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.routed import latencies, run_batch  # noqa: E402
 from tests.support.nats_cluster import NatsCluster  # noqa: E402
 from tests.support.nats_server import NatsServer  # noqa: E402
 from tests.support.processes import LoomProcess  # noqa: E402
 
 from loom.bus import Bus  # noqa: E402
-from loom.messages import TaskMessage  # noqa: E402
 from loom.settings import NatsSettings  # noqa: E402
-from loom.subjects import TASKS_INCOMING  # noqa: E402
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def routed(url: str, replicas: int, n: int, sequential: int, workdir: Path) -> dict[str, float]:
@@ -61,42 +51,9 @@ async def routed(url: str, replicas: int, n: int, sequential: int, workdir: Path
         for p in procs:
             p.wait_ready(60)
 
-        async def run_batch(count: int) -> tuple[float, int]:
-            key = uuid.uuid4().hex
-            sub = await bus.subscribe_results(key)
-            bodies = [
-                TaskMessage(parent_task_id=key, worker_type="noop", model_tier="local").to_bytes()
-                for _ in range(count)
-            ]
-            t0 = time.perf_counter()
-            for start in range(0, count, 500):
-                await asyncio.gather(
-                    *(bus.js_publish(TASKS_INCOMING, b) for b in bodies[start : start + 500])
-                )
-            ids: set[str] = set()
-            last = t0
-            try:
-                while len(ids) < count:
-                    ids.add(json.loads(await sub.get(timeout=10))["task_id"])
-                    last = time.perf_counter()
-            except TimeoutError:
-                pass
-            await sub.close()
-            return count / (last - t0), count - len(ids)
-
-        await run_batch(300)  # warm-up
-        throughput, lost = await run_batch(n)
-        key = uuid.uuid4().hex
-        sub = await bus.subscribe_results(key)
-        lat: list[float] = []
-        for _ in range(sequential):
-            body = TaskMessage(parent_task_id=key, worker_type="noop", model_tier="local").to_bytes()
-            t = time.perf_counter()
-            await bus.js_publish(TASKS_INCOMING, body)
-            await sub.get(timeout=10)
-            lat.append((time.perf_counter() - t) * 1000)
-        await sub.close()
-        return {"throughput": throughput, "lost": lost, "p50": statistics.median(lat), "p99": pct(lat, 0.99)}
+        await run_batch(bus, 300)  # warm-up
+        throughput, lost = await run_batch(bus, n)
+        return {"throughput": throughput, "lost": lost, **await latencies(bus, sequential)}
     finally:
         await bus.close()
         for p in procs:

@@ -21,24 +21,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.routed import run_batch  # noqa: E402
 from tests.support.nats_server import NatsServer  # noqa: E402
 from tests.support.processes import LoomProcess  # noqa: E402
 
 from loom.bus import Bus  # noqa: E402
-from loom.messages import TaskMessage  # noqa: E402
 from loom.settings import NatsSettings  # noqa: E402
-from loom.subjects import TASKS_INCOMING  # noqa: E402
 
 WORKER = (
     "name: noop\nworker_kind: processor\nprocessing_backend: loom.contrib.noop.NoopBackend\n"
@@ -89,26 +86,8 @@ async def run_scenario(
 
 async def push(bus: Bus, count: int) -> float:
     """Tasks/s from the first publish to the last result (0 when a result was lost)."""
-    key = uuid.uuid4().hex
-    sub = await bus.subscribe_results(key)
-    bodies = [
-        TaskMessage(parent_task_id=key, worker_type="noop", model_tier="local").to_bytes()
-        for _ in range(count)
-    ]
-    t0 = time.perf_counter()
-    for start in range(0, count, 500):
-        await asyncio.gather(*(bus.js_publish(TASKS_INCOMING, b) for b in bodies[start : start + 500]))
-    ids: set[str] = set()
-    last = t0
-    try:
-        while len(ids) < count:
-            ids.add(json.loads(await sub.get(timeout=15))["task_id"])
-            last = time.perf_counter()
-    except TimeoutError:
-        return 0.0
-    finally:
-        await sub.close()
-    return count / (last - t0)
+    throughput, lost = await run_batch(bus, count, result_timeout=15)
+    return 0.0 if lost else throughput
 
 
 async def main() -> None:

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import nats  # noqa: E402
+from bench.routed import latencies, pct, run_batch  # noqa: E402
 from nats.js import api as js_api  # noqa: E402
 from tests.support.nats_server import NatsServer  # noqa: E402
 from tests.support.processes import LoomProcess  # noqa: E402
@@ -53,11 +54,6 @@ def ensure_loom_ai() -> Path:
             [str(LOOM_AI_VENV / "bin" / "pip"), "install", "-q", f"loom-ai=={LOOM_AI_VERSION}"], check=True
         )
     return exe
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 # -- 1. raw nats-py JetStream ------------------------------------------------------------------------------
@@ -126,43 +122,11 @@ async def bench_ours(url: str, n: int, sequential: int, workdir: Path) -> dict[s
             p.wait_ready()
         bus = await Bus.connect(NatsSettings(url=url, name="bench"))
 
-        async def run_batch(count: int) -> tuple[float, int]:
-            key = uuid.uuid4().hex
-            sub = await bus.subscribe_results(key)
-            bodies = [
-                TaskMessage(parent_task_id=key, worker_type="noop", model_tier="local").to_bytes()
-                for _ in range(count)
-            ]
-            t0 = time.perf_counter()
-            for start in range(0, count, 500):
-                await asyncio.gather(
-                    *(bus.js_publish(TASKS_INCOMING, b) for b in bodies[start : start + 500])
-                )
-            ids: set[str] = set()
-            last = t0
-            try:
-                while len(ids) < count:
-                    ids.add(json.loads(await sub.get(timeout=10))["task_id"])
-                    last = time.perf_counter()
-            except TimeoutError:
-                pass
-            await sub.close()
-            return count / (last - t0), count - len(ids)
-
-        await run_batch(500)  # warm-up
-        throughput, lost = await run_batch(n)
-
-        key = uuid.uuid4().hex
-        sub = await bus.subscribe_results(key)
-        lat: list[float] = []
-        for _ in range(sequential):
-            body = TaskMessage(parent_task_id=key, worker_type="noop", model_tier="local").to_bytes()
-            t = time.perf_counter()
-            await bus.js_publish(TASKS_INCOMING, body)
-            await sub.get(timeout=10)
-            lat.append((time.perf_counter() - t) * 1000)
+        await run_batch(bus, 500)  # warm-up
+        throughput, lost = await run_batch(bus, n)
+        timing = await latencies(bus, sequential)
         await bus.close()
-        return {"throughput": throughput, "lost": lost, "p50": statistics.median(lat), "p99": pct(lat, 0.99)}
+        return {"throughput": throughput, "lost": lost, **timing}
     finally:
         for p in procs:
             p.terminate(30)
