@@ -244,17 +244,24 @@ def operator_env(nats: NatsServer) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def loom_operator(sa_kubeconfig: Path, operator_nats: NatsServer) -> Iterator[OperatorProcess]:
-    """The operator under the ServiceAccount kubeconfig; at the end its log must show no RBAC denial."""
-    log_dir = Path(tempfile.mkdtemp(prefix="loom-operator-test-"))
-    op = OperatorProcess(sa_kubeconfig, log_dir / "operator.log", operator_env(operator_nats)).start()
+@contextlib.contextmanager
+def running_operator(kubeconfig: Path, env: dict[str, str], name: str = "test") -> Iterator[OperatorProcess]:
+    """An operator process with ``env``, stopped at the end; then its log must show no RBAC denial."""
+    log_dir = Path(tempfile.mkdtemp(prefix=f"loom-operator-{name}-"))
+    op = OperatorProcess(kubeconfig, log_dir / "operator.log", env).start()
     try:
         yield op
     finally:
         op.stop()
     denials = [line for line in op.log().splitlines() if re.search(r'forbidden: User ".*" cannot', line)]
     assert not denials, "RBAC denials in operator log:\n" + "\n".join(denials[:20])
+
+
+@pytest.fixture(scope="module")
+def loom_operator(sa_kubeconfig: Path, operator_nats: NatsServer) -> Iterator[OperatorProcess]:
+    """The operator under the ServiceAccount kubeconfig; at the end its log must show no RBAC denial."""
+    with running_operator(sa_kubeconfig, operator_env(operator_nats)) as op:
+        yield op
 
 
 @pytest.fixture

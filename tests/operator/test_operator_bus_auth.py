@@ -7,8 +7,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.k8s.envtest import ControlPlane
-from tests.operator.conftest import Loom, OperatorProcess, operator_env, wait_for
+from tests.operator.conftest import Loom, OperatorProcess, operator_env, running_operator, wait_for
 from tests.support.nats_server import NatsServer
 
 pytestmark = [pytest.mark.k8s]
@@ -41,14 +39,8 @@ def auth_operator(
         "LOOM_NATS_AUTH_SECRET": f"{AUTH_NS}/{AUTH_SECRET}",
         "LOOM_NATS_TENANTS": "a",
     }
-    log_dir = Path(tempfile.mkdtemp(prefix="loom-operator-auth-"))
-    op = OperatorProcess(sa_kubeconfig, log_dir / "operator.log", env).start()
-    try:
+    with running_operator(sa_kubeconfig, env, "auth") as op:
         yield op
-    finally:
-        op.stop()
-    denials = [line for line in op.log().splitlines() if re.search(r'forbidden: User ".*" cannot', line)]
-    assert not denials, "RBAC denials in operator log:\n" + "\n".join(denials[:20])
 
 
 def decoded(secret: client.V1Secret) -> dict[str, str]:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client
 
-from tests.operator.conftest import Loom, OperatorProcess, operator_env, wait_for
+from tests.operator.conftest import Loom, OperatorProcess, operator_env, running_operator, wait_for
 from tests.support.nats_server import NatsServer
 
 pytestmark = pytest.mark.k8s
@@ -30,14 +28,8 @@ def network_operator(sa_kubeconfig: Path, operator_nats: NatsServer) -> Iterator
     env["LOOM_NETWORK_POLICY"] = json.dumps(
         {"natsTo": [NATS_PEER], "metricsFrom": [MONITORING], "allowedCIDRs": ["10.8.0.0/16"]}
     )
-    log_dir = Path(tempfile.mkdtemp(prefix="loom-operator-network-"))
-    op = OperatorProcess(sa_kubeconfig, log_dir / "operator.log", env).start()
-    try:
+    with running_operator(sa_kubeconfig, env, "network") as op:
         yield op
-    finally:
-        op.stop()
-    denials = [line for line in op.log().splitlines() if re.search(r'forbidden: User ".*" cannot', line)]
-    assert not denials, "RBAC denials in operator log:\n" + "\n".join(denials[:20])
 
 
 def test_worker_tiers_get_network_policies_the_server_accepts(
