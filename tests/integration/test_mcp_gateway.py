@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ import mcp_types as types
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
-from tests.support.nats_server import free_port
+from tests.support.mcp_gateway import Gateway
 from tests.support.processes import LoomProcesses, loom_procs, write_yaml
 
 __all__ = ["loom_procs"]
@@ -61,54 +59,14 @@ def _configs(tmp: Path) -> Path:
     })
 
 
-class GatewayProcess:
-    """``loom mcp --transport streamable-http`` on a free loopback port."""
-
-    def __init__(self, config: Path, nats_url: str):
-        self.port = free_port()
-        self.log_path = config.parent / "mcp.log"
-        cmd = [sys.executable, "-m", "loom.cli.main", "mcp", "--config", str(config), "--transport",
-               "streamable-http", "--port", str(self.port), "--nats-url", nats_url]
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/mcp"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"loom mcp exited with {self.proc.returncode}:\n{self.log()}")
-            if f"serving {self.url}" in self.log():
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"loom mcp not serving after {timeout}s:\n{self.log()}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return int(self.proc.returncode)
-
-
 @pytest.fixture
-def system(tmp_path: Path, loom_procs: LoomProcesses, nats_url: str) -> Iterator[GatewayProcess]:
+def system(tmp_path: Path, loom_procs: LoomProcesses, nats_url: str) -> Iterator[Gateway]:
     """Router, echo worker, pipeline orchestrator and the gateway, all real processes."""
     gateway_config = _configs(tmp_path)
     loom_procs.router(tmp_path / "echo.yaml")
     loom_procs.worker(tmp_path / "echo.yaml", "local")
     loom_procs.spawn("pipeline", "--config", str(tmp_path / "pipe.yaml"))
-    gateway = GatewayProcess(gateway_config, nats_url)
+    gateway = Gateway(gateway_config, nats_url, "127.0.0.1")
     try:
         gateway.wait_ready()
         yield gateway
@@ -121,7 +79,7 @@ def _text(result: types.CallToolResult) -> str:
     return result.content[0].text
 
 
-async def test_tools_listed_and_called_over_streamable_http(system: GatewayProcess) -> None:
+async def test_tools_listed_and_called_over_streamable_http(system: Gateway) -> None:
     async with Client(system.url) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
         assert set(tools) == {"echo", "shout", "echo_pipeline"}
@@ -149,7 +107,7 @@ async def test_tools_listed_and_called_over_streamable_http(system: GatewayProce
         assert "deep" in _text(goal)
 
 
-async def test_workspace_resources_and_traversal_refused(system: GatewayProcess, tmp_path: Path) -> None:
+async def test_workspace_resources_and_traversal_refused(system: Gateway, tmp_path: Path) -> None:
     async with Client(system.url) as client:
         listed = (await client.list_resources()).resources
         uris = sorted(str(r.uri) for r in listed)
@@ -163,7 +121,7 @@ async def test_workspace_resources_and_traversal_refused(system: GatewayProcess,
                 await client.read_resource(bad)
 
 
-async def test_workspace_change_notified_after_a_tool_call(system: GatewayProcess, tmp_path: Path) -> None:
+async def test_workspace_change_notified_after_a_tool_call(system: Gateway, tmp_path: Path) -> None:
     received: list[Any] = []
 
     async def on_message(message: Any) -> None:
