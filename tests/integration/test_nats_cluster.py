@@ -147,9 +147,9 @@ async def test_tasks_survive_the_loss_of_the_task_streams_leader(
 ) -> None:
     """2,000 tasks through a real router and two workers on R3 streams; the server leading the task
     stream (and the workers' consumer, and holding the submitter's connection) is SIGKILLed with half
-    the tasks submitted, the other half submitted while it is gone, and restarted later. Every submission is stored, every task gets a
-    result; duplicates are only redeliveries of tasks whose acknowledgement was lost with the
-    leader, at most one per task a worker held at that moment."""
+    the tasks submitted, the other half submitted while it is gone, and restarted later. Every
+    submission is stored, every task gets a result; duplicates are only redeliveries of tasks whose
+    acknowledgement was lost with the leader, at most one per task a worker held at that moment."""
     env = {"LOOM_NATS_REPLICAS": "3"}
     admin = await Bus.connect(NatsSettings(url=cluster.url, name="admin", replicas=3))
     procs = LoomProcesses(cluster.url)
