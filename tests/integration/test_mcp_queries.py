@@ -14,8 +14,8 @@ import mcp_types as types
 import pytest
 import yaml
 from mcp import Client, StdioServerParameters
-from tests.integration.test_mcp_gateway import GatewayProcess
 from tests.support.duckdb_data import build_records_db
+from tests.support.mcp_gateway import Gateway
 
 from loom.mcp.config import GatewayConfigError, load_gateway
 
@@ -122,7 +122,7 @@ async def test_part_12_over_streamable_http(
 ) -> None:
     gateway_config = _project(tmp_path)
     monkeypatch.chdir(tmp_path)  # the guide's relative configs/ paths resolve from the working directory
-    gateway = GatewayProcess(gateway_config, nats_url)
+    gateway = Gateway(gateway_config, nats_url, "127.0.0.1")
     try:
         gateway.wait_ready()
         async with Client(gateway.url) as client:
