@@ -577,7 +577,8 @@ def test_worker_pod_force_deleted_mid_task_loses_nothing(node_cluster: NodeClust
     _wait_serving(node_cluster, release)
     _wait_replicas(node_cluster, release, 1)
     (victim,) = [p["metadata"]["name"] for p in _tier_pods(node_cluster, release)]
-    procs = [_submit_task(release, {"sleep": 3, "n": n}, wait=200) for n in ("a", "b")]
+    # Long enough that neither task can finish between "held" and the kill (the tier's timeout is 20 s).
+    procs = [_submit_task(release, {"sleep": 15, "n": n}, wait=200) for n in ("a", "b")]
     try:
 
         def holding_both() -> tuple[bool, Any]:
