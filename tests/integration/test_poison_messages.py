@@ -234,12 +234,11 @@ async def test_a_role_whose_connection_was_closed_for_good_stops_with_exit_code_
     assert await asyncio.wait_for(_run_framed(args, "test-frame", start), 30) == 1
 
 
-async def test_tokens_of_a_failed_task_are_settled_against_the_tier_budget(
+async def _router_with_a_token_budget(
     tmp_path: Path, loom_procs: LoomProcesses, bus: Bus
-) -> None:
-    """The router corrects its token estimate from the usage in any result, a failed one included."""
-    from loom.bus import Delivery
-    from loom.messages import TaskResult, TaskStatus, TokenUsage
+) -> tuple[LoomProcess, str]:
+    """A router whose tier ``local`` allows 600 tokens a minute, and the echo worker's consumer
+    (the test plays the worker)."""
     from loom.subjects import worker_consumer
 
     echo = echo_worker(tmp_path, "echo", max_output_tokens=100)
@@ -259,6 +258,17 @@ async def test_tokens_of_a_failed_task_are_settled_against_the_tier_budget(
         "echo", "local", ack_wait=30, max_deliver=1, max_ack_pending=10
     )
     assert durable == worker_consumer("echo", "local")
+    return router, durable
+
+
+async def test_tokens_of_a_failed_task_are_settled_against_the_tier_budget(
+    tmp_path: Path, loom_procs: LoomProcesses, bus: Bus
+) -> None:
+    """The router corrects its token estimate from the usage in any result, a failed one included."""
+    from loom.bus import Delivery
+    from loom.messages import TaskResult, TaskStatus, TokenUsage
+
+    router, durable = await _router_with_a_token_budget(tmp_path, loom_procs, bus)
     stop = asyncio.Event()
 
     async def fail_expensively(d: Delivery) -> None:  # a model that burnt 500 tokens on a broken output
@@ -294,25 +304,8 @@ async def test_prompt_cache_reads_are_not_settled_against_the_tier_budget(
     """A result's cache reads do not count against tokens per minute: fresh input, writes and output do."""
     from loom.bus import Delivery
     from loom.messages import TaskResult, TaskStatus, TokenUsage
-    from loom.subjects import worker_consumer
 
-    echo = echo_worker(tmp_path, "echo", max_output_tokens=100)
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(
-        json.dumps(
-            {
-                "apiVersion": "loom.dev/v1alpha1",
-                "kind": "RouterPolicy",
-                "metadata": {"name": "default"},
-                "spec": {"rateLimits": {"local": {"tokensPerMinute": 600}}},
-            }
-        )
-    )
-    router = loom_procs.router(policy, echo)
-    durable = await bus.ensure_worker_consumer(
-        "echo", "local", ack_wait=30, max_deliver=1, max_ack_pending=10
-    )
-    assert durable == worker_consumer("echo", "local")
+    router, durable = await _router_with_a_token_budget(tmp_path, loom_procs, bus)
     stop = asyncio.Event()
 
     async def answer_from_cache(d: Delivery) -> None:  # 5,000 input tokens read from the prompt cache
