@@ -42,19 +42,22 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-from loom import metrics
+from loom import metrics, tracing
 from loom.api.router_policy import StreamLimits
+from loom.audit import AuditRecord, AuditWriter
 from loom.dead_letters import decode_original
 from loom.messages import DeadLetter, GoalMessage, GoalResult, TaskMessage, TaskResult
 from loom.settings import NatsSettings
 from loom.subjects import (
     ADVISORY_CONSUMER,
+    AUDIT_PREFIX,
     DEAD_LETTER,
     DEFAULT_TENANT,
     INCOMING_SUBJECTS,
     RESULTS_PREFIX,
     ROUTER_CONSUMER,
     STREAM_ADVISORIES,
+    STREAM_AUDIT,
     STREAM_DEAD_LETTER,
     STREAM_GOALS,
     STREAM_INCOMING,
@@ -440,6 +443,7 @@ class Bus:
         #: Bumped on every reconnect so pull loops know their pull requests are gone.
         self.epoch = 0
         self.closing = False
+        self._audit: AuditWriter | None = None
 
     # -- connection -------------------------------------------------------------------------------
 
@@ -557,6 +561,8 @@ class Bus:
     async def close(self) -> None:
         """Drain subscriptions and pending publishes, then close."""
         Bus.open_buses.discard(self)
+        if self._audit is not None and not self.nc.is_closed:
+            await self._audit.close()
         self.closing = True
         if self.nc.is_closed:
             return
@@ -828,6 +834,7 @@ class Bus:
         server, attempts are repeated for up to :data:`PUBLISH_TIMEOUT` seconds.
         """
         check_publish_subject(subject)
+        headers = tracing.inject(headers)
         if not headers or "Nats-Msg-Id" not in headers:
             headers = {**(headers or {}), "Nats-Msg-Id": uuid.uuid4().hex}
         deadline = time.monotonic() + PUBLISH_TIMEOUT
@@ -869,7 +876,10 @@ class Bus:
     async def publish_result(self, result: TaskResult | GoalResult) -> None:
         """Send a result to its tenant's result subject (core NATS: callers subscribe before publishing)."""
         key = result.result_key if isinstance(result, TaskResult) else result.goal_id
-        await self.nc.publish(check_publish_subject(result_subject(key, result.tenant)), result.to_bytes())
+        if result.trace_id is None and (trace_id := tracing.current_trace_id()):
+            result = result.model_copy(update={"trace_id": trace_id})
+        subject = check_publish_subject(result_subject(key, result.tenant))
+        await self.nc.publish(subject, result.to_bytes(), headers=tracing.inject(None))
 
     async def publish_raw(self, subject: str, data: bytes) -> None:
         """Core NATS publish (no storage); InvalidSubject, before sending, for a subject NATS would refuse."""
@@ -877,6 +887,8 @@ class Bus:
 
     async def publish_dead_letter(self, dl: DeadLetter) -> None:
         """Store a dead letter; its id is the Nats-Msg-Id, so the same failure is stored once."""
+        if dl.trace_id is None and (trace_id := tracing.current_trace_id()):
+            dl = dl.model_copy(update={"trace_id": trace_id})
         await self.js_publish(
             DEAD_LETTER,
             dl.to_bytes(),
@@ -967,6 +979,64 @@ class Bus:
         await self.js_publish(dl.subject, decode_original(dl.original))
         if not keep:
             await self.delete_stream_message(STREAM_DEAD_LETTER, stored.seq)
+
+    # -- audit trail ----------------------------------------------------------------------------------
+
+    @property
+    def audit(self) -> AuditWriter:
+        """This connection's audit writer (records go out in the background, see :mod:`loom.audit`)."""
+        if self._audit is None:
+            self._audit = AuditWriter(self)
+        return self._audit
+
+    async def ensure_audit_stream(self, max_age: float, set_age: bool) -> None:
+        """Declare the audit stream (limits retention, file storage) if missing; with ``set_age`` an
+        existing one gets ``max_age`` as its retention too."""
+        body = await self._api(f"$JS.API.STREAM.INFO.{STREAM_AUDIT}", {}, missing_ok=True)
+        existing = body.get("config")
+        if existing and not set_age:
+            return
+        config = js_api.StreamConfig(
+            name=STREAM_AUDIT,
+            subjects=[f"{AUDIT_PREFIX}.>"],
+            retention=js_api.RetentionPolicy.LIMITS,
+            storage=js_api.StorageType.FILE,
+            num_replicas=replicas_for(self.settings.replicas, existing),
+            max_age=max_age,
+            discard=js_api.DiscardPolicy.OLD,
+            duplicate_window=DUPLICATE_WINDOW,
+            description="Audit trail: one record per task and goal outcome.",
+        )
+        if existing and stream_config_matches(existing, config.as_dict()):
+            return
+        try:
+            await self.js.add_stream(config)
+        except BadRequestError as exc:
+            if exc.err_code != 10058:
+                raise
+            await self.js.update_stream(config)
+
+    async def audit_records(self, tenant: str | None = None) -> list[AuditRecord]:
+        """Every stored audit record (of one tenant when given), oldest first."""
+        out: list[AuditRecord] = []
+        subject = f"{AUDIT_PREFIX}.{tenant}" if tenant else f"{AUDIT_PREFIX}.>"
+        try:
+            info = await self.js.stream_info(STREAM_AUDIT)
+        except NotFoundError:
+            return out
+        seq, last = int(info.state.first_seq or 1), int(info.state.last_seq or 0)
+        while seq <= last:
+            try:
+                raw = await self.js.get_msg(STREAM_AUDIT, seq, subject=subject, next=True)
+            except NotFoundError:
+                break
+            assert raw.seq is not None
+            try:
+                out.append(AuditRecord.model_validate_json(raw.data or b""))
+            except ValueError as exc:
+                log.warning("audit record #%d is unreadable: %s", raw.seq, exc)
+            seq = raw.seq + 1
+        return out
 
     # -- key-value ------------------------------------------------------------------------------------
 

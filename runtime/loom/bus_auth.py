@@ -28,12 +28,14 @@ from enum import StrEnum
 
 from loom.subjects import (
     ADVISORY_CONSUMER,
+    AUDIT_PREFIX,
     DEAD_LETTER,
     DEFAULT_TENANT,
     INCOMING_SUBJECTS,
     RESULTS_PREFIX,
     ROUTER_CONSUMER,
     STREAM_ADVISORIES,
+    STREAM_AUDIT,
     STREAM_DEAD_LETTER,
     STREAM_GOALS,
     STREAM_INCOMING,
@@ -69,6 +71,10 @@ class Role(StrEnum):
 
 
 @dataclass(frozen=True)
+#: Roles that write audit records (see :mod:`loom.audit` for who writes what); reading is the admin's.
+AUDIT_WRITERS = frozenset({Role.ROUTER, Role.WORKER, Role.PIPELINE, Role.ORCHESTRATOR})
+
+
 class Identity:
     """One NATS user: its name, role and what it serves (worker type and tiers, pipeline, tenant)."""
 
@@ -151,7 +157,7 @@ def _bucket(bucket: str) -> list[str]:
 def _declare_and_read() -> list[str]:
     """What every internal role needs: declare Loom's streams, read stream and consumer state."""
     out = ["$JS.API.INFO", "$JS.API.STREAM.INFO.*", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST"]
-    for s in LOOM_STREAMS:
+    for s in (*LOOM_STREAMS, STREAM_AUDIT):
         out += [f"$JS.API.STREAM.CREATE.{s}", f"$JS.API.STREAM.UPDATE.{s}"]
     out += ["$JS.API.CONSUMER.INFO.*.*", "$JS.API.CONSUMER.LIST.*", "$JS.API.CONSUMER.NAMES.*"]
     return out
@@ -171,6 +177,8 @@ def permissions(identity: Identity) -> Permissions:
         return _tenant(me.tenant, inbox)
     pub = _declare_and_read()
     sub = [inbox]
+    if me.role in AUDIT_WRITERS:
+        pub.append(f"{AUDIT_PREFIX}.>")
     if me.role is Role.ROUTER:
         pub += ["loom.tasks.*.*", f"{RESULTS_PREFIX}.>", DEAD_LETTER]
         pub += _consumer(STREAM_INCOMING, ROUTER_CONSUMER) + _consumer(STREAM_ADVISORIES, ADVISORY_CONSUMER)

@@ -198,6 +198,8 @@ class TaskResult(Message):
     request_id: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     completed_at: datetime = Field(default_factory=utcnow)
+    #: The W3C trace id of the task's trace (hex), when it has one.
+    trace_id: str | None = None
 
     @property
     def result_key(self) -> str:
@@ -251,6 +253,8 @@ class GoalResult(Message):
     tenant: str = "default"
     request_id: str | None = None
     completed_at: datetime = Field(default_factory=utcnow)
+    #: The W3C trace id of the goal's trace (hex), when it has one.
+    trace_id: str | None = None
 
 
 class DeadLetterReason(StrEnum):
@@ -289,6 +293,8 @@ class DeadLetter(Message):
     source: str = ""  # which role produced it (router, worker, advisory)
     at: datetime = Field(default_factory=utcnow)
 
+    #: The W3C trace id of the failed work's trace (hex), when it has one.
+    trace_id: str | None = None
     @property
     def replayable(self) -> bool:
         """Whether the original body was kept (a ``too_large`` one is not), so a replay can send it."""

@@ -37,6 +37,9 @@ STREAM_GOALS = "LOOM_GOALS"
 #: Stream that captures MAX_DELIVERIES advisories durably, consumed by the routers' shared durable.
 STREAM_ADVISORIES = "LOOM_ADVISORIES"
 ADVISORY_CONSUMER = "router-advisories"
+#: The audit trail: one record per task and goal outcome on ``loom.audit.<tenant>`` (a limits stream).
+STREAM_AUDIT = "LOOM_AUDIT"
+AUDIT_PREFIX = "loom.audit"
 
 #: The router's one shared durable consumer: N replicas never route a task twice.
 ROUTER_CONSUMER = "router"

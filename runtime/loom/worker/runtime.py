@@ -19,15 +19,17 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from loom import metrics
+from loom import metrics, tracing
 from loom.api.loader import load_one
 from loom.api.router_policy import TIER_CONFIG_ENV, RouterPolicySpec, TierDefinition
 from loom.api.worker import WorkerSpec
+from loom.audit import dead_letter_record, task_record
 from loom.bus import Bus, Delivery
 from loom.contracts import Contract
 from loom.dead_letters import dead_letter_of
 from loom.errors import TaskError, TaskTimeout
 from loom.messages import (
+    DeadLetter,
     DeadLetterReason,
     TaskMessage,
     TaskResult,
@@ -39,7 +41,6 @@ from loom.subjects import STREAM_TASKS
 from loom.worker.engine import TaskEngine, WorkOutcome, build_engine
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -152,8 +153,15 @@ class WorkerRuntime:
         t0 = time.perf_counter()
         self._received.inc()
         self._in_flight.inc()
+        attrs = {"messaging.message.delivery_count": d.num_delivered, "loom.tier": self.tier}
         try:
-            await self._work(d, t0)
+            with tracing.span(
+                f"task {self.worker_type}",
+                parent=tracing.extract(d.headers),
+                kind=tracing.Kind.CONSUMER,
+                attributes=attrs,
+            ):
+                await self._work(d, t0)
         finally:
             self._in_flight.dec()
 
@@ -161,9 +169,10 @@ class WorkerRuntime:
         try:
             task = TaskMessage.model_validate_json(d.data)
         except ValidationError as exc:
-            await self._dead(
+            dl = await self._dead(
                 d, DeadLetterReason.MALFORMED, f"not a TaskMessage: {describe_validation_error(exc)}", None
             )
+            self.bus.audit.emit(dead_letter_record(dl))
             self._failed.inc()
             return
         attempt = d.num_delivered
@@ -173,26 +182,28 @@ class WorkerRuntime:
             await self._failure(d, task, exc, attempt, t0)
             return
         elapsed = time.perf_counter() - t0
-        await self.bus.publish_result(
-            TaskResult(
-                task_id=task.task_id,
-                parent_task_id=task.parent_task_id,
-                worker_type=task.worker_type,
-                status=TaskStatus.COMPLETED,
-                output=outcome.output,
-                model_used=outcome.model_used,
-                model_tier=self.tier,
-                token_usage=outcome.token_usage,
-                processing_time_ms=elapsed * 1000.0,
-                attempt=attempt,
-                tenant=task.tenant,
-                request_id=task.request_id,
-                metadata=task.metadata,
-            )
+        result = TaskResult(
+            task_id=task.task_id,
+            parent_task_id=task.parent_task_id,
+            worker_type=task.worker_type,
+            status=TaskStatus.COMPLETED,
+            output=outcome.output,
+            model_used=outcome.model_used,
+            model_tier=self.tier,
+            token_usage=outcome.token_usage,
+            processing_time_ms=elapsed * 1000.0,
+            attempt=attempt,
+            tenant=task.tenant,
+            request_id=task.request_id,
+            metadata=task.metadata,
         )
+        await self.bus.publish_result(result)
         await d.ack()
+        self.bus.audit.emit(
+            task_record(result, "worker", payload=task.payload, with_payloads=self.bus.audit.payloads)
+        )
         self._completed.inc()
-        self._dur_ok.observe(elapsed)
+        self._dur_ok.observe(elapsed, tracing.exemplar())
 
     async def _run(self, task: TaskMessage) -> WorkOutcome:
         self.input.check_input(task.payload)
@@ -217,7 +228,8 @@ class WorkerRuntime:
 
     async def _failure(self, d: Delivery, task: TaskMessage, exc: TaskError, attempt: int, t0: float) -> None:
         elapsed = time.perf_counter() - t0
-        self._dur_err.observe(elapsed)
+        self._dur_err.observe(elapsed, tracing.exemplar())
+        tracing.fail(str(exc), exc.code)
         if exc.retryable and attempt < self.spec.max_deliver:
             delay = self.backoff[min(attempt - 1, len(self.backoff) - 1)] if self.backoff else 0.0
             await d.nak(delay=delay)
@@ -225,35 +237,38 @@ class WorkerRuntime:
             log.info("task %s attempt %d failed (%s); retry in %gs", task.task_id, attempt, exc.code, delay)
             return
         errors = getattr(exc, "errors", None)
-        await self.bus.publish_result(
-            TaskResult(
-                task_id=task.task_id,
-                parent_task_id=task.parent_task_id,
-                worker_type=task.worker_type,
-                status=TaskStatus.FAILED,
-                error=str(exc),
-                error_code=exc.code,
-                model_used=exc.model_used,
-                model_tier=self.tier,
-                token_usage=exc.token_usage or TokenUsage(),
-                processing_time_ms=elapsed * 1000.0,
-                attempt=attempt,
-                tenant=task.tenant,
-                request_id=task.request_id,
-                metadata={**task.metadata, "validation_errors": errors} if errors else task.metadata,
-            )
+        result = TaskResult(
+            task_id=task.task_id,
+            parent_task_id=task.parent_task_id,
+            worker_type=task.worker_type,
+            status=TaskStatus.FAILED,
+            error=str(exc),
+            error_code=exc.code,
+            model_used=exc.model_used,
+            model_tier=self.tier,
+            token_usage=exc.token_usage or TokenUsage(),
+            processing_time_ms=elapsed * 1000.0,
+            attempt=attempt,
+            tenant=task.tenant,
+            request_id=task.request_id,
+            metadata={**task.metadata, "validation_errors": errors} if errors else task.metadata,
         )
+        await self.bus.publish_result(result)
         await self._dead(d, exc.reason, f"{exc.code}: {exc}", task)
+        self.bus.audit.emit(
+            task_record(result, "worker", payload=task.payload, with_payloads=self.bus.audit.payloads)
+        )
         self._failed.inc()
         log.warning("task %s failed for good after %d attempts: %s", task.task_id, attempt, exc)
 
     async def _dead(
         self, d: Delivery, reason: DeadLetterReason, detail: str, task: TaskMessage | None
-    ) -> None:
+    ) -> DeadLetter:
         dl = dead_letter_of(d, reason, detail, stream=STREAM_TASKS, role="worker", task=task, tier=self.tier)
         await self.bus.publish_dead_letter(dl)
         await d.term()
         metrics.DEAD_LETTERS.labels(reason.value, "worker").inc()
+        return dl
 
     async def _lag_loop(self, stop: asyncio.Event) -> None:
         labels = (STREAM_TASKS, self.consumer)
