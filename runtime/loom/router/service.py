@@ -33,8 +33,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from loom import metrics
+from loom import metrics, tracing
 from loom.api.router_policy import RouterConfig, RouterPolicySpec
+from loom.audit import dead_letter_record
 from loom.bus import ADVISORY_CONSUMER, STREAM_ADVISORIES, Bus, BusError, Delivery
 from loom.dead_letters import build_dead_letter, dead_letter_of
 from loom.messages import (
@@ -209,6 +210,13 @@ class RouterService:
     # -- incoming tasks -----------------------------------------------------------------------------------
 
     async def _handle(self, d: Delivery) -> None:
+        attrs = {"messaging.message.delivery_count": d.num_delivered}
+        with tracing.span(
+            "route", parent=tracing.extract(d.headers), kind=tracing.Kind.CONSUMER, attributes=attrs
+        ):
+            await self._route(d)
+
+    async def _route(self, d: Delivery) -> None:
         too_large = payload_problem(len(d.data), self.table.policy.max_payload_bytes)
         if too_large is not None:
             await self._too_large(d, too_large)
@@ -272,7 +280,8 @@ class RouterService:
         req.item = (fut, d)
         self.wake.set()
         try:
-            return await fut
+            with tracing.span("admission wait", attributes={"loom.tier": tier}):
+                return await fut
         except asyncio.CancelledError:
             self.queue.cancel(req)
             if fut.done() and not fut.cancelled() and fut.exception() is None and fut.result() is not None:
@@ -315,6 +324,7 @@ class RouterService:
     ) -> None:
         dl = dead_letter_of(d, reason, detail, stream=STREAM_INCOMING, role="router", task=task, tier=tier)
         await self.bus.publish_dead_letter(dl)
+        self.bus.audit.emit(dead_letter_record(dl))
         if task is not None:
             await self.bus.publish_result(_failed(task, tier, reason.value, f"{reason.value}: {detail}"))
         await d.term()
@@ -330,6 +340,7 @@ class RouterService:
         reason = DeadLetterReason.TOO_LARGE
         dl = dead_letter_of(d, reason, detail, stream=STREAM_INCOMING, role="router", task=task)
         await self.bus.publish_dead_letter(dl.model_copy(update={"original": ""}))
+        self.bus.audit.emit(dead_letter_record(dl))
         if task is not None:
             small = len(json.dumps(task.metadata, default=str)) <= _RESULT_METADATA_MAX
             slim = task.model_copy(update={"payload": {}, "metadata": task.metadata if small else {}})
@@ -488,6 +499,7 @@ class RouterService:
                 if await self.bus.delete_stream_message(STREAM_TASKS, stored.seq):  # once across replicas
                     if result is not None:
                         await self.bus.publish_result(result)
+                    self.bus.audit.emit(dead_letter_record(dl))
                     metrics.DEAD_LETTERS.labels(DeadLetterReason.NO_WORKER.value, "router").inc()
                     dead += 1
                 seq = stored.seq + 1
@@ -520,9 +532,11 @@ class RouterService:
             detail,
             deliveries,
         )
-        await self.bus.publish_dead_letter(dl)
-        if result is not None:
-            await self.bus.publish_result(result)
+        with tracing.span("max deliveries", parent=tracing.extract(stored.headers)):
+            await self.bus.publish_dead_letter(dl)
+            if result is not None:
+                await self.bus.publish_result(result)
+            self.bus.audit.emit(dead_letter_record(dl))
         await self.bus.delete_stream_message(stream, seq)
         await d.ack()
         metrics.DEAD_LETTERS.labels(DeadLetterReason.MAX_DELIVERIES.value, "router").inc()
