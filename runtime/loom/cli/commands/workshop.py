@@ -1,0 +1,77 @@
+"""``loom workshop``: the web UI to test, edit and evaluate the workers of a project folder.
+
+It reads the same manifests as ``loom up`` and needs no NATS: a test runs the worker's engine in
+this process on the tier's real provider. Loopback only unless ``--token`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+NAME = "workshop"
+HELP = "Web UI to test, edit and evaluate workers (loopback by default)."
+
+DEFAULT_PORT = 8765
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "paths",
+        nargs="*",
+        metavar="DIR|FILE",
+        help="manifests to serve, as `loom up` reads them (default: the project folder)",
+    )
+    parser.add_argument(
+        "--root",
+        type=Path,
+        help="project folder: nothing outside it is read or written (default: the one DIR given, "
+        "else the current directory)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("LOOM_WORKSHOP_TOKEN"),
+        help="access token, required to bind a non-loopback address; open the UI with ?token=TOKEN "
+        "(env LOOM_WORKSHOP_TOKEN)",
+    )
+    parser.add_argument(
+        "--local-llm-url",
+        default=os.environ.get("LOOM_LOCAL_LLM_URL"),
+        help="OpenAI-compatible URL for tiers on backend local without baseUrl (default: start the "
+        "embedded model on first use); env LOOM_LOCAL_LLM_URL",
+    )
+
+
+def project_root(paths: list[str], root: Path | None) -> Path:
+    """The folder the Workshop confines itself to."""
+    if root is not None:
+        return root
+    if len(paths) == 1 and Path(paths[0]).is_dir():
+        return Path(paths[0])
+    return Path.cwd()
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from loom.workshop.app import Settings, create_app
+    from loom.workshop.project import ConfinementError, Project
+    from loom.workshop.security import BindError, check_bind
+
+    try:
+        check_bind(args.host, args.token)
+        root = project_root(args.paths, args.root)
+        if not root.is_dir():
+            raise ConfinementError(f"{root}: not a directory")
+        project = Project(root, args.paths)
+    except (BindError, ConfinementError) as exc:
+        print(f"loom workshop: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(Settings(project=project, token=args.token, local_llm_url=args.local_llm_url))
+    print(f"loom workshop: serving {project.root} on http://{args.host}:{args.port}/", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

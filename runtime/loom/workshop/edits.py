@@ -1,0 +1,274 @@
+"""Editing a worker's file in place (round-trip YAML: formatting and comments kept), and its versions.
+
+An edit is applied to the parsed document with ruamel.yaml's round-trip mode, so only the edited
+values change in the file; a multi-line prompt stays a block scalar. The result is validated with
+the loader ``loom up`` uses before anything is written, so an invalid edit never reaches the disk.
+Every text written (and the file as it was before the first save) is kept under
+``.loom/workshop/versions/`` in the project and can be restored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.error import YAMLError
+from ruamel.yaml.scalarstring import LiteralScalarString
+
+from loom.api.loader import LoadError, Resource, load_text
+from loom.workshop.project import confine
+
+VERSIONS_DIR = Path(".loom") / "workshop" / "versions"
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
+
+
+class EditError(ValueError):
+    """The edit is refused; ``problems`` says why (nothing was written)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def _yaml() -> YAML:
+    y = YAML(typ="rt")
+    y.preserve_quotes = True
+    y.width = 4096  # never fold long lines the file did not fold
+    y.indent(mapping=2, sequence=4, offset=2)
+    return y
+
+
+def _load_all(text: str) -> list[Any]:
+    try:
+        return list(_yaml().load_all(text))
+    except YAMLError as exc:
+        raise EditError([f"invalid YAML: {exc}"]) from None
+
+
+def _dump_all(docs: list[Any]) -> str:
+    out = io.StringIO()
+    _yaml().dump_all(docs, out)
+    return out.getvalue()
+
+
+def _body(doc: Any) -> tuple[CommentedMap, bool]:
+    """The mapping holding the worker's fields (``spec`` of a manifest) and whether keys are camelCase."""
+    if "apiVersion" in doc:
+        return doc["spec"], True
+    return doc, not any(k in doc for k in ("system_prompt", "input_schema", "output_schema", "worker_kind"))
+
+
+def _is_worker(doc: Any, name: str) -> bool:
+    if not isinstance(doc, dict):
+        return False
+    if "apiVersion" in doc:
+        if doc.get("kind") != "Worker" or not isinstance(doc.get("spec"), dict):
+            return False
+        return name in (doc["spec"].get("name"), (doc.get("metadata") or {}).get("name"))
+    return doc.get("name") == name
+
+
+def _key(body: CommentedMap, camel: bool, snake: str) -> str:
+    head, *rest = snake.split("_")
+    camel_key = head + "".join(p.title() for p in rest)
+    for k in (snake, camel_key):
+        if k in body:
+            return k
+    return camel_key if camel else snake
+
+
+def parse_schema(text: str, label: str) -> Any:
+    """A schema typed in the page (YAML or JSON) as round-trip data; empty text means no schema."""
+    if not text.strip():
+        return None
+    try:
+        value = _yaml().load(text)
+    except YAMLError as exc:
+        raise EditError([f"{label}: invalid YAML/JSON: {exc}"]) from None
+    if not isinstance(value, dict):
+        raise EditError([f"{label}: must be a mapping (a JSON Schema object)"])
+    return value
+
+
+def schema_text(schema: Any) -> str:
+    """A schema as YAML for the edit box."""
+    if schema is None:
+        return ""
+    out = io.StringIO()
+    _yaml().dump(schema, out)
+    return out.getvalue()
+
+
+@dataclass(frozen=True)
+class WorkerEdit:
+    """What the page lets one change: the system prompt and the two schemas (YAML or JSON text)."""
+
+    system_prompt: str
+    input_schema: str
+    output_schema: str
+
+
+def current(text: str, source: str, worker: str) -> WorkerEdit:
+    """The edit boxes' starting texts, taken from the file's own nodes (flow style and comments kept)."""
+    doc = next((d for d in _load_all(text) if _is_worker(d, worker)), None)
+    if doc is None:
+        raise EditError([f"{source}: no Worker {worker!r} in this file"])
+    body, camel = _body(doc)
+    prompt = body.get(_key(body, camel, "system_prompt")) or ""
+    return WorkerEdit(
+        system_prompt=str(prompt),
+        input_schema=schema_text(body.get(_key(body, camel, "input_schema"))),
+        output_schema=schema_text(body.get(_key(body, camel, "output_schema"))),
+    )
+
+
+def apply_edit(text: str, source: str, worker: str, edit: WorkerEdit) -> tuple[str, Resource]:
+    """The file's new text with the edit applied, and the worker as it then loads; EditError if invalid."""
+    docs = _load_all(text)
+    target = next((d for d in docs if _is_worker(d, worker)), None)
+    if target is None:
+        raise EditError([f"{source}: no Worker {worker!r} in this file"])
+    body, camel = _body(target)
+    prompt = edit.system_prompt.replace("\r\n", "\n")
+    pkey = _key(body, camel, "system_prompt")
+    if prompt.strip():
+        body[pkey] = (
+            LiteralScalarString(prompt if prompt.endswith("\n") else prompt + "\n")
+            if "\n" in prompt.strip()
+            else prompt
+        )
+    elif pkey in body:
+        del body[pkey]
+    for snake, raw, label in (
+        ("input_schema", edit.input_schema, "input schema"),
+        ("output_schema", edit.output_schema, "output schema"),
+    ):
+        key = _key(body, camel, snake)
+        value = parse_schema(raw, label)
+        if value is None:
+            body.pop(key, None)
+        elif _plain(body.get(key)) != _plain(value):  # unchanged schemas keep their exact text
+            body[key] = value
+    new_text = _dump_all(docs)
+    return new_text, validated(new_text, source, worker)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def validated(text: str, source: str, worker: str) -> Resource:
+    """The worker as the new text loads, or EditError with every problem of the file."""
+    try:
+        resources = load_text(text, source)
+    except LoadError as exc:
+        raise EditError(exc.problems) from None
+    for res in resources:
+        if res.kind == "Worker" and worker in (res.spec.worker_type, res.name):
+            return res
+    raise EditError([f"{source}: the edit leaves no Worker {worker!r}"])
+
+
+def unified_diff(old: str, new: str, label: str) -> str:
+    """The edit as a unified diff of the file (empty when nothing changes)."""
+    return "".join(
+        difflib.unified_diff(
+            old.splitlines(keepends=True), new.splitlines(keepends=True), f"a/{label}", f"b/{label}"
+        )
+    )
+
+
+def clone_text(text: str, source: str, worker: str, new_name: str) -> str:
+    """The worker's document alone, renamed to ``new_name`` (comments kept), validated."""
+    if not NAME_RE.match(new_name):
+        raise EditError([f"{new_name!r} is not a valid worker name (lowercase letters, digits, - and _)"])
+    doc = next((d for d in _load_all(text) if _is_worker(d, worker)), None)
+    if doc is None:
+        raise EditError([f"{source}: no Worker {worker!r} in this file"])
+    if "apiVersion" in doc:
+        doc["metadata"]["name"] = new_name.replace("_", "-")
+        if "name" in doc["spec"]:
+            doc["spec"]["name"] = new_name
+    else:
+        doc["name"] = new_name
+    new_text = _dump_all([doc])
+    validated(new_text, source, new_name if "apiVersion" not in doc else doc["metadata"]["name"])
+    return new_text
+
+
+# -- files and versions --------------------------------------------------------------------------
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step (a reader never sees half a file)."""
+    tmp = path.with_name(f".{path.name}.workshop-tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class Version:
+    """One kept text of a file."""
+
+    id: str
+    saved_at: float
+    note: str
+
+
+class Versions:
+    """Every text the Workshop wrote to a project file, newest last, under the project's ``.loom``."""
+
+    def __init__(self, root: Path):
+        self.root = root.resolve()
+
+    def _dir(self, rel: str) -> Path:
+        confine(self.root, rel)
+        return confine(self.root, VERSIONS_DIR / rel)
+
+    def keep(self, rel: str, text: str, note: str) -> Version:
+        directory = self._dir(rel)
+        directory.mkdir(parents=True, exist_ok=True)
+        stamp = time.time_ns()
+        slug = re.sub(r"[^a-z0-9]+", "-", note.lower()).strip("-")[:40] or "save"
+        vid = f"{stamp}-{slug}"
+        (directory / f"{vid}.yaml").write_text(text, encoding="utf-8")
+        return Version(vid, stamp / 1e9, note)
+
+    def list(self, rel: str) -> list[Version]:
+        directory = self._dir(rel)
+        if not directory.is_dir():
+            return []
+        out = []
+        for f in sorted(directory.glob("*.yaml"), key=lambda p: int(p.stem.split("-", 1)[0])):
+            stamp, _, slug = f.stem.partition("-")
+            out.append(Version(f.stem, int(stamp) / 1e9, slug.replace("-", " ")))
+        return out
+
+    def read(self, rel: str, vid: str) -> str:
+        if not re.fullmatch(r"\d+-[a-z0-9-]+", vid):
+            raise EditError([f"no version {vid!r}"])
+        path = self._dir(rel) / f"{vid}.yaml"
+        if not path.is_file():
+            raise EditError([f"no version {vid!r} of {rel}"])
+        return path.read_text(encoding="utf-8")
+
+
+def save(root: Path, rel: str, old: str, new: str, versions: Versions, note: str) -> Version:
+    """Write ``new`` to the project file ``rel``, keeping the text it replaces the first time."""
+    path = confine(root, rel)
+    if not versions.list(rel):
+        versions.keep(rel, old, "original")
+    write_atomic(path, new)
+    return versions.keep(rel, new, note)
