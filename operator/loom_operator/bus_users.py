@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable
 from loom.api.common import GROUP_VERSION
 from loom.api.kinds import KIND_NAMES
 from loom.bus_auth import Identity
+from loom_operator.dispatch import Stalled, parse_body
 from loom_operator.k8s import Kube, KubeError
-from loom_operator.reconcile import Stalled, parse_body
 from loom_operator.render.bus_auth import identity, server_secrets
 from loom_operator.render.common import Owner
 from loom_operator.settings import Settings

@@ -26,18 +26,11 @@ from loom.api.common import GROUP_VERSION
 from loom.api.kinds import KIND_NAMES
 from loom_operator import metrics
 from loom_operator.conditions import Phase
+from loom_operator.dispatch import PipelineEntry, PolicyEntry, Stalled, WorkerEntry, catalog, catalog_hash
 from loom_operator.eval_results import run_from_job, run_from_pod
 from loom_operator.k8s import Kube, KubeError, namespace_terminating
 from loom_operator.readiness import ChildDeployment
-from loom_operator.reconcile import (
-    PipelineEntry,
-    PolicyEntry,
-    Reconciler,
-    Stalled,
-    WorkerEntry,
-    catalog,
-    catalog_hash,
-)
+from loom_operator.reconcile import Reconciler
 from loom_operator.render.common import LABEL_KINDS
 from loom_operator.render.worker import deployment_name
 from loom_operator.scaler_loop import Target

@@ -26,10 +26,11 @@ from loom.api.kinds import KINDS, kind_info
 from loom_operator.bus_users import BusUsers
 from loom_operator.controller import Controller
 from loom_operator.diffbase import DigestDiffBaseStorage
+from loom_operator.dispatch import PipelineEntry, PolicyEntry, Stalled, WorkerEntry, parse_body
 from loom_operator.k8s import Credentials, Kube, KubeError, namespace_terminating
 from loom_operator.peering import Standby, own_identity
 from loom_operator.readiness import ChildDeployment
-from loom_operator.reconcile import PipelineEntry, PolicyEntry, Reconciler, Stalled, WorkerEntry, parse_body
+from loom_operator.reconcile import Reconciler
 from loom_operator.render import worker_route
 from loom_operator.render.common import COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 from loom_operator.scaler_loop import ScalerLoop

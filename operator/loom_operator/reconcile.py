@@ -11,37 +11,34 @@ applied or deleted for them, so a bad edit never churns running children.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from loom.api import GROUP_VERSION, PipelineSpec, RouterPolicySpec, ScheduleSpec, WorkerSpec
-from loom.api.eval_suite import EvalSuiteSpec
-from loom.api.loader import LoadError, Resource, parse_document
-from loom.api.router_policy import WorkerRoute
+from loom.api import GROUP_VERSION, RouterPolicySpec
+from loom.api.loader import Resource
 from loom.api.status import EvalRun
 from loom_operator import conditions
 from loom_operator.adoption import adoption_problem
 from loom_operator.conditions import Phase
+from loom_operator.dispatch import (
+    PipelineEntry,
+    PolicyEntry,
+    Stalled,
+    WorkerEntry,
+    catalog,
+    catalog_hash,
+    parse_body,
+    render_resource,
+)
 from loom_operator.eval_results import eval_phase
 from loom_operator.k8s import Kube, KubeError, refused
+from loom_operator.kind_status import Observation, StatusView, kind_fields
 from loom_operator.readiness import ChildDeployment, freshest, phase_of
-from loom_operator.render import (
-    Owner,
-    RenderError,
-    render_pipeline,
-    render_router_policy,
-    render_schedule,
-    render_worker,
-)
-from loom_operator.render.bus_auth import with_identity
+from loom_operator.render import Owner
 from loom_operator.render.common import child_selector
-from loom_operator.render.eval_suite import name_jobs, render_eval_suite
-from loom_operator.render.schedule import describe, fire_times
 from loom_operator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,50 +57,6 @@ UNREAD_KINDS = frozenset({"Secret"})
 
 class NotOurs(Exception):
     """An object of a child's name exists and does not belong to the resource (never adopted)."""
-
-
-class Stalled(Exception):
-    """The spec cannot be acted on until someone changes it."""
-
-    def __init__(self, reason: str, message: str):
-        self.reason = reason
-        self.message = message
-        super().__init__(f"{reason}: {message}")
-
-
-@dataclass(frozen=True)
-class WorkerEntry:
-    """A Worker as the namespace's router catalog and the scaler see it (from the Kopf index)."""
-
-    name: str
-    worker_type: str
-    route: WorkerRoute
-    tiers: tuple[str, ...]
-    spec: WorkerSpec
-
-
-@dataclass(frozen=True)
-class PolicyEntry:
-    """A RouterPolicy of a namespace; ``spec`` None when it does not validate."""
-
-    name: str
-    spec: RouterPolicySpec | None
-
-
-@dataclass(frozen=True)
-class PipelineEntry:
-    """A Pipeline of a namespace as Schedules see it: its goal subject name (from the Kopf index)."""
-
-    name: str
-    pipeline_name: str
-
-
-@dataclass(frozen=True)
-class Observation:
-    """What the built-in scaler last saw and decided for one tier."""
-
-    lag: int
-    desired: int
 
 
 @dataclass
@@ -135,151 +88,11 @@ class Known:
         }
 
 
-def parse_body(body: Mapping[str, Any]) -> Resource:
-    """Validate a custom resource body with the shared spec models; Stalled with every problem."""
-    meta = body.get("metadata", {})
-    doc = {
-        "apiVersion": body.get("apiVersion", GROUP_VERSION),
-        "kind": body.get("kind"),
-        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace")},
-        "spec": dict(body.get("spec") or {}),
-    }
-    try:
-        (resource,) = parse_document(doc, f"{body.get('kind')}/{meta.get('name')}", 0)
-    except LoadError as exc:
-        # Problems read "<source>: <Kind>/<name>: spec.<field>: <message>"; keep the field part.
-        problems = [p.split(": ", 2)[-1] for p in exc.problems]
-        if "name" not in doc["spec"]:
-            # spec.name was defaulted from metadata.name: name the field the user wrote.
-            problems = [
-                "metadata.name" + p.removeprefix("spec.name") if p.startswith("spec.name:") else p
-                for p in problems
-            ]
-        raise Stalled("InvalidSpec", "; ".join(problems)) from None
-    return resource
-
-
-def effective_policy(entries: Iterable[PolicyEntry]) -> PolicyEntry | None:
-    """The RouterPolicy that governs a namespace: the first by name (others are Stalled)."""
-    ordered = sorted(entries, key=lambda e: e.name)
-    return ordered[0] if ordered else None
-
-
-def catalog(entries: Iterable[WorkerEntry]) -> dict[str, WorkerRoute]:
-    return {e.worker_type: e.route for e in sorted(entries, key=lambda e: e.name)}
-
-
-def catalog_hash(routes: Mapping[str, WorkerRoute]) -> str:
-    blob = json.dumps({k: v.to_manifest_dict() for k, v in sorted(routes.items())}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def missing_references(
-    spec: Any, workers: Iterable[WorkerEntry], pipelines: Iterable[PipelineEntry]
-) -> Stalled | None:
-    """Why a Pipeline, Schedule or EvalSuite cannot work: a worker type or pipeline no resource
-    provides (pure)."""
-    types = sorted({w.worker_type for w in workers})
-    known_types = ", ".join(types) or "none"
-    if isinstance(spec, PipelineSpec):
-        missing = [(s.name, s.worker_type) for s in spec.pipeline_stages if s.worker_type not in types]
-        if missing:
-            uses = "; ".join(f"stage {stage!r} uses workerType {wt!r}" for stage, wt in missing)
-            return Stalled(
-                "UnknownWorkerType",
-                f"{uses}, which no Worker of this namespace serves (worker types: {known_types})",
-            )
-    if isinstance(spec, ScheduleSpec):
-        if spec.dispatch_type == "goal" and spec.goal is not None and spec.goal.pipeline:
-            names = sorted({p.pipeline_name for p in pipelines})
-            if spec.goal.pipeline not in names:
-                return Stalled(
-                    "UnknownPipeline",
-                    f"goal.pipeline {spec.goal.pipeline!r} is not a Pipeline of this namespace "
-                    f"(pipelines: {', '.join(names) or 'none'})",
-                )
-        if spec.dispatch_type == "task" and spec.task is not None and spec.task.worker_type not in types:
-            return Stalled(
-                "UnknownWorkerType",
-                f"task.workerType {spec.task.worker_type!r} is not served by any Worker of this namespace "
-                f"(worker types: {known_types})",
-            )
-    if isinstance(spec, EvalSuiteSpec) and spec.worker not in types:
-        return Stalled(
-            "UnknownWorkerType",
-            f"worker {spec.worker!r} is not served by any Worker of this namespace "
-            f"(worker types: {known_types})",
-        )
-    return None
-
-
 def _created(body: Mapping[str, Any], now: datetime) -> datetime:
     stamp = body.get("metadata", {}).get("creationTimestamp")
     if not stamp:
         return now
     return datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
-
-
-def render_resource(
-    owner: Owner,
-    resource: Resource,
-    settings: Settings,
-    *,
-    keda: bool,
-    policies: Sequence[PolicyEntry],
-    workers: Sequence[WorkerEntry],
-    pipelines: Sequence[PipelineEntry],
-) -> list[dict[str, Any]]:
-    """The children of one parsed resource, given its namespace's policies, workers and pipelines (pure).
-
-    Raises Stalled for what the API server accepted but cannot be rendered or cannot work.
-    """
-    spec = resource.spec
-    missing = missing_references(spec, workers, pipelines)
-    if missing is not None:
-        raise missing
-    try:
-        children = _render_children(owner, spec, settings, keda=keda, policies=policies, workers=workers)
-        # Jobs are named by a hash of their template, identity included.
-        return name_jobs(owner, with_identity(children, owner, spec, settings))
-    except RenderError as exc:
-        raise Stalled("UnknownTier" if "tier" in str(exc) else "RenderFailed", str(exc)) from None
-
-
-def _render_children(
-    owner: Owner,
-    spec: Any,
-    settings: Settings,
-    *,
-    keda: bool,
-    policies: Sequence[PolicyEntry],
-    workers: Sequence[WorkerEntry],
-) -> list[dict[str, Any]]:
-    """The kind's own children (before the bus identity is wired in)."""
-    if isinstance(spec, WorkerSpec):
-        eff = effective_policy(policies)
-        return render_worker(
-            owner,
-            spec,
-            settings,
-            policy=eff.spec if eff else None,
-            policy_name=eff.name if eff else None,
-            keda=keda,
-        )
-    if isinstance(spec, PipelineSpec):
-        return render_pipeline(owner, spec, settings)
-    if isinstance(spec, RouterPolicySpec):
-        eff = effective_policy(policies)
-        if eff is not None and eff.name != owner.name:
-            raise Stalled(
-                "Conflict", f"RouterPolicy {eff.name!r} already governs namespace {owner.namespace!r}"
-            )
-        return render_router_policy(owner, spec, settings, workers=catalog(workers))
-    if isinstance(spec, ScheduleSpec):
-        return render_schedule(owner, spec, settings)
-    if isinstance(spec, EvalSuiteSpec):
-        return render_eval_suite(owner, spec, settings, workers=workers)
-    raise TypeError(f"no renderer for {type(spec).__name__}")
 
 
 class Reconciler:
@@ -548,45 +361,24 @@ class Reconciler:
                 phase, known.generation, known.status.get("conditions"), now
             ),
         }
-        spec = known.resource.spec if known.resource else None
+        if known.resource is None:
+            return status
         # Stalled: nothing was pruned, so every child still running is counted.
-        by_tier = {c.tier: c for c in children if c.name in known.expected or phase.state == "stalled"}
-        if isinstance(spec, WorkerSpec):
-            tiers = []
-            lag_total: int | None = None
-            for tier in spec.served_tiers:
-                child = by_tier.get(tier)
-                entry: dict[str, Any] = {
-                    "name": tier,
-                    "replicas": child.replicas if child else 0,
-                    "readyReplicas": child.ready_replicas if child else 0,
-                }
-                obs = self.observations.get((known.namespace, known.name, tier))
-                if obs is not None:
-                    entry["lag"] = obs.lag
-                    entry["desiredReplicas"] = obs.desired
-                    lag_total = (lag_total or 0) + obs.lag
-                tiers.append(entry)
-            status["tiers"] = tiers
-            status["tierNames"] = ",".join(spec.served_tiers)
-            ready = sum(t["readyReplicas"] for t in tiers)
-            status["replicaSummary"] = f"{ready}/{sum(t['replicas'] for t in tiers)}"
-            status["lag"] = lag_total
-        elif isinstance(spec, PipelineSpec):
-            status["stages"] = len(spec.pipeline_stages)
-        elif isinstance(spec, RouterPolicySpec):
-            status["tierNames"] = ",".join(spec.tier_names)
-            status["workers"] = self.catalog_sizes.get(known.namespace, 0)
-        elif isinstance(spec, EvalSuiteSpec) and known.job is not None:
-            status["jobName"] = known.job
-            run = self.eval_run(known.namespace, known.name, known.job)
-            # Until the current Job has a verdict, lastRun stays the previous one.
-            status["lastRun"] = run.to_manifest_dict() if run else known.status.get("lastRun")
-        elif isinstance(spec, ScheduleSpec):
-            last, nxt = fire_times(spec, known.created, now)
-            status["schedule"] = describe(spec)
-            status["lastScheduleTime"] = conditions.rfc3339(last) if last else None
-            status["nextScheduleTime"] = conditions.rfc3339(nxt) if nxt else None
+        view = StatusView(
+            now=now,
+            created=known.created,
+            children={c.tier: c for c in children if c.name in known.expected or phase.state == "stalled"},
+            observations={
+                tier: obs
+                for (ns, name, tier), obs in self.observations.items()
+                if (ns, name) == (known.namespace, known.name)
+            },
+            catalog_size=self.catalog_sizes.get(known.namespace, 0),
+            job=known.job,
+            eval_run=self.eval_run(known.namespace, known.name, known.job) if known.job else None,
+            previous=known.status,
+        )
+        status.update(kind_fields(known.kind, known.resource.spec, view))
         return status
 
     async def _publish(

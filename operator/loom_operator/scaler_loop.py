@@ -28,7 +28,8 @@ from loom import subjects
 from loom.api import Autoscaling
 from loom_operator import metrics
 from loom_operator.k8s import Kube, KubeError
-from loom_operator.reconcile import Observation, Reconciler
+from loom_operator.kind_status import Observation
+from loom_operator.reconcile import Reconciler
 from loom_operator.scaler import Decision, decide
 
 log = logging.getLogger(__name__)

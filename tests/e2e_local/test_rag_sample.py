@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from loom.api import load_paths
-from loom_operator.reconcile import PipelineEntry, PolicyEntry, WorkerEntry, render_resource
+from loom_operator.dispatch import PipelineEntry, PolicyEntry, WorkerEntry, render_resource
 from loom_operator.render import Owner, worker_route
 from loom_operator.settings import Settings
 from tests.e2e_local.conftest import LOOM, ROOT, parse_submit_output

@@ -15,7 +15,7 @@ from loom.api import load_paths
 from loom.api.router_policy import TIER_CONFIG_ENV
 from loom.llm.endpoints import ENDPOINTS_ENV
 from loom.local.manifests import build_plan
-from loom_operator.reconcile import PipelineEntry, PolicyEntry, WorkerEntry, render_resource
+from loom_operator.dispatch import PipelineEntry, PolicyEntry, WorkerEntry, render_resource
 from loom_operator.render import Owner, worker_route
 from loom_operator.settings import Settings
 from tests.e2e_local.conftest import LOOM, ROOT, SAMPLES

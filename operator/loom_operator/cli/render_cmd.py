@@ -73,7 +73,7 @@ def render_resources(
     resources: list[Any], settings: Any, *, keda: bool, namespace: str
 ) -> dict[str, list[dict[str, Any]]]:
     """Objects per resource (``<Kind>-<name>`` → objects), rendered as the operator would."""
-    from loom_operator.reconcile import PipelineEntry, PolicyEntry, Stalled, WorkerEntry, render_resource
+    from loom_operator.dispatch import PipelineEntry, PolicyEntry, Stalled, WorkerEntry, render_resource
     from loom_operator.render import Owner, worker_route
 
     problems = name_problems(resources, namespace)

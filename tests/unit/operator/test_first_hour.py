@@ -18,7 +18,7 @@ from loom.api.loader import Resource
 from loom.api.text import PROMPT_MAX_CHARS
 from loom_operator import crdgen
 from loom_operator.diffbase import DigestDiffBaseStorage
-from loom_operator.reconcile import (
+from loom_operator.dispatch import (
     PipelineEntry,
     Stalled,
     WorkerEntry,

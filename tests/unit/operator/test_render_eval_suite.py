@@ -18,8 +18,8 @@ from loom.evals.report import TERMINATION_MESSAGE_LIMIT, run_summary
 from loom.evals.runner import CaseResult, RunResult
 from loom.evals.suite import parse_suite
 from loom.subjects import incoming_subject
+from loom_operator.dispatch import Stalled, WorkerEntry, render_resource
 from loom_operator.eval_results import EVAL_FAILED, eval_phase, run_from_job, run_from_pod
-from loom_operator.reconcile import Stalled, WorkerEntry, render_resource
 from loom_operator.render import Owner, worker_route
 from loom_operator.render.bus_auth import identity
 from loom_operator.render.eval_suite import JOB_LABEL, SUITE_KEY, TERMINATION_LOG, WORKER_KEY
