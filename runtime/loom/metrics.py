@@ -122,6 +122,19 @@ TOKENS_AVAILABLE = gauge(
     ["tier", "limit"],
 )
 TIER_IN_FLIGHT = gauge("loom_tier_in_flight", "Tasks dispatched to a tier and not yet answered.", ["tier"])
+BUDGET_USED = gauge(
+    "loom_budget_used",
+    "Units a budget's current window holds (settled usage plus open reservations), all replicas; "
+    "cost in the prices' currency. budget is scope/unit/period from the RouterPolicy.",
+    ["budget"],
+)
+BUDGET_LIMIT = gauge("loom_budget_limit", "A budget's limit per window (cost in currency).", ["budget"])
+BUDGET_EXHAUSTED = counter(
+    "loom_budget_exhausted_total", "Tasks dead-lettered because a budget was exhausted.", ["budget"]
+)
+COST = counter(
+    "loom_router_cost_total", "Cost of the settled results at the tier's price (currency).", ["tier"]
+)
 TASKS_WITHOUT_WORKER = gauge(
     "loom_router_tasks_without_worker",
     "Tasks stored for a worker type and tier that no worker consumes (dead letters after no_worker_wait).",

@@ -1,9 +1,11 @@
-"""The RouterPolicy custom resource: model tiers, tier overrides and rate limits.
+"""The RouterPolicy custom resource: model tiers, tier overrides, rate limits and token budgets.
 
 The router is deterministic (no LLM): it picks ``loom.tasks.<worker_type>.<tier>``
 from the task's tier, the overrides and the worker's default, and admits tasks
 under per-tier and per-tenant limits. A task over a limit waits up to
 ``onLimit.maxWaitSeconds`` and then becomes a dead letter (reason ``rate_limited``).
+Budgets count tokens or cost per calendar day or month (:mod:`loom.router.budgets`); a task
+over one becomes a dead letter (reason ``budget_exhausted``), at once or after waiting.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from loom.api.common import (
     ResourceRequirements,
@@ -49,6 +52,25 @@ _TIER_RULES = [
 ]
 
 
+class TierPrice(SpecModel):
+    """What a tier's provider charges, per million tokens, in the one currency all prices share."""
+
+    input_per_million: float = Field(ge=0, description="Fresh (uncached) input tokens.")
+    output_per_million: float = Field(ge=0, description="Output tokens.")
+    cache_read_per_million: float | None = Field(
+        default=None,
+        ge=0,
+        description="Input tokens read from the prompt cache; unset: a tenth of the input price "
+        "(Anthropic's and OpenAI's cached-input rate). A cached token is never priced as a fresh one.",
+    )
+    cache_write_per_million: float | None = Field(
+        default=None,
+        ge=0,
+        description="Input tokens written to the prompt cache; unset: 1.25 times the input price "
+        "(Anthropic's five-minute cache write).",
+    )
+
+
 class TierDefinition(SpecModel):
     """Which model answers for a tier, and how to reach it."""
 
@@ -76,6 +98,10 @@ class TierDefinition(SpecModel):
         description="anthropic: mark the stable prefix (tools, system prompt with knowledge and few-shot "
         "examples) with cache breakpoints, so later tasks read it from the prompt cache. false sends no "
         "breakpoints. Other backends cache a repeated prefix on their own and cannot turn it off.",
+    )
+
+    price: TierPrice | None = Field(
+        default=None, description="Price per million tokens: cost budgets and the cost metric use it."
     )
 
     @model_validator(mode="after")
@@ -243,6 +269,78 @@ class OnLimit(SpecModel):
     )
 
 
+BudgetPeriod = Literal["day", "month"]
+#: The units a budget counts: tokens, or cost in millionths of the prices' currency.
+BudgetUnit = Literal["tokens", "cost"]
+
+
+class BudgetLimit(SpecModel):
+    """Budgets of one tier or one tenant over calendar windows. Unset means unlimited.
+
+    Tokens counted: fresh input, cache writes and output (cache reads are left out, as the
+    tokens-per-minute limit leaves them out); cost: every token at its tier's price."""
+
+    tokens_per_day: int | None = Field(default=None, ge=1, description="Tokens per calendar day.")
+    tokens_per_month: int | None = Field(default=None, ge=1, description="Tokens per calendar month.")
+    cost_per_day: float | None = Field(
+        default=None, gt=0, description="Cost per calendar day, in the tiers' price currency."
+    )
+    cost_per_month: float | None = Field(
+        default=None, gt=0, description="Cost per calendar month, in the tiers' price currency."
+    )
+
+    def limits(self) -> list[tuple[BudgetUnit, BudgetPeriod, float]]:
+        """(unit, period, limit) of each budget set here."""
+        out: list[tuple[BudgetUnit, BudgetPeriod, float]] = []
+        for unit, period, value in (
+            ("tokens", "day", self.tokens_per_day),
+            ("tokens", "month", self.tokens_per_month),
+            ("cost", "day", self.cost_per_day),
+            ("cost", "month", self.cost_per_month),
+        ):
+            if value is not None:
+                out.append((unit, period, float(value)))  # type: ignore[arg-type]
+        return out
+
+    @property
+    def has_cost(self) -> bool:
+        return self.cost_per_day is not None or self.cost_per_month is not None
+
+
+class Budgets(SpecModel):
+    """Token and cost budgets per tier and per listed tenant, over calendar days and months.
+
+    Each dispatch reserves its estimate before it goes out and is settled from the usage its
+    result reports; all router replicas share the counters (NATS Key-Value), which outlive restarts."""
+
+    time_zone: str = Field(
+        default="UTC", max_length=64, description="IANA time zone the days and months begin in."
+    )
+    on_exhausted: Literal["wait", "deadLetter"] = Field(
+        default="deadLetter",
+        description="deadLetter: a task over a budget is a dead letter (budget_exhausted) at once. wait: "
+        "it waits up to onLimit.maxWaitSeconds for budget to come back (settled below its estimate, "
+        "or a new window), then is a dead letter.",
+    )
+    tiers: dict[TierName, BudgetLimit] = Field(
+        default_factory=dict, max_length=20, description="Budgets per tier (all tenants together)."
+    )
+    tenants: dict[str, BudgetLimit] = Field(
+        default_factory=dict,
+        max_length=100,
+        description="Budgets per tenant id (all tiers together); unlisted tenants have none.",
+    )
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone_known(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+
 _POLICY_RULES = [
     cel(
         "size(self.tiers) == 0 || self.rateLimits.all(k, self.tiers.exists(t, t.name == k))",
@@ -256,6 +354,10 @@ _POLICY_RULES = [
     cel(
         "self.tiers.all(t, self.tiers.exists_one(u, u.name == t.name))",
         "tier names must be unique",
+    ),
+    cel(
+        "size(self.tiers) == 0 || self.budgets.tiers.all(k, self.tiers.exists(t, t.name == k))",
+        "budgets.tiers keys must be tier names defined in tiers",
     ),
 ]
 
@@ -284,6 +386,9 @@ class RouterPolicySpec(SpecModel):
         default_factory=TenantLimits, description="Per-tenant limits on top of the tier limits."
     )
     on_limit: OnLimit = Field(default_factory=OnLimit, description="What happens to a task over a limit.")
+    budgets: Budgets = Field(
+        default_factory=Budgets, description="Token and cost budgets per tier and tenant (calendar windows)."
+    )
     max_payload_bytes: int = Field(
         default=DEFAULT_MAX_PAYLOAD_BYTES,
         ge=1024,
@@ -323,10 +428,29 @@ class RouterPolicySpec(SpecModel):
                 for k, v in self.tier_overrides.items()
                 if v not in names
             ]
+        problems += self._budget_problems()
         problems += self.endpoint_problems(local_mode=True)
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _budget_problems(self) -> list[str]:
+        """Budgets on unknown tiers, and cost budgets that would count a tier with no price."""
+        problems = []
+        known = self.tier_names
+        for tier, limit in self.budgets.tiers.items():
+            if tier not in known:
+                problems.append(f"budgets.tiers.{tier}: unknown tier")
+            elif limit.has_cost and self.tier(tier).price is None:
+                problems.append(f"budgets.tiers.{tier}: a cost budget needs tiers.{tier}.price")
+        unpriced = [t for t in known if self.tier(t).price is None]
+        for tenant, limit in self.budgets.tenants.items():
+            if limit.has_cost and unpriced:
+                problems.append(
+                    f"budgets.tenants.{tenant}: a cost budget needs a price on every tier "
+                    f"(none on {', '.join(unpriced)})"
+                )
+        return problems
 
     def endpoint_problems(self, *, local_mode: bool, tiers: Iterable[str] | None = None) -> list[str]:
         """Tiers whose baseUrl the allow-list refuses (judged without DNS; the worker resolves later).

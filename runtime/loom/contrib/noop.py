@@ -3,8 +3,9 @@
 ``NoopBackend`` returns an empty output at once: the cost of the runtime alone.
 ``EchoBackend`` returns the payload, and obeys a few payload keys that make it
 useful for exercising the runtime: ``sleep`` (seconds), ``fail`` (a message to
-raise as BackendError; ``retryable`` to allow retries) and ``output`` (returned
-as the output instead of the echo, e.g. to break an output schema on purpose).
+raise as BackendError; ``retryable`` to allow retries), ``output`` (returned
+as the output instead of the echo, e.g. to break an output schema on purpose) and
+``usage`` (reported as the task's token usage, e.g. to spend a budget).
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ class NoopBackend(ProcessingBackend):
 def _echo(payload: dict[str, Any], tag: str | None) -> dict[str, Any]:
     if "fail" in payload:
         raise BackendError(str(payload["fail"]), retryable=bool(payload.get("retryable", False)))
+    usage = payload.get("usage")
+    extra = {"token_usage": usage} if isinstance(usage, dict) else {}
     if isinstance(payload.get("output"), dict):
-        return {"output": payload["output"], "model_used": "echo"}
-    return {"output": {"echo": payload, "tag": tag, "pid": os.getpid()}, "model_used": "echo"}
+        return {"output": payload["output"], "model_used": "echo", **extra}
+    return {"output": {"echo": payload, "tag": tag, "pid": os.getpid()}, "model_used": "echo", **extra}
 
 
 class EchoBackend(ProcessingBackend):

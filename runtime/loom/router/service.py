@@ -6,7 +6,10 @@ routing decision and the limits, forwards the original bytes to ``loom.tasks.<ty
 * A task over a limit is held un-acked (kept alive with in-progress acks) until
   capacity frees up or ``onLimit.maxWaitSeconds`` passes; then it is a dead letter.
 * Results on ``loom.results.>`` release the concurrency and correct the token
-  estimate of this replica's own dispatches.
+  estimate of this replica's own dispatches, and settle their budget reservations.
+* Budgets (:mod:`loom.router.budgets`) are reserved before a task is dispatched, in
+  counters all replicas share; a task over one is a dead letter ``budget_exhausted``,
+  at once or after waiting, as ``budgets.onExhausted`` says.
 * With more than one replica (or ``limits="shared"``) the limits are shared through a
   Key-Value bucket (:mod:`loom.router.shared_limits`), exact across replicas; with one,
   this process alone keeps them.
@@ -52,6 +55,8 @@ from loom.messages import (
     utcnow,
 )
 from loom.quotas import payload_problem
+from loom.router.budget_ledger import BudgetLedger, Exhausted
+from loom.router.budgets import BUDGETS_BUCKET, BUDGETS_TTL, COST_SCALE, Hold, estimate_usage
 from loom.router.limits import AdmissionQueue, Limiter, Request, Ticket
 from loom.router.routing import Rejection, Route, RoutingTable, estimate_tokens
 from loom.router.shared_limits import (
@@ -134,6 +139,12 @@ class RouterService:
         self._served: dict[str, frozenset[str]] = {}
         self._served_at = -1e9
         self._served_lock = asyncio.Lock()
+        self.ledger: BudgetLedger | None = None
+        #: Budget reservations of dispatched tasks: task id -> (holds, reserved tier, lease end).
+        self.holds: dict[str, tuple[list[Hold], str, float]] = {}
+        self._budget_freed = asyncio.Event()
+        self._settling: set[asyncio.Task[None]] = set()
+        self._stop = asyncio.Event()
 
     @property
     def ready(self) -> bool:
@@ -143,6 +154,7 @@ class RouterService:
     async def run(self, stop: asyncio.Event) -> None:
         """Route until ``stop`` is set, then hand waiting tasks back and return."""
         o = self.options
+        self._stop = stop
         await self.bus.ensure_streams(self.table.policy.streams)  # the router owns the stream limits
         await self.bus.ensure_router_consumer(
             ack_wait=o.ack_wait,
@@ -154,6 +166,12 @@ class RouterService:
         if self.shared is not None:  # windows outlive their counters by far; leases are renewed
             ttl = max(3600.0, 4 * self.options.limit_window)
             shared_kv = await self.bus.key_value(LIMITS_BUCKET, ttl=ttl)
+        if self.table.policy.budgets.tiers or self.table.policy.budgets.tenants:
+            kv = await self.bus.key_value(BUDGETS_BUCKET, ttl=BUDGETS_TTL)
+            self.ledger = BudgetLedger(self.table.policy, kv)
+            for b in self.ledger.budgets:
+                scale = COST_SCALE if b.unit == "cost" else 1
+                metrics.BUDGET_LIMIT.labels(b.label).set(b.limit / scale)
         results_sub = await self.bus.subscribe_all_results(self._on_result)
 
         def bound() -> None:
@@ -233,6 +251,25 @@ class RouterService:
         if isinstance(decision, Rejection):
             await self._dead(d, decision.reason, decision.detail, task)
             return
+        holds: list[Hold] = []
+        if self.ledger is not None and self.ledger.applies(decision.tier, task.tenant):
+            reserved = await self._reserve_budget(d, task, decision.tier)
+            if reserved is None:
+                return
+            holds = reserved
+        try:
+            go, ticket = await self._admit(d, task, decision)
+        except BaseException:
+            await self._release_budget(holds)
+            raise
+        if not go:
+            await self._release_budget(holds)
+            return
+        await self._dispatch(d, task, decision, ticket, holds)
+
+    async def _admit(self, d: Delivery, task: TaskMessage, decision: Route) -> tuple[bool, Ticket | None]:
+        """Whether the task may go, and its rate-limit ticket (None: no limits apply); False when it
+        was handed back or dead-lettered instead."""
         limits = self.limiter.limits_for(decision.tier, task.tenant)
         ticket: Ticket | None = None
         if limits:
@@ -246,7 +283,7 @@ class RouterService:
                     ticket = await self._wait(req, d, decision.tier)
                 except _ShuttingDown:
                     await d.nak()  # straight back to the stream for another replica
-                    return
+                    return False, None
                 if ticket is None:
                     metrics.RATE_LIMIT_REJECTIONS.labels(decision.tier).inc()
                     await self._dead(
@@ -257,8 +294,50 @@ class RouterService:
                         task,
                         decision.tier,
                     )
-                    return
-        await self._dispatch(d, task, decision, ticket)
+                    return False, None
+        return True, ticket
+
+    async def _reserve_budget(self, d: Delivery, task: TaskMessage, tier: str) -> list[Hold] | None:
+        """Reserve the task's estimate in its budgets; on none left, wait (``onExhausted: wait``, up to
+        ``onLimit.maxWaitSeconds``) or dead-letter it. None when the task was settled otherwise."""
+        assert self.ledger is not None
+        estimate = estimate_usage(len(d.data) // 4, self.table.max_output_tokens(task.worker_type))
+        deadline = self.clock() + self.queue.max_wait
+        wait = self.table.policy.budgets.on_exhausted == "wait"
+        next_alive = self.clock() + self._keepalive
+        while True:
+            got = await self.ledger.reserve(tier, task.tenant, estimate)
+            self._budget_gauges()
+            if not isinstance(got, Exhausted):
+                return got
+            if self._stop.is_set():
+                await d.nak()
+                return None
+            if not wait or self.clock() >= deadline:
+                metrics.BUDGET_EXHAUSTED.labels(got.budget.label).inc()
+                await self._dead(d, DeadLetterReason.BUDGET_EXHAUSTED, got.describe(), task, tier)
+                return None
+            if self.clock() >= next_alive:
+                next_alive = self.clock() + self._keepalive
+                with contextlib.suppress(Exception):
+                    await d.in_progress()
+            self._budget_freed.clear()
+            with contextlib.suppress(TimeoutError):  # a refund here, or another replica's, or a new window
+                pause = max(0.001, min(1.0, deadline - self.clock()))
+                await asyncio.wait_for(self._budget_freed.wait(), timeout=pause)
+
+    async def _release_budget(self, holds: list[Hold]) -> None:
+        if holds and self.ledger is not None:
+            await self.ledger.release(holds)
+            self._budget_freed.set()
+            self._budget_gauges()
+
+    def _budget_gauges(self) -> None:
+        if self.ledger is None:
+            return
+        for label, (_, total) in self.ledger.seen.items():
+            scale = COST_SCALE if label.split("/")[1] == "cost" else 1
+            metrics.BUDGET_USED.labels(label).set(total / scale)
 
     async def _served_tiers(self, worker_type: str) -> frozenset[str]:
         """The tiers whose worker consumers exist for ``worker_type``: re-read at most once a second
@@ -288,9 +367,13 @@ class RouterService:
                 self.limiter.release(fut.result())  # type: ignore[arg-type]
             raise
 
-    async def _dispatch(self, d: Delivery, task: TaskMessage, route: Route, ticket: Ticket | None) -> None:
+    async def _dispatch(
+        self, d: Delivery, task: TaskMessage, route: Route, ticket: Ticket | None, holds: list[Hold]
+    ) -> None:
+        lease = self.options.dispatch_lease or self.table.inflight_lease(task.worker_type)
+        if holds:
+            self.holds[task.task_id] = (holds, route.tier, self.clock() + lease)
         if ticket is not None and ticket.tracked:
-            lease = self.options.dispatch_lease or self.table.inflight_lease(task.worker_type)
             earlier = self.dispatched.get(task.task_id)
             if earlier is not None:  # the same task id dispatched again: one hold per id
                 self.limiter.release(earlier[0])
@@ -304,6 +387,9 @@ class RouterService:
                 self.dispatched.pop(task.task_id, None)
                 self.limiter.release(ticket)
                 self.wake.set()
+            if holds:
+                self.holds.pop(task.task_id, None)
+                await self._release_budget(holds)
             await d.nak(delay=1.0)
             return
         await d.ack()
@@ -351,22 +437,46 @@ class RouterService:
     # -- results, waiting, leases ---------------------------------------------------------------------------
 
     def _on_result(self, data: bytes) -> None:
-        if not self.dispatched:
+        if not self.dispatched and not self.holds:
             return
         try:
             doc = json.loads(data)
         except ValueError:
             return
-        entry = self.dispatched.pop(str(doc.get("task_id")), None) if isinstance(doc, dict) else None
-        if entry is None:
+        if not isinstance(doc, dict):
             return
-        usage = doc.get("token_usage") or {}
-        actual = None
-        if isinstance(usage, dict):
+        task_id = str(doc.get("task_id"))
+        entry = self.dispatched.pop(task_id, None)
+        held = self.holds.pop(task_id, None)
+        if entry is None and held is None:
+            return
+        raw = doc.get("token_usage") or {}
+        usage: TokenUsage | None = None
+        if isinstance(raw, dict):
             with contextlib.suppress(ValidationError):
-                actual = float(TokenUsage.model_validate(usage).limited_tokens)
-        self.limiter.release(entry[0], actual)
-        self.wake.set()
+                usage = TokenUsage.model_validate(raw)
+        if entry is not None:
+            self.limiter.release(entry[0], None if usage is None else float(usage.limited_tokens))
+            self.wake.set()
+        if held is not None:
+            holds, tier, _ = held
+            answered = doc.get("model_tier") if isinstance(doc.get("model_tier"), str) else tier
+            job = asyncio.ensure_future(self._settle(holds, tier, answered or tier, usage or TokenUsage()))
+            self._settling.add(job)
+            job.add_done_callback(self._settling.discard)
+
+    async def _settle(self, holds: list[Hold], tier: str, answered: str, usage: TokenUsage) -> None:
+        """Correct a dispatch's budget reservations to the usage its result reports."""
+        assert self.ledger is not None
+        try:
+            cost = await self.ledger.settle(holds, tier, answered, usage)
+        except Exception as exc:  # the estimate stays charged: never under-counted
+            log.warning("settling budgets for a %s result failed (%s); its estimate stays charged", tier, exc)
+            return
+        if cost:
+            metrics.COST.labels(answered).inc(cost / COST_SCALE)
+        self._budget_freed.set()
+        self._budget_gauges()
 
     async def _pump_loop(self, stop: asyncio.Event) -> None:
         next_keepalive = time.monotonic() + self._keepalive
@@ -435,6 +545,11 @@ class RouterService:
         if stale:
             log.warning("released %d dispatches whose results never came back", len(stale))
             self.wake.set()
+        lost = [tid for tid, (_, _, until) in self.holds.items() if until <= now]
+        for tid in lost:  # the model may have been called: the estimate stays charged
+            del self.holds[tid]
+        if lost:
+            log.warning("%d budget reservations kept at their estimate: results never came back", len(lost))
 
     def _update_gauges(self) -> None:
         now = self.clock()
