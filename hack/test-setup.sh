@@ -5,7 +5,7 @@
 # a warm run takes a few seconds. `make test` runs it; run it by hand before running pytest alone.
 #
 #   hack/test-setup.sh           # every step
-#   hack/test-setup.sh STEP...   # some of: system envtest tools promtool node
+#   hack/test-setup.sh STEP...   # some of: system envtest tools promtool node browser
 #
 # The node step (one real Kubernetes node for tests/e2e) needs root, cgroup v1, overlayfs and
 # br_netfilter; on a machine without them it fails at once and names what is missing.
@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ALL_STEPS=(system envtest tools promtool node)
+ALL_STEPS=(system envtest tools promtool node browser)
 STEPS=("$@")
 [[ ${#STEPS[@]} -gt 0 ]] || STEPS=("${ALL_STEPS[@]}")
 
@@ -57,10 +57,21 @@ step_node() {
   bash hack/node/build.sh >/dev/null
 }
 
+# Headless Chromium for the Workshop's browser tests (tests/workshop), driven by Playwright's Python
+# package pointed at Debian's browser (Playwright's own browser download is not used).
+step_browser() {
+  local sudo=""
+  [[ -x /usr/bin/chromium ]] && return 0
+  [[ "$(id -u)" == 0 ]] || sudo="sudo"
+  log "apt-get install chromium"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+}
+
 total=$SECONDS
 for step in "${STEPS[@]}"; do
   case "$step" in
-    system|envtest|tools|promtool|node) ;;
+    system|envtest|tools|promtool|node|browser) ;;
     *) log "unknown step '$step' (steps: ${ALL_STEPS[*]})"; exit 2 ;;
   esac
   began=$SECONDS
