@@ -968,15 +968,18 @@ class Bus:
         exact = [d for d in matches if d.dead_letter.dead_letter_id == dead_letter_id]
         return exact[0] if exact else (matches[0] if matches else None)
 
-    async def replay_dead_letter(self, stored: StoredDeadLetter, *, keep: bool = False) -> None:
-        """Publish the original message again to its original subject, then drop the dead letter."""
+    async def replay_dead_letter(
+        self, stored: StoredDeadLetter, *, keep: bool = False, body: bytes | None = None
+    ) -> None:
+        """Publish the original message (or ``body``, its corrected version) again to its original
+        subject, then drop the dead letter."""
         dl = stored.dead_letter
-        if not dl.replayable:
+        if body is None and not dl.replayable:
             raise BusError(
                 f"dead letter {dl.dead_letter_id} cannot be replayed: "
                 f"{dl.reason.value}, its body was not kept"
             )
-        await self.js_publish(dl.subject, decode_original(dl.original))
+        await self.js_publish(dl.subject, decode_original(dl.original) if body is None else body)
         if not keep:
             await self.delete_stream_message(STREAM_DEAD_LETTER, stored.seq)
 
