@@ -11,11 +11,14 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+from loom import tracing
+
 _STD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
 class JsonFormatter(logging.Formatter):
-    """``{"ts", "level", "logger", "msg", ...extra}`` per line."""
+    """``{"ts", "level", "logger", "msg", "trace_id", "span_id", ...extra}`` per line (the ids when
+    the line was logged inside a trace)."""
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, object] = {
@@ -24,6 +27,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        ids = tracing.current_ids()
+        if ids is not None:
+            doc["trace_id"], doc["span_id"] = ids
         for key, value in vars(record).items():
             if key not in _STD_ATTRS and not key.startswith("_"):
                 doc[key] = value

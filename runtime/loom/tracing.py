@@ -170,10 +170,12 @@ def root(
         rng = random.getrandbits
         unsampled = SpanContext(rng(128) or 1, rng(64) or 1, is_remote=False, trace_flags=TraceFlags(0))
         ctx = trace.set_span_in_context(NonRecordingSpan(unsampled), ctx)
-    with _tracer.start_as_current_span(
-        name, context=ctx, kind=SpanKind.PRODUCER, attributes=attributes
-    ) as span:
-        yield span
+    token = otel_context.attach(ctx)  # the baggage stays current under the span
+    try:
+        with _tracer.start_as_current_span(name, kind=SpanKind.PRODUCER, attributes=attributes) as s:
+            yield s
+    finally:
+        otel_context.detach(token)
 
 
 @contextmanager
@@ -194,6 +196,12 @@ def span(
     finally:
         if token is not None:
             otel_context.detach(token)
+
+
+def mark(name: str, *, parent: Context | None, attributes: Mapping[str, Any] | None = None) -> None:
+    """A span that ends at once: a delivery's arrival, exported even if the process dies while
+    working on it (a SIGKILLed worker's open spans are lost; this one shows the attempt)."""
+    _tracer.start_span(name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes).end()
 
 
 def start(name: str, *, parent: Context | None = None, attributes: Mapping[str, Any] | None = None) -> Span:

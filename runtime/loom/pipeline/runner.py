@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from loom import goal_metrics as metrics
+from loom import tracing
+from loom.audit import goal_record
 from loom.goal_delivery import heartbeat as keep_alive
 from loom.messages import GoalMessage, GoalResult, TaskMessage, TaskResult, TaskStatus
 from loom.pipeline.plan import PipelinePlan, parse_stage_task_id, stage_msg_id, stage_task_id
@@ -47,6 +49,8 @@ class GoalRunner:
         self.store = store
         self.clock = clock
         self._labels = (plan.name,)
+        #: The open span of each running stage: (goal id, stage) -> (attempt, span).
+        self._spans: dict[tuple[str, str], tuple[int, Any]] = {}
 
     async def run(
         self,
@@ -84,13 +88,17 @@ class GoalRunner:
                     result = await self._drive(state, sub, resumed)
                 finally:
                     await sub.close()
+                    self._end_spans(goal.goal_id)
         finally:
             in_flight.dec()
         await self.store.put(state)
         await self.bus.publish_result(result)
+        self.bus.audit.emit(goal_record(result, with_payloads=self.bus.audit.payloads))
         outcome = "completed" if result.status == TaskStatus.COMPLETED else "failed"
         metrics.GOALS_COMPLETED.labels(self.plan.name, outcome).inc()
-        metrics.GOAL_DURATION.labels(*self._labels).observe(result.processing_time_ms / 1000.0)
+        metrics.GOAL_DURATION.labels(*self._labels).observe(
+            result.processing_time_ms / 1000.0, tracing.exemplar()
+        )
         return result
 
     async def _drive(self, state: GoalState, sub: ResultSubscription, resumed: list[str]) -> GoalResult:
@@ -178,7 +186,26 @@ class GoalRunner:
                 metadata={"pipeline": self.plan.name, "stage": name, "attempt": attempt},
             )
             msg_id = stage_msg_id(state.goal_id, name, attempt)
-            await self.bus.publish_task(task, msg_id=f"{msg_id}/resend-{resend}" if resend else msg_id)
+            with tracing.use(self._stage_span(state.goal_id, name, attempt, stage.worker_type)):
+                await self.bus.publish_task(task, msg_id=f"{msg_id}/resend-{resend}" if resend else msg_id)
+
+    def _stage_span(self, goal_id: str, name: str, attempt: int, worker_type: str) -> Any:
+        """The span of a stage attempt (a resend keeps it; a new attempt ends the one before)."""
+        key = (goal_id, name)
+        open_span = self._spans.get(key)
+        if open_span is not None and open_span[0] == attempt:
+            return open_span[1]
+        if open_span is not None:
+            open_span[1].end()
+        attrs = {"loom.stage": name, "loom.attempt": attempt, "loom.worker_type": worker_type}
+        span = tracing.start(f"stage {name}", attributes=attrs)
+        self._spans[key] = (attempt, span)
+        return span
+
+    def _end_spans(self, goal_id: str) -> None:
+        """End the spans of a goal's stages still open (the goal ended or its run stopped)."""
+        for key in [k for k in self._spans if k[0] == goal_id]:
+            self._spans.pop(key)[1].end()
 
     def _on_result(self, state: GoalState, data: bytes, now: float, outbox: list[tuple[str, int]]) -> bool:
         """Apply one message from the result subject; True when the state changed."""
@@ -246,6 +273,13 @@ class GoalRunner:
 
     def _stage_ended(self, state: GoalState, name: str) -> None:
         s = state.stages[name]
+        open_span = self._spans.pop((state.goal_id, name), None)
+        if open_span is not None:
+            span = open_span[1]
+            span.set_attribute("loom.stage.status", s.status)
+            if s.status in ("failed", "timeout"):
+                tracing.fail(s.error or s.status, s.status, span)
+            span.end()
         metrics.STAGES_FINISHED.labels(self.plan.name, name, s.status).inc()
         if s.status != "skipped" and s.started_at is not None and s.finished_at is not None:
             metrics.STAGE_DURATION.labels(self.plan.name, name).observe(s.finished_at - s.started_at)

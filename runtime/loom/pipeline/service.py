@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from loom import tracing
 from loom.api.pipeline import PipelineSpec
 from loom.bus import Bus, Delivery
 from loom.goal_delivery import read_goal
@@ -100,10 +101,15 @@ class PipelineService:
 
     async def _handle(self, bus: Bus, d: Delivery) -> None:
         assert self.runner is not None
-        goal = await read_goal(bus, d, "pipeline")
-        if goal is None:
-            return
-        await self.runner.run(
-            goal, heartbeat=d.in_progress, heartbeat_every=max(0.2, self.options.ack_wait / 3)
-        )
+        attrs = {"messaging.message.delivery_count": d.num_delivered}
+        parent = tracing.extract(d.headers)
+        with tracing.span(
+            f"pipeline {self.plan.name}", parent=parent, kind=tracing.Kind.CONSUMER, attributes=attrs
+        ):
+            goal = await read_goal(bus, d, "pipeline")
+            if goal is None:
+                return
+            await self.runner.run(
+                goal, heartbeat=d.in_progress, heartbeat_every=max(0.2, self.options.ack_wait / 3)
+            )
         await d.ack()

@@ -11,6 +11,7 @@ errors (retryable or not) for the runtime to redeliver or dead-letter.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import os
@@ -19,15 +20,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from loom import tracing
 from loom.api.loader import resolve_schema_refs
 from loom.api.router_policy import TierDefinition
 from loom.api.worker import WorkerSpec
 from loom.contracts import Contract
 from loom.core.workspace import WorkspaceError, WorkspaceManager
 from loom.errors import InvalidInput, InvalidOutput, TaskError
-from loom.llm.base import ChatRequest, ChatResponse, Message, Provider, token_usage
+from loom.llm.base import ChatRequest, ChatResponse, Message, Provider, ToolCall, token_usage
 from loom.llm.errors import InputTooLong, ProviderError, to_task_error
 from loom.llm.factory import build_model_client
+from loom.llm.fallback import FallbackProvider, load_fallback_tiers
 from loom.llm.jsonextract import NoJSONFound, extract_json
 from loom.llm.prompt import (
     SILO_UPDATES_SCHEMA,
@@ -145,8 +148,17 @@ class LLMEngine(TaskEngine):
         if not self._writable:
             self._static_prompt = self._prompt([])
         if self._client is None:
-            self._client = build_model_client(self.tier, self._env)
+            self._client = self._model_client()
         self._started = True
+
+    def _model_client(self) -> Provider:
+        """The tier's provider, behind its fallback tiers' providers when it names any."""
+        client = build_model_client(self.tier, self._env)
+        fallbacks = load_fallback_tiers(self.tier, os.environ if self._env is None else self._env)
+        if not fallbacks:
+            return client
+        chain = [(t.name, build_model_client(t, self._env)) for t in fallbacks]
+        return FallbackProvider([(self.tier.name, client), *chain])
 
     async def close(self) -> None:
         """Close tools and the provider client."""
@@ -203,10 +215,18 @@ class LLMEngine(TaskEngine):
     ) -> WorkOutcome:
         """Ask until the reply meets the contract, at most ``1 + output_retries`` times."""
         model = ""
+        tier: str | None = None
         problems: list[str] = []
-        for _attempt in range(1 + self.spec.output_retries):
-            response = await self._converse(system, messages, deadline, usage)
+        for attempt in range(1 + self.spec.output_retries):
+            retry = (
+                tracing.span("schema retry", attributes={"loom.output.attempt": attempt + 1})
+                if attempt
+                else contextlib.nullcontext()
+            )
+            with retry:
+                response = await self._converse(system, messages, deadline, usage)
             model = response.model or model
+            tier = response.tier or tier
             output, changes, problems = self._check(response.text)
             if not problems and output is not None:
                 if changes:
@@ -215,6 +235,7 @@ class LLMEngine(TaskEngine):
                     output=output,
                     model_used=model or None,
                     token_usage=usage[0],
+                    model_tier=tier,
                 )
             messages.append(Message(role="assistant", content=response.text))
             messages.append(Message(role="user", content=feedback_message(problems)))
@@ -241,13 +262,7 @@ class LLMEngine(TaskEngine):
                 response_schema=self._schema,
                 max_tokens=self.spec.max_output_tokens,
             )
-            try:
-                if isinstance(self._client, ResilientProvider):
-                    response = await self._client.complete(request, deadline=deadline)
-                else:
-                    response = await self._client.complete(request)
-            except ProviderError as exc:
-                raise to_task_error(exc) from exc
+            response = await self._call_model(request, deadline)
             usage[0] += token_usage(response.usage)
             if not response.tool_calls:
                 return response
@@ -259,7 +274,47 @@ class LLMEngine(TaskEngine):
                 )
             rounds += 1
             messages.append(Message(role="assistant", content=response.text, tool_calls=response.tool_calls))
-            messages.extend(await asyncio.gather(*(self._tools.call(c) for c in response.tool_calls)))
+            messages.extend(await asyncio.gather(*(self._call_tool(c) for c in response.tool_calls)))
+
+    async def _call_model(self, request: ChatRequest, deadline: float) -> ChatResponse:
+        """One model call (retries inside the resilience layer), as a GenAI ``chat`` span."""
+        assert self._client is not None
+        model = self.tier.model or self._client.model
+        attrs = tracing.chat_attributes(self._client.backend, model, request.max_tokens, request.temperature)
+        with tracing.span(f"chat {model}", kind=tracing.Kind.CLIENT, attributes=attrs) as span:
+            try:
+                if isinstance(self._client, ResilientProvider | FallbackProvider):
+                    response = await self._client.complete(request, deadline=deadline)
+                else:
+                    response = await self._client.complete(request)
+            except ProviderError as exc:
+                tracing.fail(str(exc), type(exc).__name__, span)
+                raise to_task_error(exc) from exc
+            u = response.usage
+            tracing.record_chat_response(
+                span,
+                model=response.model,
+                input_tokens=u.input_tokens,
+                output_tokens=u.completion_tokens,
+                cache_read_tokens=u.cache_read_tokens,
+                cache_write_tokens=u.cache_write_tokens,
+                finish_reason=response.stop_reason,
+                completion=response.text if tracing.capture_content() else None,
+            )
+            return response
+
+    async def _call_tool(self, call: ToolCall) -> Message:
+        """One tool call, as a GenAI ``execute_tool`` span."""
+        attrs = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": call.name,
+            "gen_ai.tool.call.id": call.id,
+        }
+        with tracing.span(f"execute_tool {call.name}", attributes=attrs) as span:
+            result = await self._tools.call(call)
+            if result.is_error:
+                tracing.fail(result.content[:500], "tool_error", span)
+            return result
 
     def _check(self, text: str) -> tuple[dict[str, Any] | None, list[SiloChange], list[str]]:
         """The output object, the silo changes it asks for, and every contract problem."""

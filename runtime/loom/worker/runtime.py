@@ -154,12 +154,11 @@ class WorkerRuntime:
         self._received.inc()
         self._in_flight.inc()
         attrs = {"messaging.message.delivery_count": d.num_delivered, "loom.tier": self.tier}
+        parent = tracing.extract(d.headers)
+        tracing.mark(f"receive {self.worker_type}", parent=parent, attributes=attrs)
         try:
             with tracing.span(
-                f"task {self.worker_type}",
-                parent=tracing.extract(d.headers),
-                kind=tracing.Kind.CONSUMER,
-                attributes=attrs,
+                f"task {self.worker_type}", parent=parent, kind=tracing.Kind.CONSUMER, attributes=attrs
             ):
                 await self._work(d, t0)
         finally:
@@ -189,7 +188,7 @@ class WorkerRuntime:
             status=TaskStatus.COMPLETED,
             output=outcome.output,
             model_used=outcome.model_used,
-            model_tier=self.tier,
+            model_tier=outcome.model_tier or self.tier,
             token_usage=outcome.token_usage,
             processing_time_ms=elapsed * 1000.0,
             attempt=attempt,

@@ -21,6 +21,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 
+from loom import tracing
 from loom.bus import Bus, nats_liveness
 from loom.cli.common import nats_settings
 from loom.health import HealthServer
@@ -70,6 +71,7 @@ async def _run_framed(
     role: str,
     start: Callable[[contextlib.AsyncExitStack], Awaitable[tuple[RoleRun, Ready]]],
 ) -> int:
+    tracing.setup(f"loom-{role}")
     stop = asyncio.Event()
     install_stop_handlers(stop)
     grace = float(getattr(args, "nats_lost_grace", 60.0))
@@ -87,6 +89,7 @@ async def _run_framed(
         finally:
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
+            tracing.flush()
     if lost:
         log.error("%s stopped: lost NATS for good", role)
         return 1

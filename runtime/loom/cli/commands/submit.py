@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from loom import tracing
 from loom.api.router_policy import DEFAULT_MAX_PAYLOAD_BYTES
 from loom.bus import Bus, BusAuthError, BusError
 from loom.cli.common import (
@@ -206,7 +207,7 @@ def goal_target(goal_filters: list[str]) -> str | None:
         raise NoGoalTarget(
             "no --pipeline given and no orchestrator runs; pipelines: "
             + ", ".join(pipelines)
-            + f". Say which: loom submit \"...\" --pipeline {pipelines[0]}"
+            + f'. Say which: loom submit "..." --pipeline {pipelines[0]}'
         )
     raise NoGoalTarget(
         "no --pipeline given, and no orchestrator or pipeline has run on this NATS: start one "
@@ -230,30 +231,45 @@ async def _main(args: argparse.Namespace, msg: TaskMessage | GoalMessage, settin
                     file=sys.stderr,
                 )
                 msg = msg.model_copy(update={"pipeline": target})
-        key = msg.goal_id if isinstance(msg, GoalMessage) else msg.result_key
-        sub = await bus.subscribe_results(key, msg.tenant) if args.wait else None
-        if isinstance(msg, GoalMessage):
-            await bus.publish_goal(msg)
-        else:
-            await bus.publish_task(msg)
-        sent = msg.goal_id if isinstance(msg, GoalMessage) else msg.task_id
-        print(f"submitted {'goal' if isinstance(msg, GoalMessage) else 'task'} {sent}", file=sys.stderr)
-        if sub is None:
-            return 0
-        try:
-            data = await _own_result(sub, msg, args.timeout)
-        except TimeoutError:
-            print(f"no result within {args.timeout:g}s", file=sys.stderr)
-            return 3
-        finally:
-            await sub.close()
-        return 0 if print_result(data) else 1
+        with tracing.root("submit", submitted_by=submitter(settings), attributes={"loom.tenant": msg.tenant}):
+            return await _submit(args, bus, msg)
     finally:
         await bus.close()
+        tracing.flush()
+
+
+def submitter(settings: NatsSettings) -> str | None:
+    """Who submits, as the audit trail records it: the NATS user (or the credentials file)."""
+    if settings.user:
+        return settings.user
+    return f"creds:{os.path.basename(settings.creds_file)}" if settings.creds_file else None
+
+
+async def _submit(args: argparse.Namespace, bus: Bus, msg: TaskMessage | GoalMessage) -> int:
+    key = msg.goal_id if isinstance(msg, GoalMessage) else msg.result_key
+    sub = await bus.subscribe_results(key, msg.tenant) if args.wait else None
+    if isinstance(msg, GoalMessage):
+        await bus.publish_goal(msg)
+    else:
+        await bus.publish_task(msg)
+    sent = msg.goal_id if isinstance(msg, GoalMessage) else msg.task_id
+    print(f"submitted {'goal' if isinstance(msg, GoalMessage) else 'task'} {sent}", file=sys.stderr)
+    print(f"trace {tracing.current_trace_id()}", file=sys.stderr)
+    if sub is None:
+        return 0
+    try:
+        data = await _own_result(sub, msg, args.timeout)
+    except TimeoutError:
+        print(f"no result within {args.timeout:g}s", file=sys.stderr)
+        return 3
+    finally:
+        await sub.close()
+    return 0 if print_result(data) else 1
 
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, args.log_json)
+    tracing.setup("loom-submit")
     try:
         msg = build_message(args)
     except ValidationError as exc:

@@ -1,0 +1,95 @@
+"""Trace context in headers, the off-by-default decision, and trace ids in log lines (no exporter)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from loom import tracing
+from loom.logs import JsonFormatter
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, None),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}, "otlp"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/v1/traces"}, "otlp"),
+        ({"OTEL_TRACES_EXPORTER": "console"}, "console"),
+        ({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}, None),
+        ({"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "otlp"}, None),
+    ],
+)
+def test_tracing_is_off_unless_an_exporter_is_configured(env: dict[str, str], expected: str | None) -> None:
+    assert tracing.exporter_configured(env) == expected
+
+
+def test_an_unknown_exporter_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="zipkin"):
+        tracing.exporter_configured({"OTEL_TRACES_EXPORTER": "zipkin"})
+
+
+def test_setup_without_exporter_keeps_the_no_op_tracer() -> None:
+    assert tracing.setup("loom-test", env={}) is False
+    assert not tracing.enabled()
+
+
+def test_a_root_starts_an_unsampled_trace_that_travels_in_headers_with_the_submitter() -> None:
+    assert tracing.inject(None) is None  # outside any trace nothing is added
+    with tracing.root("submit", submitted_by="tenant_acme"):
+        trace_id = tracing.current_trace_id()
+        headers = tracing.inject({"Nats-Msg-Id": "x"})
+        assert tracing.exemplar() is None  # not sampled: no exemplar points at a trace nobody stored
+    assert trace_id is not None and len(trace_id) == 32
+    assert headers is not None and headers["Nats-Msg-Id"] == "x"
+    assert headers["traceparent"].startswith(f"00-{trace_id}-") and headers["traceparent"].endswith("-00")
+    assert "loom.submitter=tenant_acme" in headers["baggage"]
+    assert tracing.current_trace_id() is None and tracing.submitter() is None
+
+    # The consumer side: a child of the delivered context, with its baggage.
+    with tracing.span("task", parent=tracing.extract(headers)):
+        assert tracing.current_trace_id() == trace_id
+        assert tracing.submitter() == "tenant_acme"
+        forwarded = tracing.inject(None)
+    assert forwarded is not None and forwarded["traceparent"].split("-")[1] == trace_id
+
+
+def test_a_forwarded_message_keeps_the_context_it_came_with() -> None:
+    original = {"traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"}
+    with tracing.root("other"):
+        assert tracing.inject(original) == original
+
+
+def test_a_message_without_context_starts_none() -> None:
+    assert tracing.extract(None) is None
+    assert tracing.extract({"Nats-Msg-Id": "x"}) is None
+
+
+def test_json_log_lines_carry_trace_and_span_ids_inside_a_trace() -> None:
+    fmt = JsonFormatter()
+
+    def line() -> dict[str, object]:
+        record = logging.LogRecord("loom.test", logging.INFO, __file__, 1, "hello", None, None)
+        return dict(json.loads(fmt.format(record)))
+
+    assert "trace_id" not in line()
+    with tracing.root("submit"):
+        ids = tracing.current_ids()
+        doc = line()
+    assert ids is not None
+    assert (doc["trace_id"], doc["span_id"]) == ids
+
+
+def test_chat_attributes_follow_the_genai_conventions() -> None:
+    attrs = tracing.chat_attributes("local", "smollm2", 256, None)
+    assert attrs == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "llama_cpp",
+        "gen_ai.system": "llama_cpp",
+        "gen_ai.request.model": "smollm2",
+        "gen_ai.request.max_tokens": 256,
+    }
+    assert tracing.capture_content({}) is False
+    assert tracing.capture_content({"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"}) is True
