@@ -8,12 +8,19 @@ the Deployment: KEDA or the built-in scaler owns it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlparse
 
 from loom import subjects
 from loom.api import RouterPolicySpec, TierDefinition, WorkerSpec
-from loom.api.router_policy import TIER_CONFIG_ENV, ModelEndpoints, worker_tier
+from loom.api.router_policy import (
+    FALLBACK_TIERS_ENV,
+    TIER_CONFIG_ENV,
+    ModelEndpoints,
+    fallback_config,
+    worker_tier,
+)
 from loom.llm.endpoints import ENDPOINTS_ENV
 from loom_operator.render.common import (
     Owner,
@@ -50,16 +57,24 @@ def tier_definition(
         ) from None
 
 
-def tier_env(tier_def: TierDefinition, endpoints: ModelEndpoints | None = None) -> list[dict[str, Any]]:
-    """``LOOM_TIER_CONFIG``, ``LOOM_MODEL_ENDPOINTS`` and the API key from its Secret (never its value)."""
+def tier_env(
+    tier_def: TierDefinition,
+    endpoints: ModelEndpoints | None = None,
+    fallbacks: Sequence[TierDefinition] = (),
+) -> list[dict[str, Any]]:
+    """``LOOM_TIER_CONFIG``, ``LOOM_MODEL_ENDPOINTS`` and the API key from its Secret (never its value);
+    with fallback tiers (:meth:`RouterPolicySpec.fallback_tiers`), ``LOOM_FALLBACK_TIERS`` and theirs."""
     env: list[dict[str, Any]] = [
         {"name": TIER_CONFIG_ENV, "value": tier_def.worker_config()},
         {"name": ENDPOINTS_ENV, "value": (endpoints or ModelEndpoints()).env_value()},
     ]
-    ref = tier_def.api_key_secret_ref
-    if ref is not None:
-        key = {"secretKeyRef": {"name": ref.name, "key": ref.key}}
-        env.append({"name": tier_def.key_env, "valueFrom": key})
+    if fallbacks:
+        env.append({"name": FALLBACK_TIERS_ENV, "value": fallback_config(list(fallbacks))})
+    for tdef in (tier_def, *fallbacks):
+        ref = tdef.api_key_secret_ref
+        if ref is not None:
+            key = {"secretKeyRef": {"name": ref.name, "key": ref.key}}
+            env.append({"name": tdef.key_env, "valueFrom": key})
     return env
 
 
@@ -113,7 +128,8 @@ def render_worker(
     """Every child of a Worker. Raises RenderError when a served tier is unknown to the policy."""
     tier_defs = [tier_definition(t, policy, policy_name) for t in spec.served_tiers]
     if policy is not None:
-        refused = policy.endpoint_problems(local_mode=False, tiers=[t.name for t in tier_defs])
+        used = {t.name for t in tier_defs} | {f for t in tier_defs for f in t.fallback}
+        refused = policy.endpoint_problems(local_mode=False, tiers=sorted(used))
         if refused:
             raise RenderError("; ".join(refused))
     cm = config_map(owner, CONFIG_KEY, manifest_text("Worker", owner, spec.to_manifest_dict()))
@@ -134,7 +150,14 @@ def render_worker(
                 settings=settings,
                 replicas=None if scaled else spec.replicas,
                 tier=tier,
-                env=[*tier_env(tier_def, policy.model_endpoints if policy else None), *extra_env],
+                env=[
+                    *tier_env(
+                        tier_def,
+                        policy.model_endpoints if policy else None,
+                        policy.fallback_tiers(tier, mounted_keys=True) if policy else (),
+                    ),
+                    *extra_env,
+                ],
                 image=spec.image,
             )
         )

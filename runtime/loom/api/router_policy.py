@@ -38,6 +38,14 @@ TIER_CONFIG_ENV = "LOOM_TIER_CONFIG"
 DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 #: The API key variable when a Secret gives a key to a backend that has no usual variable (ollama, local).
 FALLBACK_KEY_ENV = "LOOM_API_KEY"
+#: The variable a worker reads its tier's fallback tiers from (a JSON list of definitions).
+FALLBACK_TIERS_ENV = "LOOM_FALLBACK_TIERS"
+
+
+def fallback_key_env(position: int) -> str:
+    """Where a worker on a cluster finds the Secret-held key of its ``position``-th fallback tier (the
+    tier's usual variable may already hold the key of the worker's own tier)."""
+    return f"LOOM_FALLBACK_{position}_API_KEY"
 
 
 #: Only Anthropic caches on request: other backends cache a repeated prefix on their own, with no switch.
@@ -103,6 +111,14 @@ class TierDefinition(SpecModel):
     price: TierPrice | None = Field(
         default=None, description="Price per million tokens: cost budgets and the cost metric use it."
     )
+    fallback: list[TierName] = Field(
+        default_factory=list,
+        max_length=5,
+        description="Tiers whose providers the worker calls, in order, when this tier's provider is "
+        "unavailable (circuit open, or 5xx, 429 or timeouts left after its retries); never after a bad "
+        "request or invalid output. The result's modelTier and modelUsed name the tier that answered, "
+        "and limits and budgets are charged to it.",
+    )
 
     @model_validator(mode="after")
     def _caching_switch(self) -> TierDefinition:
@@ -126,7 +142,10 @@ class TierDefinition(SpecModel):
         tdef = self
         if self.api_key_secret_ref is not None and self.api_key_env is None:
             tdef = self.model_copy(update={"api_key_env": self.key_env})
-        return json.dumps(tdef.to_manifest_dict(), sort_keys=True, separators=(",", ":"))
+        doc = tdef.to_manifest_dict()
+        if not doc.get("fallback"):  # the same value as before fallback tiers existed: no restarts
+            doc.pop("fallback", None)
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
 class ModelEndpoints(SpecModel):
@@ -356,6 +375,10 @@ _POLICY_RULES = [
         "tier names must be unique",
     ),
     cel(
+        "self.tiers.all(t, t.fallback.all(f, f != t.name && self.tiers.exists(u, u.name == f)))",
+        "a tier's fallback must name other tiers defined in tiers",
+    ),
+    cel(
         "size(self.tiers) == 0 || self.budgets.tiers.all(k, self.tiers.exists(t, t.name == k))",
         "budgets.tiers keys must be tier names defined in tiers",
     ),
@@ -428,6 +451,12 @@ class RouterPolicySpec(SpecModel):
                 for k, v in self.tier_overrides.items()
                 if v not in names
             ]
+        problems += [
+            f"tiers.{t.name}.fallback: {f!r} is " + ("the tier itself" if f == t.name else "not a tier")
+            for t in self.tiers
+            for f in t.fallback
+            if f == t.name or f not in names
+        ]
         problems += self._budget_problems()
         problems += self.endpoint_problems(local_mode=True)
         if problems:
@@ -465,6 +494,21 @@ class RouterPolicySpec(SpecModel):
             for t in chosen
             if t.base_url and (problem := url_problem(t.base_url, rules))
         ]
+
+    def fallback_tiers(self, tier: str, *, mounted_keys: bool) -> list[TierDefinition]:
+        """The definitions a worker on ``tier`` calls when its provider is unavailable, in order.
+
+        ``mounted_keys`` (a cluster): a key from a Secret is read from :func:`fallback_key_env`.
+        """
+        out = []
+        for i, name in enumerate(self.tier(tier).fallback, 1):
+            tdef = self.tier(name)
+            if mounted_keys and tdef.api_key_secret_ref is not None:
+                tdef = tdef.model_copy(update={"api_key_env": fallback_key_env(i)})
+            elif tdef.api_key_secret_ref is not None and tdef.api_key_env is None:
+                tdef = tdef.model_copy(update={"api_key_env": tdef.key_env})
+            out.append(tdef)
+        return out
 
     @property
     def tier_names(self) -> list[str]:
@@ -518,6 +562,11 @@ class RouterConfig(SpecModel):
 
     policy: RouterPolicySpec = Field(default_factory=RouterPolicySpec)
     workers: dict[str, WorkerRoute] | None = None
+
+
+def fallback_config(tiers: list[TierDefinition]) -> str:
+    """The ``LOOM_FALLBACK_TIERS`` value: the fallback definitions as a JSON list."""
+    return json.dumps([t.to_manifest_dict() for t in tiers], sort_keys=True, separators=(",", ":"))
 
 
 def worker_tier(policy: RouterPolicySpec | None, tier: str) -> TierDefinition:

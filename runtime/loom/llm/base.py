@@ -98,6 +98,8 @@ class ChatResponse:
     usage: Usage = field(default_factory=Usage)
     model: str = ""
     stop_reason: str | None = None
+    #: The tier that answered when it was a fallback tier (see :mod:`loom.llm.fallback`).
+    tier: str | None = None
 
 
 class Provider(ABC):

@@ -34,6 +34,17 @@ CIRCUIT_OPEN = Gauge(
     ["backend", "tier"],
 )
 
+FALLBACKS = Counter(
+    "loom_llm_fallback_total",
+    "Model calls answered by a fallback tier because the worker's own tier was unavailable.",
+    ["tier", "answered_by"],
+)
+FALLBACK_EXHAUSTED = Counter(
+    "loom_llm_fallback_exhausted_total",
+    "Model calls for which the tier and every fallback tier were unavailable.",
+    ["tier"],
+)
+
 
 class CallMetrics:
     """The metric children of one (backend, tier), resolved once so each call only increments."""

@@ -19,11 +19,13 @@ from urllib.parse import urlsplit
 from loom.api.loader import Resource
 from loom.api.pipeline import PipelineSpec
 from loom.api.router_policy import (
+    FALLBACK_TIERS_ENV,
     TIER_CONFIG_ENV,
     RouterConfig,
     RouterPolicySpec,
     TierDefinition,
     WorkerRoute,
+    fallback_config,
     worker_route,
     worker_tier,
 )
@@ -192,6 +194,8 @@ def worker_tier_env(
         env["LOOM_LOCAL_LLM_URL"] = local_llm_url
         env.update(local_mode_env(endpoints_of, local_llm_url))
     env[TIER_CONFIG_ENV] = tdef.worker_config()
+    if policy is not None and tdef.fallback:
+        env[FALLBACK_TIERS_ENV] = fallback_config(policy.fallback_tiers(tier, mounted_keys=False))
     return env, tdef
 
 

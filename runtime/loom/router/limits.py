@@ -342,6 +342,23 @@ class Limiter:
                 elif diff < 0:
                     ls.tokens.take(-diff, now)
 
+    def release_answered_by(self, ticket: Ticket, tier: str, actual_tokens: float) -> None:
+        """The result came from fallback ``tier``: the ticket's own tier gets its token estimate back
+        (its unavailable provider spent none), ``tier`` and the other limits are charged the tokens
+        used. Requests stay counted where they were admitted."""
+        if ticket.released:
+            return
+        self.release(ticket, 0.0)
+        now = self.clock()
+        own = f"tier:{ticket.tier}"
+        answered = self.tiers.get(tier)
+        charged = [ls for ls in ticket.limits if ls.name != own]
+        if answered is not None:
+            charged.append(answered)
+        for ls in charged:
+            if ls.tokens is not None:
+                ls.tokens.take(actual_tokens, now)
+
     def evict_idle_tenants(self, keep: Callable[[LimitSet], bool] = lambda _: False) -> int:
         """Drop tenant limit sets idle for ``tenant_idle_seconds``, unless ``keep`` says one is in use."""
         now = self.clock()

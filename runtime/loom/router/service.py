@@ -455,13 +455,18 @@ class RouterService:
         if isinstance(raw, dict):
             with contextlib.suppress(ValidationError):
                 usage = TokenUsage.model_validate(raw)
+        answered = doc.get("model_tier")
         if entry is not None:
-            self.limiter.release(entry[0], None if usage is None else float(usage.limited_tokens))
+            ticket = entry[0]
+            if isinstance(answered, str) and answered != ticket.tier and usage is not None:
+                self.limiter.release_answered_by(ticket, answered, float(usage.limited_tokens))
+            else:
+                self.limiter.release(ticket, None if usage is None else float(usage.limited_tokens))
             self.wake.set()
         if held is not None:
             holds, tier, _ = held
-            answered = doc.get("model_tier") if isinstance(doc.get("model_tier"), str) else tier
-            job = asyncio.ensure_future(self._settle(holds, tier, answered or tier, usage or TokenUsage()))
+            by = answered if isinstance(answered, str) and answered else tier
+            job = asyncio.ensure_future(self._settle(holds, tier, by, usage or TokenUsage()))
             self._settling.add(job)
             job.add_done_callback(self._settling.discard)
 

@@ -24,6 +24,8 @@ class WorkOutcome:
     output: dict[str, Any]
     model_used: str | None = None
     token_usage: TokenUsage = field(default_factory=TokenUsage)
+    #: The tier that answered, when a fallback tier did (None: the worker's own).
+    model_tier: str | None = None
 
 
 class TaskEngine(ABC):

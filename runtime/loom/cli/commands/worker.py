@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from loom.api.loader import LoadError, load_one, resolve_schema_refs
-from loom.api.router_policy import RouterPolicySpec, TierDefinition
+from loom.api.router_policy import FALLBACK_TIERS_ENV, RouterPolicySpec, TierDefinition, fallback_config
 from loom.api.worker import WorkerSpec
 from loom.bus import Bus
 from loom.cli.commands._serve import Ready, RoleRun, configure_logging, serve_on_bus
@@ -71,6 +71,8 @@ def _load(args: argparse.Namespace) -> tuple[WorkerSpec, TierDefinition]:
     if args.policy:  # the policy's endpoint allow-list travels with its tiers
         policy: RouterPolicySpec = load_one(args.policy, "RouterPolicy").spec
         os.environ[ENDPOINTS_ENV] = policy.model_endpoints.env_value()
+        if policy.tier(tier).fallback:  # the fallback tiers' definitions travel the same way
+            os.environ[FALLBACK_TIERS_ENV] = fallback_config(policy.fallback_tiers(tier, mounted_keys=False))
     return spec, load_tier_definition(tier, args.policy)
 
 
