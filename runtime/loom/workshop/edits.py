@@ -208,6 +208,107 @@ def clone_text(text: str, source: str, worker: str, new_name: str) -> str:
     return new_text
 
 
+# -- pipeline stages ----------------------------------------------------------------------------
+
+
+def _is_pipeline(doc: Any, name: str) -> bool:
+    if not isinstance(doc, dict):
+        return False
+    if "apiVersion" in doc:
+        spec = doc.get("spec")
+        meta = doc.get("metadata") or {}
+        return (
+            doc.get("kind") == "Pipeline"
+            and isinstance(spec, dict)
+            and name in (spec.get("name"), meta.get("name"))
+        )
+    return doc.get("name") == name and any(k in doc for k in ("pipeline_stages", "pipelineStages"))
+
+
+def _stage_node(docs: list[Any], source: str, pipeline: str, stage: str) -> tuple[Any, bool]:
+    doc = next((d for d in docs if _is_pipeline(d, pipeline)), None)
+    if doc is None:
+        raise EditError([f"{source}: no Pipeline {pipeline!r} in this file"])
+    body, camel = _body(doc)
+    stages = body.get(_key(body, camel, "pipeline_stages")) or []
+    node = next((s for s in stages if isinstance(s, dict) and s.get("name") == stage), None)
+    if node is None:
+        raise EditError([f"{source}: Pipeline {pipeline!r} has no stage {stage!r}"])
+    return node, camel or any(k in node for k in ("workerType", "inputMapping", "dependsOn"))
+
+
+@dataclass(frozen=True)
+class StageEdit:
+    """What the page lets one change in a stage (texts as typed; empty means unset)."""
+
+    worker_type: str
+    tier: str
+    input_mapping: str
+    depends_on: str
+    condition: str
+    timeout_seconds: str
+
+
+def current_stage(text: str, source: str, pipeline: str, stage: str) -> StageEdit:
+    """The stage's edit boxes from the file's own nodes."""
+    node, camel = _stage_node(_load_all(text), source, pipeline, stage)
+
+    def get(snake: str) -> Any:
+        return node.get(_key(node, camel, snake))
+
+    deps = get("depends_on")
+    return StageEdit(
+        worker_type=str(get("worker_type") or ""),
+        tier=str(get("tier") or ""),
+        input_mapping=schema_text(get("input_mapping")),
+        depends_on="" if deps is None else ", ".join(map(str, deps)),
+        condition=str(get("condition") or ""),
+        timeout_seconds="" if get("timeout_seconds") is None else str(get("timeout_seconds")),
+    )
+
+
+def apply_stage_edit(
+    text: str, source: str, pipeline: str, stage: str, edit: StageEdit
+) -> tuple[str, Resource]:
+    """The file's new text with the stage edited, and the pipeline as it then loads; EditError if invalid."""
+    docs = _load_all(text)
+    node, camel = _stage_node(docs, source, pipeline, stage)
+    problems: list[str] = []
+    mapping = parse_schema(edit.input_mapping, "input mapping")
+    timeout: float | None = None
+    if edit.timeout_seconds.strip():
+        try:
+            timeout = float(edit.timeout_seconds)
+        except ValueError:
+            problems.append(f"timeout: {edit.timeout_seconds!r} is not a number")
+    if problems:
+        raise EditError(problems)
+    deps = [d.strip() for d in edit.depends_on.split(",") if d.strip()] if edit.depends_on.strip() else None
+    values: dict[str, Any] = {
+        "worker_type": edit.worker_type.strip() or None,
+        "tier": edit.tier.strip() or None,
+        "input_mapping": mapping,
+        "depends_on": deps,
+        "condition": edit.condition.strip() or None,
+        "timeout_seconds": (int(timeout) if timeout is not None and timeout.is_integer() else timeout),
+    }
+    for snake, value in values.items():
+        key = _key(node, camel, snake)
+        if value is None:
+            node.pop(key, None)
+        elif _plain(node.get(key)) != _plain(value):
+            node[key] = value
+    new_text = _dump_all(docs)
+    try:
+        resources = load_text(new_text, source)
+    except LoadError as exc:
+        raise EditError(exc.problems) from None
+    for res in resources:
+        if res.kind == "Pipeline" and res.spec.pipeline_name == pipeline:
+            return new_text, res
+    raise EditError([f"{source}: the edit leaves no Pipeline {pipeline!r}"])
+
+
 # -- files and versions --------------------------------------------------------------------------
 
 

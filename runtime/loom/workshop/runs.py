@@ -29,6 +29,8 @@ from loom.evals.targets import CaseOutput, EngineTarget, model_client, needs_emb
 from loom.llm.base import Provider
 from loom.llm.jsonextract import NoJSONFound, extract_json
 from loom.llm.prompt import feedback_message
+from loom.messages import GoalMessage, GoalResult, TaskResult
+from loom.workshop.connection import Connection
 
 
 class EmbeddedModel:
@@ -112,6 +114,28 @@ class TestOutcome:
     payload: dict[str, Any]
     output: CaseOutput
     attempts: list[Attempt]
+
+
+@dataclass
+class StageEvent:
+    """A stage result as it arrived while the goal ran."""
+
+    stage: str
+    attempt: str
+    status: str
+    at_ms: float
+    worker: str
+    error: str | None
+
+
+@dataclass
+class GoalOutcome:
+    """A goal's live timeline and, at the end, its result."""
+
+    goal_id: str
+    pipeline: str
+    events: list[StageEvent] = field(default_factory=list)
+    result: GoalResult | None = None
 
 
 @dataclass
@@ -235,8 +259,57 @@ class Runs:
 
         return self._start("eval", f"eval {suite.name} on {tier}", work)
 
+    def goal(self, connection: Connection, pipeline: str, context: dict[str, Any], timeout: float) -> Run:
+        """Submit a goal to a running pipeline; each stage result joins the timeline as it arrives."""
+        goal = GoalMessage(pipeline=pipeline, context=context, instruction="workshop run")
+        live = GoalOutcome(goal.goal_id, pipeline)
+
+        async def work(run: Run) -> GoalOutcome:
+            bus = await connection.bus()
+            sub = await bus.subscribe_results(goal.goal_id, goal.tenant)
+            try:
+                await bus.publish_goal(goal)
+                run.steps.append(f"goal {goal.goal_id} submitted to pipeline {pipeline}")
+                async with asyncio.timeout(timeout):
+                    while live.result is None:
+                        _take(live, await sub.get(), run)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"no goal result within {timeout:g}s (is pipeline {pipeline!r} running?)"
+                ) from None
+            finally:
+                await sub.close()
+            return live
+
+        run = self._start("goal", f"goal on pipeline {pipeline}", work)
+        run.result = live  # the timeline is shown while the goal runs
+        return run
+
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.to_thread(self.model.stop)
+
+
+def _take(live: GoalOutcome, data: bytes, run: Run) -> None:
+    """One message on the goal's result subject: a stage's task result, or the goal's own result."""
+    import json
+
+    doc = json.loads(data)
+    if "task_id" not in doc:
+        live.result = GoalResult.model_validate(doc)
+        return
+    result = TaskResult.model_validate(doc)
+    _, _, rest = result.task_id.partition(f"{live.goal_id}.")
+    stage, _, attempt = rest.rpartition(".")
+    live.events.append(
+        StageEvent(
+            stage=stage or result.task_id,
+            attempt=attempt,
+            status=result.status.value,
+            at_ms=run.elapsed * 1000,
+            worker=result.worker_type,
+            error=result.error,
+        )
+    )

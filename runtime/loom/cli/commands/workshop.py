@@ -1,7 +1,9 @@
 """``loom workshop``: the web UI to test, edit and evaluate the workers of a project folder.
 
 It reads the same manifests as ``loom up`` and needs no NATS: a test runs the worker's engine in
-this process on the tier's real provider. Loopback only unless ``--token`` is given.
+this process on the tier's real provider. ``--nats-url`` connects it to a running system for the
+pages that need one (a pipeline run, dead letters), as that system's admin when it was started by
+``loom up``. Loopback only unless ``--token`` is given.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import argparse
 import os
 import sys
 from pathlib import Path
+
+from loom.cli.common import add_local_credentials_option, add_nats_options, client_nats_settings
 
 NAME = "workshop"
 HELP = "Web UI to test, edit and evaluate workers (loopback by default)."
@@ -44,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="OpenAI-compatible URL for tiers on backend local without baseUrl (default: start the "
         "embedded model on first use); env LOOM_LOCAL_LLM_URL",
     )
+    add_nats_options(parser)
+    add_local_credentials_option(parser)
+    # the Workshop connects to a running system only when --nats-url is given on the command line
+    parser.set_defaults(nats_url=None)
 
 
 def project_root(paths: list[str], root: Path | None) -> Path:
@@ -58,6 +66,7 @@ def project_root(paths: list[str], root: Path | None) -> Path:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from loom.local.credentials import LocalCredentialsError
     from loom.workshop.app import Settings, create_app
     from loom.workshop.project import ConfinementError, Project
     from loom.workshop.security import BindError, check_bind
@@ -68,10 +77,11 @@ def run(args: argparse.Namespace) -> int:
         if not root.is_dir():
             raise ConfinementError(f"{root}: not a directory")
         project = Project(root, args.paths)
-    except (BindError, ConfinementError) as exc:
+        nats = client_nats_settings(args, "loom-workshop", tenant=None) if args.nats_url else None
+    except (BindError, ConfinementError, LocalCredentialsError) as exc:
         print(f"loom workshop: {exc}", file=sys.stderr)
         return 2
-    app = create_app(Settings(project=project, token=args.token, local_llm_url=args.local_llm_url))
+    app = create_app(Settings(project=project, token=args.token, local_llm_url=args.local_llm_url, nats=nats))
     print(f"loom workshop: serving {project.root} on http://{args.host}:{args.port}/", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -1,0 +1,103 @@
+"""Evals: the suites of the project, a run with per-case scores, baselines and the comparison."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from loom.evals.store import SqliteRunStore, StoreError, default_store_path
+from loom.evals.suite import SuiteError, load_suite
+from loom.workshop.project import Snapshot
+from loom.workshop.web import Ctx, form
+
+
+def suites(snap: Snapshot) -> list[tuple[str, Any, list[str]]]:
+    """(relative file, suite or None, problems) of every eval suite file in the project."""
+    out: list[tuple[str, Any, list[str]]] = []
+    for source in sorted({r.source for r in snap.of_kind("EvalSuite")}):
+        rel = snap.relative(source)
+        try:
+            out.append((rel, load_suite(source), []))
+        except SuiteError as exc:
+            out.append((rel, None, exc.problems))
+    return out
+
+
+def routes(ctx: Ctx) -> list[Route]:
+    project = ctx.project
+
+    def find(snap: Snapshot, name: str) -> tuple[str, Any]:
+        for rel, suite, _ in suites(snap):
+            if suite is not None and suite.name == name:
+                return rel, suite
+        raise LookupError(f"no eval suite {name!r} in the project")
+
+    def store_of(rel: str) -> SqliteRunStore:
+        return SqliteRunStore(default_store_path(project.root / rel))
+
+    async def index(request: Request) -> Response:
+        snap = project.load()
+        return ctx.page(request, "evals.html", suites=suites(snap), snap=snap, tab="evals")
+
+    async def suite_page(request: Request) -> Response:
+        snap = project.load()
+        rel, suite = find(snap, request.path_params["suite"])
+        store = store_of(rel)
+        known = store.path.exists()
+        w = next((x for x in snap.workers() if x.name == suite.worker), None)
+        return ctx.page(
+            request,
+            "eval.html",
+            rel=rel,
+            suite=suite,
+            past=store.runs(suite.name, limit=10) if known else [],
+            baselines=store.baselines(suite.name) if known else {},
+            w=w,
+            tiers=w.spec.served_tiers if w else [],
+            tab="evals",
+        )
+
+    async def run(request: Request) -> Response:
+        snap = project.load()
+        rel, suite = find(snap, request.path_params["suite"])
+        values = await form(request)
+        try:
+            w = snap.worker(suite.worker)
+        except KeyError:
+            return ctx.problems(
+                request, [f"suite {suite.name!r} names Worker {suite.worker!r}, not in the project"]
+            )
+        tier = values.get("tier") or suite.tier or w.spec.default_model_tier
+        policy, policy_problems = snap.policy()
+        if policy_problems:
+            return ctx.problems(request, policy_problems)
+        baseline = values.get("baseline") or None
+        started = ctx.runs.evaluate(suite, project.root / rel, w.resource, policy, tier, baseline)
+        return ctx.page(request, "_run.html", run=started)
+
+    async def baseline(request: Request) -> Response:
+        snap = project.load()
+        rel, suite = find(snap, request.path_params["suite"])
+        values = await form(request)
+        name = values.get("name", "").strip()
+        if not name:
+            return ctx.problems(request, ["a baseline needs a name"], status=422)
+        try:
+            store_of(rel).save_baseline(suite.name, name, values.get("run_id", ""))
+        except StoreError as exc:
+            return ctx.problems(request, [str(exc)], status=422)
+        return HTMLResponse(
+            f'<p class="ok" id="baseline-saved">Saved run {escape(values.get("run_id", ""))} as baseline '
+            f"<b>{escape(name)}</b>.</p>"
+        )
+
+    return [
+        Route("/evals", index),
+        Route("/evals/{suite}", suite_page),
+        Route("/evals/{suite}/run", run, methods=["POST"]),
+        Route("/evals/{suite}/baseline", baseline, methods=["POST"]),
+    ]

@@ -1,0 +1,162 @@
+"""Workers: the list, a test run, edits with preview and impact, versions and clones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from loom.workshop import edits, forms
+from loom.workshop.impact import impact
+from loom.workshop.project import ConfinementError, Snapshot, WorkerEntry, confine
+from loom.workshop.web import Ctx, form
+
+
+def entry(snap: Snapshot, name: str) -> WorkerEntry:
+    try:
+        return snap.worker(name)
+    except KeyError:
+        raise LookupError(f"no Worker {name!r} in the project") from None
+
+
+def routes(ctx: Ctx) -> list[Route]:
+    project = ctx.project
+
+    async def home(request: Request) -> Response:
+        return RedirectResponse("/workers", status_code=303)
+
+    async def workers(request: Request) -> Response:
+        snap = project.load()
+        return ctx.page(request, "workers.html", snap=snap, workers=snap.workers(), tab="workers")
+
+    async def worker(request: Request) -> Response:
+        snap = project.load()
+        e = entry(snap, request.path_params["name"])
+        rel = snap.relative(e.resource.source)
+        return ctx.page(
+            request,
+            "worker.html",
+            snap=snap,
+            w=e,
+            rel=rel,
+            boxes=edits.current(project.read(rel), rel, e.name),
+            fields=forms.form_fields(e.spec.input_schema),
+            tiers=e.spec.served_tiers if e.spec.worker_kind == "llm" else snap.tiers()[:1] or ["local"],
+            versions=list(reversed(ctx.versions.list(rel))),
+            uses=impact(snap.resources, e.name, e.spec),
+            tab="workers",
+        )
+
+    async def test(request: Request) -> Response:
+        snap = project.load()
+        e = entry(snap, request.path_params["name"])
+        values = await form(request)
+        tier = values.get("tier") or e.spec.default_model_tier
+        if e.spec.worker_kind == "llm" and tier not in e.spec.served_tiers:
+            return ctx.problems(request, [f"worker {e.name!r} does not serve tier {tier!r}"])
+        if values.get("mode") == "json":
+            payload, bad = forms.payload_from_json(values.get("raw_json", ""))
+        else:
+            payload, bad = forms.payload_from_form(forms.form_fields(e.spec.input_schema) or [], values)
+        if bad:
+            return ctx.problems(request, bad)
+        policy, policy_problems = snap.policy()
+        if policy_problems:
+            return ctx.problems(request, policy_problems)
+        return ctx.page(request, "_run.html", run=ctx.runs.test(e.resource, policy, tier, payload))
+
+    async def run_state(request: Request) -> Response:
+        try:
+            run = ctx.runs.get(request.path_params["id"])
+        except KeyError:
+            return PlainTextResponse("no such run", status_code=404)
+        return ctx.page(request, "_run.html", run=run)
+
+    async def proposed(request: Request) -> tuple[Snapshot, WorkerEntry, str, str, str, Any]:
+        snap = project.load()
+        e = entry(snap, request.path_params["name"])
+        rel = snap.relative(e.resource.source)
+        old = project.read(rel)
+        values = await form(request)
+        edit = edits.WorkerEdit(
+            system_prompt=values.get("system_prompt", ""),
+            input_schema=values.get("input_schema", ""),
+            output_schema=values.get("output_schema", ""),
+        )
+        new, res = edits.apply_edit(old, rel, e.name, edit)
+        return snap, e, rel, old, new, res
+
+    async def preview(request: Request) -> Response:
+        try:
+            snap, e, rel, old, new, res = await proposed(request)
+        except edits.EditError as exc:
+            return ctx.problems(request, exc.problems, status=422)
+        others = [r for r in snap.resources if r.source != e.resource.source]
+        return ctx.page(
+            request,
+            "_preview.html",
+            diff=edits.unified_diff(old, new, rel),
+            uses=impact(others, e.name, res.spec),
+        )
+
+    async def save(request: Request) -> Response:
+        try:
+            _, _e, rel, old, new, _res = await proposed(request)
+        except edits.EditError as exc:
+            return ctx.problems(request, exc.problems, status=422)
+        if new == old:
+            return ctx.problems(request, ["nothing changed"], status=422)
+        version = edits.save(project.root, rel, old, new, ctx.versions, "edit")
+        return ctx.page(
+            request, "_saved.html", rel=rel, version=version, diff=edits.unified_diff(old, new, rel)
+        )
+
+    async def restore(request: Request) -> Response:
+        snap = project.load()
+        e = entry(snap, request.path_params["name"])
+        rel = snap.relative(e.resource.source)
+        vid = (await form(request)).get("version", "")
+        try:
+            text = ctx.versions.read(rel, vid)
+            edits.validated(text, rel, e.name)
+        except edits.EditError as exc:
+            return ctx.problems(request, exc.problems, status=422)
+        old = project.read(rel)
+        version = edits.save(project.root, rel, old, text, ctx.versions, f"restore {vid[:19]}")
+        return ctx.page(
+            request, "_saved.html", rel=rel, version=version, diff=edits.unified_diff(old, text, rel)
+        )
+
+    async def clone(request: Request) -> Response:
+        snap = project.load()
+        e = entry(snap, request.path_params["name"])
+        rel = snap.relative(e.resource.source)
+        new_name = (await form(request)).get("new_name", "").strip()
+        if any(w.name == new_name for w in snap.workers()):
+            return ctx.problems(request, [f"a Worker {new_name!r} exists already"], status=422)
+        try:
+            text = edits.clone_text(project.read(rel), rel, e.name, new_name)
+            path = confine(project.root, Path(rel).parent / f"worker-{new_name}.yaml")
+        except edits.EditError as exc:
+            return ctx.problems(request, exc.problems, status=422)
+        except ConfinementError as exc:
+            return ctx.problems(request, [str(exc)], status=422)
+        if path.exists():
+            return ctx.problems(request, [f"{path.relative_to(project.root)} exists already"], status=422)
+        edits.write_atomic(path, text)
+        return PlainTextResponse("cloned", headers={"HX-Redirect": f"/workers/{new_name}"})
+
+    return [
+        Route("/", home),
+        Route("/workers", workers),
+        Route("/workers/{name}", worker),
+        Route("/workers/{name}/test", test, methods=["POST"]),
+        Route("/workers/{name}/preview", preview, methods=["POST"]),
+        Route("/workers/{name}/save", save, methods=["POST"]),
+        Route("/workers/{name}/restore", restore, methods=["POST"]),
+        Route("/workers/{name}/clone", clone, methods=["POST"]),
+        Route("/runs/{id}", run_state),
+    ]

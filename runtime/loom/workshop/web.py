@@ -1,0 +1,62 @@
+"""What every page handler shares: the project, templates, runs, the connection, and the responses."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+from starlette.templating import Jinja2Templates
+
+from loom.workshop.connection import Connection
+from loom.workshop.edits import Versions
+from loom.workshop.project import Project, schema_summary
+from loom.workshop.runs import Runs
+from loom.workshop.security import CSRF_FIELD
+
+HERE = Path(__file__).parent
+
+
+def pretty(value: Any) -> str:
+    """JSON for people: indented, non-ASCII kept."""
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def templates() -> Jinja2Templates:
+    t = Jinja2Templates(directory=str(HERE / "templates"))
+    t.env.filters["pretty"] = pretty
+    t.env.globals["schema_summary"] = schema_summary
+    return t
+
+
+@dataclass
+class Ctx:
+    """The Workshop's state, handed to each group of routes."""
+
+    project: Project
+    templates: Jinja2Templates
+    versions: Versions
+    runs: Runs
+    connection: Connection
+    csrf: str
+
+    def page(self, request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+        ctx.update(
+            request=request,
+            csrf=self.csrf,
+            csrf_field=CSRF_FIELD,
+            root=str(self.project.root),
+            connected=self.connection.configured,
+        )
+        return self.templates.TemplateResponse(request, name, ctx, status_code=status)
+
+    def problems(self, request: Request, items: list[str], status: int = 400) -> HTMLResponse:
+        return self.page(request, "_problems.html", status, problems=items)
+
+
+async def form(request: Request) -> dict[str, str]:
+    """The submitted form as plain strings."""
+    return {k: str(v) for k, v in (await request.form()).items()}
