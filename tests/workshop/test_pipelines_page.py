@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tests.support.processes import LoomProcesses, loom_procs
 from tests.workshop.conftest import copy_samples
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tests.workshop.conftest import copy_samples
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
