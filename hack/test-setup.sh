@@ -38,6 +38,8 @@ step_envtest() { bash hack/envtest/build.sh >/dev/null; }
 step_tools() { bash hack/envtest/tools.sh >/dev/null; }
 # promtool from the Go module proxy.
 step_promtool() { bash hack/promtool/build.sh >/dev/null; }
+# Jaeger (the trace backend of the tracing tests) from the Go module proxy.
+step_tracing() { bash hack/tracing/build.sh >/dev/null; }
 # One real node (tests/k8s/node.py): containerd, runc, CNI plugins, iptables, conntrack,
 # debootstrap and dockerd (image builds only) from Debian; kubelet, kube-proxy, CoreDNS and
 # the node's images (pause, Debian base, the project's image, NATS) by hack/node/build.sh.
