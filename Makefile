@@ -16,7 +16,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 # Recipes print their own progress and results, not their shell lines.
 .SILENT:
 
-.PHONY: venv run up test test-setup test-cold lint envtest e2e-kind test-node
+.PHONY: venv run up test test-setup test-cold lint generate envtest e2e-kind test-node
 
 venv: $(VENV)/.installed
 
@@ -82,6 +82,15 @@ lint: venv
 	$(BIN)/ruff check runtime operator tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+# Every generated file from its source (models, kinds registry, dashboard definition); the drift
+# tests fail when a committed copy differs from what these write.
+generate: venv
+	$(BIN)/python -m loom_operator.crdgen
+	$(BIN)/python -m loom.api.docgen
+	$(BIN)/python deploy/argocd/render.py
+	$(BIN)/python deploy/grafana/dashboard.py
+	echo "generated: crds/, helm/loom/crds/, docs/reference.md, deploy/argocd/, deploy/grafana/"
 
 # The Docker-free control plane for the k8s tests (cached under ~/.cache/loom; cold build ~7-10 min).
 envtest:

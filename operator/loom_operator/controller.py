@@ -28,7 +28,7 @@ from loom_operator import metrics
 from loom_operator.conditions import Phase
 from loom_operator.dispatch import PipelineEntry, PolicyEntry, Stalled, WorkerEntry, catalog, catalog_hash
 from loom_operator.eval_results import run_from_job, run_from_pod
-from loom_operator.k8s import Kube, KubeError, namespace_terminating
+from loom_operator.k8s import Kube, KubeError, namespace_terminating, transient
 from loom_operator.readiness import ChildDeployment
 from loom_operator.reconcile import Reconciler
 from loom_operator.render.common import LABEL_KINDS
@@ -115,7 +115,7 @@ class Controller:
             outcome = "stalled"
             raise
         except KubeError as exc:
-            outcome = "retry" if exc.status in (409, 429) or exc.status >= 500 else "error"
+            outcome = "retry" if transient(exc) else "error"
             raise
         finally:
             metrics.RECONCILES.labels(kind, outcome).inc()
@@ -211,7 +211,7 @@ class Controller:
 
     def _recheck(self, namespace: str, kinds: Collection[str]) -> None:
         """Reconcile this namespace's known resources of ``kinds`` (their references changed)."""
-        for kind, ns, name in list(self.reconciler.known):
+        for kind, ns, name in self.reconciler.resources():
             if ns == namespace and kind in kinds:
                 self.soon(kind, ns, name)
 
@@ -228,7 +228,7 @@ class Controller:
             self._recheck(namespace, ("EvalSuite",))
         self._worker_specs[namespace] = specs
         routes = catalog(self.workers(namespace))
-        if self.reconciler.catalogs.get(namespace) == catalog_hash(routes):
+        if self.reconciler.catalog_is(namespace, catalog_hash(routes)):
             return
         for policy in self.policies(namespace):
             self.soon("RouterPolicy", namespace, policy.name)
@@ -329,7 +329,7 @@ class Controller:
             await asyncio.sleep(interval)
             if not await self.is_active():
                 continue
-            for kind, ns, name in [k for k in self.reconciler.known if k[0] == "Schedule"]:
+            for kind, ns, name in self.reconciler.resources("Schedule"):
                 await self.refresh(kind, ns, name)
 
     def start(self, *coros: Any) -> None:

@@ -27,7 +27,7 @@ from loom_operator.bus_users import BusUsers
 from loom_operator.controller import Controller
 from loom_operator.diffbase import DigestDiffBaseStorage
 from loom_operator.dispatch import PipelineEntry, PolicyEntry, Stalled, WorkerEntry, parse_body
-from loom_operator.k8s import Credentials, Kube, KubeError, namespace_terminating
+from loom_operator.k8s import Credentials, Kube, KubeError, namespace_terminating, transient
 from loom_operator.peering import Standby, own_identity
 from loom_operator.readiness import ChildDeployment
 from loom_operator.reconcile import Reconciler
@@ -64,7 +64,7 @@ async def resolve_keda(settings: Settings, kube: Kube) -> bool:
 def _translate(exc: KubeError) -> kopf.TemporaryError | kopf.PermanentError:
     if namespace_terminating(exc):
         return kopf.PermanentError(f"namespace is being deleted: {exc}")
-    if exc.status in (409, 429) or exc.status >= 500:
+    if transient(exc):
         return kopf.TemporaryError(str(exc), delay=5)
     if exc.status == 403:
         return kopf.TemporaryError(f"forbidden (check the operator's RBAC): {exc}", delay=30)

@@ -86,6 +86,11 @@ def resource_path(
 POLICY_REFUSAL = "writes only objects it manages"
 
 
+def transient(exc: KubeError) -> bool:
+    """A conflict, throttling or a server-side failure: the same request may succeed later."""
+    return exc.status in (409, 429) or exc.status >= 500
+
+
 def refused(exc: KubeError) -> bool:
     """The server refused the write itself (invalid, too large, or an object of the child's name
     that the operator does not manage, refused by the chart's admission policy): retrying the

@@ -110,18 +110,18 @@ class Reconciler:
         self.settings = settings
         self.keda = keda
         self.clock = clock
-        self.known: dict[Key, Known] = {}
-        self.observations: dict[tuple[str, str, str], Observation] = {}
+        self._known: dict[Key, Known] = {}
+        self._observations: dict[tuple[str, str, str], Observation] = {}
         #: Per namespace: hash and size of the worker catalog the router was last rendered with.
-        self.catalogs: dict[str, str] = {}
-        self.catalog_sizes: dict[str, int] = {}
+        self._catalogs: dict[str, str] = {}
+        self._catalog_sizes: dict[str, int] = {}
         #: Status of one resource is computed and written under its lock, so the last write
         #: is computed from the newest view (watch events and reconciles run concurrently).
         self._locks: dict[Key, asyncio.Lock] = {}
         #: EvalSuite results per (namespace, name, job): from the Job's pod, and from the Job itself
         #: (a failed Job whose pod never finished); the pod's verdict wins.
-        self.pod_runs: dict[tuple[str, str, str], EvalRun] = {}
-        self.job_runs: dict[tuple[str, str, str], EvalRun] = {}
+        self._pod_runs: dict[tuple[str, str, str], EvalRun] = {}
+        self._job_runs: dict[tuple[str, str, str], EvalRun] = {}
 
     def render(
         self,
@@ -164,7 +164,7 @@ class Reconciler:
         meta = body["metadata"]
         now = self.clock()
         key = (owner.kind, owner.namespace, owner.name)
-        known = self.known.get(key) or Known(
+        known = self._known.get(key) or Known(
             api_version=body.get("apiVersion", GROUP_VERSION),
             kind=owner.kind,
             namespace=owner.namespace,
@@ -175,7 +175,7 @@ class Reconciler:
             status={k: v for k, v in (body.get("status") or {}).items() if k != "kopf"},
         )
         known.generation = meta.get("generation")
-        self.known[key] = known
+        self._known[key] = known
         try:
             resource = parse_body(body)
             known.resource = resource
@@ -188,8 +188,8 @@ class Reconciler:
         known.stalled = None
         if isinstance(resource.spec, RouterPolicySpec):
             routes = catalog(workers)
-            self.catalogs[owner.namespace] = catalog_hash(routes)
-            self.catalog_sizes[owner.namespace] = len(routes)
+            self._catalogs[owner.namespace] = catalog_hash(routes)
+            self._catalog_sizes[owner.namespace] = len(routes)
 
         expected = tuple(o["metadata"]["name"] for o in objects if o["kind"] == "Deployment")
         known.expected = expected  # before applying: watch events may be handled meanwhile
@@ -294,7 +294,7 @@ class Reconciler:
                 await self.kube.delete(
                     "batch/v1", "Job", owner.namespace, name, uid=obj["metadata"].get("uid")
                 )
-                for runs in (self.pod_runs, self.job_runs):
+                for runs in (self._pod_runs, self._job_runs):
                     runs.pop((owner.namespace, owner.name, name), None)
 
     # ----------------------------------------------------------------- status
@@ -310,7 +310,7 @@ class Reconciler:
     ) -> None:
         """Recompute status from the children as last seen (no apply). Unknown resources are skipped:
         their own handler has not run in this process yet and will report."""
-        known = self.known.get((kind, namespace, name))
+        known = self._known.get((kind, namespace, name))
         if known is None or known.resource is None:
             return
         async with self._lock((kind, namespace, name)):
@@ -327,26 +327,45 @@ class Reconciler:
             return eval_phase(known.job, self.eval_run(known.namespace, known.name, known.job))
         return phase_of(known.expected, current)
 
+    def resources(self, kind: str | None = None) -> list[Key]:
+        """The resources this process has reconciled (of one kind, or all)."""
+        return [k for k in self._known if kind is None or k[0] == kind]
+
+    def observation(self, namespace: str, worker: str, tier: str) -> Observation | None:
+        return self._observations.get((namespace, worker, tier))
+
+    def observe(self, namespace: str, worker: str, tier: str, observation: Observation) -> bool:
+        """Keep what the built-in scaler saw for one tier; True when it changed (status needs a refresh)."""
+        key = (namespace, worker, tier)
+        if self._observations.get(key) == observation:
+            return False
+        self._observations[key] = observation
+        return True
+
+    def catalog_is(self, namespace: str, digest: str) -> bool:
+        """Whether the namespace's router was last rendered with the worker catalog of this digest."""
+        return self._catalogs.get(namespace) == digest
+
     def eval_run(self, namespace: str, name: str, job: str) -> EvalRun | None:
         key = (namespace, name, job)
-        return self.pod_runs.get(key) or self.job_runs.get(key)
+        return self._pod_runs.get(key) or self._job_runs.get(key)
 
     def record_eval_run(self, namespace: str, name: str, run: EvalRun, *, from_pod: bool) -> bool:
         """Keep a Job's verdict; True when it is new (status needs a refresh)."""
         key = (namespace, name, run.job_name)
-        runs = self.pod_runs if from_pod else self.job_runs
+        runs = self._pod_runs if from_pod else self._job_runs
         if runs.get(key) == run:
             return False
         runs[key] = run
         return True
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
-        self.known.pop((kind, namespace, name), None)
+        self._known.pop((kind, namespace, name), None)
         self._locks.pop((kind, namespace, name), None)
-        for key in [k for k in self.observations if k[0] == namespace and k[1] == name and kind == "Worker"]:
-            del self.observations[key]
+        for key in [k for k in self._observations if k[0] == namespace and k[1] == name and kind == "Worker"]:
+            del self._observations[key]
         if kind == "EvalSuite":
-            for runs in (self.pod_runs, self.job_runs):
+            for runs in (self._pod_runs, self._job_runs):
                 for key in [k for k in runs if k[:2] == (namespace, name)]:
                     del runs[key]
 
@@ -370,10 +389,10 @@ class Reconciler:
             children={c.tier: c for c in children if c.name in known.expected or phase.state == "stalled"},
             observations={
                 tier: obs
-                for (ns, name, tier), obs in self.observations.items()
+                for (ns, name, tier), obs in self._observations.items()
                 if (ns, name) == (known.namespace, known.name)
             },
-            catalog_size=self.catalog_sizes.get(known.namespace, 0),
+            catalog_size=self._catalog_sizes.get(known.namespace, 0),
             job=known.job,
             eval_run=self.eval_run(known.namespace, known.name, known.job) if known.job else None,
             previous=known.status,

@@ -215,9 +215,7 @@ class ScalerLoop:
                     log.warning("scaler: cannot scale %s/%s: %s", target.namespace, target.deployment, exc)
                     continue
             obs = Observation(lag=lag, desired=decision.desired)
-            okey = (target.namespace, target.worker, target.tier)
-            if self.reconciler.observations.get(okey) != obs:
-                self.reconciler.observations[okey] = obs
+            if self.reconciler.observe(target.namespace, target.worker, target.tier, obs):
                 touched.add((target.namespace, target.worker))
             decided.append((target, decision))
         if self.on_observed is not None:

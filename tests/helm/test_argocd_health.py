@@ -100,7 +100,7 @@ def _render_module() -> Any:
 def test_generated_files_match_the_source() -> None:
     """The per-kind copies and the argocd-cm snippet are what render.py writes now."""
     for path, content in _render_module().expected().items():
-        assert path.read_text() == content, f"{path} is stale: run python deploy/argocd/render.py"
+        assert path.read_text() == content, f"{path} is stale: run make generate"
 
 
 def test_argocd_cm_snippet_carries_the_script_for_every_kind() -> None:

@@ -120,7 +120,7 @@ def test_dashboard_files_match_the_builder() -> None:
     module = _dashboard_module()
     for path in module.OUTPUTS:
         assert path.read_text() == module.rendered(), (
-            f"{path} is stale: run python deploy/grafana/dashboard.py"
+            f"{path} is stale: run make generate"
         )
 
 

@@ -315,7 +315,8 @@ async def test_the_scaler_reads_lag_from_the_consumers_leader_through_a_leader_c
         finally:
             await loop.aclose()
             await kube.aclose()
-        assert reconciler.observations[("team", "echo", "local")].lag == 12
+        observed = reconciler.observation("team", "echo", "local")
+        assert observed is not None and observed.lag == 12
         assert decided["echo"].desired == 1
         assert decided["ghost"].desired == 2 and decided["ghost"].wanted == 1
     finally:

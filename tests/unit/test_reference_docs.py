@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_reference_page_matches_the_models() -> None:
     committed = (ROOT / "docs" / "reference.md").read_text(encoding="utf-8")
-    assert committed == docgen.render(), "docs/reference.md is stale: run python -m loom.api.docgen"
+    assert committed == docgen.render(), "docs/reference.md is stale: run make generate"
 
 
 def test_every_spec_field_is_documented() -> None:
