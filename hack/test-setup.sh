@@ -5,7 +5,7 @@
 # a warm run takes a few seconds. `make test` runs it; run it by hand before running pytest alone.
 #
 #   hack/test-setup.sh           # every step
-#   hack/test-setup.sh STEP...   # some of: system envtest tools promtool node browser
+#   hack/test-setup.sh STEP...   # some of: system envtest tools promtool tracing node browser
 #
 # The node step (one real Kubernetes node for tests/e2e) needs root, cgroup v1, overlayfs and
 # br_netfilter; on a machine without them it fails at once and names what is missing.
@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ALL_STEPS=(system envtest tools promtool node browser)
+ALL_STEPS=(system envtest tools promtool tracing node browser)
 STEPS=("$@")
 [[ ${#STEPS[@]} -gt 0 ]] || STEPS=("${ALL_STEPS[@]}")
 
@@ -73,7 +73,7 @@ step_browser() {
 total=$SECONDS
 for step in "${STEPS[@]}"; do
   case "$step" in
-    system|envtest|tools|promtool|node|browser) ;;
+    system|envtest|tools|promtool|tracing|node|browser) ;;
     *) log "unknown step '$step' (steps: ${ALL_STEPS[*]})"; exit 2 ;;
   esac
   began=$SECONDS
