@@ -1067,6 +1067,13 @@ class Bus:
                 raise
             return await self.js.key_value(bucket)
 
+    async def existing_key_value(self, bucket: str) -> KeyValue | None:
+        """A Key-Value bucket if it exists, None otherwise (readers never create one)."""
+        try:
+            return await self.js.key_value(bucket)
+        except BucketNotFoundError:
+            return None
+
     async def _scale_bucket(self, bucket: str) -> None:
         """Give a bucket's stream the replicas of the setting (nothing when unset or already so)."""
         if self.settings.replicas is None:

@@ -5,10 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from pathlib import Path
 
 import pytest
-from tests.support.processes import LoomProcesses, bus, collect, echo_worker, loom_procs, poll, write_yaml
+from tests.support.processes import (
+    LoomProcesses,
+    bus,
+    collect,
+    echo_worker,
+    loom_procs,
+    poll,
+    run_cli,
+    write_yaml,
+)
 
 from loom.api.router_policy import RouterPolicySpec
 from loom.bus import Bus, kv_read
@@ -139,6 +149,20 @@ async def test_three_router_processes_keep_a_tenant_within_its_budget(
     assert all(r.metric("loom_budget_limit", budget="tenant:acme/tokens/day") == limit for r in routers)
     key = counter_key((await budget_usage(kv, spec, now))[0][0], (await budget_usage(kv, spec, now))[0][1])
     assert (await kv_read(kv, key))[0] == str(150 * len(done)).encode()
+
+    # loom budget shows the same from the CLI, and the shared limits' rows (bounded by the policy)
+    out = run_cli("budget", "--config", str(pol), "--json", nats_url=loom_procs.nats_url)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    [row] = doc["budgets"]
+    assert (row["scope"], row["what"], row["used"], row["limit"]) == (
+        "tenant:acme",
+        "tokens/day",
+        150 * len(done),
+        limit,
+    )
+    assert row["window"] == dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    assert [(r["scope"], r["what"], r["limit"]) for r in doc["limits"]] == [("tenant:*", "requests", 6000)]
 
 
 async def test_dead_letter_policy_refuses_at_once(

@@ -55,7 +55,7 @@ from loom.messages import (
     utcnow,
 )
 from loom.quotas import payload_problem
-from loom.router.budget_ledger import BudgetLedger, Exhausted
+from loom.router.budget_ledger import BudgetLedger, Exhausted, budget_usage
 from loom.router.budgets import BUDGETS_BUCKET, BUDGETS_TTL, COST_SCALE, Hold, estimate_usage
 from loom.router.limits import AdmissionQueue, Limiter, Request, Ticket
 from loom.router.routing import Rejection, Route, RoutingTable, estimate_tokens
@@ -98,6 +98,8 @@ class RouterOptions:
     limit_window: float = DEFAULT_WINDOW_SECONDS
     #: Seconds a replica's shared in-flight slots stay held once it stops renewing them.
     limit_lease: float = DEFAULT_LEASE_SECONDS
+    #: How often the budget gauges are read from the shared counters.
+    budget_interval: float = 15.0
 
 
 def build_limiter(
@@ -181,6 +183,7 @@ class RouterService:
             asyncio.create_task(self._pump_loop(stop), name="router-pump"),
             asyncio.create_task(self._lag_loop(stop), name="router-lag"),
             asyncio.create_task(self._no_worker_loop(stop), name="router-no-worker"),
+            *([asyncio.create_task(self._budget_loop(stop), name="router-budgets")] if self.ledger else []),
             *self._shared_task(shared_kv, stop),
             asyncio.create_task(
                 self.bus.consume(
@@ -570,6 +573,23 @@ class RouterService:
                 metrics.TOKENS_AVAILABLE.labels(tier, "tokens").set(ls.tokens.available(now))
             if ls.concurrency is not None:
                 metrics.TIER_IN_FLIGHT.labels(tier).set(ls.concurrency.used)
+
+    async def _budget_loop(self, stop: asyncio.Event) -> None:
+        """Refresh the budget gauges from the shared counters (other replicas' use, a new window)."""
+        while not stop.is_set():
+            try:
+                await self._read_budgets()
+            except Exception as exc:  # NATS away: the next round tries again
+                log.debug("reading budgets failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.options.budget_interval)
+
+    async def _read_budgets(self) -> None:
+        ledger = self.ledger
+        assert ledger is not None
+        for budget, window, total in await budget_usage(ledger.kv, self.table.policy, ledger.wall()):
+            ledger.seen[budget.label] = (window, total)
+        self._budget_gauges()
 
     async def _lag_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
