@@ -53,7 +53,8 @@ LOOM_STREAMS = (STREAM_INCOMING, STREAM_TASKS, STREAM_DEAD_LETTER, STREAM_GOALS,
 PIPELINE_BUCKETS = ("loom-pipeline-state", "loom-checkpoints")
 SCHEDULER_BUCKETS = ("loom-schedules",)
 WORKER_BUCKETS = ("loom-checkpoints",)
-ROUTER_BUCKETS = ("loom-router-limits",)  # limits shared by the router replicas
+#: Limits and budgets shared by the router replicas.
+ROUTER_BUCKETS = ("loom-router-limits", "loom-router-budgets")
 
 
 class Role(StrEnum):
@@ -70,11 +71,11 @@ class Role(StrEnum):
     EVAL = "eval"
 
 
-@dataclass(frozen=True)
 #: Roles that write audit records (see :mod:`loom.audit` for who writes what); reading is the admin's.
 AUDIT_WRITERS = frozenset({Role.ROUTER, Role.WORKER, Role.PIPELINE, Role.ORCHESTRATOR})
 
 
+@dataclass(frozen=True)
 class Identity:
     """One NATS user: its name, role and what it serves (worker type and tiers, pipeline, tenant)."""
 
@@ -176,9 +177,9 @@ def permissions(identity: Identity) -> Permissions:
     if me.role in (Role.TENANT, Role.EVAL):
         return _tenant(me.tenant, inbox)
     pub = _declare_and_read()
-    sub = [inbox]
     if me.role in AUDIT_WRITERS:
         pub.append(f"{AUDIT_PREFIX}.>")
+    sub = [inbox]
     if me.role is Role.ROUTER:
         pub += ["loom.tasks.*.*", f"{RESULTS_PREFIX}.>", DEAD_LETTER]
         pub += _consumer(STREAM_INCOMING, ROUTER_CONSUMER) + _consumer(STREAM_ADVISORIES, ADVISORY_CONSUMER)

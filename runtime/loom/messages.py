@@ -264,6 +264,7 @@ class DeadLetterReason(StrEnum):
     UNKNOWN_WORKER_TYPE = "unknown_worker_type"
     UNKNOWN_TIER = "unknown_tier"
     RATE_LIMITED = "rate_limited"
+    BUDGET_EXHAUSTED = "budget_exhausted"
     INVALID_INPUT = "invalid_input"
     INVALID_OUTPUT = "invalid_output"
     NO_WORKER = "no_worker"
@@ -292,9 +293,9 @@ class DeadLetter(Message):
     deliveries: int | None = None
     source: str = ""  # which role produced it (router, worker, advisory)
     at: datetime = Field(default_factory=utcnow)
-
     #: The W3C trace id of the failed work's trace (hex), when it has one.
     trace_id: str | None = None
+
     @property
     def replayable(self) -> bool:
         """Whether the original body was kept (a ``too_large`` one is not), so a replay can send it."""
