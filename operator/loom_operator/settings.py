@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from loom import __version__
 from loom.settings import REPLICAS_ENV, parse_replicas
+from loom.telemetry import role_env
 from loom_operator import network_settings
 from loom_operator.network_settings import NetworkPolicySettings
 
@@ -65,6 +66,8 @@ class Settings:
     peering_lifetime: int | None = None
     #: A NetworkPolicy per Worker tier (``LOOM_NETWORK_POLICY``); None renders none.
     network_policy: NetworkPolicySettings | None = None
+    #: Tracing and audit variables of every rendered pod (``LOOM_OTLP_ENDPOINT``, ``LOOM_AUDIT*``).
+    telemetry_env: tuple[tuple[str, str], ...] = ()
 
     @property
     def clusterwide(self) -> bool:
@@ -125,6 +128,7 @@ class Settings:
                 if e.get(network_settings.ENV, "").strip()
                 else None
             ),
+            telemetry_env=tuple(role_env(e).items()),
         )
 
     def with_overrides(self, **changes: Any) -> Settings:

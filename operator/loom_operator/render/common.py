@@ -137,10 +137,12 @@ def config_map(owner: Owner, key: str, text: str) -> dict[str, Any]:
 
 
 def nats_env(settings: Settings) -> list[dict[str, Any]]:
-    """NATS connection environment for every pod (credentials and TLS files from Secrets)."""
+    """NATS connection environment for every pod (credentials and TLS files from Secrets), and the
+    tracing and audit variables (:func:`loom.telemetry.role_env`)."""
     env: list[dict[str, Any]] = [{"name": "LOOM_NATS_URL", "value": settings.nats_url}]
     if settings.nats_replicas is not None:
         env.append({"name": REPLICAS_ENV, "value": str(settings.nats_replicas)})
+    env += [{"name": k, "value": v} for k, v in settings.telemetry_env]
     if settings.nats_creds_secret:
         env.append({"name": "LOOM_NATS_CREDS", "value": f"{CONFIG_DIR}/nats/creds"})
     if settings.nats_tls_secret:

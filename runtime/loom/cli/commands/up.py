@@ -43,6 +43,7 @@ from loom.local.manifests import LocalPlan, PlanError, build_plan, local_llm_tie
 from loom.local.state import DEFAULT_RUN_DIR, RunState, default_run_dir, running_state, write_state
 from loom.local.supervisor import ProcessSpec, Supervisor, SupervisorError
 from loom.settings import LOCAL_MODE_ENV
+from loom.telemetry import OTLP_ENDPOINT_ENV, role_env
 
 NAME = "up"
 HELP = "Run manifests locally: embedded NATS, local model, router, workers, pipelines, schedules."
@@ -98,6 +99,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="also run the dynamic orchestrator (loom orchestrator --config FILE)",
     )
+    parser.add_argument(
+        "--otlp-endpoint",
+        default=env(OTLP_ENDPOINT_ENV),
+        metavar="URL",
+        help="export traces of every role to this OTLP/HTTP collector (e.g. http://127.0.0.1:4318); "
+        f"env {OTLP_ENDPOINT_ENV}",
+    )
     parser.add_argument("--no-view", action="store_true", help="plain prefixed logs instead of the live view")
     parser.add_argument("--grace", type=float, default=30.0, help="seconds each phase gets to drain on stop")
     parser.add_argument("--log-level", default=env("LOOM_LOG_LEVEL", "INFO"), help="log level of the roles")
@@ -140,10 +148,12 @@ def process_specs(
     log_level: str,
     cwd: str,
     credentials: Mapping[str, Credential] | None = None,
+    telemetry: Mapping[str, str] | None = None,
 ) -> list[ProcessSpec]:
     """Planned roles as supervised ``python -m loom.cli.main <role>`` processes, in local mode.
 
-    ``credentials`` (by process name) give each process its bus identity.
+    ``credentials`` (by process name) give each process its bus identity; ``telemetry`` (from
+    :func:`loom.telemetry.role_env`) its tracing and audit variables.
     """
     specs = []
     for proc in plan.processes:
@@ -161,6 +171,7 @@ def process_specs(
                     "LOOM_LOG_LEVEL": log_level,
                     "PYTHONUNBUFFERED": "1",
                     LOCAL_MODE_ENV: "1",
+                    **(telemetry or {}),
                     **proc.env,
                     **auth,
                 },
@@ -182,6 +193,10 @@ def run(args: argparse.Namespace) -> int:
         resources = load_paths(paths)
     except LoadError as exc:
         return _fail("invalid manifests:\n  " + "\n  ".join(exc.problems))
+    try:
+        telemetry = role_env(os.environ, args.otlp_endpoint)
+    except ValueError as exc:
+        return _fail(str(exc))
     run_dir: Path = args.run_dir.resolve()
     live = running_state(run_dir)
     if live is not None:
@@ -253,7 +268,12 @@ def run(args: argparse.Namespace) -> int:
             for f in write_suites(eval_suites(resources), run_dir)
         ]
         specs = infra + process_specs(
-            plan, nats_url=nats_url, log_level=args.log_level, cwd=os.getcwd(), credentials=by_process
+            plan,
+            nats_url=nats_url,
+            log_level=args.log_level,
+            cwd=os.getcwd(),
+            credentials=by_process,
+            telemetry=telemetry,
         )
         state = RunState(
             pid=os.getpid(),
