@@ -54,7 +54,7 @@ def test_rules_parse(promtool: str, rule_groups: list[dict[str, Any]], tmp_path:
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rule_groups}))
     proc = run(promtool, "check", "rules", "rules.yaml", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 7 rules found" in proc.stdout
+    assert "SUCCESS: 8 rules found" in proc.stdout
 
 
 def _alert(name: str, labels: dict[str, str]) -> dict[str, Any]:
@@ -233,6 +233,47 @@ def test_alerts_fire_on_the_right_series(
                     ],
                 },
                 {"eval_time": "20m", "alertname": "LoomResourcesStalled", "exp_alerts": []},
+            ],
+        },
+        {
+            "interval": "1m",
+            "input_series": [
+                # Two router replicas report the same shared counter: 700 of 1000 tokens, then 850.
+                *(
+                    {
+                        "series": series("loom_budget_used", budget="tenant:acme/tokens/day", pod=pod),
+                        "values": "700x5 850x20",
+                    }
+                    for pod in ("r-1", "r-2")
+                ),
+                *(
+                    {
+                        "series": series("loom_budget_limit", budget="tenant:acme/tokens/day", pod=pod),
+                        "values": "1000x25",
+                    }
+                    for pod in ("r-1", "r-2")
+                ),
+                {
+                    "series": series("loom_budget_used", budget="tier:local/cost/month", pod="r-1"),
+                    "values": "1x25",
+                },
+                {
+                    "series": series("loom_budget_limit", budget="tier:local/cost/month", pod="r-1"),
+                    "values": "10x25",
+                },
+            ],
+            "alert_rule_test": [
+                {"eval_time": "8m", "alertname": "LoomBudgetNearlyExhausted", "exp_alerts": []},
+                {
+                    "eval_time": "12m",
+                    "alertname": "LoomBudgetNearlyExhausted",
+                    "exp_alerts": [
+                        _alert(
+                            "LoomBudgetNearlyExhausted",
+                            {"namespace": "loom", "budget": "tenant:acme/tokens/day", "severity": "warning"},
+                        )
+                    ],
+                },
             ],
         },
     ]
