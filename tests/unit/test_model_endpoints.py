@@ -3,13 +3,22 @@ model, the operator's render, the environment of local mode."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from pydantic import ValidationError
 
 from loom.api.router_policy import RouterPolicySpec
-from loom.llm.endpoints import EndpointRefused, EndpointRules, check_addresses, rules_from_env, url_problem
+from loom.llm.endpoints import (
+    EndpointRefused,
+    EndpointRules,
+    check_addresses,
+    check_endpoint,
+    rules_from_env,
+    url_problem,
+)
 
 RULES = EndpointRules.build(
     ["models.example.com", "*.openai.azure.com", "http://vllm.models.svc:8000"], ["10.96.0.0/12"]
@@ -70,6 +79,42 @@ def test_loopback_only_in_local_mode_and_only_when_listed() -> None:
     local = EndpointRules.build(listed, local_mode=True)
     assert url_problem("http://127.0.0.1:8911/v1", local) is None
     assert "not in modelEndpoints.allowedUrls" in (url_problem("http://127.0.0.1:6379", local) or "")
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """The loop's default executor, counting the work it is handed (a host lookup is one)."""
+
+    submitted = 0
+
+    def submit(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.submitted += 1
+        return super().submit(*args, **kwargs)
+
+
+def lookups_of(urls: list[str], rules: EndpointRules) -> int:
+    """How many lookups checking each URL before a call takes (on a fresh event loop)."""
+    executor = CountingExecutor(max_workers=1)
+
+    async def check() -> None:
+        asyncio.get_running_loop().set_default_executor(executor)
+        for url in urls:
+            await check_endpoint(url, rules)
+
+    asyncio.run(check())
+    return executor.submitted
+
+
+def test_an_address_literal_is_checked_without_a_lookup() -> None:
+    """The per-call check resolves host names, but an address has nothing to resolve: no thread hop
+    on every model call of a worker talking to ``127.0.0.1`` (local mode's model server)."""
+    local = EndpointRules.build(
+        ["http://127.0.0.1:8911", "http://[::1]:8911", "http://localhost:8911"], local_mode=True
+    )
+    assert lookups_of(["http://127.0.0.1:8911/v1", "http://[::1]:8911/v1"] * 5, local) == 0
+    assert lookups_of(["http://localhost:8911/v1"], local) == 1
+    listed = EndpointRules.build(["http://169.254.169.254"])
+    with pytest.raises(EndpointRefused, match="cloud metadata"):
+        asyncio.run(check_endpoint("http://169.254.169.254/latest", listed))
 
 
 def test_rules_from_the_environment() -> None:

@@ -227,10 +227,18 @@ async def check_endpoint(url: str, rules: EndpointRules) -> None:
     """The check before a request: the URL, then every address its host resolves to now.
 
     Raises :class:`EndpointRefused`, or OSError when the host does not resolve (try again later).
+    An address literal (``127.0.0.1``, ``[::1]``) is judged by :func:`check_url` alone: there is
+    nothing to resolve, and no thread is borrowed for a lookup on every call.
     """
     check_url(url, rules)
     parts = urlsplit(url)
     host = (parts.hostname or "").strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return
     infos = await asyncio.get_running_loop().getaddrinfo(
         host, parts.port or _DEFAULT_PORTS[parts.scheme.lower()], type=socket.SOCK_STREAM
     )

@@ -72,7 +72,7 @@ def parse_ollama_response(data: dict[str, Any], default_model: str) -> ChatRespo
 
 
 class OllamaProvider(Provider):
-    """Ollama over a pooled async httpx client."""
+    """Ollama over a pooled async HTTP client (aiohttp)."""
 
     backend = "ollama"
 

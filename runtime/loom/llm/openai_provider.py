@@ -93,7 +93,7 @@ def parse_openai_response(data: dict[str, Any], default_model: str) -> ChatRespo
 
 
 class OpenAIProvider(Provider):
-    """Chat completions over a pooled async httpx client (no thread per call)."""
+    """Chat completions over a pooled async HTTP client (aiohttp, no thread per call)."""
 
     backend = "openai"
 

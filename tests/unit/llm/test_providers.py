@@ -175,6 +175,18 @@ async def test_unreachable_server_is_unavailable() -> None:
     await provider.close()
 
 
+async def test_a_redirect_is_not_followed(openai_fake: FakeLLMServer, ollama_fake: FakeLLMServer) -> None:
+    """A redirect elsewhere would send the request (and its key) past the endpoint allow-list."""
+    elsewhere = {"location": f"{ollama_fake.root_url}/api/chat"}
+    openai_fake.push(Reply(status=307, headers=elsewhere, body=""))
+    provider = make(openai_fake)
+    with pytest.raises(BadRequest, match="HTTP 307"):
+        await provider.complete(ChatRequest(messages=[Message(role="user", content="x")]))
+    assert len(openai_fake.requests) == 1
+    assert ollama_fake.requests == []
+    await provider.close()
+
+
 async def test_broken_tool_arguments_are_invalid_model_output(openai_fake: FakeLLMServer) -> None:
     body = {
         "choices": [
