@@ -26,7 +26,14 @@ from loom.workshop.connection import Connection, NotConnected
 from loom.workshop.edits import Versions
 from loom.workshop.project import Project
 from loom.workshop.runs import EmbeddedModel, Runs
-from loom.workshop.security import CSRF_FIELD, CSRF_HEADER, TOKEN_COOKIE, access_problem, csrf_problem
+from loom.workshop.security import (
+    CSRF_FIELD,
+    CSRF_HEADER,
+    TOKEN_COOKIE,
+    access_problem,
+    csrf_problem,
+    host_allowed,
+)
 from loom.workshop.web import HERE, Ctx, templates
 
 
@@ -80,7 +87,8 @@ def create_app(settings: Settings) -> Starlette:
 
 
 class Guard(BaseHTTPMiddleware):
-    """Access token (when set) on every request; CSRF token and Origin on every state change."""
+    """Host (loopback names unless a token is set) and access token on every request; CSRF token and
+    Origin on every state change."""
 
     def __init__(self, app: Any, *, token: str | None, csrf: str):
         super().__init__(app)
@@ -90,6 +98,8 @@ class Guard(BaseHTTPMiddleware):
     async def dispatch(
         self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
+        if not host_allowed(request.headers.get("host"), self.token):
+            return PlainTextResponse("this Workshop answers to loopback host names only", status_code=421)
         auth = request.headers.get("authorization", "")
         query = request.query_params.get("token")
         denied = access_problem(

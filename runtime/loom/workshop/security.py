@@ -3,6 +3,7 @@
 Loopback by default; any other bind address needs an access token. State-changing requests carry the
 process's CSRF token (a header htmx sends, or a form field) and, when the browser names an Origin, it
 must be the Workshop's own: another site's page can neither read the token nor forge the Origin.
+Without an access token only loopback ``Host`` names are served, which defeats DNS rebinding.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ CSRF_HEADER = "x-loom-csrf"
 CSRF_FIELD = "csrf"
 TOKEN_COOKIE = "loom_workshop_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+MIN_TOKEN_CHARS = 16
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class BindError(ValueError):
@@ -33,12 +36,26 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(host: str, token: str | None) -> None:
-    """Refuse a non-loopback bind without an access token (anyone on the network could drive models)."""
+    """Refuse a non-loopback bind without an access token (anyone on the network could drive models),
+    and a token too short to resist guessing."""
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise BindError(f"the access token must have at least {MIN_TOKEN_CHARS} characters")
     if not is_loopback(host) and not token:
         raise BindError(
-            f"--host {host} is not a loopback address: the Workshop then requires --token "
-            "(or bind to 127.0.0.1)"
+            f"--host {host} is not a loopback address: the Workshop then requires an access token "
+            "(--token-file, LOOM_WORKSHOP_TOKEN or --token), or bind to 127.0.0.1"
         )
+
+
+def host_allowed(host_header: str | None, token: str | None) -> bool:
+    """Whether a request's ``Host`` may be served: without a token only loopback names, so a web
+    page whose domain was re-bound to 127.0.0.1 (DNS rebinding) cannot read or drive the Workshop."""
+    if token:
+        return True  # the token guards every request; a re-bound page never holds it
+    if not host_header:
+        return False
+    name = urlsplit(f"//{host_header}").hostname or ""
+    return name in LOOPBACK_NAMES or is_loopback(name)
 
 
 def same(a: str | None, b: str | None) -> bool:

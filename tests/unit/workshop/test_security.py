@@ -10,9 +10,17 @@ import pytest
 
 from loom.workshop.app import Settings, create_app
 from loom.workshop.project import Project
-from loom.workshop.security import BindError, access_problem, check_bind, csrf_problem, is_loopback
+from loom.workshop.security import (
+    BindError,
+    access_problem,
+    check_bind,
+    csrf_problem,
+    host_allowed,
+    is_loopback,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
+TOKEN = "s3cret-s3cret-s3cret"
 
 
 def test_loopback_binds_need_no_token_others_do() -> None:
@@ -21,9 +29,19 @@ def test_loopback_binds_need_no_token_others_do() -> None:
         check_bind(host, None)
     for host in ("0.0.0.0", "192.168.1.5", "::", "example.com"):
         assert not is_loopback(host)
-        with pytest.raises(BindError, match="requires --token"):
+        with pytest.raises(BindError, match="requires an access token"):
             check_bind(host, None)
-        check_bind(host, "s3cret")
+        check_bind(host, TOKEN)
+    with pytest.raises(BindError, match="at least 16 characters"):
+        check_bind("127.0.0.1", "short")
+
+
+def test_without_a_token_only_loopback_host_names_are_served() -> None:
+    for host in ("127.0.0.1:8765", "localhost:8765", "[::1]:8765", "127.0.0.2"):
+        assert host_allowed(host, None)
+    for host in ("evil.example:8765", "192.168.1.5:8765", "", None):
+        assert not host_allowed(host, None)  # a page re-bound to 127.0.0.1 still names its own domain
+    assert host_allowed("workshop.lan:8765", TOKEN)
 
 
 def test_csrf_rule() -> None:
@@ -71,12 +89,30 @@ async def test_the_app_refuses_state_changes_without_csrf_or_from_another_origin
 
 
 async def test_the_app_with_a_token_admits_only_its_holder() -> None:
-    async with _client(token="s3cret") as client:
+    async with _client(token=TOKEN) as client:
         assert (await client.get("/workers")).status_code == 401
-        assert (await client.get("/workers", headers={"authorization": "Bearer s3cret"})).status_code == 200
-        first = await client.get("/workers?token=s3cret")
+        assert (await client.get("/workers", headers={"authorization": f"Bearer {TOKEN}"})).status_code == 200
+        first = await client.get(f"/workers?token={TOKEN}")
         assert first.status_code == 200 and "loom_workshop_token" in first.headers["set-cookie"]
         assert (await client.get("/workers")).status_code == 200  # the cookie now
+
+
+async def test_a_foreign_host_name_is_refused() -> None:
+    async with _client() as client:
+        rebound = await client.get("/workers", headers={"host": "evil.example:8765"})
+        assert rebound.status_code == 421
+
+
+def test_the_command_refuses_a_public_bind_without_a_token(tmp_path: Path) -> None:
+    from tests.support.processes import run_cli
+
+    out = run_cli("workshop", str(tmp_path), "--host", "0.0.0.0")
+    assert out.returncode == 2 and "requires an access token" in out.stderr
+    (tmp_path / "t").write_text("short\n")
+    out = run_cli("workshop", str(tmp_path), "--host", "0.0.0.0", "--token-file", str(tmp_path / "t"))
+    assert out.returncode == 2 and "at least 16 characters" in out.stderr
+    out = run_cli("workshop", str(tmp_path), "--root", str(tmp_path / "sub"))
+    assert out.returncode == 2 and "not a directory" in out.stderr
 
 
 async def test_unknown_names_are_404_not_errors() -> None:

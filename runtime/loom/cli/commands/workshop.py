@@ -37,10 +37,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     parser.add_argument(
+        "--token-file",
+        type=Path,
+        help="file holding the access token (at least 16 characters), required to bind a non-loopback "
+        "address; open the UI with ?token=TOKEN",
+    )
+    parser.add_argument(
         "--token",
         default=os.environ.get("LOOM_WORKSHOP_TOKEN"),
-        help="access token, required to bind a non-loopback address; open the UI with ?token=TOKEN "
-        "(env LOOM_WORKSHOP_TOKEN)",
+        help="the access token itself (env LOOM_WORKSHOP_TOKEN); other local users can read a command "
+        "line, so prefer --token-file or the environment",
     )
     parser.add_argument(
         "--local-llm-url",
@@ -72,7 +78,13 @@ def run(args: argparse.Namespace) -> int:
     from loom.workshop.security import BindError, check_bind
 
     try:
-        check_bind(args.host, args.token)
+        token = args.token
+        if args.token_file is not None:
+            try:
+                token = args.token_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise BindError(f"--token-file {args.token_file}: {exc.strerror or exc}") from None
+        check_bind(args.host, token)
         root = project_root(args.paths, args.root)
         if not root.is_dir():
             raise ConfinementError(f"{root}: not a directory")
@@ -81,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     except (BindError, ConfinementError, LocalCredentialsError) as exc:
         print(f"loom workshop: {exc}", file=sys.stderr)
         return 2
-    app = create_app(Settings(project=project, token=args.token, local_llm_url=args.local_llm_url, nats=nats))
+    app = create_app(Settings(project=project, token=token, local_llm_url=args.local_llm_url, nats=nats))
     print(f"loom workshop: serving {project.root} on http://{args.host}:{args.port}/", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
