@@ -24,6 +24,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
+from loom import tracing
 from loom.backends import BackendError
 from loom.bus import Bus, BusError
 from loom.core.workspace import WorkspaceError
@@ -184,7 +185,8 @@ class Gateway:
         bus = await self._connected()
         sub = await bus.subscribe_results(task.result_key, task.tenant)
         try:
-            await bus.publish_task(task)
+            with tracing.root(f"mcp {tool.name}", submitted_by=f"mcp:{self.plan.config.name}"):
+                await bus.publish_task(task)
             try:
                 data = await sub.get(timeout=tool.timeout_seconds)
             except TimeoutError:
@@ -213,7 +215,8 @@ class Gateway:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + tool.timeout_seconds
         try:
-            await bus.publish_goal(goal)
+            with tracing.root(f"mcp {tool.name}", submitted_by=f"mcp:{self.plan.config.name}"):
+                await bus.publish_goal(goal)
             while True:
                 try:
                     data = await sub.get(timeout=max(0.0, deadline - loop.time()))

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from loom import tracing
 from loom.api.loader import LoadError, load_paths
 from loom.api.schedule import ScheduleSpec
 from loom.bus import Bus, kv_get
@@ -224,7 +225,8 @@ class Scheduler:
         name = spec.schedule_name
         did, subject, body = build_dispatch(spec, fire)
         try:
-            stored = await self.bus.js_publish_once(subject, body, msg_id=did)
+            with tracing.root(f"fire {name}", submitted_by=f"schedule:{name}"):
+                stored = await self.bus.js_publish_once(subject, body, msg_id=did)
         except Exception:
             DISPATCH_ERRORS.labels(name).inc()
             raise

@@ -17,6 +17,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from loom import tracing
 from loom.cli.common import add_local_credentials_option, add_nats_options, explain_refusal, nats_settings
 from loom.logs import setup_logging
 from loom.settings import NatsSettings
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from loom.mcp.config import GatewayConfigError, load_gateway
 
     setup_logging(args.log_level, args.log_json)
+    tracing.setup("loom-mcp")
     try:
         plan = load_gateway(args.config)
     except GatewayConfigError as exc:
