@@ -80,9 +80,8 @@ def setup(service: str, env: Mapping[str, str] | None = None) -> bool:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         span_exporter = OTLPSpanExporter()  # reads OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT / HEADERS itself
-    provider = TracerProvider(
-        resource=Resource.create({SERVICE_NAME: env.get("OTEL_SERVICE_NAME") or service})
-    )
+    name = env.get("OTEL_SERVICE_NAME") or "-".join(service.split())
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
     provider.add_span_processor(BatchSpanProcessor(span_exporter))
     trace.set_tracer_provider(provider)
     _state.update(enabled=True, provider=provider)
