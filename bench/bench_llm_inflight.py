@@ -7,9 +7,16 @@ Tasks go straight to ``loom.tasks.bench.standard``; results are counted on
 
 - tasks/s over the run, and the most calls the provider saw open at once;
 - ratio against the ceiling measured in the same run's setup: ``max_in_flight /
-  answer_delay`` (what a worker with no overhead would do); 1.0 = the worker adds nothing.
+  answer_delay`` (what a worker with no overhead would do); 1.0 = the worker adds nothing;
+- the worker process's CPU time per task over the run (user + system, from ``/proc``).
 
-Run: ``.venv/bin/python -m bench.bench_llm_inflight [--tasks 3000] [--delay 0.5] [--in-flight 256]``.
+With ``--baseline-src DIR`` (another checkout's ``runtime/``, e.g. from
+``git archive <commit> runtime | tar -x -C /tmp/base``) the worker runs from that source and
+from this one, alternated over ``--rounds``, each on a fresh nats-server and fake provider,
+so both are measured on the same machine in the same run.
+
+Run: ``.venv/bin/python -m bench.bench_llm_inflight [--tasks 3000] [--delay 0.5] [--in-flight 256]
+[--baseline-src DIR --rounds 2]``.
 """
 
 from __future__ import annotations
@@ -76,7 +83,13 @@ async def wait_bound(bus: Bus, seconds: float = 30) -> None:
     raise RuntimeError("worker did not create its consumer")
 
 
-async def run(tasks: int, delay: float, in_flight: int) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux ``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def run(tasks: int, delay: float, in_flight: int, src: str | None = None) -> dict[str, float]:
     nats = NatsServer().start()
     fake_port = free_port()
     fake = start_fake(fake_port, delay)
@@ -100,6 +113,8 @@ async def run(tasks: int, delay: float, in_flight: int) -> dict[str, float]:
         "LOOM_LOCAL_MODE": "1",
         "LOOM_MODEL_ENDPOINTS": json.dumps({"allowedUrls": [f"http://127.0.0.1:{fake_port}"]}),
     }
+    if src:
+        env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     worker = subprocess.Popen(  # noqa: ASYNC220 - started once, before measuring
         [sys.executable, "-m", "loom.cli.main", "worker", "--config", str(config), "--tier", "standard"],
         env=env,
@@ -121,6 +136,7 @@ async def run(tasks: int, delay: float, in_flight: int) -> dict[str, float]:
 
         await bus.subscribe_all_results(on_result)
         subject = task_subject("bench", "standard")
+        cpu_before = cpu_seconds(worker.pid)
         started = time.perf_counter()
         for i in range(tasks):
             await bus.publish_task(
@@ -128,6 +144,7 @@ async def run(tasks: int, delay: float, in_flight: int) -> dict[str, float]:
             )
         await asyncio.wait_for(done.wait(), timeout=tasks * delay + 120)
         elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(worker.pid) - cpu_before
         async with httpx.AsyncClient() as http:
             stats = (await http.get(f"http://127.0.0.1:{fake_port}/_stats")).json()
     finally:
@@ -147,6 +164,7 @@ async def run(tasks: int, delay: float, in_flight: int) -> dict[str, float]:
         "max_calls_in_flight": stats["max_in_flight"],
         "ceiling_tasks_per_s": round(ceiling, 1),
         "ratio_to_ceiling": round(rate / ceiling, 3),
+        "worker_cpu_ms_per_task": round(cpu / tasks * 1000, 3),
     }
 
 
@@ -157,10 +175,27 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=3000)
     parser.add_argument("--delay", type=float, default=0.5)
     parser.add_argument("--in-flight", type=int, default=256)
+    parser.add_argument("--baseline-src", help="a runtime/ source tree to measure against, same run")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each configuration, alternated")
     args = parser.parse_args()
-    result = asyncio.run(run(args.tasks, args.delay, args.in_flight))
-    print(json.dumps(result, indent=2))
-    if result["max_calls_in_flight"] < 200:
+    sources = {"this": None} | ({"baseline": args.baseline_src} if args.baseline_src else {})
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in sources}
+    for _ in range(args.rounds):
+        for name, src in sources.items():
+            result = asyncio.run(run(args.tasks, args.delay, args.in_flight, src))
+            print(json.dumps({"worker": name} | result), flush=True)
+            results[name].append(result)
+    best = {name: max(rs, key=lambda r: r["ratio_to_ceiling"]) for name, rs in results.items()}
+    print(json.dumps({"best": best}, indent=2))
+    if "baseline" in best:
+        this, base = best["this"], best["baseline"]
+        cpu = this["worker_cpu_ms_per_task"] / base["worker_cpu_ms_per_task"]
+        print(
+            f"ratio to ceiling: this {this['ratio_to_ceiling']:.3f}, "
+            f"baseline {base['ratio_to_ceiling']:.3f}; "
+            f"CPU per task this / baseline {cpu:.2f}"
+        )
+    if best["this"]["max_calls_in_flight"] < 200:
         print("FAIL: fewer than 200 model calls were in flight at once", file=sys.stderr)
         sys.exit(1)
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 from loom.llm.errors import (
     AuthenticationFailed,
@@ -139,9 +141,11 @@ class HttpPool:
     """Pooled async HTTP for one base URL (aiohttp, no thread per call).
 
     The session is opened on first use, inside the running event loop. Redirects are not
-    followed (a redirect elsewhere would skip the endpoint allow-list); proxies come from the
-    environment (``HTTPS_PROXY``, ``NO_PROXY``). ``timeout`` bounds getting a connection and
-    each wait for the server; the whole call is bounded by the caller's deadline.
+    followed (a redirect elsewhere would skip the endpoint allow-list). A proxy comes from the
+    environment (``HTTPS_PROXY``, ``NO_PROXY``), looked up once when the session opens: aiohttp's
+    own ``trust_env`` reads it, and ``~/.netrc``, on a thread for every request. ``timeout``
+    bounds getting a connection and each wait for the server; the whole call is bounded by the
+    caller's deadline.
     """
 
     def __init__(
@@ -157,6 +161,7 @@ class HttpPool:
         self.headers = dict(headers or {})
         self.max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._proxy: tuple[URL, aiohttp.BasicAuth | None] | tuple[None, None] = (None, None)
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -167,14 +172,24 @@ class HttpPool:
                 ),
                 timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=self.timeout),
                 headers=self.headers,
-                trust_env=True,
             )
+            try:
+                self._proxy = get_env_proxy_for_url(URL(self.base_url))
+            except LookupError:  # no proxy for this URL
+                self._proxy = (None, None)
         return self._session
 
     async def post(self, path: str, content: bytes, headers: Mapping[str, str]) -> HttpResponse:
         """POST ``content`` to ``path`` (relative to the base URL) and read the whole answer."""
-        async with self._open().post(
-            self.base_url + path, data=content, headers=dict(headers), allow_redirects=False
+        session = self._open()
+        proxy, proxy_auth = self._proxy
+        async with session.post(
+            self.base_url + path,
+            data=content,
+            headers=dict(headers),
+            allow_redirects=False,
+            proxy=proxy,
+            proxy_auth=proxy_auth,
         ) as response:
             return HttpResponse(response.status, response.headers, await response.read())
 

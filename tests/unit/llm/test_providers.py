@@ -187,6 +187,22 @@ async def test_a_redirect_is_not_followed(openai_fake: FakeLLMServer, ollama_fak
     await provider.close()
 
 
+async def test_a_proxy_from_the_environment_is_used(
+    openai_fake: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``HTTP_PROXY`` carries the call (read once, when the client opens): the fake stands in for
+    the proxy, so a host that resolves nowhere is still answered."""
+    monkeypatch.setenv("HTTP_PROXY", openai_fake.root_url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    provider = OpenAIProvider("m", base_url="http://model.invalid/v1", timeout=5)
+    for _ in range(2):
+        response = await provider.complete(ChatRequest(messages=[Message(role="user", content="x")]))
+        assert response.text
+    assert len(openai_fake.requests) == 2
+    await provider.close()
+
+
 async def test_broken_tool_arguments_are_invalid_model_output(openai_fake: FakeLLMServer) -> None:
     body = {
         "choices": [
