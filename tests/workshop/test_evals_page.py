@@ -68,3 +68,39 @@ async def test_run_save_baseline_change_prompt_and_see_the_regression(
     assert "STRICT" in openai.requests[-1]["messages"][0]["content"]
     await page.screenshot(path=artifacts / "eval-regression.png", full_page=True)
     assert (root / "evals" / "classifier.runs.sqlite").is_file()  # runs are stored beside the suite
+
+
+async def test_define_a_suite_in_the_page_and_run_it(
+    tmp_path: Path, openai: FakeLLMServer, browser: Any, start_workshop: Any, artifacts: Path
+) -> None:
+    root = classifier_project(tmp_path / "project", openai)
+    ws = await start_workshop(root)
+    page = await browser.new_page()
+    await page.goto(f"{ws.url}/workers/classifier")
+    await page.click("#worker-evals")
+    assert await page.locator("#suite-worker").input_value() == "classifier"
+    await page.fill("#suite-name", "smoke")
+    # a case without `expected` under the per-field scorer: refused by the suite loader, nothing written
+    await page.fill("#suite-cases", "- id: one\n  input: {text: An invoice}\n")
+    await page.click("#create-suite")
+    refused = page.locator("#new-suite-result .problems")
+    await refused.wait_for()
+    assert "expected" in await refused.inner_text()
+    assert not (root / "evals" / "smoke.yaml").exists()
+
+    await page.fill(
+        "#suite-cases",
+        "- id: one\n  input: {text: An invoice}\n  expected: {category: invoice}\n"
+        "- id: two\n  input: {text: Some news}\n  expected: {category: news}\n",
+    )
+    await page.click("#create-suite")
+    await page.wait_for_url(f"{ws.url}/evals/smoke")
+    await page.click("#run-eval")
+    aggregate = page.locator("#eval-aggregate")
+    await aggregate.wait_for(timeout=60_000)
+    assert (
+        "Aggregate 1.000" in await aggregate.inner_text() and "2/2 cases pass" in await aggregate.inner_text()
+    )
+    await page.screenshot(path=artifacts / "suite-created-and-run.png", full_page=True)
+    written = (root / "evals" / "smoke.yaml").read_text()
+    assert "worker: classifier" in written and "type: fields" in written and "type: schema" in written

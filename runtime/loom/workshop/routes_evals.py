@@ -11,8 +11,13 @@ from starlette.routing import Route
 
 from loom.evals.store import SqliteRunStore, StoreError, default_store_path
 from loom.evals.suite import SuiteError, load_suite
-from loom.workshop.project import Snapshot
+from loom.workshop.edits import write_atomic
+from loom.workshop.project import ConfinementError, Snapshot, confine
+from loom.workshop.suites import SuiteForm, suite_document, suite_text
 from loom.workshop.web import Ctx, form
+
+#: Where a suite made in the page is written, inside the project.
+NEW_SUITES_DIR = "evals"
 
 
 def suites(snap: Snapshot) -> list[tuple[str, Any, list[str]]]:
@@ -41,7 +46,45 @@ def routes(ctx: Ctx) -> list[Route]:
 
     async def index(request: Request) -> Response:
         snap = project.load()
-        return ctx.page(request, "evals.html", suites=suites(snap), snap=snap, tab="evals")
+        return ctx.page(
+            request,
+            "evals.html",
+            suites=suites(snap),
+            snap=snap,
+            workers=snap.workers(),
+            chosen=request.query_params.get("worker", ""),
+            tab="evals",
+        )
+
+    async def create(request: Request) -> Response:
+        snap = project.load()
+        values = await form(request)
+        raw = await request.form()
+        spec = SuiteForm(
+            name=values.get("name", "").strip(),
+            worker=values.get("worker", ""),
+            threshold=values.get("threshold", ""),
+            scorers=tuple(str(v) for v in raw.getlist("scorer")),
+            judge_rubric=values.get("judge_rubric", ""),
+            judge_tier=values.get("judge_tier", ""),
+            cases=values.get("cases", ""),
+        )
+        if not any(w.name == spec.worker for w in snap.workers()):
+            return ctx.problems(request, [f"worker: no Worker {spec.worker!r} in the project"], status=422)
+        try:
+            doc, suite = suite_document(spec)
+            if any(s is not None and s.name == suite.name for _, s, _ in suites(snap)):
+                raise SuiteError([f"an eval suite {suite.name!r} exists already"])
+            path = confine(project.root, f"{NEW_SUITES_DIR}/{suite.name}.yaml")
+        except SuiteError as exc:
+            return ctx.problems(request, exc.problems, status=422)
+        except ConfinementError as exc:
+            return ctx.problems(request, [str(exc)], status=422)
+        if path.exists():
+            return ctx.problems(request, [f"{path.relative_to(project.root)} exists already"], status=422)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, suite_text(doc))
+        return HTMLResponse("created", headers={"HX-Redirect": f"/evals/{suite.name}"})
 
     async def suite_page(request: Request) -> Response:
         snap = project.load()
@@ -97,6 +140,7 @@ def routes(ctx: Ctx) -> list[Route]:
 
     return [
         Route("/evals", index),
+        Route("/evals/new", create, methods=["POST"]),
         Route("/evals/{suite}", suite_page),
         Route("/evals/{suite}/run", run, methods=["POST"]),
         Route("/evals/{suite}/baseline", baseline, methods=["POST"]),
