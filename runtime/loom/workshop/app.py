@@ -21,7 +21,13 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 from loom.settings import NatsSettings
-from loom.workshop import routes_dead_letters, routes_evals, routes_pipelines, routes_workers
+from loom.workshop import (
+    routes_dead_letters,
+    routes_evals,
+    routes_pipelines,
+    routes_retrieval,
+    routes_workers,
+)
 from loom.workshop.connection import Connection, NotConnected
 from loom.workshop.edits import Versions
 from loom.workshop.project import Project
@@ -62,6 +68,7 @@ def create_app(settings: Settings) -> Starlette:
         *routes_workers.routes(ctx),
         *routes_evals.routes(ctx),
         *routes_pipelines.routes(ctx),
+        *routes_retrieval.routes(ctx),
         *routes_dead_letters.routes(ctx),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]

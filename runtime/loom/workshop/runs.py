@@ -187,8 +187,15 @@ class Runs:
             url = await self.model.url()
         return tier_setup(policy, tier, url)
 
-    def test(self, worker: Resource, policy: RouterPolicySpec, tier: str, payload: dict[str, Any]) -> Run:
-        """Run one payload through the worker's engine on ``tier``."""
+    def test(
+        self,
+        worker: Resource,
+        policy: RouterPolicySpec,
+        tier: str,
+        payload: dict[str, Any],
+        kind: str = "test",
+    ) -> Run:
+        """Run one payload through the worker's engine on ``tier`` (``kind`` picks how the page shows it)."""
 
         async def work(run: Run) -> TestOutcome:
             tdef, env = (
@@ -206,7 +213,7 @@ class Runs:
             tries = attempts(out.raw_replies or [], worker.spec.output_schema)
             return TestOutcome(tier, payload, out, tries)
 
-        return self._start("test", f"test {worker.spec.worker_type} on {tier}", work)
+        return self._start(kind, f"{kind} {worker.spec.worker_type} on {tier}", work)
 
     def evaluate(
         self,
