@@ -185,3 +185,38 @@ async def test_dead_letter_policy_refuses_at_once(
 
 async def _dead(b: Bus, n: int) -> bool:
     return len(await b.dead_letters()) >= n
+
+
+async def test_a_router_killed_mid_window_leaks_nothing_and_the_budget_holds(
+    tmp_path: Path, loom_procs: LoomProcesses, bus: Bus
+) -> None:
+    limit = 3000
+    echo = echo_worker(tmp_path, "echo", max_output_tokens=100)
+    pol = _policy(tmp_path, {"onExhausted": "wait", "tenants": {"acme": {"tokensPerDay": limit}}}, 8.0)
+    routers = [loom_procs.router(pol, echo) for _ in range(2)]
+    loom_procs.worker(echo, "local")
+    sub = await bus.subscribe_results("kill", "acme")
+    usage = {"prompt_tokens": 100, "completion_tokens": 50}
+    tasks = [
+        TaskMessage(
+            parent_task_id="kill", worker_type="echo", tenant="acme", payload={"usage": usage, "sleep": 0.5}
+        )
+        for _ in range(40)
+    ]
+    estimate = len(tasks[0].to_bytes()) // 4 + 100
+    await asyncio.gather(*(bus.publish_task(t) for t in tasks))
+    await poll(lambda: sum(r.metric("loom_router_routed_total") for r in routers) >= 2, timeout=20)
+    doomed, survivor = sorted(routers, key=lambda r: -r.metric("loom_router_routed_total"))
+    doomed.kill()  # its reservations stay charged at their estimates; what it held comes back to the stream
+    results = await collect(sub, 40, timeout=120)
+    done = [r for r in results if r["status"] == "completed"]
+    refused = [r for r in results if r.get("error_code") == "budget_exhausted"]
+    assert len(done) + len(refused) == 40 and done and refused
+
+    spec = RouterPolicySpec.model_validate({"budgets": {"tenants": {"acme": {"tokensPerDay": limit}}}})
+    kv = await bus.key_value(BUDGETS_BUCKET, ttl=BUDGETS_TTL)
+    now = dt.datetime.now(dt.UTC).timestamp()
+    total = (await budget_usage(kv, spec, now))[0][2]
+    assert 150 * len(done) <= total  # never under-counted: unsettled reservations keep their estimates
+    assert total <= limit + estimate  # and never past the budget by more than one estimate
+    assert survivor.metric("loom_budget_used", budget="tenant:acme/tokens/day") <= limit + estimate
