@@ -173,8 +173,8 @@ def dead_letter_record(dl: DeadLetter) -> AuditRecord:
     )
 
 
-def goal_record(result: GoalResult, *, with_payloads: bool = False) -> AuditRecord:
-    """The record of a finished goal (written by its pipeline)."""
+def goal_record(result: GoalResult, *, role: str = "pipeline", with_payloads: bool = False) -> AuditRecord:
+    """The record of a finished goal (written by its pipeline, or the goal orchestrator)."""
     failed = next((s for s in result.stages if s.status in ("failed", "timeout")), None)
     return AuditRecord(
         kind="goal",
@@ -186,7 +186,7 @@ def goal_record(result: GoalResult, *, with_payloads: bool = False) -> AuditReco
         goal_id=result.goal_id,
         trace_id=result.trace_id or tracing.current_trace_id(),
         submitter=tracing.submitter(),
-        role="pipeline",
+        role=role,
         output=result.output if with_payloads else None,
         **_usage(result.token_usage),
     )

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from prometheus_client import REGISTRY as _DEFAULT_REGISTRY
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics import MetricWrapperBase
 
 REGISTRY: CollectorRegistry = _DEFAULT_REGISTRY
@@ -79,6 +80,13 @@ def histogram(
 def exposition() -> bytes:
     """The registry in Prometheus text format."""
     return generate_latest(REGISTRY)
+
+
+def negotiated_exposition(accept: str | None) -> tuple[bytes, str]:
+    """The registry in the format a scraper asks for, and its content type: OpenMetrics (which
+    carries the histograms' trace-id exemplars) when ``accept`` names it, else Prometheus text."""
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(REGISTRY), content_type
 
 
 # -- workers ------------------------------------------------------------------------------------------

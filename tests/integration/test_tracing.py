@@ -20,6 +20,8 @@ from tests.support.jaeger import Jaeger, Span, jaeger
 from tests.support.processes import LoomProcesses, loom_procs, poll, write_yaml
 
 from loom.api.router_policy import TierDefinition
+from loom.bus import Bus
+from loom.settings import NatsSettings
 
 pytestmark = pytest.mark.integration
 __all__ = ["jaeger", "loom_procs"]
@@ -191,6 +193,26 @@ async def test_one_doc_analysis_goal_is_one_trace_with_every_stage_hop_task_and_
     )
     assert first.parent_id == tasks["classify"].span_id and second.parent_id == retry.span_id
     assert all(by_id.get(s.parent_id or "") is not None for s in spans if s is not root)  # one connected tree
+
+    # The audit trail of the same goal: one record per stage task and one for the goal, all in this trace.
+    bus = await Bus.connect(NatsSettings(url=loom_procs.nats_url), ensure_streams=False)
+    try:
+        records: list[Any] = []
+
+        async def all_written() -> bool:
+            records[:] = [r for r in await bus.audit_records() if r.trace_id == trace_id]
+            return len(records) >= 5
+
+        await poll(all_written, timeout=20)
+    finally:
+        await bus.close()
+    (goal,) = [r for r in records if r.kind == "goal"]
+    assert (goal.outcome, goal.pipeline, goal.role) == ("completed", "doc-analysis", "pipeline")
+    stage_records = {r.worker_type: r for r in records if r.kind == "task"}
+    assert set(stage_records) == set(worker_of.values())
+    classify = stage_records["doc-classifier"]
+    assert (classify.model, classify.tokens_in, classify.tokens_out) == ("fake-model", 80, 10)  # two calls
+    assert goal.tokens_in == 80 + 60 and goal.tokens_out == 10 + 12
 
 
 async def test_a_task_redelivered_after_a_worker_sigkill_shows_both_attempts_in_one_trace(

@@ -93,3 +93,23 @@ def test_chat_attributes_follow_the_genai_conventions() -> None:
     }
     assert tracing.capture_content({}) is False
     assert tracing.capture_content({"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"}) is True
+
+
+def test_durations_carry_the_sampled_trace_as_an_exemplar_in_openmetrics() -> None:
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    from loom import metrics
+
+    sampled = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    with trace.use_span(NonRecordingSpan(sampled)):
+        ex = tracing.exemplar()
+        metrics.TASK_DURATION.labels("exemplar-test", "local", "completed").observe(0.42, ex)
+    assert ex == {"trace_id": format(0xABC, "032x")}
+    body, content_type = metrics.negotiated_exposition("application/openmetrics-text; version=1.0.0")
+    assert content_type.startswith("application/openmetrics-text")
+    buckets = [ln for ln in body.decode().splitlines() if ln.startswith("loom_task_duration_seconds_bucket")]
+    line = next(ln for ln in buckets if 'worker_type="exemplar-test"' in ln and "#" in ln)
+    assert f'trace_id="{format(0xABC, "032x")}"' in line and "0.42" in line
+    plain, plain_type = metrics.negotiated_exposition(None)
+    assert plain_type.startswith("text/plain") and b"trace_id" not in plain

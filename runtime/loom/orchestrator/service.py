@@ -12,8 +12,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from loom import goal_metrics
+from loom import goal_metrics, tracing
 from loom.api.worker import WorkerSpec
+from loom.audit import goal_record
 from loom.bus import Bus, Delivery
 from loom.checkpoint import CheckpointStore, KVCheckpointStore, RedisCheckpointStore
 from loom.goal_delivery import read_goal
@@ -105,6 +106,14 @@ class OrchestratorService:
             await bus.close()
 
     async def _handle(self, bus: Bus, d: Delivery) -> None:
+        attrs = {"messaging.message.delivery_count": d.num_delivered}
+        parent = tracing.extract(d.headers)
+        with tracing.span(
+            f"orchestrator {self.config.name}", parent=parent, kind=tracing.Kind.CONSUMER, attributes=attrs
+        ):
+            await self._goal(bus, d)
+
+    async def _goal(self, bus: Bus, d: Delivery) -> None:
         assert self.session is not None
         name = self.config.name
         goal = await read_goal(bus, d, "orchestrator")
@@ -121,5 +130,8 @@ class OrchestratorService:
             in_flight.dec()
         outcome = "completed" if result.status == TaskStatus.COMPLETED else "failed"
         goal_metrics.GOALS_COMPLETED.labels(name, outcome).inc()
-        goal_metrics.GOAL_DURATION.labels(name).observe(result.processing_time_ms / 1000.0)
+        goal_metrics.GOAL_DURATION.labels(name).observe(
+            result.processing_time_ms / 1000.0, tracing.exemplar()
+        )
+        bus.audit.emit(goal_record(result, role="orchestrator", with_payloads=bus.audit.payloads))
         await d.ack()
