@@ -2,7 +2,7 @@
 
 ```
 .venv/bin/python bench/bench_tracing.py [--tasks 5000] [--sequential 300] [--rounds 3]
-    [--base-tree /tmp/loom-base] [--otlp-endpoint URL]
+    [--base-tree /tmp/loom-base] [--tree /tmp/loom-now] [--otlp-endpoint URL]
 ```
 
 One nats-server; ``loom router`` + ``loom worker`` (no-op processor, 256 in flight) as subprocesses,
@@ -78,8 +78,13 @@ async def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--base-tree", help="a git worktree of the commit before tracing and audit")
     ap.add_argument("--otlp-endpoint", help="OTLP/HTTP collector for the traced scenario")
+    ap.add_argument(
+        "--tree", help="a git worktree of the code to measure (default: this checkout, as it is on disk)"
+    )
     args = ap.parse_args()
     clean = {k: "" for k in os.environ if k.startswith("OTEL_")}
+    if args.tree:
+        clean["PYTHONPATH"] = f"{args.tree}/runtime"
     scenarios: dict[str, dict[str, str]] = {}
     if args.base_tree:
         scenarios["base (before tracing and audit)"] = {**clean, "PYTHONPATH": f"{args.base_tree}/runtime"}
@@ -87,6 +92,7 @@ async def main() -> None:
     scenarios["audit: tracing off, audit on (default)"] = {**clean, "LOOM_AUDIT": "on"}
     if args.otlp_endpoint:
         scenarios["traced: every span exported, audit off"] = {
+            **clean,
             "OTEL_EXPORTER_OTLP_ENDPOINT": args.otlp_endpoint,
             "LOOM_AUDIT": "off",
         }
