@@ -220,3 +220,24 @@ async def test_a_router_killed_mid_window_leaks_nothing_and_the_budget_holds(
     assert 150 * len(done) <= total  # never under-counted: unsettled reservations keep their estimates
     assert total <= limit + estimate  # and never past the budget by more than one estimate
     assert survivor.metric("loom_budget_used", budget="tenant:acme/tokens/day") <= limit + estimate
+
+
+async def test_a_task_whose_attempts_die_unreported_keeps_its_estimate_charged(
+    tmp_path: Path, loom_procs: LoomProcesses, bus: Bus
+) -> None:
+    echo = echo_worker(tmp_path, "echo", max_output_tokens=100, max_deliver=1, timeout_seconds=10)
+    pol = _policy(tmp_path, {"tenants": {"acme": {"tokensPerDay": 100_000}}}, 5.0)
+    loom_procs.router(pol, echo)
+    worker = loom_procs.worker(echo, "local", extra=("--ack-grace-seconds", "1"))
+    sub = await bus.subscribe_results("dies", "acme")
+    task = TaskMessage(parent_task_id="dies", worker_type="echo", tenant="acme", payload={"sleep": 30})
+    await bus.publish_task(task)
+    await poll(lambda: worker.metric("loom_worker_tasks_in_flight") >= 1)
+    worker.kill()  # mid-task: no result; after the ack wait the only delivery is spent
+    [result] = await collect(sub, 1, timeout=60)
+    assert result["error_code"] == "max_deliveries"
+    spec = RouterPolicySpec.model_validate({"budgets": {"tenants": {"acme": {"tokensPerDay": 100_000}}}})
+    kv = await bus.key_value(BUDGETS_BUCKET, ttl=BUDGETS_TTL)
+    await asyncio.sleep(0.5)  # a settlement, were there one, runs as the result arrives
+    total = (await budget_usage(kv, spec, dt.datetime.now(dt.UTC).timestamp()))[0][2]
+    assert total == len(task.to_bytes()) // 4 + 100  # the estimate, not the zero usage of the failure

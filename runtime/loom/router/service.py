@@ -466,6 +466,8 @@ class RouterService:
             else:
                 self.limiter.release(ticket, None if usage is None else float(usage.limited_tokens))
             self.wake.set()
+        if held is not None and doc.get("error_code") == DeadLetterReason.MAX_DELIVERIES.value:
+            held = None  # its attempts died unreported: the model may have been called, the estimate stays
         if held is not None:
             holds, tier, _ = held
             by = answered if isinstance(answered, str) and answered else tier
