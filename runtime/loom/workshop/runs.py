@@ -32,6 +32,9 @@ from loom.llm.prompt import feedback_message
 from loom.messages import GoalMessage, GoalResult, TaskResult
 from loom.workshop.connection import Connection
 
+#: Runs kept for their pages; past this the oldest finished ones are forgotten (eval runs stay stored).
+MAX_RUNS = 200
+
 
 class EmbeddedModel:
     """The llama.cpp server for tiers on backend local without a base URL: one, started when first needed."""
@@ -150,8 +153,9 @@ class EvalOutcome:
 class Runs:
     """The runs of this Workshop process (kept in memory; eval runs are also stored on disk)."""
 
-    def __init__(self, model: EmbeddedModel):
+    def __init__(self, model: EmbeddedModel, keep: int = MAX_RUNS):
         self.model = model
+        self.keep = keep
         self._runs: dict[str, Run] = {}
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -162,6 +166,9 @@ class Runs:
     def _start(self, kind: str, title: str, work: Callable[[Run], Awaitable[Any]]) -> Run:
         run = Run(id=str(next(self._ids)), kind=kind, title=title)
         self._runs[run.id] = run
+        finished = [r.id for r in self._runs.values() if r.state != "running"]
+        for old in finished[: max(0, len(self._runs) - self.keep)]:  # the oldest finished ones go first
+            del self._runs[old]
 
         async def body() -> None:
             try:
