@@ -4,8 +4,8 @@ W3C trace context (``traceparent``) and baggage (who submitted) travel in NATS h
 every task, goal, result and dead letter (:func:`inject` on publish, :func:`extract` on
 delivery). Exporting is configured by the standard ``OTEL_*`` variables and off by default:
 with no exporter configured the process keeps OpenTelemetry's no-op tracer, so a span is a
-context object and nothing else. Even then the submitter starts a (non-sampled) trace id, so
-results, dead letters, audit records and log lines of one goal share an id.
+context object and nothing else. Even then the submitter starts a trace id, so results, dead
+letters, audit records and log lines of one goal share an id.
 
 Model calls follow the OpenTelemetry GenAI semantic conventions (``gen_ai.*``); prompt and
 completion content is recorded only with ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``.
@@ -143,7 +143,9 @@ def submitter() -> str | None:
 
 
 def exemplar() -> dict[str, str] | None:
-    """A histogram exemplar naming the current trace, when it is sampled (exported)."""
+    """A histogram exemplar naming the current trace, when this process exports it."""
+    if not _state["enabled"]:
+        return None
     ctx = trace.get_current_span().get_span_context()
     if not ctx.is_valid or not ctx.trace_flags.sampled:
         return None
@@ -159,16 +161,20 @@ def root(
 ) -> Iterator[Span]:
     """The first span of a trace (a submit, a schedule's fire, an MCP tool call).
 
-    With tracing off it still starts a trace id (not sampled, nothing recorded), so everything
-    downstream carries one. ``submitted_by`` goes into the baggage, read by the audit trail.
+    With tracing off here it still starts a trace id (nothing recorded here; flagged sampled so the
+    roles that do export spans record this trace), so everything downstream carries one.
+    ``submitted_by`` goes into the baggage, read by the audit trail.
     """
     ctx = otel_context.Context()
     if submitted_by:
         ctx = baggage.set_baggage(SUBMITTER, submitted_by, ctx)
     if not enabled():
         rng = random.getrandbits
-        unsampled = SpanContext(rng(128) or 1, rng(64) or 1, is_remote=False, trace_flags=TraceFlags(0))
-        ctx = trace.set_span_in_context(NonRecordingSpan(unsampled), ctx)
+        # Marked sampled: this process records nothing, the roles that export spans record the trace.
+        flags = TraceFlags(TraceFlags.SAMPLED)
+        ctx = trace.set_span_in_context(
+            NonRecordingSpan(SpanContext(rng(128) or 1, rng(64) or 1, False, flags)), ctx
+        )
     token = otel_context.attach(ctx)  # the baggage stays current under the span
     try:
         with _tracer.start_as_current_span(name, kind=SpanKind.PRODUCER, attributes=attributes) as s:

@@ -36,15 +36,16 @@ def test_setup_without_exporter_keeps_the_no_op_tracer() -> None:
     assert not tracing.enabled()
 
 
-def test_a_root_starts_an_unsampled_trace_that_travels_in_headers_with_the_submitter() -> None:
+def test_a_root_starts_a_trace_that_travels_in_headers_with_the_submitter() -> None:
     assert tracing.inject(None) is None  # outside any trace nothing is added
     with tracing.root("submit", submitted_by="tenant_acme"):
         trace_id = tracing.current_trace_id()
         headers = tracing.inject({"Nats-Msg-Id": "x"})
-        assert tracing.exemplar() is None  # not sampled: no exemplar points at a trace nobody stored
+        assert tracing.exemplar() is None  # this process exports nothing: no exemplar points at it
     assert trace_id is not None and len(trace_id) == 32
     assert headers is not None and headers["Nats-Msg-Id"] == "x"
-    assert headers["traceparent"].startswith(f"00-{trace_id}-") and headers["traceparent"].endswith("-00")
+    # flagged sampled: roles that export spans record the trace though this process records nothing
+    assert headers["traceparent"].startswith(f"00-{trace_id}-") and headers["traceparent"].endswith("-01")
     assert "loom.submitter=tenant_acme" in headers["baggage"]
     assert tracing.current_trace_id() is None and tracing.submitter() is None
 
@@ -95,21 +96,39 @@ def test_chat_attributes_follow_the_genai_conventions() -> None:
     assert tracing.capture_content({"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"}) is True
 
 
-def test_durations_carry_the_sampled_trace_as_an_exemplar_in_openmetrics() -> None:
-    from opentelemetry import trace
-    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+_EXEMPLAR_SCRIPT = """
+import sys
+from loom import metrics, tracing
+assert tracing.setup("loom-test")  # OTEL_TRACES_EXPORTER=console: spans recorded and exported
+with tracing.span("task"):
+    trace_id = tracing.current_trace_id()
+    metrics.TASK_DURATION.labels("exemplar-test", "local", "completed").observe(0.42, tracing.exemplar())
+body, content_type = metrics.negotiated_exposition("application/openmetrics-text; version=1.0.0")
+plain, plain_type = metrics.negotiated_exposition(None)
+head = [trace_id, content_type, plain_type, str(int(b"trace_id" in plain))]
+sys.stderr.write("\\n".join(head) + "\\n" + body.decode())
+"""
 
-    from loom import metrics
 
-    sampled = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
-    with trace.use_span(NonRecordingSpan(sampled)):
-        ex = tracing.exemplar()
-        metrics.TASK_DURATION.labels("exemplar-test", "local", "completed").observe(0.42, ex)
-    assert ex == {"trace_id": format(0xABC, "032x")}
-    body, content_type = metrics.negotiated_exposition("application/openmetrics-text; version=1.0.0")
-    assert content_type.startswith("application/openmetrics-text")
-    buckets = [ln for ln in body.decode().splitlines() if ln.startswith("loom_task_duration_seconds_bucket")]
+def test_durations_carry_the_trace_as_an_exemplar_in_openmetrics_when_spans_are_exported() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "console"}
+    done = subprocess.run(
+        [sys.executable, "-c", _EXEMPLAR_SCRIPT], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    trace_id, content_type, plain_type, plain_has_ids, *body = done.stderr.splitlines()
+    assert content_type.startswith("application/openmetrics-text") and plain_type.startswith("text/plain")
+    buckets = [ln for ln in body if ln.startswith("loom_task_duration_seconds_bucket")]
     line = next(ln for ln in buckets if 'worker_type="exemplar-test"' in ln and "#" in ln)
-    assert f'trace_id="{format(0xABC, "032x")}"' in line and "0.42" in line
-    plain, plain_type = metrics.negotiated_exposition(None)
-    assert plain_type.startswith("text/plain") and b"trace_id" not in plain
+    assert f'trace_id="{trace_id}"' in line and "0.42" in line
+    assert plain_has_ids == "0"  # the Prometheus text format has no exemplars
+
+
+def test_no_exemplar_when_this_process_exports_no_spans() -> None:
+    with tracing.root("submit"):
+        assert tracing.current_trace_id() is not None
+        assert tracing.exemplar() is None
