@@ -82,6 +82,14 @@ async def test_filter_fix_and_replay_a_dead_letter(
     remaining = await rows.all_inner_texts()
     assert len(remaining) == 1 and "malformed" in remaining[0]  # the replayed one is gone
 
+    # the malformed one is removed without a replay
+    await rows.nth(0).locator("a").click()
+    assert await page.locator("#body").input_value() == '{"worker_type": '  # shown as received
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await page.click("#remove")
+    await page.locator("#removed").wait_for()
+    assert await bus.dead_letters() == []
+
 
 async def _count(bus: Bus, n: int) -> bool:
     return len(await bus.dead_letters()) >= n

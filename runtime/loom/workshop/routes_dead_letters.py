@@ -9,6 +9,7 @@ from starlette.routing import Route
 
 from loom.bus import BusError, StoredDeadLetter
 from loom.messages import DeadLetterReason
+from loom.subjects import STREAM_DEAD_LETTER
 from loom.workshop.dead_letters import ReplayError, corrected_body, editable
 from loom.workshop.web import Ctx, form
 
@@ -63,8 +64,18 @@ def routes(ctx: Ctx) -> list[Route]:
             f'<p class="ok" id="replayed">Replayed {what} to {stored.dead_letter.subject}.</p>'
         )
 
+    async def remove(request: Request) -> Response:
+        stored = await find(request.path_params["id"])
+        bus = await ctx.connection.bus()
+        gone = await bus.delete_stream_message(STREAM_DEAD_LETTER, stored.seq)
+        note = "Removed" if gone else "Already removed:"
+        return HTMLResponse(
+            f'<p class="ok" id="removed">{note} dead letter {stored.dead_letter.dead_letter_id}.</p>'
+        )
+
     return [
         Route("/dead-letters", index),
+        Route("/dead-letters/{id}/remove", remove, methods=["POST"]),
         Route("/dead-letters/{id}", show),
         Route("/dead-letters/{id}/replay", replay, methods=["POST"]),
     ]
