@@ -23,6 +23,7 @@ import kopf
 
 from loom.api.common import API_GROUP, API_VERSION
 from loom.api.kinds import KINDS, kind_info
+from loom.settings import NatsSettings
 from loom_operator.bus_users import BusUsers
 from loom_operator.controller import Controller
 from loom_operator.diffbase import DigestDiffBaseStorage
@@ -33,6 +34,7 @@ from loom_operator.readiness import ChildDeployment
 from loom_operator.reconcile import Reconciler
 from loom_operator.render import worker_route
 from loom_operator.render.common import COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
+from loom_operator.router_usage import RouterUsage
 from loom_operator.scaler_loop import ScalerLoop
 from loom_operator.settings import Settings
 
@@ -205,6 +207,16 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
             )
             memo["scaler"] = scaler
             controller.start(scaler.run_forever())
+        if cfg.usage_interval > 0:
+            usage = RouterUsage(
+                kube,
+                loom_policies,
+                NatsSettings.from_env(name="loom-operator"),
+                interval=cfg.usage_interval,
+                active=controller.is_active,
+            )
+            memo["router_usage"] = usage
+            controller.start(usage.run_forever())
         log.info(
             "loom operator started: %s, KEDA %s, NATS monitor %s",
             "cluster-wide" if cfg.clusterwide else f"namespaces {', '.join(cfg.watch_namespaces)}",
@@ -220,6 +232,9 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         scaler: ScalerLoop | None = memo.get("scaler")
         if scaler is not None:
             await scaler.aclose()
+        usage: RouterUsage | None = memo.get("router_usage")
+        if usage is not None:
+            await usage.aclose()
         kube: Kube | None = memo.get("kube")
         if kube is not None:
             await kube.aclose()

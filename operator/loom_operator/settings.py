@@ -59,6 +59,8 @@ class Settings:
     metrics_port: int = 8080
     #: Full re-apply of every resource's children (drift repair); readiness follows watch events.
     resync_seconds: float = 120.0
+    #: How often RouterPolicy status shows limit and budget use read from NATS (0: never).
+    usage_interval: float = 30.0
     kubeconfig: str | None = None
     #: Kopf peering object name for a hot standby; None runs standalone (one replica).
     peering: str | None = None
@@ -120,6 +122,7 @@ class Settings:
             scaler_interval=float(e.get("LOOM_SCALER_INTERVAL") or cls.scaler_interval),
             metrics_port=int(e.get("LOOM_METRICS_PORT") or cls.metrics_port),
             resync_seconds=float(e.get("LOOM_RESYNC_SECONDS") or cls.resync_seconds),
+            usage_interval=float(e.get("LOOM_USAGE_INTERVAL") or cls.usage_interval),
             kubeconfig=e.get("KUBECONFIG") or None,
             peering=e.get("LOOM_PEERING") or None,
             peering_lifetime=int(e["LOOM_PEERING_LIFETIME"]) if e.get("LOOM_PEERING_LIFETIME") else None,

@@ -52,11 +52,39 @@ class PipelineStatus(CommonStatus):
     stages: int = Field(default=0, description="Number of stages.")
 
 
+class LimitUse(SpecModel):
+    """One limit or budget of a RouterPolicy in its current window."""
+
+    scope: str = Field(
+        description="tier:<tier>, tenant:<tenant>, or tenant:* (the unlisted tenants' shared limits)."
+    )
+    what: str = Field(
+        description="requests, tokens or in_flight (limits); tokens/day, tokens/month, cost/day or "
+        "cost/month (budgets)."
+    )
+    window: str = Field(description="The window: a date (budgets), <seconds>s#<index> or now (limits).")
+    used: float | None = Field(
+        default=None,
+        description="Used in the window, all router replicas; unset when one router keeps it in memory.",
+    )
+    limit: float = Field(description="The limit per window (cost in the prices' currency).")
+
+
 class RouterPolicyStatus(CommonStatus):
     """RouterPolicy status."""
 
     tier_names: str = Field(default="", description="Defined tiers, comma separated.")
     workers: int = Field(default=0, description="Worker types in the router's catalog.")
+    #: Written by the operator's usage loop (:mod:`loom_operator.router_usage`), not by reconciles: left
+    #: out of the model's dumps so a reconcile's merge patch never clears it.
+    usage: list[LimitUse] | None = Field(
+        default=None,
+        exclude=True,
+        max_length=500,
+        description="Each limit and budget the spec declares, with its use in the current window "
+        "(read from NATS every LOOM_USAGE_INTERVAL seconds).",
+    )
+    usage_time: str | None = Field(default=None, exclude=True, description="When usage was read (RFC 3339).")
 
 
 class ScheduleStatus(CommonStatus):

@@ -90,8 +90,12 @@ async def budget_rows(kv: Any, policy: RouterPolicySpec, wall: float) -> list[Us
     return rows
 
 
-async def read_usage(bus: Bus, policy: RouterPolicySpec, wall: float) -> tuple[list[Use], list[Use]]:
-    """(limit rows, budget rows) of ``policy`` now."""
-    limits = await limit_usage(await bus.existing_key_value(LIMITS_BUCKET), policy, wall)
+async def read_usage(
+    bus: Bus, policy: RouterPolicySpec, wall: float, *, shared: bool | None = None
+) -> tuple[list[Use], list[Use]]:
+    """(limit rows, budget rows) of ``policy`` now; ``shared`` False: its routers keep the limits in
+    memory (no limit use to read), None: read them when the bucket exists."""
+    limits_kv = await bus.existing_key_value(LIMITS_BUCKET) if shared is not False else None
+    limits = await limit_usage(limits_kv, policy, wall)
     budgets = await budget_rows(await bus.existing_key_value(BUDGETS_BUCKET), policy, wall)
     return limits, budgets
