@@ -94,6 +94,26 @@ async def test_graph_changes_after_a_stage_edit_and_a_broken_edit_is_refused(
     await page.reload()  # the page reads the file again: the same graph
     assert await levels(page) == {"extract": "0", "classify": "1", "summarise": "2", "report": "3"}
 
+    # a new parallel branch (it reads only the goal), then removing a stage others still read: refused
+    await page.fill(
+        "#stage_yaml", "name: titles\nworkerType: doc-extractor\ninputMapping:\n  text: goal.context.title\n"
+    )
+    await page.select_option("#after", "extract")
+    await page.click("#add-stage-button")
+    await page.locator("#add-result #saved").wait_for()
+    assert (await levels(page))["titles"] == "0"
+    assert await page.locator("#graph-box g.stage").count() == 5
+    await page.reload()
+    await page.select_option("#remove-which", "extract")
+    await page.click("#remove-stage-button")
+    refused = page.locator("#remove-result .problems")
+    await refused.wait_for()
+    assert "path 'extract.output.title' reads unknown stage 'extract'" in await refused.inner_text()
+    await page.select_option("#remove-which", "titles")
+    await page.click("#remove-stage-button")
+    await page.locator("#remove-result #saved").wait_for()
+    assert "titles" not in await levels(page)
+
 
 async def test_run_a_goal_and_watch_the_stage_timeline(
     tmp_path: Path,

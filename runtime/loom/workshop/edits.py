@@ -299,14 +299,57 @@ def apply_stage_edit(
         elif _plain(node.get(key)) != _plain(value):
             node[key] = value
     new_text = _dump_all(docs)
+    return new_text, _validated_pipeline(new_text, source, pipeline)
+
+
+def _stages(docs: list[Any], source: str, pipeline: str) -> Any:
+    doc = next((d for d in docs if _is_pipeline(d, pipeline)), None)
+    if doc is None:
+        raise EditError([f"{source}: no Pipeline {pipeline!r} in this file"])
+    body, camel = _body(doc)
+    return body[_key(body, camel, "pipeline_stages")]
+
+
+def _validated_pipeline(text: str, source: str, pipeline: str) -> Resource:
     try:
-        resources = load_text(new_text, source)
+        resources = load_text(text, source)
     except LoadError as exc:
         raise EditError(exc.problems) from None
     for res in resources:
         if res.kind == "Pipeline" and res.spec.pipeline_name == pipeline:
-            return new_text, res
+            return res
     raise EditError([f"{source}: the edit leaves no Pipeline {pipeline!r}"])
+
+
+def insert_stage(
+    text: str, source: str, pipeline: str, stage_yaml: str, after: str | None
+) -> tuple[str, Resource]:
+    """A new stage (typed as YAML) after ``after`` (or last); EditError if the pipeline then breaks.
+
+    A stage that reads only ``goal.*`` paths is a new parallel branch."""
+    docs = _load_all(text)
+    stages = _stages(docs, source, pipeline)
+    stage = parse_schema(stage_yaml, "stage")
+    if stage is None:
+        raise EditError(["stage: type the new stage as YAML (name, workerType, inputMapping, ...)"])
+    names = [str(s.get("name")) for s in stages if isinstance(s, dict)]
+    if after and after not in names:
+        raise EditError([f"no stage {after!r} to insert after"])
+    stages.insert(names.index(after) + 1 if after else len(stages), stage)
+    new_text = _dump_all(docs)
+    return new_text, _validated_pipeline(new_text, source, pipeline)
+
+
+def remove_stage(text: str, source: str, pipeline: str, stage: str) -> tuple[str, Resource]:
+    """The pipeline without ``stage``; EditError when another stage still reads or depends on it."""
+    docs = _load_all(text)
+    stages = _stages(docs, source, pipeline)
+    index = next((i for i, s in enumerate(stages) if isinstance(s, dict) and s.get("name") == stage), None)
+    if index is None:
+        raise EditError([f"{source}: Pipeline {pipeline!r} has no stage {stage!r}"])
+    del stages[index]
+    new_text = _dump_all(docs)
+    return new_text, _validated_pipeline(new_text, source, pipeline)
 
 
 # -- files and versions --------------------------------------------------------------------------

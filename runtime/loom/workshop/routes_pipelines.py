@@ -88,6 +88,38 @@ def routes(ctx: Ctx) -> list[Route]:
             g=layout(edited.spec),
         )
 
+    async def change(request: Request) -> Response:
+        """Add a stage (after one, or last) or remove one; saved like a stage edit."""
+        snap = project.load()
+        res = find(snap, request.path_params["name"])
+        rel = snap.relative(res.source)
+        old = project.read(rel)
+        values = await form(request)
+        name = res.spec.pipeline_name
+        try:
+            action = request.path_params["action"]
+            if action not in ("add", "remove"):
+                raise LookupError(f"no page /pipelines/{name}/{action}-stage")
+            if action == "add":
+                new, edited = edits.insert_stage(
+                    old, rel, name, values.get("stage_yaml", ""), values.get("after") or None
+                )
+                note = "add stage"
+            else:
+                new, edited = edits.remove_stage(old, rel, name, values.get("stage", ""))
+                note = f"remove stage {values.get('stage', '')}"
+        except edits.EditError as exc:
+            return ctx.problems(request, exc.problems, status=422)
+        version = edits.save(project.root, rel, old, new, ctx.versions, note)
+        return ctx.page(
+            request,
+            "_stage_saved.html",
+            rel=rel,
+            version=version,
+            diff=edits.unified_diff(old, new, rel),
+            g=layout(edited.spec),
+        )
+
     async def run_goal(request: Request) -> Response:
         snap = project.load()
         res = find(snap, request.path_params["name"])
@@ -109,4 +141,5 @@ def routes(ctx: Ctx) -> list[Route]:
         Route("/pipelines/{name}", pipeline),
         Route("/pipelines/{name}/stages/{stage}", edit_stage, methods=["POST"]),
         Route("/pipelines/{name}/run", run_goal, methods=["POST"]),
+        Route("/pipelines/{name}/{action:str}-stage", change, methods=["POST"]),
     ]

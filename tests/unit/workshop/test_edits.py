@@ -137,3 +137,34 @@ def test_versions_keep_the_original_and_every_save(tmp_path: Path) -> None:
     with pytest.raises(ConfinementError):
         save(tmp_path, "../outside.yaml", "", "x", versions, "edit")
     assert not (tmp_path.parent / "outside.yaml").exists()
+
+
+PIPELINE = """\
+# the pipeline
+name: flow
+pipeline_stages:
+  - name: a
+    worker_type: w
+    input_mapping: {text: goal.context.text}
+  - name: b
+    worker_type: w
+    input_mapping: {text: a.output.text}   # reads a
+"""
+
+
+def test_stages_added_and_removed_keep_the_file_and_check_the_graph() -> None:
+    from loom.workshop.edits import insert_stage, remove_stage
+
+    new, res = insert_stage(
+        PIPELINE, "p.yaml", "flow", "name: c\nworker_type: w\ninput_mapping: {x: b.output.y}\n", "a"
+    )
+    assert [s.name for s in res.spec.pipeline_stages] == ["a", "c", "b"]
+    assert new.startswith("# the pipeline\n") and "# reads a" in new
+    with pytest.raises(EditError, match="reads unknown stage 'a'"):
+        remove_stage(PIPELINE, "p.yaml", "flow", "a")
+    _, res = remove_stage(PIPELINE, "p.yaml", "flow", "b")
+    assert [s.name for s in res.spec.pipeline_stages] == ["a"]
+    with pytest.raises(EditError, match="no stage 'zz' to insert after"):
+        insert_stage(PIPELINE, "p.yaml", "flow", "name: c\nworker_type: w\n", "zz")
+    with pytest.raises(EditError, match="type the new stage"):
+        insert_stage(PIPELINE, "p.yaml", "flow", "", None)
