@@ -132,3 +132,15 @@ def test_no_exemplar_when_this_process_exports_no_spans() -> None:
     with tracing.root("submit"):
         assert tracing.current_trace_id() is not None
         assert tracing.exemplar() is None
+
+
+def test_a_malformed_context_is_ignored_and_foreign_baggage_is_passed_on() -> None:
+    assert tracing.extract({"traceparent": "00-nothex-xyz-01"}) is None
+    headers = {
+        "traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01",
+        "baggage": "team=x,loom.submitter=a%20b",
+    }
+    with tracing.span("task", parent=tracing.extract(headers)):
+        assert tracing.current_ids() == ("ab" * 16, "cd" * 8)
+        assert tracing.submitter() == "a b"
+        assert tracing.inject(None) == headers
