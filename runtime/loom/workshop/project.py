@@ -126,9 +126,16 @@ class Project:
         self.paths = [confine(self.root, p) for p in (paths or [self.root])]
 
     def files(self) -> list[Path]:
-        """YAML files of the given paths, minus the Workshop's own store of saved versions."""
-        own = self.root / ".loom"
-        return [confine(self.root, f) for f in expand_paths(self.paths) if own not in f.resolve().parents]
+        """YAML files of the given paths; inside a folder, hidden folders (``.venv``, ``.git``, the
+        Workshop's own ``.loom`` of saved versions) and ``node_modules`` are not searched."""
+        out = []
+        for given in self.paths:
+            for f in expand_paths([given]):
+                path = confine(self.root, f)
+                inside = path.relative_to(given).parts[:-1] if path != given else ()
+                if not any(p.startswith(".") or p == "node_modules" for p in inside):
+                    out.append(path)
+        return out
 
     def load(self) -> Snapshot:
         """Load every file now (the Workshop always shows the files as they are on disk)."""

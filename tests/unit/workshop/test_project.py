@@ -47,6 +47,11 @@ def test_samples_load_with_state_and_a_broken_file_is_listed(tmp_path: Path) -> 
     )
     (tmp_path / ".loom" / "workshop" / "versions").mkdir(parents=True)
     (tmp_path / ".loom" / "workshop" / "versions" / "old.yaml").write_text("{broken")  # never loaded
+    (tmp_path / ".venv" / "lib").mkdir(parents=True)
+    (tmp_path / ".venv" / "lib" / "any.yaml").write_text("{broken")  # hidden folders are not searched
+    (tmp_path / "node_modules").mkdir()
+    (tmp_path / "node_modules" / "pkg.yaml").write_text("{broken")
+    assert [f.name for f in Project(tmp_path, [tmp_path / ".venv"]).files()] == ["any.yaml"]  # named: read
     snap = Project(tmp_path).load()
     workers = {w.name: w for w in snap.workers()}
     assert sorted(workers) == [
