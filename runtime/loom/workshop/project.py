@@ -12,10 +12,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loom.api.loader import LoadError, Resource, expand_paths, load_text
+import yaml
+from pydantic.alias_generators import to_camel
+
+from loom.api.common import GROUP_VERSION
+from loom.api.loader import SPEC_MODELS, LoadError, Resource, expand_paths, load_text
 from loom.api.router_policy import RouterPolicySpec, worker_tier
 from loom.api.worker import WorkerSpec
 from loom.local.manifests import PlanError, router_policy
+
+#: Keys too common in other YAML (CI files, charts) to mark a document as Loom's.
+_GENERIC_KEYS = frozenset({"name", "description", "resources", "replicas", "tenant", "tier", "concurrency"})
+#: Top-level keys of every kind's plain file (both spellings): a document with none of them is not Loom's.
+_LOOM_KEYS = (
+    frozenset(
+        k for model in SPEC_MODELS.values() for name in model.model_fields for k in (name, to_camel(name))
+    )
+    - _GENERIC_KEYS
+) | {"schedules"}
+
+
+def is_loom_file(text: str) -> bool:
+    """Whether a YAML file is meant for Loom: a ``loom.dev`` manifest, or a plain document with a key
+    of some Loom kind. Other YAML in the folder (CI files, charts, foreign manifests) is not listed,
+    neither as a resource nor as a broken file; unparsable YAML is, so a typo is not hidden."""
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError:
+        return True
+    for doc in docs:
+        if not isinstance(doc, dict):
+            continue
+        if "apiVersion" in doc:
+            if str(doc["apiVersion"]).split("/")[0] == GROUP_VERSION.split("/")[0]:
+                return True
+        elif set(map(str, doc)) & _LOOM_KEYS:
+            return True
+    return False
 
 
 class ConfinementError(ValueError):
@@ -144,6 +177,8 @@ class Project:
         for path in self.files():
             try:
                 text = path.read_text(encoding="utf-8")
+                if not is_loom_file(text):
+                    continue
                 resources += load_text(text, str(path))
             except LoadError as exc:
                 broken[str(path.relative_to(self.root))] = exc.problems

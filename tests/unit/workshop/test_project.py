@@ -92,3 +92,14 @@ def test_impact_names_the_stages_and_the_mappings_a_change_breaks() -> None:
         "stage classify: inputMapping.text reads 'extract.output.excerpt': no field 'excerpt' in the output",
         "stage summarise: inputMapping.text reads 'extract.output.excerpt': no field 'excerpt' in the output",
     ]  # report reads the whole output (extract.output): no field to lose
+
+
+def test_yaml_that_is_not_for_loom_is_not_listed(tmp_path: Path) -> None:
+    (tmp_path / "ci.yaml").write_text("name: CI\non: push\njobs: {test: {runs-on: ubuntu}}\n")
+    (tmp_path / "crd.yaml").write_text("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n")
+    (tmp_path / "typo.yaml").write_text("name: w\nsystem_prompt: [unclosed\n")  # unparsable: shown
+    (tmp_path / "worker.yaml").write_text(
+        "name: w\nsystem_prompt: hi\nsystem_promt: typo\n"
+    )  # a Loom key: shown
+    snap = Project(tmp_path).load()
+    assert sorted(snap.broken) == ["typo.yaml", "worker.yaml"]
