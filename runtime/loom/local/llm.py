@@ -13,7 +13,19 @@ import os
 import sys
 from pathlib import Path
 
-from loom.llm.local_server import LocalModelUnavailable, check_server_installed, find_default_model
+from loom.llm.llama_settings import (
+    LlamaSettingsError,
+    available_cores,
+    llama_server_argv,
+    llama_server_env,
+    settings_from_env,
+)
+from loom.llm.local_server import (
+    LocalModelUnavailable,
+    check_server_installed,
+    checked_settings,
+    find_default_model,
+)
 from loom.local.manifests import PHASES
 from loom.local.supervisor import ProcessSpec
 
@@ -35,31 +47,33 @@ def local_model_path() -> Path:
     return find_default_model()
 
 
-def local_llm_process(port: int, *, n_ctx: int = DEFAULT_CONTEXT) -> tuple[ProcessSpec, str]:
-    """The llama.cpp server process and the OpenAI-compatible base URL workers use (``.../v1``)."""
+def local_llm_process(
+    port: int,
+    *,
+    n_ctx: int = DEFAULT_CONTEXT,
+    probe_log: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[ProcessSpec, str]:
+    """The llama.cpp server process and the OpenAI-compatible base URL workers use (``.../v1``).
+
+    Settings from :func:`loom.llm.llama_settings.settings_from_env`; unless ``LOOM_LOCAL_N_BATCH``
+    chooses the batch, a server is started once first to check that multi-token batches do not
+    crash it (``probe_log`` keeps its output), falling back to a batch of one if they do.
+    """
     check_server_installed()
     model = local_model_path()
-    threads = str(max(1, os.cpu_count() or 1))
+    try:
+        settings = settings_from_env(
+            model, port, os.environ if env is None else env, available_cores(), n_ctx=n_ctx, alias=MODEL_ALIAS
+        )
+    except LlamaSettingsError as exc:
+        raise LocalModelUnavailable(str(exc)) from None
+    settings = checked_settings(settings, probe_log)
     spec = ProcessSpec(
         name="llm-local",
         role="llm",
-        argv=(
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            str(model),
-            "--model_alias",
-            MODEL_ALIAS,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--n_ctx",
-            str(n_ctx),
-            "--n_threads",
-            threads,
-        ),
+        argv=llama_server_argv(settings, sys.executable),
+        env=llama_server_env(os.environ if env is None else env),
         phase=PHASES["llm"],
         ready_url=f"http://127.0.0.1:{port}/v1/models",
         ready_timeout=180.0,
