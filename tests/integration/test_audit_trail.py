@@ -119,6 +119,8 @@ async def test_a_mixed_run_leaves_one_complete_record_per_outcome_that_survives_
         assert r.tenant == "acme" and r.trace_id == traces[name] and r.submitter == "tenant_acme"
         assert r.payload is None  # no payloads unless enabled
     assert records["ok"].duration_ms > 0 and records["ok"].attempt == 1
+    dead = {d.dead_letter.task_id: d.dead_letter for d in await bus.dead_letters()}
+    assert {k: dead[k].trace_id for k in ("nobody", refused)} == {k: traces[k] for k in ("nobody", refused)}
 
     # Durable: the stream is file-backed and keeps every record across a server restart.
     await bus.close()
@@ -152,6 +154,8 @@ async def test_a_mixed_run_leaves_one_complete_record_per_outcome_that_survives_
     rows = list(csv.DictReader(io.StringIO(audit("--tenant", "acme", "--since", "1h", "--format", "csv"))))
     assert sorted(r["task_id"] for r in rows) == sorted(tasks)
     assert {r["task_id"]: r["outcome"] for r in rows}["nobody"] == "dead_lettered"
+    shown = await_cli("dead-letter", "show", dead["nobody"].dead_letter_id)
+    assert shown.returncode == 0 and f'"trace_id": "{traces["nobody"]}"' in shown.stdout
     table = audit("--outcome", "completed")
     assert table.count("\n") == 2 and traces["ok"] in table
 

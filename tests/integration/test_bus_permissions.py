@@ -276,6 +276,14 @@ async def test_tenants_cannot_read_forge_bypass_or_manage(
             mine = await own_result(bob_sub, claim.task_id)
             assert mine.tenant == "b"
             assert sub.pending() == 0  # nothing reached a's results
+
+            # The worker wrote a's audit record under its own permissions; a tenant cannot write one.
+            async def audited() -> bool:
+                return task.task_id in {r.task_id for r in await admin.audit_records("a")}
+
+            await poll(audited, 15)
+            with pytest.raises(BusError, match="not acknowledged"):
+                await bob.js_publish("loom.audit.a", b"{}")
         finally:
             await alice.close()
             await bob.close()
