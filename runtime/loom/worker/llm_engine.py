@@ -97,6 +97,10 @@ def provider_schema(schema: dict[str, Any] | None, writable_silos: bool) -> dict
 class LLMEngine(TaskEngine):
     """Runs tasks of one LLM worker type on one tier."""
 
+    #: The input is checked before the model is called, the output before it is returned (a reply
+    #: that breaks the contract goes back to the model with the errors).
+    checks_contracts = True
+
     def __init__(
         self,
         spec: WorkerSpec,

@@ -1,0 +1,163 @@
+"""The ``make run`` sample goal end to end in local mode, the embedded model's old settings vs new.
+
+Each configuration runs what ``make run`` runs, for real: ``loom up config/samples`` (embedded
+NATS, the llama.cpp server with SmolLM2-135M, router, workers, pipeline), waits until every
+process is ready, submits the sample document to the ``doc-analysis`` pipeline with ``loom
+submit --wait`` and stops. Figures per configuration: seconds until ready, seconds from submit to
+the goal's result, whether it completed, and the stage timeline ``loom submit`` prints.
+
+- **new**: this source tree's ``loom up`` (its own settings, see ``loom.llm.llama_settings``);
+- **old**: ``loom up`` from another source tree (``--baseline-src``, e.g. the commit before the
+  change: ``git archive <commit> runtime | tar -x -C /tmp/base`` then ``--baseline-src
+  /tmp/base/runtime``), or this tree with the old server settings given as environment
+  (``--old-env``, default: one thread waiting actively, batch of 512, no prompt cache).
+
+The configurations alternate over ``--rounds``; ratio = old goal seconds / new goal seconds.
+
+Run: ``.venv/bin/python -m bench.local_model [--baseline-src DIR] [--rounds 1] [--goal-timeout 600]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+OLD_ENV = {
+    "LOOM_LOCAL_THREADS": str(os.cpu_count() or 1),
+    "LOOM_LOCAL_N_BATCH": "512",
+    "LOOM_LOCAL_PROMPT_CACHE": "0",
+    "OMP_WAIT_POLICY": "ACTIVE",
+}
+
+
+def loom(*args: str) -> list[str]:
+    return [sys.executable, "-m", "loom.cli.main", *args]
+
+
+def run_goal(env: dict[str, str], ready_timeout: float, goal_timeout: float) -> dict[str, Any]:
+    """One ``make run``: up, ready, submit and wait, stop."""
+    run_dir = Path(tempfile.mkdtemp(prefix="loom-bench-local-"))
+    up_log = run_dir / "up.log"
+    started = time.perf_counter()
+    with up_log.open("wb") as out:
+        up = subprocess.Popen(
+            loom(
+                "up",
+                "config/samples",
+                "--no-view",
+                "--run-dir",
+                str(run_dir),
+                "--nats-port",
+                "0",
+                "--nats-monitor-port",
+                "0",
+            ),
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        ready = subprocess.run(
+            loom("status", "--run-dir", str(run_dir), "--wait-ready", str(int(ready_timeout))),
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            check=False,
+        )
+        if ready.returncode != 0:
+            raise RuntimeError(f"loom up not ready: {up_log.read_text()[-2000:]}")
+        ready_s = time.perf_counter() - started
+        nats_url = json.loads((run_dir / "state.json").read_text())["nats_url"]
+        submitted = time.perf_counter()
+        goal = subprocess.run(
+            loom(
+                "submit",
+                "Analyse this document",
+                "--pipeline",
+                "doc-analysis",
+                "--context",
+                "text=@config/samples/example.txt",
+                "--wait",
+                "--timeout",
+                str(int(goal_timeout)),
+                "--nats-url",
+                nats_url,
+                "--run-dir",
+                str(run_dir),
+            ),
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=goal_timeout + 60,
+        )
+        goal_s = time.perf_counter() - submitted
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(60)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            up.wait()
+    stages = [
+        line.strip()
+        for line in goal.stdout.splitlines()
+        if re.search(r"\b(extract|classify|summarise|report)\b", line) and re.search(r"\d", line)
+    ]
+    return {
+        "ready_s": round(ready_s, 1),
+        "goal_s": round(goal_s, 1),
+        "completed": goal.returncode == 0,
+        "stages": stages,
+        "run_dir": str(run_dir),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--baseline-src", help="a runtime/ source tree whose loom up is the old one")
+    parser.add_argument(
+        "--old-env", default=json.dumps(OLD_ENV), help="old settings (without --baseline-src)"
+    )
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--ready-timeout", type=float, default=600)
+    parser.add_argument("--goal-timeout", type=float, default=600)
+    args = parser.parse_args()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LOOM_LOCAL_") and k != "OMP_WAIT_POLICY"}
+    if args.baseline_src:
+        path = os.pathsep.join([args.baseline_src, base.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        old = base | {"PYTHONPATH": path}
+    else:
+        old = base | json.loads(args.old_env)
+    configs = {"new": base, "old": old}
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
+    for _ in range(args.rounds):
+        for name, env in configs.items():
+            result = run_goal(env, args.ready_timeout, args.goal_timeout)
+            print(json.dumps({"config": name} | result), flush=True)
+            results[name].append(result)
+    best = {name: min(rs, key=lambda r: (not r["completed"], r["goal_s"])) for name, rs in results.items()}
+    new, old_best = best["new"], best["old"]
+    print(
+        f"sample goal: new {new['goal_s']} s ({'completed' if new['completed'] else 'FAILED'}), "
+        f"old {old_best['goal_s']} s ({'completed' if old_best['completed'] else 'FAILED'}); "
+        f"old / new {old_best['goal_s'] / new['goal_s']:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
