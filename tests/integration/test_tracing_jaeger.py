@@ -267,3 +267,44 @@ def _received(jaeger: Jaeger, service: str) -> bool:
     except OSError:
         return False
     return bool(doc.get("data"))
+
+
+async def test_time_waiting_on_a_rate_limit_is_its_own_span(
+    jaeger: Jaeger, loom_procs: LoomProcesses, tmp_path: Path
+) -> None:
+    import json
+
+    from tests.support.processes import echo_worker
+
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        json.dumps(
+            {
+                "apiVersion": "loom.dev/v1alpha1",
+                "kind": "RouterPolicy",
+                "metadata": {"name": "default"},
+                "spec": {
+                    "tiers": [{"name": "limited"}],
+                    "rateLimits": {"limited": {"requestsPerMinute": 1}},
+                    "onLimit": {"maxWaitSeconds": 1},
+                },
+            }
+        )
+    )
+    echo = echo_worker(tmp_path, "echo", tiers=["limited"], default_model_tier="limited")
+    loom_procs.spawn("router", "--config", str(policy), str(echo), env=env)
+    loom_procs.worker(echo, "limited", env=env)
+    args = ("--worker-type", "echo", "--tier", "limited")
+    _, first = await asyncio.to_thread(_submit, loom_procs.nats_url, env, *args)
+    assert first.returncode == 0, first.stdout + first.stderr
+    trace_id, second = await asyncio.to_thread(_submit, loom_procs.nats_url, env, *args)
+    assert second.returncode == 1 and '"error_code": "rate_limited"' in second.stdout  # waited 1 s, refused
+
+    spans = await _trace(
+        jaeger, trace_id, lambda sp: {"submit", "route", "admission wait"} <= {s.name for s in sp}
+    )
+    route, wait = _one(spans, "route"), _one(spans, "admission wait")
+    assert wait.parent_id == route.span_id and wait.tags["loom.tier"] == "limited"
+    assert route.parent_id == _one(spans, "submit").span_id
+    assert not any(s.name.startswith("task ") for s in spans)  # it never reached the worker
