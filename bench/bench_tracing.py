@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
@@ -37,6 +38,7 @@ from bench.routed import latencies, run_batch
 from tests.support.nats_server import NatsServer
 from tests.support.processes import LoomProcess
 
+from loom import tracing
 from loom.bus import Bus
 from loom.settings import NatsSettings
 
@@ -79,6 +81,11 @@ async def main() -> None:
     ap.add_argument("--base-tree", help="a git worktree of the commit before tracing and audit")
     ap.add_argument("--otlp-endpoint", help="OTLP/HTTP collector for the traced scenario")
     ap.add_argument(
+        "--with-context",
+        action="store_true",
+        help="publish every task inside a trace (traceparent and baggage headers), as loom submit does",
+    )
+    ap.add_argument(
         "--tree", help="a git worktree of the code to measure (default: this checkout, as it is on disk)"
     )
     args = ap.parse_args()
@@ -102,11 +109,14 @@ async def main() -> None:
     try:
         for _ in range(args.rounds):
             for name, env in scenarios.items():
-                results[name].append(await scenario(server.url, workdir, env, args.tasks, args.sequential))
+                with tracing.root("bench") if args.with_context else contextlib.nullcontext():
+                    run = await scenario(server.url, workdir, env, args.tasks, args.sequential)
+                results[name].append(run)
     finally:
         server.cleanup()
     print(
-        f"\ntracing/audit benchmark: {args.tasks} no-op tasks, {args.sequential} sequential, "
+        f"\ntracing/audit benchmark{' (tasks published inside a trace)' if args.with_context else ''}: "
+        f"{args.tasks} no-op tasks, {args.sequential} sequential, "
         f"{args.rounds} rounds (median), {os.cpu_count()} cores\n"
     )
     print(f"{'scenario':<42}{'tasks/s':>10}{'lost':>6}{'p50 ms':>9}{'p99 ms':>9}   tasks/s per round")
