@@ -8,7 +8,10 @@ Tasks go straight to ``loom.tasks.bench.standard``; results are counted on
 - tasks/s over the run, and the most calls the provider saw open at once;
 - ratio against the ceiling measured in the same run's setup: ``max_in_flight /
   answer_delay`` (what a worker with no overhead would do); 1.0 = the worker adds nothing;
-- the worker process's CPU time per task over the run (user + system, from ``/proc``).
+- the worker process's CPU time per task over the run (user + system, from ``/proc``);
+- ratio against a bare aiohttp client keeping as many calls open to the same fake in the same
+  run (no NATS, no worker): on a busy machine the fake provider and loopback themselves stay
+  below the ceiling, and this says how much of the gap the worker adds.
 
 With ``--baseline-src DIR`` (another checkout's ``runtime/``, e.g. from
 ``git archive <commit> runtime | tar -x -C /tmp/base``) the worker runs from that source and
@@ -31,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
 import httpx
 import yaml
 from tests.support.nats_server import NatsServer, free_port
@@ -81,6 +85,22 @@ async def wait_bound(bus: Bus, seconds: float = 30) -> None:
         except Exception:
             await asyncio.sleep(0.1)
     raise RuntimeError("worker did not create its consumer")
+
+
+async def raw_calls(url: str, calls: int, in_flight: int) -> float:
+    """Calls/s of a bare aiohttp client keeping ``in_flight`` calls open to the fake (no NATS, no
+    worker): what this machine's fake provider and loopback allow in this run."""
+    body = json.dumps({"model": "fake", "messages": [{"role": "user", "content": "t"}]}).encode()
+    slots = asyncio.Semaphore(in_flight)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=in_flight)) as session:
+
+        async def one() -> None:
+            async with slots, session.post(url, data=body, headers={"content-type": "application/json"}) as r:
+                await r.read()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(calls)))
+        return calls / (time.perf_counter() - started)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -142,11 +162,13 @@ async def run(tasks: int, delay: float, in_flight: int, src: str | None = None) 
             await bus.publish_task(
                 TaskMessage(worker_type="bench", payload={"text": f"t{i}"}), subject=subject
             )
+        published = time.perf_counter() - started
         await asyncio.wait_for(done.wait(), timeout=tasks * delay + 120)
         elapsed = time.perf_counter() - started
         cpu = cpu_seconds(worker.pid) - cpu_before
         async with httpx.AsyncClient() as http:
             stats = (await http.get(f"http://127.0.0.1:{fake_port}/_stats")).json()
+        raw_rate = await raw_calls(f"http://127.0.0.1:{fake_port}/v1/chat/completions", tasks, in_flight)
     finally:
         await bus.close()
         worker.terminate()
@@ -160,10 +182,13 @@ async def run(tasks: int, delay: float, in_flight: int, src: str | None = None) 
         "tasks": tasks,
         "failed": failed,
         "seconds": round(elapsed, 2),
+        "publish_seconds": round(published, 2),
         "tasks_per_s": round(rate, 1),
         "max_calls_in_flight": stats["max_in_flight"],
         "ceiling_tasks_per_s": round(ceiling, 1),
         "ratio_to_ceiling": round(rate / ceiling, 3),
+        "raw_calls_per_s": round(raw_rate, 1),
+        "ratio_to_raw": round(rate / raw_rate, 3),
         "worker_cpu_ms_per_task": round(cpu / tasks * 1000, 3),
     }
 
