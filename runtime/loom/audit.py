@@ -32,7 +32,7 @@ import io
 import logging
 import os
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -241,14 +241,15 @@ class AuditWriter:
         """Whether records carry payloads and outputs."""
         return self.settings.payloads
 
-    def emit(self, record: AuditRecord) -> None:
-        """Queue ``record`` for storing; dropped (and counted) when the buffer is full."""
+    def emit(self, record: AuditRecord | Callable[[], AuditRecord]) -> None:
+        """Queue ``record`` for storing; dropped (and counted) when the buffer is full. A callable
+        is called only when writing is on (an unwritten record costs nothing to build)."""
         if not self.settings.enabled:
             return
         if len(self._queue) >= self.settings.buffer:
             DROPPED.labels("buffer_full").inc()
             return
-        self._queue.append(record)
+        self._queue.append(record if isinstance(record, AuditRecord) else record())
         self._idle.clear()
         if self._task is None:
             # A fresh context: the writer's own publishes belong to no task's trace.

@@ -879,7 +879,10 @@ class Bus:
         if result.trace_id is None and (trace_id := tracing.current_trace_id()):
             result = result.model_copy(update={"trace_id": trace_id})
         subject = check_publish_subject(result_subject(key, result.tenant))
-        await self.nc.publish(subject, result.to_bytes(), headers=tracing.inject(None))
+        # The body names the trace; the headers carry its context only where spans are exported
+        # (nothing reads it otherwise, and headers cost every reader of loom.results.> a parse).
+        headers = tracing.inject(None) if tracing.enabled() else None
+        await self.nc.publish(subject, result.to_bytes(), headers=headers)
 
     async def publish_raw(self, subject: str, data: bytes) -> None:
         """Core NATS publish (no storage); InvalidSubject, before sending, for a subject NATS would refuse."""

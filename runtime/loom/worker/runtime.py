@@ -171,7 +171,7 @@ class WorkerRuntime:
             dl = await self._dead(
                 d, DeadLetterReason.MALFORMED, f"not a TaskMessage: {describe_validation_error(exc)}", None
             )
-            self.bus.audit.emit(dead_letter_record(dl))
+            self.bus.audit.emit(lambda: dead_letter_record(dl))
             self._failed.inc()
             return
         attempt = d.num_delivered
@@ -199,7 +199,7 @@ class WorkerRuntime:
         await self.bus.publish_result(result)
         await d.ack()
         self.bus.audit.emit(
-            task_record(result, "worker", payload=task.payload, with_payloads=self.bus.audit.payloads)
+            lambda: task_record(result, "worker", payload=task.payload, with_payloads=self.bus.audit.payloads)
         )
         self._completed.inc()
         self._dur_ok.observe(elapsed, tracing.exemplar())
@@ -258,7 +258,7 @@ class WorkerRuntime:
         await self.bus.publish_result(result)
         await self._dead(d, exc.reason, f"{exc.code}: {exc}", task)
         self.bus.audit.emit(
-            task_record(result, "worker", payload=task.payload, with_payloads=self.bus.audit.payloads)
+            lambda: task_record(result, "worker", payload=task.payload, with_payloads=self.bus.audit.payloads)
         )
         self._failed.inc()
         log.warning("task %s failed for good after %d attempts: %s", task.task_id, attempt, exc)
