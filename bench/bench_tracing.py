@@ -85,6 +85,7 @@ async def main() -> None:
         action="store_true",
         help="publish every task inside a trace (traceparent and baggage headers), as loom submit does",
     )
+    ap.add_argument("--base-last", action="store_true", help="run the base scenario last in each round")
     ap.add_argument(
         "--tree", help="a git worktree of the code to measure (default: this checkout, as it is on disk)"
     )
@@ -93,8 +94,9 @@ async def main() -> None:
     if args.tree:
         clean["PYTHONPATH"] = f"{args.tree}/runtime"
     scenarios: dict[str, dict[str, str]] = {}
-    if args.base_tree:
-        scenarios["base (before tracing and audit)"] = {**clean, "PYTHONPATH": f"{args.base_tree}/runtime"}
+    base = {**clean, "PYTHONPATH": f"{args.base_tree}/runtime"} if args.base_tree else None
+    if base is not None and not args.base_last:
+        scenarios["base (before tracing and audit)"] = base
     scenarios["off: tracing off, audit off"] = {**clean, "LOOM_AUDIT": "off"}
     scenarios["audit: tracing off, audit on (default)"] = {**clean, "LOOM_AUDIT": "on"}
     if args.otlp_endpoint:
@@ -103,6 +105,8 @@ async def main() -> None:
             "OTEL_EXPORTER_OTLP_ENDPOINT": args.otlp_endpoint,
             "LOOM_AUDIT": "off",
         }
+    if base is not None and args.base_last:
+        scenarios["base (before tracing and audit)"] = base
     server = NatsServer().start()
     workdir = Path(tempfile.mkdtemp(prefix="loom-bench-tracing-"))
     results: dict[str, list[dict[str, float]]] = {name: [] for name in scenarios}

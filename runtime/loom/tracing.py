@@ -1,11 +1,12 @@
 """Distributed tracing: one goal is one trace, across every process it crosses.
 
 W3C trace context (``traceparent``) and baggage (who submitted) travel in NATS headers on
-every task, goal, result and dead letter (:func:`inject` on publish, :func:`extract` on
-delivery). Exporting is configured by the standard ``OTEL_*`` variables and off by default:
-with no exporter configured the process keeps OpenTelemetry's no-op tracer, so a span is a
-context object and nothing else. Even then the submitter starts a trace id, so results, dead
-letters, audit records and log lines of one goal share an id.
+every task, goal and dead letter, and on results where spans are exported (:func:`inject` on
+publish, :func:`extract` on delivery); results and dead letters also name their trace in the
+body. Exporting is configured by the standard ``OTEL_*`` variables and off by default: with no
+exporter configured the context is carried as the headers themselves and no span is made. Even
+then the submitter starts a trace id, so results, dead letters, audit records and log lines of
+one goal share an id.
 
 Model calls follow the OpenTelemetry GenAI semantic conventions (``gen_ai.*``); prompt and
 completion content is recorded only with ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``.
