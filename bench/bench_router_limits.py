@@ -10,10 +10,12 @@ pushes N tasks through them (published durably to loom.tasks.incoming, results c
   2. local limiter: requests/min, tokens/min and max in flight on the tier, far above what the
      run reaches (the cost of the limiter, not of waiting), kept by the router process alone;
   3. shared limiter: the same limits kept in the Key-Value bucket (``--limits shared``), one router;
-  4. shared limiter, two routers (informational: the same tasks split over two replicas).
+  4. shared limiter, two routers (informational: the same tasks split over two replicas);
+  5. a token budget on the tier (no rate limits): each task reserved in the budgets' Key-Value
+     bucket before dispatch and settled from its result, one compare-and-set each way.
 
 Scenarios alternate over ``--rounds`` rounds and the best of each is kept (other work on the machine
-only ever slows a run down). Prints tasks/s and shared/local; the target is shared/local >= 0.8.
+only ever slows a run down). Prints tasks/s, shared/local (target >= 0.8) and budget/no limits.
 Not a test: nothing here asserts.
 """
 
@@ -48,11 +50,14 @@ LIMITS = (
     "    max_concurrent: 100000\n"
 )
 
+BUDGET = NO_LIMITS + "budgets:\n  tiers:\n    local:\n      tokens_per_day: 1000000000000\n"
+
 SCENARIOS: list[tuple[str, str, tuple[str, ...], int]] = [
     ("no limits", NO_LIMITS, (), 1),
     ("local limiter", LIMITS, ("--limits", "local"), 1),
     ("shared limiter (KV)", LIMITS, ("--limits", "shared"), 1),
     ("shared limiter (KV), 2 routers", LIMITS, ("--limits", "shared"), 2),
+    ("token budget (KV)", BUDGET, (), 1),
 ]
 
 
@@ -119,6 +124,7 @@ async def main() -> None:
     print(f"shared / local:      {shared / local:.2f}  (target >= 0.8)")
     print(f"local / no limits:   {local / none:.2f}")
     print(f"shared / no limits:  {shared / none:.2f}")
+    print(f"budget / no limits:  {best['token budget (KV)'] / none:.2f}")
 
 
 if __name__ == "__main__":

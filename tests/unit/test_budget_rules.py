@@ -135,3 +135,14 @@ def test_policy_rejects_budgets_it_could_not_keep() -> None:
         policy(budgets={"tenants": {"acme": {"costPerDay": 0}}})
     ok = policy(tiers=PRICED, budgets={"timeZone": "Asia/Tokyo", "onExhausted": "wait"})
     assert ok.budgets.on_exhausted == "wait"
+
+
+def test_changes_written_together_keep_arrival_order_and_the_admission_rule() -> None:
+    from loom.router.budget_ledger import apply_changes
+
+    # 90 of 100 used: the first reservation fits (total below the limit), the next two find it used up,
+    # a settlement giving 40 back lets the last one in
+    total, outcomes = apply_changes(90, 100, [(30, True), (30, True), (5, True), (-40, False), (30, True)])
+    assert outcomes == [None, 120, 120, None, None]
+    assert total == 110
+    assert apply_changes(5, 100, [(-20, False)]) == (0, [None])  # never below zero

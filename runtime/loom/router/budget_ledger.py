@@ -4,6 +4,7 @@ other's reservations (the rules are in :mod:`loom.router.budgets`)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +60,10 @@ class BudgetLedger:
         self.zone = policy.budgets.time_zone
         #: Last total seen per budget label (for the gauges).
         self.seen: dict[str, tuple[str, int]] = {}
+        #: Changes waiting for the next compare-and-set of their counter, and the counters being written.
+        self._pending: dict[str, list[Change]] = {}
+        self._flushing: set[str] = set()
+        self._jobs: set[asyncio.Task[None]] = set()
 
     def applies(self, tier: str, tenant: str) -> list[Budget]:
         """The budgets a task of (tier, tenant) counts against."""
@@ -109,20 +114,69 @@ class BudgetLedger:
         return charge("cost", usage, price)
 
     async def _add(self, budget: Budget, window: str, amount: int, *, check: bool) -> int | None:
-        """Add ``amount`` to a counter by compare-and-set; with ``check``, only while the budget admits
-        (returns the total that refused it)."""
+        """Add ``amount`` to a counter; with ``check``, only while the budget admits (returns the total
+        that refused it). The changes of this replica's concurrent tasks to one counter are written
+        together in one compare-and-set (group commit), in arrival order."""
         key = counter_key(budget, window)
+        fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        queue = self._pending.setdefault(key, [])
+        queue.append(Change(amount, check, fut))
+        if len(queue) == 1 and key not in self._flushing:
+            self._flushing.add(key)
+            job = asyncio.ensure_future(self._flush(budget, window, key))
+            self._jobs.add(job)
+            job.add_done_callback(self._jobs.discard)
+        return await fut
+
+    async def _flush(self, budget: Budget, window: str, key: str) -> None:
+        try:
+            while batch := self._pending.pop(key, []):
+                try:
+                    outcomes = await self._swap(budget, window, key, batch)
+                except BaseException as exc:
+                    for change in batch:
+                        if not change.fut.done():
+                            change.fut.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for change, outcome in zip(batch, outcomes, strict=True):
+                    if not change.fut.done():
+                        change.fut.set_result(outcome)
+        finally:
+            self._flushing.discard(key)
+
+    async def _swap(self, budget: Budget, window: str, key: str, batch: list[Change]) -> list[int | None]:
         for _ in range(_CAS_TRIES):
             raw, rev = await kv_read(self.kv, key)
             total = int(raw or b"0")
-            if check and not admits(total, budget.limit):
-                self.seen[budget.label] = (window, total)
-                return total
-            new = max(0, total + amount)
+            new, outcomes = apply_changes(total, budget.limit, [(c.amount, c.check) for c in batch])
             if new == total or await kv_swap(self.kv, key, str(new).encode(), rev):
                 self.seen[budget.label] = (window, new)
-                return None
+                return outcomes
         raise BudgetContended(f"budget counter {key} changed under {_CAS_TRIES} attempts")
+
+
+@dataclass
+class Change:
+    """One task's change to a counter, waiting for the next compare-and-set."""
+
+    amount: int
+    check: bool
+    fut: asyncio.Future[int | None]
+
+
+def apply_changes(total: int, limit: int, changes: list[tuple[int, bool]]) -> tuple[int, list[int | None]]:
+    """The counter after ``changes`` (amount, check) in order, and each one's outcome: None when
+    applied, the total that refused it when a checked change found the budget used up (never below 0)."""
+    outcomes: list[int | None] = []
+    for amount, check in changes:
+        if check and not admits(total, limit):
+            outcomes.append(total)
+            continue
+        total = max(0, total + amount)
+        outcomes.append(None)
+    return total, outcomes
 
 
 async def budget_usage(kv: Any, policy: RouterPolicySpec, wall: float) -> list[tuple[Budget, str, int]]:
