@@ -12,8 +12,9 @@ Rules (the router, the operator's status and ``loom budget`` all read them from 
 * A task is admitted while the window's total (settled usage plus open reservations) is below the
   limit, and reserves its estimate; its result settles the reservation to the real usage, in the
   window it was reserved in. So the total passes the limit by less than one task's estimate (plus
-  what results report beyond their estimates), whatever the number of replicas: each admission
-  is one compare-and-set that sees every earlier one.
+  what results report beyond their estimates), whatever the number of replicas: admissions are
+  compare-and-sets that each see every earlier one (a replica writes its concurrent tasks' changes to
+  one counter together, in arrival order).
 * A result that never comes back leaves its estimate charged: the model may well have been
   called. Nothing a replica holds lives outside the shared counters, so a replica's death leaks
   nothing and a restart starts from the counters as they are.
