@@ -195,6 +195,7 @@ class WorkerRuntime:
             tenant=task.tenant,
             request_id=task.request_id,
             metadata=task.metadata,
+            trace_id=tracing.current_trace_id(),  # set here: publish_result would copy the result
         )
         await self.bus.publish_result(result)
         await d.ack()
@@ -254,6 +255,7 @@ class WorkerRuntime:
             tenant=task.tenant,
             request_id=task.request_id,
             metadata={**task.metadata, "validation_errors": errors} if errors else task.metadata,
+            trace_id=tracing.current_trace_id(),
         )
         await self.bus.publish_result(result)
         await self._dead(d, exc.reason, f"{exc.code}: {exc}", task)
