@@ -12,10 +12,11 @@ Who writes a record: the role that decides the outcome, so each outcome is writt
 
 A retry (a nak with backoff) is not an outcome; the trace shows each attempt.
 
-Writing never blocks or slows the task path: :meth:`AuditWriter.emit` appends to a bounded
-in-memory buffer and returns; a background task stores the records (acknowledged, up to 64
-at once). A full buffer or a failed store drops the record and counts it in
-``loom_audit_dropped_total{reason}``. A closing process gets a few seconds to flush.
+Writing never blocks the task path: :meth:`AuditWriter.emit` appends to a bounded in-memory
+buffer and returns; a background task stores what has gathered, the records of one tenant as one
+message of JSON lines (one acknowledged publish for many records). A full buffer or a failed
+store drops the record and counts it in ``loom_audit_dropped_total{reason}``. A closing process
+gets a few seconds to flush.
 
 Submitters: the NATS user (``loom submit``), the MCP client or the schedule, as the
 submitting process states it in the trace baggage (:data:`loom.tracing.SUBMITTER`).
@@ -64,7 +65,9 @@ AUDIT_MAX_AGE_ENV = "LOOM_AUDIT_MAX_AGE_SECONDS"
 AUDIT_BUFFER_ENV = "LOOM_AUDIT_BUFFER"
 #: Retention of a new audit stream when ``LOOM_AUDIT_MAX_AGE_SECONDS`` is unset: 90 days.
 DEFAULT_MAX_AGE = 90 * 24 * 3600.0
-_CONCURRENT_STORES = 64
+#: Records taken from the buffer per round, and the largest message of records (JSON lines) stored.
+_ROUND = 1024
+_MESSAGE_BYTES = 256 * 1024
 
 Outcome = Literal["completed", "failed", "rate_limited", "dead_lettered"]
 OUTCOMES: tuple[str, ...] = ("completed", "failed", "rate_limited", "dead_lettered")
@@ -223,6 +226,49 @@ class AuditSettings:
         )
 
 
+@dataclass(frozen=True)
+class Packed:
+    """Records of one tenant stored as one message: JSON lines, oldest first."""
+
+    subject: str
+    body: bytes
+    msg_id: str
+    records: tuple[AuditRecord, ...]
+
+
+def pack(records: Iterable[AuditRecord], max_bytes: int = _MESSAGE_BYTES) -> list[Packed]:
+    """Records as few messages as possible: one subject per tenant (``loom.audit.<tenant>``), at most
+    ``max_bytes`` a message (a larger record goes alone). One acknowledged publish then stores
+    many records, which keeps the writer's cost per record small."""
+    by_tenant: dict[str, list[tuple[AuditRecord, bytes]]] = {}
+    for r in records:
+        by_tenant.setdefault(r.tenant, []).append((r, r.to_bytes()))
+    out: list[Packed] = []
+    for tenant, items in by_tenant.items():
+        chunk: list[tuple[AuditRecord, bytes]] = []
+        size = 0
+        for item in [*items, None]:
+            if chunk and (item is None or size + len(item[1]) + 1 > max_bytes):
+                out.append(
+                    Packed(
+                        f"{AUDIT_PREFIX}.{tenant}",
+                        b"\n".join(b for _, b in chunk),
+                        f"{chunk[0][0].record_id}+{len(chunk)}",
+                        tuple(r for r, _ in chunk),
+                    )
+                )
+                chunk, size = [], 0
+            if item is not None:
+                chunk.append(item)
+                size += len(item[1]) + 1
+    return out
+
+
+def unpack(body: bytes) -> list[AuditRecord]:
+    """The records of one stored message (ValueError when one is unreadable)."""
+    return [AuditRecord.model_validate_json(line) for line in body.splitlines() if line.strip()]
+
+
 class AuditWriter:
     """Stores audit records in the background; :meth:`emit` never waits."""
 
@@ -273,21 +319,21 @@ class AuditWriter:
                     self._stream_ready = True
                 except Exception as exc:  # stored records need the stream; the publish below says why
                     log.warning("cannot declare the audit stream: %s", exc)
-            batch = [self._queue.popleft() for _ in range(min(len(self._queue), _CONCURRENT_STORES))]
-            done = await asyncio.gather(*(self._store(r) for r in batch), return_exceptions=True)
+            batch = [self._queue.popleft() for _ in range(min(len(self._queue), _ROUND))]
+            messages = pack(batch)
+            done = await asyncio.gather(*(self._store(m) for m in messages), return_exceptions=True)
             failed = [d for d in done if isinstance(d, BaseException)]
-            for r, d in zip(batch, done, strict=True):
-                if isinstance(d, BaseException):
-                    DROPPED.labels("publish_failed").inc()
-                else:
-                    RECORDS.labels(r.kind).inc()
+            for m, d in zip(messages, done, strict=True):
+                for r in m.records:
+                    if isinstance(d, BaseException):
+                        DROPPED.labels("publish_failed").inc()
+                    else:
+                        RECORDS.labels(r.kind).inc()
             if failed:
-                log.warning("%d audit records not stored: %s", len(failed), failed[0])
+                log.warning("audit records not stored (%d messages): %s", len(failed), failed[0])
 
-    async def _store(self, record: AuditRecord) -> None:
-        await self.bus.js_publish(
-            f"{AUDIT_PREFIX}.{record.tenant}", record.to_bytes(), msg_id=record.record_id
-        )
+    async def _store(self, message: Packed) -> None:
+        await self.bus.js_publish(message.subject, message.body, msg_id=message.msg_id)
 
     async def close(self, grace: float = 5.0) -> None:
         """Store what is buffered (up to ``grace`` seconds), then stop; the rest is counted as dropped."""

@@ -44,7 +44,7 @@ from nats.js.kv import KeyValue
 
 from loom import metrics, tracing
 from loom.api.router_policy import StreamLimits
-from loom.audit import AuditRecord, AuditWriter
+from loom.audit import AuditRecord, AuditWriter, unpack
 from loom.dead_letters import decode_original
 from loom.messages import DeadLetter, GoalMessage, GoalResult, TaskMessage, TaskResult
 from loom.settings import NatsSettings
@@ -1038,9 +1038,9 @@ class Bus:
                 break
             assert raw.seq is not None
             try:
-                out.append(AuditRecord.model_validate_json(raw.data or b""))
+                out.extend(unpack(raw.data or b""))
             except ValueError as exc:
-                log.warning("audit record #%d is unreadable: %s", raw.seq, exc)
+                log.warning("audit message #%d is unreadable: %s", raw.seq, exc)
             seq = raw.seq + 1
         return out
 

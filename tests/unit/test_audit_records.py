@@ -163,3 +163,20 @@ def test_time_arguments() -> None:
     assert parse_time("2026-01-31") == datetime(2026, 1, 31, tzinfo=UTC)
     with pytest.raises(ValueError, match="not a time"):
         parse_time("yesterday")
+
+
+def test_records_are_packed_per_tenant_into_bounded_messages_and_read_back() -> None:
+    from loom.audit import AuditRecord, pack, unpack
+
+    recs = [AuditRecord(kind="task", outcome="completed", role="worker", tenant=t, task_id=str(i))
+            for i, t in enumerate(["a", "b", "a", "a", "b"])]  # fmt: skip
+    packed = pack(recs)
+    assert [(m.subject, [r.task_id for r in m.records]) for m in packed] == [
+        ("loom.audit.a", ["0", "2", "3"]),
+        ("loom.audit.b", ["1", "4"]),
+    ]
+    assert [r.task_id for r in unpack(packed[0].body)] == ["0", "2", "3"]
+    one = len(recs[0].to_bytes())
+    small = pack(recs[:1] * 3, max_bytes=2 * (one + 1))  # two fit (each line and its newline)
+    assert [len(m.records) for m in small] == [2, 1]
+    assert len({m.msg_id for m in small}) == 2
