@@ -16,7 +16,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 # Recipes print their own progress and results, not their shell lines.
 .SILENT:
 
-.PHONY: venv run up test test-setup test-cold lint generate envtest e2e-kind test-node
+.PHONY: venv run up test test-setup test-cold lint generate envtest e2e-kind test-node test-keda
 
 venv: $(VENV)/.installed
 
@@ -102,6 +102,13 @@ envtest:
 test-node: venv
 	LOOM_NATS_SERVER="$(abspath $(BIN))/nats-server" bash hack/test-setup.sh envtest tools node
 	LOOM_E2E_PROVIDER=node $(BIN)/python -m pytest -q -rfEs -p no:cacheprovider tests/e2e
+
+# A real KEDA (operator + metrics API server, built from the Go module proxy) scaling a Worker tier
+# from the ScaledObject the operator renders, on the test control plane. Not part of `make test`:
+# KEDA's cold build (every scaler's cloud SDK) is longer than the rest of the setup together.
+test-keda: venv
+	LOOM_NATS_SERVER="$(abspath $(BIN))/nats-server" bash hack/test-setup.sh envtest tools keda
+	$(BIN)/python -m pytest -q -rfEs -p no:cacheprovider -m keda tests/operator
 
 # The same e2e suite on a kind cluster (needs Docker and kind).
 e2e-kind: venv

@@ -40,6 +40,8 @@ step_tools() { bash hack/envtest/tools.sh >/dev/null; }
 step_promtool() { bash hack/promtool/build.sh >/dev/null; }
 # Jaeger (the trace backend of the tracing tests) from the Go module proxy.
 step_tracing() { bash hack/tracing/build.sh >/dev/null; }
+# KEDA's operator and metrics API server from the Go module proxy (make test-keda only).
+step_keda() { bash hack/keda/build.sh >/dev/null; }
 # One real node (tests/k8s/node.py): containerd, runc, CNI plugins, iptables, conntrack,
 # debootstrap and dockerd (image builds only) from Debian; kubelet, kube-proxy, CoreDNS and
 # the node's images (pause, Debian base, the project's image, NATS) by hack/node/build.sh.
@@ -73,7 +75,7 @@ step_browser() {
 total=$SECONDS
 for step in "${STEPS[@]}"; do
   case "$step" in
-    system|envtest|tools|promtool|tracing|node|browser) ;;
+    system|envtest|tools|promtool|tracing|node|browser|keda) ;;
     *) log "unknown step '$step' (steps: ${ALL_STEPS[*]})"; exit 2 ;;
   esac
   began=$SECONDS

@@ -675,6 +675,10 @@ class ControlPlane(Components):
             client=admin,
         )
         self._admin_client = admin
+        # The aggregation layer (APIService → an extension API server such as KEDA's metrics
+        # server), configured as kubeadm does: the API server proxies with a front-proxy client
+        # certificate and identifies the user in request headers.
+        front_proxy = pki.issue("front-proxy-client", "front-proxy-client")
         argv = [
             str(binary),
             f"--etcd-servers={self.etcd_url}",
@@ -692,6 +696,15 @@ class ControlPlane(Components):
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true",
             "--profiling=false",
+            f"--requestheader-client-ca-file={pki.ca.cert}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={front_proxy.cert}",
+            f"--proxy-client-key-file={front_proxy.key}",
+            # No kube-proxy on the control plane: reach an APIService's endpoints directly.
+            "--enable-aggregator-routing=true",
         ]
         if not self.controllers:
             # Without kube-controller-manager no namespace ever gets its "default"
@@ -747,6 +760,8 @@ class ControlPlane(Components):
                 f"--cluster-signing-cert-file={pki.ca.cert}",
                 f"--cluster-signing-key-file={pki.ca.key}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
+                # A HorizontalPodAutoscaler (KEDA's) acts within seconds, not the default 15 s.
+                "--horizontal-pod-autoscaler-sync-period=2s",
             ],
         )
         # The scheduler's own bootstrap RBAC role (system:kube-scheduler) is sufficient.
@@ -836,6 +851,17 @@ class ControlPlane(Components):
             client.CoreV1Api(api).create_node(node)
 
     # ---------------------------------------------------------------- clients
+
+    def issue_certificate(self, stem: str, common_name: str, server_names: Sequence[str]) -> KeyPair:
+        """A serving (and client) certificate signed by this control plane's CA, e.g. for an
+        extension API server the aggregation layer proxies to."""
+        assert self._pki is not None, "the control plane is not started"
+        return self._pki.issue(stem, common_name, server_names=server_names)
+
+    @property
+    def ca_cert(self) -> Path:
+        assert self._pki is not None, "the control plane is not started"
+        return self._pki.ca.cert
 
     def ssl_context(self) -> ssl.SSLContext:
         """A TLS context trusting this CA and presenting the admin client certificate."""
