@@ -20,7 +20,9 @@ gets a few seconds to flush.
 
 Submitters: the NATS user (``loom submit``), the MCP client or the schedule, as the
 submitting process states it in the trace baggage (:data:`loom.tracing.SUBMITTER`).
-Cost: RouterPolicy has no prices yet, so records carry token counts and no cost.
+Cost: a task record carries the cost of its usage at the answering tier's price
+(:func:`loom.costs.cost`, the rule the router's budgets use) when the tier has one; a goal record
+has none (its stages ran on tiers of different prices: sum its task records).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from loom import metrics, tracing
+from loom.api.router_policy import TierPrice
+from loom.costs import cost
 from loom.messages import (
     DeadLetter,
     DeadLetterReason,
@@ -131,9 +135,15 @@ def _usage(u: TokenUsage) -> dict[str, int]:
 
 
 def task_record(
-    result: TaskResult, role: str, *, payload: dict[str, Any] | None = None, with_payloads: bool = False
+    result: TaskResult,
+    role: str,
+    *,
+    payload: dict[str, Any] | None = None,
+    with_payloads: bool = False,
+    price: TierPrice | None = None,
 ) -> AuditRecord:
-    """The record of a task's final result (the one its caller receives)."""
+    """The record of a task's final result (the one its caller receives); ``price`` is the
+    answering tier's, for the record's cost."""
     meta = result.metadata or {}
     return AuditRecord(
         kind="task",
@@ -153,6 +163,7 @@ def task_record(
         role=role,
         payload=payload if with_payloads else None,
         output=result.output if with_payloads else None,
+        cost=cost(price, result.token_usage) if price is not None else None,
         **_usage(result.token_usage),
     )
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from loom import tracing
+from loom.api.router_policy import FALLBACK_TIERS_ENV, TierDefinition, TierPrice
 from loom.audit import (
     CSV_COLUMNS,
     AuditFilter,
@@ -19,6 +21,7 @@ from loom.audit import (
 )
 from loom.bus_auth import Identity, Role, permissions, tenant_identity
 from loom.cli.commands.audit import parse_time
+from loom.costs import COST_SCALE, cost_micros
 from loom.messages import (
     DeadLetter,
     DeadLetterReason,
@@ -28,6 +31,7 @@ from loom.messages import (
     TaskStatus,
     TokenUsage,
 )
+from loom.worker.runtime import tier_prices
 
 USAGE = TokenUsage(prompt_tokens=120, completion_tokens=30, cache_read_tokens=900, cache_write_tokens=5)
 
@@ -78,6 +82,29 @@ def test_a_task_record_holds_tokens_cached_apart_model_tier_and_trace() -> None:
     assert rec.trace_id == trace_id and rec.submitter == "tenant_acme" and rec.role == "worker"
     assert rec.payload is None and rec.output is None  # no payloads unless enabled
     assert rec.cost is None  # no prices configured
+
+
+def test_a_task_record_costs_its_usage_at_the_answering_tiers_price() -> None:
+    price = TierPrice(input_per_million=3.0, output_per_million=15.0)
+    rec = task_record(_result(TaskStatus.COMPLETED), "worker", price=price)
+    # 120 fresh x 3 + 30 out x 15 + 900 cache reads x 0.3 + 5 cache writes x 3.75, per million.
+    assert rec.cost == pytest.approx((120 * 3 + 30 * 15 + 900 * 0.3 + 5 * 3.75) / 1e6, abs=1e-6)
+    assert rec.cost == cost_micros(price, USAGE) / COST_SCALE  # the budgets' rule, not a copy
+
+
+def test_worker_prices_cover_its_tier_and_the_fallbacks_that_may_answer() -> None:
+    own = TierPrice(input_per_million=3.0, output_per_million=15.0)
+    cheap = TierPrice(input_per_million=0.5, output_per_million=1.0)
+    tier = TierDefinition(name="standard", price=own, fallback=["backup", "free"])
+    env = {
+        FALLBACK_TIERS_ENV: json.dumps(
+            [TierDefinition(name="backup", price=cheap).to_manifest_dict(), {"name": "free"}]
+        )
+    }
+    assert tier_prices(tier, env) == {"standard": own, "backup": cheap}
+    # A processor worker's tier names fallbacks nobody passed: its own price only.
+    assert tier_prices(tier, {}) == {"standard": own}
+    assert tier_prices(TierDefinition(name="local"), {}) == {}
 
 
 def test_payloads_only_when_enabled() -> None:

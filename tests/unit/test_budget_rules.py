@@ -10,15 +10,14 @@ import pytest
 from pydantic import ValidationError
 
 from loom.api.router_policy import RouterPolicySpec, TierPrice
+from loom.costs import COST_SCALE, cost_micros
 from loom.messages import TokenUsage
 from loom.router.budgets import (
-    COST_SCALE,
     Budget,
     admits,
     budgets_for,
     budgets_of,
     charge,
-    cost_micros,
     counter_key,
     estimate_usage,
     window_end,

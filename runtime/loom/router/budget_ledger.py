@@ -12,9 +12,9 @@ from typing import Any
 
 from loom.api.router_policy import RouterPolicySpec
 from loom.bus import kv_read, kv_swap
+from loom.costs import COST_SCALE
 from loom.messages import TokenUsage
 from loom.router.budgets import (
-    COST_SCALE,
     Budget,
     Hold,
     admits,

@@ -28,17 +28,13 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from loom.api.router_policy import BudgetPeriod, BudgetUnit, RouterPolicySpec, TierPrice
+from loom.costs import COST_SCALE, cost_micros
 from loom.messages import TokenUsage
 
 #: The Key-Value bucket of the budget counters.
 BUDGETS_BUCKET = "loom-router-budgets"
 #: Seconds a counter outlives its last change (a month and then some).
 BUDGETS_TTL = 40 * 24 * 3600.0
-#: Cost units per unit of currency (counters hold integers).
-COST_SCALE = 1_000_000
-#: Price multipliers when a tier names no cache rate (see :class:`TierPrice`).
-CACHE_READ_FACTOR = 0.1
-CACHE_WRITE_FACTOR = 1.25
 
 
 @dataclass(frozen=True)
@@ -95,21 +91,6 @@ def counter_key(budget: Budget, window: str) -> str:
     from loom.router.shared_limits import scope_key
 
     return f"{scope_key(budget.scope)}.{budget.unit}.{budget.period}.{window}"
-
-
-def cost_micros(price: TierPrice, usage: TokenUsage) -> int:
-    """What ``usage`` costs at ``price``, in millionths of the currency (rounded up)."""
-    fresh = price.input_per_million
-    read = fresh * CACHE_READ_FACTOR if price.cache_read_per_million is None else price.cache_read_per_million
-    write = price.cache_write_per_million
-    write = fresh * CACHE_WRITE_FACTOR if write is None else write
-    per_million = (
-        usage.prompt_tokens * fresh
-        + usage.completion_tokens * price.output_per_million
-        + usage.cache_read_tokens * read
-        + usage.cache_write_tokens * write
-    )
-    return math.ceil(per_million - 1e-9)  # per million tokens x tokens / 1e6 x COST_SCALE = per_million
 
 
 def charge(unit: BudgetUnit, usage: TokenUsage, price: TierPrice | None) -> int:

@@ -40,6 +40,7 @@ from loom import metrics, tracing
 from loom.api.router_policy import RouterConfig, RouterPolicySpec
 from loom.audit import dead_letter_record
 from loom.bus import ADVISORY_CONSUMER, STREAM_ADVISORIES, Bus, BusError, Delivery
+from loom.costs import COST_SCALE
 from loom.dead_letters import build_dead_letter, dead_letter_of
 from loom.messages import (
     DeadLetter,
@@ -56,7 +57,7 @@ from loom.messages import (
 )
 from loom.quotas import payload_problem
 from loom.router.budget_ledger import BudgetLedger, Exhausted, budget_usage
-from loom.router.budgets import BUDGETS_BUCKET, BUDGETS_TTL, COST_SCALE, Hold, estimate_usage
+from loom.router.budgets import BUDGETS_BUCKET, BUDGETS_TTL, Hold, estimate_usage
 from loom.router.limits import AdmissionQueue, Limiter, Request, Ticket
 from loom.router.routing import Rejection, Route, RoutingTable, estimate_tokens
 from loom.router.shared_limits import (

@@ -14,7 +14,8 @@ from typing import Any
 
 from loom.api.router_policy import RouterPolicySpec
 from loom.bus import Bus, kv_read
-from loom.router.budgets import BUDGETS_BUCKET, COST_SCALE, budgets_of, counter_key, window_name
+from loom.costs import COST_SCALE
+from loom.router.budgets import BUDGETS_BUCKET, budgets_of, counter_key, window_name
 from loom.router.shared_limits import (
     DEFAULT_WINDOW_SECONDS,
     LIMITS_BUCKET,

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,13 +22,20 @@ from pydantic import ValidationError
 
 from loom import metrics, tracing
 from loom.api.loader import load_one
-from loom.api.router_policy import TIER_CONFIG_ENV, RouterPolicySpec, TierDefinition
+from loom.api.router_policy import (
+    FALLBACK_TIERS_ENV,
+    TIER_CONFIG_ENV,
+    RouterPolicySpec,
+    TierDefinition,
+    TierPrice,
+)
 from loom.api.worker import WorkerSpec
 from loom.audit import dead_letter_record, task_record
 from loom.bus import Bus, Delivery
 from loom.contracts import Contract
 from loom.dead_letters import dead_letter_of
 from loom.errors import TaskError, TaskTimeout
+from loom.llm.fallback import load_fallback_tiers
 from loom.messages import (
     DeadLetter,
     DeadLetterReason,
@@ -71,6 +79,14 @@ def load_tier_definition(
     return TierDefinition(name=tier)
 
 
+def tier_prices(tier: TierDefinition, env: Mapping[str, str]) -> dict[str, TierPrice]:
+    """Prices of ``tier`` and of its fallback tiers (those that have one), by tier name. Fallback
+    definitions are read only where they are given (an LLM worker's engine requires them; a
+    processor worker never falls back)."""
+    fallbacks = load_fallback_tiers(tier, env) if tier.fallback and FALLBACK_TIERS_ENV in env else []
+    return {d.name: d.price for d in (tier, *fallbacks) if d.price is not None}
+
+
 class WorkerRuntime:
     """One worker process for one (worker type, tier)."""
 
@@ -85,6 +101,8 @@ class WorkerRuntime:
         self.bus = bus
         self.spec = spec
         self.tier = tier.name
+        #: Prices of the tiers that may answer (this one and its fallbacks), for audit records' cost.
+        self.prices = tier_prices(tier, os.environ)
         self.worker_type = spec.worker_type
         self.engine = engine if engine is not None else build_engine(spec, tier)
         self.options = options or WorkerOptions()
@@ -200,7 +218,13 @@ class WorkerRuntime:
         await self.bus.publish_result(result)
         await d.ack()
         self.bus.audit.emit(
-            lambda: task_record(result, "worker", payload=task.payload, with_payloads=self.bus.audit.payloads)
+            lambda: task_record(
+                result,
+                "worker",
+                payload=task.payload,
+                with_payloads=self.bus.audit.payloads,
+                price=self.prices.get(result.model_tier or self.tier),
+            )
         )
         self._completed.inc()
         self._dur_ok.observe(elapsed, tracing.exemplar())
@@ -260,7 +284,13 @@ class WorkerRuntime:
         await self.bus.publish_result(result)
         await self._dead(d, exc.reason, f"{exc.code}: {exc}", task)
         self.bus.audit.emit(
-            lambda: task_record(result, "worker", payload=task.payload, with_payloads=self.bus.audit.payloads)
+            lambda: task_record(
+                result,
+                "worker",
+                payload=task.payload,
+                with_payloads=self.bus.audit.payloads,
+                price=self.prices.get(result.model_tier or self.tier),
+            )
         )
         self._failed.inc()
         log.warning("task %s failed for good after %d attempts: %s", task.task_id, attempt, exc)
