@@ -56,7 +56,7 @@ from loom.messages import (
     new_id,
     utcnow,
 )
-from loom.subjects import AUDIT_PREFIX, DEFAULT_TENANT
+from loom.subjects import AUDIT_PREFIX, DEFAULT_TENANT, GOALS_PREFIX
 
 if TYPE_CHECKING:
     from loom.bus import Bus
@@ -172,7 +172,7 @@ def dead_letter_record(dl: DeadLetter) -> AuditRecord:
     """The record of work dead-lettered before any worker answered it (by the router, or a
     worker that could not read the task)."""
     return AuditRecord(
-        kind="goal" if dl.goal_id and not dl.task_id else "task",
+        kind="goal" if (dl.goal_id and not dl.task_id) or dl.subject.startswith(GOALS_PREFIX) else "task",
         outcome="rate_limited" if dl.reason == DeadLetterReason.RATE_LIMITED else "dead_lettered",
         error_kind=dl.reason.value,
         tenant=dl.tenant or DEFAULT_TENANT,

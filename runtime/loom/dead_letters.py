@@ -7,6 +7,7 @@ import hashlib
 from typing import Protocol
 
 from loom.messages import DeadLetter, DeadLetterReason, GoalMessage, TaskMessage
+from loom.subjects import named_tenant
 
 _B64 = "b64:"
 
@@ -66,7 +67,8 @@ def build_dead_letter(
         worker_type=task.worker_type if task else None,
         model_tier=tier or (task.model_tier if task else None),
         goal_id=goal.goal_id if goal else None,
-        tenant=task.tenant if task else (goal.tenant if goal else None),
+        # Unparsed: the tenant the subject names (NATS permissions tie it to an identity).
+        tenant=task.tenant if task else (goal.tenant if goal else named_tenant(subject)),
         deliveries=deliveries,
         source=role,
     )

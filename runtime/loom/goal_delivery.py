@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from loom import metrics
+from loom.audit import dead_letter_record
 from loom.dead_letters import dead_letter_of
 from loom.messages import DeadLetterReason, GoalMessage, GoalResult, TaskStatus, describe_validation_error
 from loom.quotas import MAX_PAYLOAD_ENV, max_payload_bytes, payload_problem
@@ -42,10 +43,10 @@ async def read_goal(bus: Bus, d: Delivery, role: str, max_bytes: int | None = No
         goal: GoalMessage = GoalMessage.from_bytes(d.data)
     except ValidationError as exc:
         reason = f"not a goal the {role} can run: {describe_validation_error(exc)}"
-        await bus.publish_dead_letter(
-            dead_letter_of(d, DeadLetterReason.MALFORMED, reason, stream=STREAM_GOALS, role=role)
-        )
+        malformed = dead_letter_of(d, DeadLetterReason.MALFORMED, reason, stream=STREAM_GOALS, role=role)
+        await bus.publish_dead_letter(malformed)
         await d.term()
+        bus.audit.emit(lambda: dead_letter_record(malformed))
         return None
     # The tenant is the one the subject (tied to an identity by NATS permissions) names.
     return goal.model_copy(update={"tenant": tenant_of_subject(d.subject)})
@@ -59,6 +60,7 @@ async def _too_large(bus: Bus, d: Delivery, role: str, detail: str) -> None:
     reason = DeadLetterReason.TOO_LARGE
     dl = dead_letter_of(d, reason, detail, stream=STREAM_GOALS, role=role, goal=goal)
     await bus.publish_dead_letter(dl.model_copy(update={"original": ""}))
+    bus.audit.emit(lambda: dead_letter_record(dl))
     if goal is not None:
         await bus.publish_result(
             GoalResult(

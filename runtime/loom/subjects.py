@@ -24,6 +24,8 @@ import re
 TASKS_INCOMING = "loom.tasks.incoming"
 DEAD_LETTER = "loom.tasks.dead_letter"
 GOALS_INCOMING = "loom.goals.incoming"
+#: What every goal subject starts with (pipelines' and the orchestrator's).
+GOALS_PREFIX = "loom.goals."
 RESULTS_PREFIX = "loom.results"
 #: The tenant every message without a tenant subject belongs to.
 DEFAULT_TENANT = "default"
@@ -182,10 +184,15 @@ def tenant_of_subject(subject: str) -> str:
     The one rule by which the router and the goal runners take the tenant from
     the subject (which NATS permissions tie to an identity), never from the payload.
     """
+    return named_tenant(subject) or DEFAULT_TENANT
+
+
+def named_tenant(subject: str) -> str | None:
+    """The tenant a submission subject names (``...tenant.<t>``); None when it names none."""
     parts = subject.split(".")
     if len(parts) >= 2 and parts[-2] == TENANT_MARK and parts[0] == "loom" and parts[1] in ("tasks", "goals"):
         return parts[-1]
-    return DEFAULT_TENANT
+    return None
 
 
 def goal_consumer(pipeline: str | None) -> str:

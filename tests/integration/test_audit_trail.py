@@ -17,7 +17,7 @@ from tests.support.processes import LoomProcesses, bus, collect, echo_worker, lo
 
 from loom import tracing
 from loom.bus import Bus
-from loom.messages import TaskMessage
+from loom.messages import DeadLetterReason, TaskMessage
 from loom.subjects import STREAM_AUDIT
 
 pytestmark = pytest.mark.integration
@@ -176,3 +176,37 @@ async def test_a_full_buffer_drops_records_and_counts_them_without_slowing_the_c
 async def _count(bus: Bus, n: int) -> bool:
     await asyncio.sleep(0)
     return len(await bus.audit_records()) == n
+
+
+async def test_a_goal_dead_lettered_unread_leaves_a_goal_record(bus: Bus, nats_url: str) -> None:
+    """A body no pipeline can read is dead-lettered once by the role that read it, and audited."""
+    import nats
+
+    from loom.bus import Delivery
+    from loom.goal_delivery import read_goal
+    from loom.subjects import STREAM_GOALS, goal_subject
+
+    read: list[object] = []
+
+    async def handle(d: Delivery) -> None:
+        read.append(await read_goal(bus, d, "pipeline"))
+
+    stop = asyncio.Event()
+    goals = await bus.ensure_goal_consumer("broken", ack_wait=5, max_deliver=3, max_ack_pending=10)
+    consumer = asyncio.create_task(
+        bus.consume(STREAM_GOALS, goals, handle, max_in_flight=1, batch=1, stop=stop)
+    )
+    nc = await nats.connect(nats_url)
+    try:
+        await nc.jetstream().publish(goal_subject("broken", "acme"), b'{"goal_id": ')
+    finally:
+        await nc.close()
+    (rec,) = await _records(bus, 1)
+    stop.set()
+    await consumer
+    assert read == [None]  # nothing a pipeline could run
+    assert (rec.kind, rec.outcome, rec.error_kind, rec.role, rec.tenant) == (
+        "goal", "dead_lettered", "malformed", "pipeline", "acme",
+    )  # fmt: skip
+    (dead,) = await bus.dead_letters()
+    assert dead.dead_letter.reason == DeadLetterReason.MALFORMED

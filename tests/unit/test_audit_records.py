@@ -107,6 +107,21 @@ def test_worker_prices_cover_its_tier_and_the_fallbacks_that_may_answer() -> Non
     assert tier_prices(TierDefinition(name="local"), {}) == {}
 
 
+def test_a_goal_dead_lettered_unread_is_recorded_as_a_goal() -> None:
+    """A malformed goal has no goal id; its subject still says it was a goal."""
+    dl = DeadLetter(
+        reason=DeadLetterReason.MALFORMED,
+        detail="not a goal the pipeline can run",
+        subject="loom.goals.doc-analysis.tenant.acme",
+        original="{",
+        tenant="acme",
+        source="pipeline",
+    )
+    rec = dead_letter_record(dl)
+    assert (rec.kind, rec.outcome, rec.error_kind) == ("goal", "dead_lettered", "malformed")
+    assert rec.role == "pipeline" and rec.tenant == "acme"
+
+
 def test_payloads_only_when_enabled() -> None:
     rec = task_record(_result(TaskStatus.COMPLETED), "worker", payload={"text": "t"}, with_payloads=True)
     assert rec.payload == {"text": "t"} and rec.output == {"category": "report"}
