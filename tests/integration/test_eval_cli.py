@@ -18,6 +18,8 @@ import yaml
 from tests.fakes.llm_server import FakeLLMServer, Reply, last_user_text
 from tests.support.processes import LoomProcesses, loom_procs, run_cli
 
+from loom.api.status import EvalRun
+
 __all__ = ["loom_procs"]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,6 +187,28 @@ async def test_a_prompt_change_that_breaks_a_case_fails_the_gate(
     # the same change held to a higher threshold also fails on the aggregate
     code, _, err = await loom_eval(suite, tmp_path, "--store", store, "--threshold", "0.9")
     assert code == 1 and "aggregate score 0.750 is below the threshold 0.9" in err
+
+    # The GitOps form of the same gate: the baseline exported into the suite (no store needed where
+    # the suite runs, e.g. an EvalSuite's Job), and the verdict the operator writes to status.
+    code, exported, err = await loom_eval(suite, tmp_path, "--store", store, "--export-baseline", "golden")
+    assert code == 0, err
+    baseline = yaml.safe_load(exported)["baseline"]
+    assert baseline["name"] == "golden"
+    assert baseline["scores"] == {"invoice": 1.0, "contract": 1.0, "news": 1.0}
+    gitops = write(tmp_path / "gitops.yaml", suite_doc(baseline=baseline))
+    summary = tmp_path / "summary.json"
+    code, out, err = await loom_eval(
+        gitops, tmp_path, "--store", tmp_path / "fresh.sqlite", "--summary-file", summary
+    )
+    assert code == 1, out + err
+    assert "regressed against baseline 'golden': contract" in err
+    verdict = EvalRun.model_validate_json(summary.read_text())
+    assert not verdict.passed and verdict.baseline == "golden" and verdict.regressed_cases == ["contract"]
+    # A baseline that does not name its cases' scores within 0 and 1 is refused with the reason.
+    bad = write(tmp_path / "bad-baseline.yaml", suite_doc(baseline={"name": "x", "scores": {"invoice": 2}}))
+    code, _, err = await loom_eval(bad, tmp_path, "--store", store)
+    assert code == 2 and "scores must be within 0 and 1" in err
+
 
 
 async def test_json_run_keeps_raw_replies_retries_tokens_and_the_judges_reasoning(

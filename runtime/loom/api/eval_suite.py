@@ -142,6 +142,24 @@ class EvalCase(SpecModel):
     description: str = ""
 
 
+class EvalBaseline(SpecModel):
+    """A golden baseline kept with the suite (in Git, for a GitOps gate): each case's score in the
+    run it was taken from. ``loom eval --export-baseline NAME`` prints one from a saved baseline."""
+
+    name: str = Field(min_length=1, max_length=120, description="Name the comparison reports.")
+    run_id: str = Field(default="", max_length=64, description="The run it was taken from.")
+    scores: dict[str, float] = Field(
+        min_length=1, max_length=MAX_CASES, description="Case id to that run's score (0-1)."
+    )
+
+    @model_validator(mode="after")
+    def _scores_in_range(self) -> EvalBaseline:
+        bad = sorted(case for case, score in self.scores.items() if not 0.0 <= score <= 1.0)
+        if bad:
+            raise ValueError(f"scores must be within 0 and 1 (cases: {', '.join(bad[:10])})")
+        return self
+
+
 class EvalSuiteSpec(SpecModel):
     """An eval suite: a worker on a tier, cases, scorers and thresholds (and, on a cluster, its Job)."""
 
@@ -164,6 +182,11 @@ class EvalSuiteSpec(SpecModel):
         default_factory=list, max_length=MAX_SCORERS, description="Scorers applied to every case."
     )
     cases: list[EvalCase] = Field(min_length=1, max_length=MAX_CASES, description="The cases.")
+    baseline: EvalBaseline | None = Field(
+        default=None,
+        description="A golden baseline to compare every run with (a case that regressed against it "
+        "fails the run); on a cluster, the EvalSuite's gate.",
+    )
     concurrency: int = Field(default=1, ge=1, le=64, description="Cases in flight at once.")
     tenant: str = Field(
         default="default",

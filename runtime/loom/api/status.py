@@ -110,6 +110,10 @@ class EvalRun(SpecModel):
         default_factory=list, max_length=20, description="Ids of failed cases (the first 20)."
     )
     reasons: list[str] = Field(default_factory=list, max_length=10, description="Why the gate failed.")
+    baseline: str | None = Field(default=None, description="The baseline the run was compared with.")
+    regressed_cases: list[str] = Field(
+        default_factory=list, max_length=20, description="Ids of cases that regressed against it (first 20)."
+    )
     finished_at: str | None = Field(default=None, description="When the Job's pod finished (RFC 3339).")
 
 

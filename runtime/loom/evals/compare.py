@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from loom.api.eval_suite import EvalBaseline
 from loom.evals.runner import CaseResult, RunResult
+from loom.evals.suite import EvalSuite
 
 
 class Verdict(StrEnum):
@@ -122,3 +124,41 @@ def compare_runs(run: RunResult, baseline: RunResult, *, name: str, tolerance: f
                 CaseChange(before.case_id, Verdict.REMOVED, before.score, None, before.passed, None)
             )
     return Comparison(name, baseline.run_id, baseline.score, tolerance, tuple(changes))
+
+
+def inline_baseline(suite: EvalSuite) -> RunResult | None:
+    """The suite's own ``baseline`` as a run to compare with; a case passed in it when its score
+    reaches the suite's case threshold (the rule the run itself is held to)."""
+    if suite.baseline is None:
+        return None
+    pass_score = suite.pass_score
+    cases = [
+        CaseResult(
+            case_id=case_id,
+            input={},
+            expected=None,
+            output=None,
+            scores=[],
+            score=score,
+            passed=score >= pass_score,
+        )
+        for case_id, score in suite.baseline.scores.items()
+    ]
+    return RunResult(
+        run_id=suite.baseline.run_id or suite.baseline.name,
+        suite=suite.name,
+        worker=suite.worker,
+        tier=suite.tier,
+        mode="baseline",
+        started_at="",
+        threshold=suite.threshold,
+        case_threshold=pass_score,
+        cases=cases,
+    )
+
+
+def baseline_of(run: RunResult, name: str) -> EvalBaseline:
+    """A saved run as the ``baseline`` of a suite file (what ``loom eval --export-baseline`` prints)."""
+    scores = {c.case_id: round(c.score, 4) for c in run.cases}
+    return EvalBaseline(name=name, run_id=run.run_id, scores=scores)
+

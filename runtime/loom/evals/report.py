@@ -29,7 +29,13 @@ def gate(run: RunResult, comparison: Comparison | None) -> list[str]:
 TERMINATION_MESSAGE_LIMIT = 4096
 
 
-def run_summary(run: RunResult, reasons: list[str], *, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
+def run_summary(
+    run: RunResult,
+    reasons: list[str],
+    comparison: Comparison | None = None,
+    *,
+    limit: int = TERMINATION_MESSAGE_LIMIT,
+) -> str:
     """The run in a few numbers as compact JSON of at most ``limit`` bytes: what an EvalSuite's Job
     leaves in its termination message and the operator writes to status (``EvalRun``)."""
     failed = [c.case_id for c in run.cases if not c.passed]
@@ -41,12 +47,15 @@ def run_summary(run: RunResult, reasons: list[str], *, limit: int = TERMINATION_
         passed_cases=len(run.cases) - len(failed),
         failed_cases=failed[:20],
         reasons=[r[:400] for r in reasons[:10]],
+        baseline=comparison.baseline_name if comparison is not None else None,
+        regressed_cases=[c.case_id for c in comparison.regressed][:20] if comparison is not None else [],
     )
     text = json.dumps(doc.to_manifest_dict(), separators=(",", ":"), ensure_ascii=False)
-    while len(text.encode()) > limit and (doc.failed_cases or doc.reasons):
+    while len(text.encode()) > limit and (doc.failed_cases or doc.regressed_cases or doc.reasons):
         # Drop detail, never the verdict: case ids first, then reasons from the end.
-        if doc.failed_cases:
+        if doc.failed_cases or doc.regressed_cases:
             doc.failed_cases = doc.failed_cases[: len(doc.failed_cases) // 2]
+            doc.regressed_cases = doc.regressed_cases[: len(doc.regressed_cases) // 2]
         else:
             doc.reasons = doc.reasons[:-1]
         text = json.dumps(doc.to_manifest_dict(), separators=(",", ":"), ensure_ascii=False)

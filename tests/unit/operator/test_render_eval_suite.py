@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 from typing import Any
 
 import kubernetes_validate
@@ -11,10 +12,11 @@ import pytest
 import yaml
 
 from loom.api import WorkerSpec, load_text
-from loom.api.eval_suite import EvalSuiteSpec
+from loom.api.eval_suite import EvalBaseline, EvalSuiteSpec
 from loom.api.status import EvalRun
 from loom.bus_auth import Role, permissions
-from loom.evals.report import TERMINATION_MESSAGE_LIMIT, run_summary
+from loom.evals.compare import compare_runs, inline_baseline
+from loom.evals.report import TERMINATION_MESSAGE_LIMIT, gate, run_summary
 from loom.evals.runner import CaseResult, RunResult
 from loom.evals.suite import parse_suite
 from loom.subjects import incoming_subject
@@ -201,6 +203,41 @@ def test_summary_fits_the_termination_message_and_reads_back_as_the_status_model
     assert 0 < len(back.failed_cases) <= 20
     ok = run_from_pod(terminated_pod(run_summary(_run(3, 3), [])))
     assert ok is not None and ok.passed and ok.score == 1.0
+
+
+def test_a_regression_against_the_suites_baseline_reaches_status_with_its_cases() -> None:
+    """spec.baseline is the gate on a cluster: the Job compares with it, the status names it."""
+    spec = parse_suite(
+        {
+            "worker": "w",
+            "threshold": 0.5,
+            "scorers": [{"type": "schema"}],
+            "cases": [{"id": f"c{i}", "input": {}} for i in range(3)],
+            "baseline": {"name": "golden", "runId": "r0", "scores": {"c0": 1.0, "c1": 1.0, "c2": 0.0}},
+        },
+        "suite",
+    )
+    base = inline_baseline(spec)
+    assert base is not None and [c.passed for c in base.cases] == [True, True, False]
+    run = _run(passed_cases=1, total=3, threshold=0.3)  # case-0000 passes; ids differ from the baseline's
+    run.cases = [replace(c, case_id=f"c{i}") for i, c in enumerate(run.cases)]
+    comparison = compare_runs(run, base, name="golden", tolerance=0.0)
+    reasons = gate(run, comparison)
+    assert reasons and "regressed against baseline 'golden': c1" in reasons[0]
+    back = run_from_pod(terminated_pod(run_summary(run, reasons, comparison), exit_code=1))
+    assert back is not None and not back.passed
+    assert (back.baseline, back.regressed_cases) == ("golden", ["c1"])
+    # 1,000 regressed cases still fit the termination message; the verdict and baseline are kept.
+    many = _run(passed_cases=0, total=1000, threshold=0.0)
+    all_passed = EvalBaseline(name="golden", scores={c.case_id: 1.0 for c in many.cases})
+    everything = inline_baseline(spec.model_copy(update={"baseline": all_passed}))
+    assert everything is not None
+    lots = compare_runs(many, everything, name="golden", tolerance=0.0)
+    text = run_summary(many, gate(many, lots), lots)
+    assert len(text.encode()) <= TERMINATION_MESSAGE_LIMIT
+    kept = run_from_pod(terminated_pod(text, exit_code=1))
+    assert kept is not None and not kept.passed and kept.baseline == "golden"
+    assert 0 < len(kept.regressed_cases) <= 20
 
 
 def test_a_pod_without_a_verdict_is_a_failed_run_that_says_why() -> None:

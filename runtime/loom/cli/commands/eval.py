@@ -20,10 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from loom.api.loader import LoadError, expand_paths, load_paths
 from loom.bus import Bus, BusError
 from loom.cli.common import add_local_credentials_option, add_nats_options, client_nats_settings
-from loom.evals.compare import Comparison, compare_runs
+from loom.evals.compare import Comparison, baseline_of, compare_runs, inline_baseline
 from loom.evals.report import gate, junit_xml, print_table, run_document, run_summary
 from loom.evals.runner import RunResult, run_suite
 from loom.evals.store import SqliteRunStore, StoreError, default_store_path
@@ -61,6 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tier", help="tier to run on (default: the suite's, else the worker's default)")
     parser.add_argument("--baseline", metavar="NAME", help="compare with this saved baseline")
     parser.add_argument("--save-baseline", metavar="NAME", help="save this run as baseline NAME")
+    parser.add_argument(
+        "--export-baseline",
+        metavar="NAME",
+        help="print saved baseline NAME as the suite's `baseline:` (YAML, to keep with the suite in Git) "
+        "and run nothing",
+    )
     parser.add_argument("--junit", metavar="FILE", type=Path, help="write JUnit XML here")
     parser.add_argument("--threshold", type=float, help="aggregate score to reach (overrides the suite's)")
     parser.add_argument("--json", action="store_true", help="print the run as JSON instead of a table")
@@ -203,6 +211,13 @@ async def _run(
             await bus.close()
 
 
+def _export_baseline(store: SqliteRunStore, suite: str, name: str) -> int:
+    """Print a saved baseline as the suite's ``baseline:`` block."""
+    doc = {"baseline": baseline_of(store.baseline(suite, name), name).to_manifest_dict()}
+    print(yaml.safe_dump(doc, sort_keys=False), end="")
+    return 0
+
+
 def _has_judge(suite: EvalSuite) -> bool:
     return any(isinstance(s, JudgeScorer) for c in suite.cases for s in suite.scorers_for(c))
 
@@ -226,7 +241,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         suite, worker, tier, policy = _prepare(args)
         store = SqliteRunStore(args.store or default_store_path(args.suite))
-        baseline = store.baseline(suite.name, args.baseline) if args.baseline else None
+        if args.export_baseline:
+            return _export_baseline(store, suite.name, args.export_baseline)
+        # --baseline names a saved one; without it, the suite's own (spec.baseline), if it has one.
+        baseline = store.baseline(suite.name, args.baseline) if args.baseline else inline_baseline(suite)
+        baseline_name = args.baseline or (suite.baseline.name if suite.baseline else "")
         needed = _uses_embedded_model(args, suite, worker, tier, policy)
         with _embedded_model(needed, args.local_llm_url) as local_url:
             result = asyncio.run(_run(args, suite, worker, tier, policy, local_url))
@@ -237,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     comparison: Comparison | None = None
     if baseline is not None:
-        comparison = compare_runs(result, baseline, name=args.baseline, tolerance=suite.regression_tolerance)
+        comparison = compare_runs(result, baseline, name=baseline_name, tolerance=suite.regression_tolerance)
     reasons = gate(result, comparison)
     if args.junit:
         try:
@@ -247,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
             return _fail(f"cannot write {args.junit}: {exc.strerror or exc} (run {result.run_id} is stored)")
     if args.summary_file:
         try:
-            args.summary_file.write_text(run_summary(result, reasons), encoding="utf-8")
+            args.summary_file.write_text(run_summary(result, reasons, comparison), encoding="utf-8")
         except OSError as exc:
             return _fail(
                 f"cannot write {args.summary_file}: {exc.strerror or exc} (run {result.run_id} is stored)"
