@@ -143,6 +143,35 @@ spec: {workerKind: processor, processingBackend: loom.contrib.docs.DocumentFacts
     assert allowed == {"allowedUrls": ["http://gpu-box:8080"], "allowedNetworks": ["192.168.0.0/16"]}
 
 
+def test_a_fallback_tier_on_the_local_model_gets_the_embedded_server(tmp_path: Path) -> None:
+    """A cloud tier falling back to the local model: loom up starts the model, and the worker's
+    fallback definition points at it (as a local tier's does)."""
+    resources = load_text(
+        """
+apiVersion: loom.dev/v1alpha1
+kind: RouterPolicy
+metadata: {name: p}
+spec:
+  tiers:
+    - {name: cloud, backend: openai, model: gpt-x, fallback: [spare]}
+    - {name: spare, backend: local}
+---
+apiVersion: loom.dev/v1alpha1
+kind: Worker
+metadata: {name: llm-one}
+spec: {systemPrompt: x, defaultModelTier: cloud}
+"""
+    )
+    assert local_llm_tiers(resources) == ["spare"]
+    url = "http://127.0.0.1:8123/v1"
+    plan = build_plan(resources, run_dir=tmp_path, ports=itertools.count(1), local_llm_url=url)
+    env = plan.process("worker-llm-one-cloud").env
+    (spare,) = json.loads(env["LOOM_FALLBACK_TIERS"])
+    assert (spare["name"], spare["baseUrl"]) == ("spare", url)
+    assert env["LOOM_LOCAL_LLM_URL"] == url
+    assert "http://127.0.0.1:8123" in json.loads(env["LOOM_MODEL_ENDPOINTS"])["allowedUrls"]
+
+
 def test_an_llm_tier_on_the_local_model_without_a_server_url_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(PlanError, match="runs on the local model"):
         build_plan(load_paths([SAMPLES]), run_dir=tmp_path, ports=itertools.count(1))

@@ -127,9 +127,15 @@ def local_llm_tiers(resources: Sequence[Resource]) -> list[str]:
                 tdef = worker_tier(policy, tier)
             except KeyError:
                 continue
-            if tdef.backend == "local" and not tdef.base_url:
-                needed.add(tier)
+            # The tier itself, and the fallback tiers a worker on it may call.
+            for name, d in [(tier, tdef), *((f.name, f) for f in _fallbacks(policy, tier))]:
+                if d.backend == "local" and not d.base_url:
+                    needed.add(name)
     return sorted(needed)
+
+
+def _fallbacks(policy: RouterPolicySpec | None, tier: str) -> list[TierDefinition]:
+    return policy.fallback_tiers(tier, mounted_keys=False) if policy is not None else []
 
 
 def _absolute(path: str | None, base: Path) -> str | None:
@@ -195,7 +201,18 @@ def worker_tier_env(
         env.update(local_mode_env(endpoints_of, local_llm_url))
     env[TIER_CONFIG_ENV] = tdef.worker_config()
     if policy is not None and tdef.fallback:
-        env[FALLBACK_TIERS_ENV] = fallback_config(policy.fallback_tiers(tier, mounted_keys=False))
+        fallbacks = policy.fallback_tiers(tier, mounted_keys=False)
+        if local_llm_url and any(f.backend == "local" and not f.base_url for f in fallbacks):
+            # A fallback on the local model reaches the same embedded server as a local tier.
+            fallbacks = [
+                f.model_copy(update={"base_url": local_llm_url})
+                if f.backend == "local" and not f.base_url
+                else f
+                for f in fallbacks
+            ]
+            env["LOOM_LOCAL_LLM_URL"] = local_llm_url
+            env.update(local_mode_env(endpoints_of, local_llm_url))
+        env[FALLBACK_TIERS_ENV] = fallback_config(fallbacks)
     return env, tdef
 
 
