@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from pathlib import Path
 
 from mcp.server.auth.provider import AccessToken
 from mcp.server.transport_security import TransportSecuritySettings
+
+from loom.ports import is_loopback
 
 TOKEN_ENV = "LOOM_MCP_TOKEN"
 TOKEN_FILE_ENV = "LOOM_MCP_TOKEN_FILE"
@@ -31,16 +32,6 @@ MIN_TOKEN_LENGTH = 16
 
 class HttpSecurityError(ValueError):
     """The HTTP gateway cannot start safely as configured; the message says what to change."""
-
-
-def is_loopback(host: str) -> bool:
-    """Whether a listen address only accepts connections from this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def is_wildcard(host: str) -> bool:

@@ -217,6 +217,12 @@ class WorkerRuntime:
         )
         await self.bus.publish_result(result)
         await d.ack()
+        self._audit(result, task)
+        self._completed.inc()
+        self._dur_ok.observe(elapsed, tracing.exemplar())
+
+    def _audit(self, result: TaskResult, task: TaskMessage) -> None:
+        """One audit record of a task's final result, priced at the tier that answered."""
         self.bus.audit.emit(
             lambda: task_record(
                 result,
@@ -226,8 +232,6 @@ class WorkerRuntime:
                 price=self.prices.get(result.model_tier or self.tier),
             )
         )
-        self._completed.inc()
-        self._dur_ok.observe(elapsed, tracing.exemplar())
 
     async def _run(self, task: TaskMessage) -> WorkOutcome:
         own_checks = not self.engine.checks_contracts
@@ -283,15 +287,7 @@ class WorkerRuntime:
         )
         await self.bus.publish_result(result)
         await self._dead(d, exc.reason, f"{exc.code}: {exc}", task)
-        self.bus.audit.emit(
-            lambda: task_record(
-                result,
-                "worker",
-                payload=task.payload,
-                with_payloads=self.bus.audit.payloads,
-                price=self.prices.get(result.model_tier or self.tier),
-            )
-        )
+        self._audit(result, task)
         self._failed.inc()
         log.warning("task %s failed for good after %d attempts: %s", task.task_id, attempt, exc)
 

@@ -9,9 +9,10 @@ Without an access token only loopback ``Host`` names are served, which defeats D
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from collections.abc import Mapping
 from urllib.parse import urlsplit
+
+from loom.ports import is_loopback
 
 CSRF_HEADER = "x-loom-csrf"
 CSRF_FIELD = "csrf"
@@ -23,16 +24,6 @@ LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 
 class BindError(ValueError):
     """The bind address is not allowed as given."""
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names only this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_bind(host: str, token: str | None) -> None:
