@@ -14,8 +14,12 @@ import mcp_types as types
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
+from mcp_types import Implementation
 from tests.support.mcp_gateway import Gateway
-from tests.support.processes import LoomProcesses, loom_procs, write_yaml
+from tests.support.processes import LoomProcesses, loom_procs, poll, write_yaml
+
+from loom.bus import Bus
+from loom.settings import NatsSettings
 
 __all__ = ["loom_procs"]
 
@@ -79,8 +83,8 @@ def _text(result: types.CallToolResult) -> str:
     return result.content[0].text
 
 
-async def test_tools_listed_and_called_over_streamable_http(system: Gateway) -> None:
-    async with Client(system.url) as client:
+async def test_tools_listed_and_called_over_streamable_http(system: Gateway, nats_url: str) -> None:
+    async with Client(system.url, client_info=Implementation(name="ide-agent", version="1")) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
         assert set(tools) == {"echo", "shout", "echo_pipeline"}
         assert tools["echo"].description == "Echo the payload back."
@@ -105,6 +109,20 @@ async def test_tools_listed_and_called_over_streamable_http(system: Gateway) -> 
         goal = await client.call_tool("echo_pipeline", {"text": "deep"})
         assert not goal.is_error, _text(goal)
         assert "deep" in _text(goal)
+
+    # The audit trail says who submitted: this gateway, and the MCP client as it introduced itself.
+    bus = await Bus.connect(NatsSettings(url=nats_url, name="audit-reader"))
+    try:
+        records: list[Any] = []
+
+        async def echoed() -> bool:
+            records[:] = [r for r in await bus.audit_records() if r.outcome == "completed"]
+            return any(r.worker_type == "echo" for r in records)
+
+        await poll(echoed, timeout=30)
+    finally:
+        await bus.close()
+    assert {r.submitter for r in records} == {"mcp:test_gateway/ide-agent"}
 
 
 async def test_workspace_resources_and_traversal_refused(system: Gateway, tmp_path: Path) -> None:

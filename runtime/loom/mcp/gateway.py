@@ -120,13 +120,16 @@ class Gateway:
         return types.ListToolsResult(tools=self.list_tools())
 
     async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
-        result = await self.call(params.name, dict(params.arguments or {}))
+        result = await self.call(params.name, dict(params.arguments or {}), client=_client_name(ctx))
         if self.workspace is not None:
             await self._notify_workspace_changes(ctx)
         return result
 
-    async def call(self, name: str, arguments: dict[str, Any]) -> types.CallToolResult:
-        """Run one tool call: validate, submit over NATS, wait for the result."""
+    async def call(
+        self, name: str, arguments: dict[str, Any], *, client: str | None = None
+    ) -> types.CallToolResult:
+        """Run one tool call: validate, submit over NATS, wait for the result. ``client`` is the MCP
+        client's name (from its initialize request), recorded as the submitter."""
         tool = self.plan.tools.get(name)
         if tool is None:
             return _text_result(f"unknown tool {name!r}; known: {', '.join(self.plan.tools)}", error=True)
@@ -136,9 +139,10 @@ class Gateway:
         if tool.kind == "query":
             return await self._run_query(tool, arguments)
         try:
+            submitter = f"mcp:{self.plan.config.name}" + (f"/{client}" if client else "")
             if tool.kind == "worker":
-                return await self._run_task(tool, arguments)
-            return await self._run_goal(tool, arguments)
+                return await self._run_task(tool, arguments, submitter)
+            return await self._run_goal(tool, arguments, submitter)
         except ValidationError as exc:  # e.g. a target or tier that cannot be a subject token
             problem = describe_validation_error(exc)
             return _text_result(f"cannot build the message for {name}: {problem}", error=True)
@@ -177,7 +181,9 @@ class Gateway:
             await self.bus.close()
             self.bus, self._owns_bus = None, False
 
-    async def _run_task(self, tool: ToolDef, arguments: dict[str, Any]) -> types.CallToolResult:
+    async def _run_task(
+        self, tool: ToolDef, arguments: dict[str, Any], submitter: str
+    ) -> types.CallToolResult:
         task = TaskMessage(
             worker_type=tool.target, payload=arguments, model_tier=tool.tier, tenant=self.plan.config.tenant,
             metadata={"source": "mcp", "mcp_server": self.plan.config.name, "mcp_tool": tool.name},
@@ -185,7 +191,7 @@ class Gateway:
         bus = await self._connected()
         sub = await bus.subscribe_results(task.result_key, task.tenant)
         try:
-            with tracing.root(f"mcp {tool.name}", submitted_by=f"mcp:{self.plan.config.name}"):
+            with tracing.root(f"mcp {tool.name}", submitted_by=submitter):
                 await bus.publish_task(task)
             try:
                 data = await sub.get(timeout=tool.timeout_seconds)
@@ -204,7 +210,9 @@ class Gateway:
         output = result.output or {}
         return _text_result(json.dumps(output, ensure_ascii=False), structured=output)
 
-    async def _run_goal(self, tool: ToolDef, arguments: dict[str, Any]) -> types.CallToolResult:
+    async def _run_goal(
+        self, tool: ToolDef, arguments: dict[str, Any], submitter: str
+    ) -> types.CallToolResult:
         instruction, context = tool_message_fields(tool, arguments)
         goal = GoalMessage(
             pipeline=tool.target, instruction=instruction, context=context, tenant=self.plan.config.tenant,
@@ -215,7 +223,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + tool.timeout_seconds
         try:
-            with tracing.root(f"mcp {tool.name}", submitted_by=f"mcp:{self.plan.config.name}"):
+            with tracing.root(f"mcp {tool.name}", submitted_by=submitter):
                 await bus.publish_goal(goal)
             while True:
                 try:
@@ -339,3 +347,11 @@ async def serve_streamable_http(
         host=host, transport_security=security.transport_security(), **auth
     )
     await _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")).serve()
+
+
+def _client_name(ctx: Any) -> str | None:
+    """The calling MCP client's name as it introduced itself (``clientInfo.name``), when it did."""
+    params = getattr(getattr(ctx, "session", None), "client_params", None)
+    info = getattr(params, "client_info", None)
+    name = getattr(info, "name", None)
+    return name if isinstance(name, str) and name else None
