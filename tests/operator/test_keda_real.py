@@ -330,6 +330,9 @@ def keda(control_plane: ControlPlane, loom_crds: None) -> Iterator[Keda]:
 
             wait_for(available, 120, what=f"KEDA's external metrics API available (logs in {workdir})")
             yield started
+            # Logs and certificates go at teardown (a KEDA process that died reports its log's tail);
+            # a start that failed keeps them for reading.
+            shutil.rmtree(workdir, ignore_errors=True)
         finally:
             adapter.stop()
             operator.stop()
@@ -410,7 +413,7 @@ def test_real_keda_activates_a_tier_from_zero_and_scales_it_on_consumer_lag(
 
         # No consumer yet (no worker ever started): KEDA's scaler reports an error and the tier
         # keeps the replicas it has; it is not scaled up towards its maximum on missing data.
-        scaled_object = f"{scaled_object_name('burst', 'local')}"
+        scaled_object = scaled_object_name("burst", "local")
         wait_for(lambda: keda_saw(loom, scaled_object), 60, what="KEDA reconciled the ScaledObject")
         for _ in range(10):  # ten of its 1 s polling intervals
             assert replicas() <= 1
