@@ -3,6 +3,7 @@ editor, run again against the baseline and see the regressed case marked."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,14 @@ async def test_run_save_baseline_change_prompt_and_see_the_regression(
     assert "STRICT" in openai.requests[-1]["messages"][0]["content"]
     await page.screenshot(path=artifacts / "eval-regression.png", full_page=True)
     assert (root / "evals" / "classifier.runs.sqlite").is_file()  # runs are stored beside the suite
+
+    # A baseline can be removed (after confirming); its run stays among the earlier runs.
+    page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await page.click("li[data-baseline='golden'] .remove-baseline")
+    await page.wait_for_url(f"{ws.url}/evals/classifier-evals")
+    await page.locator("#baselines li.muted").wait_for()
+    assert await page.locator("#baseline option").all_inner_texts() == ["(none)"]
+    assert await page.locator("#past-runs tr").count() == 1 + 2  # the header, and both runs
 
 
 async def test_define_a_suite_in_the_page_and_run_it(

@@ -33,6 +33,8 @@ class RunStore(Protocol):
 
     def save_baseline(self, suite: str, name: str, run_id: str) -> None: ...
 
+    def remove_baseline(self, suite: str, name: str) -> None: ...
+
     def baseline(self, suite: str, name: str) -> RunResult: ...
 
     def baselines(self, suite: str) -> dict[str, str]: ...
@@ -118,6 +120,13 @@ class SqliteRunStore:
                 "INSERT OR REPLACE INTO baselines (suite, name, run_id, saved_at) VALUES (?, ?, ?, ?)",
                 (suite, name, run_id, now_iso()),
             )
+
+    def remove_baseline(self, suite: str, name: str) -> None:
+        """Forget the suite's baseline ``name`` (its run stays stored)."""
+        with closing(self._connect()) as conn, conn:
+            gone = conn.execute("DELETE FROM baselines WHERE suite = ? AND name = ?", (suite, name)).rowcount
+        if not gone:
+            raise StoreError(f"{self.path}: suite {suite!r} has no baseline {name!r}")
 
     def baseline(self, suite: str, name: str) -> RunResult:
         with closing(self._connect()) as conn:

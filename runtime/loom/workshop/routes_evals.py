@@ -138,10 +138,21 @@ def routes(ctx: Ctx) -> list[Route]:
             f"<b>{escape(name)}</b>.</p>"
         )
 
+    async def remove_baseline(request: Request) -> Response:
+        snap = project.load()
+        rel, suite = find(snap, request.path_params["suite"])
+        name = (await form(request)).get("name", "")
+        try:
+            store_of(rel).remove_baseline(suite.name, name)
+        except StoreError as exc:
+            return ctx.problems(request, [str(exc)], status=422)
+        return HTMLResponse("removed", headers={"HX-Redirect": f"/evals/{suite.name}"})
+
     return [
         Route("/evals", index),
         Route("/evals/new", create, methods=["POST"]),
         Route("/evals/{suite}", suite_page),
         Route("/evals/{suite}/run", run, methods=["POST"]),
         Route("/evals/{suite}/baseline", baseline, methods=["POST"]),
+        Route("/evals/{suite}/baseline/remove", remove_baseline, methods=["POST"]),
     ]
