@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from loom.bus import Bus, BusError, Delivery
 from loom.goal_delivery import read_goal
 from loom.messages import DeadLetterReason, GoalMessage, TaskMessage
 from loom.router.service import RouterOptions, RouterService
+from loom.router.usage import read_usage
 from loom.settings import NatsSettings
 from loom.subjects import STREAM_DEAD_LETTER, STREAM_GOALS, STREAM_INCOMING, STREAM_TASKS
 
@@ -216,3 +218,43 @@ async def test_an_oversized_goal_is_dead_lettered_once_as_too_large_by_the_goal_
     finally:
         stop.set()
         await consuming
+
+
+async def test_a_router_keeping_its_limits_in_memory_stores_their_use_for_readers(bus: Bus) -> None:
+    """One router (``--limits auto``): its use is all the use there is; RouterPolicy status and
+    ``loom budget`` read the snapshot it stores, and a stale one (the router gone) reads as unknown."""
+    policy = {
+        "rateLimits": {"local": {"requestsPerMinute": 10, "maxConcurrent": 2}},
+        "tenantLimits": {"overrides": {"a": {"requestsPerMinute": 5}}},
+    }
+    spec = RouterPolicySpec.model_validate(policy)
+    service = RouterService(
+        bus, RouterConfig(policy=spec), RouterOptions(no_worker_wait=0, budget_interval=0.1), clock=Clock()
+    )
+    stop = asyncio.Event()
+    run = asyncio.create_task(service.run(stop))
+    try:
+        await poll(lambda: service.ready)
+        await publish(bus, "a", 3)  # no worker answers: two go out and stay in flight, one waits
+
+        async def rows() -> dict[tuple[str, str], float | None]:
+            limits, _ = await read_usage(bus, spec, time.time(), shared=False)
+            return {(u.scope, u.what): u.used for u in limits}
+
+        async def settled() -> bool:
+            return (await rows()).get(("tier:local", "in_flight")) == 2.0
+
+        await poll(settled, timeout=20)
+        assert await rows() == {
+            ("tier:local", "requests"): 2.0,  # a frozen clock refills nothing
+            ("tier:local", "in_flight"): 2.0,
+            ("tenant:a", "requests"): 2.0,
+            ("tenant:*", "requests"): 0.0,  # the default tenant budget (on by default): unused
+        }
+        limits, _ = await read_usage(bus, spec, time.time())  # not told how the limits are kept
+        assert {(u.scope, u.what, u.used, u.limit) for u in limits} >= {("tier:local", "requests", 2.0, 10.0)}
+    finally:
+        stop.set()
+        await asyncio.wait_for(run, 30)
+    later, _ = await read_usage(bus, spec, time.time() + 120, shared=False)
+    assert {u.used for u in later} == {None}  # no router writes it any more: unknown, not zero

@@ -39,7 +39,7 @@ from pydantic import ValidationError
 from loom import metrics, tracing
 from loom.api.router_policy import RouterConfig, RouterPolicySpec
 from loom.audit import dead_letter_record
-from loom.bus import ADVISORY_CONSUMER, STREAM_ADVISORIES, Bus, BusError, Delivery
+from loom.bus import ADVISORY_CONSUMER, STREAM_ADVISORIES, Bus, BusError, Delivery, kv_put
 from loom.costs import COST_SCALE
 from loom.dead_letters import build_dead_letter, dead_letter_of
 from loom.messages import (
@@ -67,6 +67,7 @@ from loom.router.shared_limits import (
     SharedLimits,
     limits_mode,
 )
+from loom.router.usage import LOCAL_USE_KEY, local_use
 from loom.subjects import ROUTER_CONSUMER, STREAM_GOALS, STREAM_INCOMING, STREAM_TASKS, tenant_of_subject
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,8 @@ class RouterOptions:
     limit_window: float = DEFAULT_WINDOW_SECONDS
     #: Seconds a replica's shared in-flight slots stay held once it stops renewing them.
     limit_lease: float = DEFAULT_LEASE_SECONDS
-    #: How often the budget gauges are read from the shared counters.
+    #: How often the budget gauges are read from the shared counters (and, with limits kept in
+    #: memory, how often their use is stored for readers).
     budget_interval: float = 15.0
 
 
@@ -165,10 +167,12 @@ class RouterService:
             max_ack_pending=o.max_in_flight * self.limiter.replicas,
         )
         await self.bus.ensure_advisory_consumer()
-        shared_kv = None
+        shared_kv = local_kv = None
         if self.shared is not None:  # windows outlive their counters by far; leases are renewed
             ttl = max(3600.0, 4 * self.options.limit_window)
             shared_kv = await self.bus.key_value(LIMITS_BUCKET, ttl=ttl)
+        elif self._has_limits():  # in memory: a snapshot of the use, for status and `loom budget`
+            local_kv = await self.bus.key_value(LIMITS_BUCKET, ttl=max(3600.0, 4 * self.options.limit_window))
         if self.table.policy.budgets.tiers or self.table.policy.budgets.tenants:
             kv = await self.bus.key_value(BUDGETS_BUCKET, ttl=BUDGETS_TTL)
             self.ledger = BudgetLedger(self.table.policy, kv)
@@ -186,6 +190,11 @@ class RouterService:
             asyncio.create_task(self._no_worker_loop(stop), name="router-no-worker"),
             *([asyncio.create_task(self._budget_loop(stop), name="router-budgets")] if self.ledger else []),
             *self._shared_task(shared_kv, stop),
+            *(
+                [asyncio.create_task(self._local_use_loop(local_kv, stop), name="router-local-use")]
+                if local_kv
+                else []
+            ),
             asyncio.create_task(
                 self.bus.consume(
                     STREAM_ADVISORIES,
@@ -561,6 +570,21 @@ class RouterService:
             del self.holds[tid]
         if lost:
             log.warning("%d budget reservations kept at their estimate: results never came back", len(lost))
+
+    def _has_limits(self) -> bool:
+        policy = self.table.policy
+        return bool(policy.rate_limits or policy.tenant_limits.default or policy.tenant_limits.overrides)
+
+    async def _local_use_loop(self, kv: Any, stop: asyncio.Event) -> None:
+        """Store this router's in-memory limit use every ``budget_interval`` (it is all the use)."""
+        while not stop.is_set():
+            sets = [*self.limiter.tiers.values(), *self.limiter.tenants.values()]
+            try:
+                await kv_put(kv, LOCAL_USE_KEY, local_use(sets, self.clock(), time.time()))
+            except Exception as exc:  # NATS away: the next round writes a fresh one
+                log.debug("storing the limit use failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.options.budget_interval)
 
     def _update_gauges(self) -> None:
         now = self.clock()

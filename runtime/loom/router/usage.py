@@ -1,14 +1,19 @@
 """What a RouterPolicy's limits and budgets have used in their current windows, read from the shared
 counters (for ``loom budget`` and the RouterPolicy status).
 
-Rows are bounded by the configuration, never by traffic: one per budget, one per shared limit of
-each tier, listed tenant and the default tenant budget (``tenant:*``). Limits kept by a single
-router in memory (``--limits local``) are not in NATS; their rows say so.
+Rows are bounded by the configuration, never by traffic: one per budget, one per limit of each
+tier, listed tenant and the default tenant budget (``tenant:*``). Shared limits are read from their
+windows' counters. A router that keeps its limits in memory (one replica: ``--limits auto`` or
+``local``) holds all the use there is, and stores a snapshot of it every few seconds
+(:func:`local_use`, key :data:`LOCAL_USE_KEY` of the limits bucket): for a request or token limit,
+what its bucket has given out and not yet refilled (window ``now``), and the tasks in flight. A
+snapshot older than :data:`LOCAL_USE_FRESH_SECONDS` (the router is gone) reads as unknown.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -16,6 +21,7 @@ from loom.api.router_policy import RouterPolicySpec
 from loom.bus import Bus, kv_read
 from loom.costs import COST_SCALE
 from loom.router.budgets import BUDGETS_BUCKET, budgets_of, counter_key, window_name
+from loom.router.limits import LimitSet
 from loom.router.shared_limits import (
     DEFAULT_WINDOW_SECONDS,
     LIMITS_BUCKET,
@@ -78,6 +84,51 @@ async def limit_usage(
     return out
 
 
+#: Key (in the limits bucket) of the in-memory limit use of a router that does not share its limits.
+LOCAL_USE_KEY = "local-use"
+#: Age past which that snapshot no longer describes a running router.
+LOCAL_USE_FRESH_SECONDS = 60.0
+
+
+def local_use(sets: Iterable[LimitSet], now: float, wall: float) -> bytes:
+    """The snapshot a router keeping its limits in memory stores: per scope, the requests and tokens
+    its buckets have given out and not yet refilled, and the tasks it has in flight."""
+    scopes: dict[str, dict[str, float]] = {}
+    for ls in sets:
+        entry: dict[str, float] = {}
+        if ls.requests is not None:
+            entry["requests"] = round(ls.requests.capacity - ls.requests.available(now), 3)
+        if ls.tokens is not None:
+            entry["tokens"] = round(ls.tokens.capacity - ls.tokens.available(now), 3)
+        if ls.concurrency is not None:
+            entry["in_flight"] = float(ls.concurrency.used)
+        if entry:
+            scopes[ls.name] = entry
+    return json.dumps({"at": wall, "scopes": scopes}, sort_keys=True).encode()
+
+
+async def local_limit_usage(kv: Any, policy: RouterPolicySpec, wall: float) -> list[Use] | None:
+    """Limit rows from a fresh in-memory snapshot; None when there is none (limits shared, or no
+    router running)."""
+    raw = (await kv_read(kv, LOCAL_USE_KEY))[0] if kv is not None else None
+    if not raw:
+        return None
+    doc = json.loads(raw)
+    if wall - float(doc.get("at", 0.0)) > LOCAL_USE_FRESH_SECONDS:
+        return None
+    out = []
+    for scope, spec in _limit_scopes(policy):
+        use = doc.get("scopes", {}).get(scope, {})  # a scope not used yet has no limit set: nothing used
+        for what, per_minute in (("requests", spec.requests_per_minute), ("tokens", spec.tokens_per_minute)):
+            if per_minute:
+                out.append(Use(scope, what, "now", float(use.get(what, 0.0)), float(per_minute)))
+        if spec.max_concurrent:
+            out.append(
+                Use(scope, "in_flight", "now", float(use.get("in_flight", 0.0)), float(spec.max_concurrent))
+            )
+    return out
+
+
 async def budget_rows(kv: Any, policy: RouterPolicySpec, wall: float) -> list[Use]:
     """Budget use in each budget's current calendar window (cost in currency); ``kv`` None: nothing
     has been reserved yet, every budget is at zero."""
@@ -94,9 +145,14 @@ async def budget_rows(kv: Any, policy: RouterPolicySpec, wall: float) -> list[Us
 async def read_usage(
     bus: Bus, policy: RouterPolicySpec, wall: float, *, shared: bool | None = None
 ) -> tuple[list[Use], list[Use]]:
-    """(limit rows, budget rows) of ``policy`` now; ``shared`` False: its routers keep the limits in
-    memory (no limit use to read), None: read them when the bucket exists."""
-    limits_kv = await bus.existing_key_value(LIMITS_BUCKET) if shared is not False else None
-    limits = await limit_usage(limits_kv, policy, wall)
+    """(limit rows, budget rows) of ``policy`` now; ``shared`` False: its router keeps the limits in
+    memory (its snapshot is read), True: they are shared, None: whichever the bucket holds (a fresh
+    snapshot first)."""
+    limits_kv = await bus.existing_key_value(LIMITS_BUCKET)
+    local = await local_limit_usage(limits_kv, policy, wall) if shared is not True else None
+    if local is not None:
+        limits = local
+    else:
+        limits = await limit_usage(limits_kv if shared is not False else None, policy, wall)
     budgets = await budget_rows(await bus.existing_key_value(BUDGETS_BUCKET), policy, wall)
     return limits, budgets
