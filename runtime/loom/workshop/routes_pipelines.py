@@ -57,6 +57,18 @@ def routes(ctx: Ctx) -> list[Route]:
             tab="pipelines",
         )
 
+    def saved(request: Request, rel: str, old: str, new: str, edited: Resource, note: str) -> Response:
+        """Keep the edited file (and its version), then show the diff and the new graph."""
+        version = edits.save(project.root, rel, old, new, ctx.versions, note)
+        return ctx.page(
+            request,
+            "_stage_saved.html",
+            rel=rel,
+            version=version,
+            diff=edits.unified_diff(old, new, rel),
+            g=layout(edited.spec),
+        )
+
     async def edit_stage(request: Request) -> Response:
         snap = project.load()
         res = find(snap, request.path_params["name"])
@@ -78,15 +90,7 @@ def routes(ctx: Ctx) -> list[Route]:
             return ctx.problems(request, exc.problems, status=422)
         if new == old:
             return ctx.problems(request, ["nothing changed"], status=422)
-        version = edits.save(project.root, rel, old, new, ctx.versions, f"stage {stage}")
-        return ctx.page(
-            request,
-            "_stage_saved.html",
-            rel=rel,
-            version=version,
-            diff=edits.unified_diff(old, new, rel),
-            g=layout(edited.spec),
-        )
+        return saved(request, rel, old, new, edited, f"stage {stage}")
 
     async def change(request: Request) -> Response:
         """Add a stage (after one, or last) or remove one; saved like a stage edit."""
@@ -110,15 +114,7 @@ def routes(ctx: Ctx) -> list[Route]:
                 note = f"remove stage {values.get('stage', '')}"
         except edits.EditError as exc:
             return ctx.problems(request, exc.problems, status=422)
-        version = edits.save(project.root, rel, old, new, ctx.versions, note)
-        return ctx.page(
-            request,
-            "_stage_saved.html",
-            rel=rel,
-            version=version,
-            diff=edits.unified_diff(old, new, rel),
-            g=layout(edited.spec),
-        )
+        return saved(request, rel, old, new, edited, note)
 
     async def run_goal(request: Request) -> Response:
         snap = project.load()
