@@ -6,13 +6,18 @@ process is ready, submits the sample document to the ``doc-analysis`` pipeline w
 submit --wait`` and stops. Figures per configuration: seconds until ready, seconds from submit to
 the goal's result, whether it completed, and the stage timeline ``loom submit`` prints.
 
-- **new**: this source tree's ``loom up`` (its own settings, see ``loom.llm.llama_settings``);
+- **new**: this source tree's ``loom up`` (its own settings, see ``loom.llm.llama_settings``:
+  batch of 512, as many servers as the pipeline runs stages at once, up to the cores, each with
+  its share of the threads, behind one balancing address);
+- **one-server**: the same with ``LOOM_LOCAL_SERVERS=1`` (what the servers alone bring);
 - **old**: ``loom up`` from another source tree (``--baseline-src``, e.g. the commit before the
   change: ``git archive <commit> runtime | tar -x -C /tmp/base`` then ``--baseline-src
   /tmp/base/runtime``), or this tree with the old server settings given as environment
-  (``--old-env``, default: one thread waiting actively, batch of 512, no prompt cache).
+  (``--old-env``, default: one server with a batch of one token, every core's thread waiting
+  actively, no prompt cache).
 
-The configurations alternate over ``--rounds``; ratio = old goal seconds / new goal seconds.
+The configurations alternate over ``--rounds``; ratio = old goal seconds / new goal seconds, from
+each configuration's best round.
 
 Run: ``.venv/bin/python -m bench.local_model [--baseline-src DIR] [--rounds 1] [--goal-timeout 600]``.
 """
@@ -33,8 +38,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 OLD_ENV = {
+    "LOOM_LOCAL_SERVERS": "1",
     "LOOM_LOCAL_THREADS": str(os.cpu_count() or 1),
-    "LOOM_LOCAL_N_BATCH": "512",
+    "LOOM_LOCAL_N_BATCH": "1",
     "LOOM_LOCAL_PROMPT_CACHE": "0",
     "OMP_WAIT_POLICY": "ACTIVE",
 }
@@ -134,6 +140,7 @@ def main() -> None:
         "--old-env", default=json.dumps(OLD_ENV), help="old settings (without --baseline-src)"
     )
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--configs", default="new,one-server,old", help="which configurations to run")
     parser.add_argument("--ready-timeout", type=float, default=600)
     parser.add_argument("--goal-timeout", type=float, default=600)
     args = parser.parse_args()
@@ -143,7 +150,8 @@ def main() -> None:
         old = base | {"PYTHONPATH": path}
     else:
         old = base | json.loads(args.old_env)
-    configs = {"new": base, "old": old}
+    configs = {"new": base, "one-server": base | {"LOOM_LOCAL_SERVERS": "1"}, "old": old}
+    configs = {name: env for name, env in configs.items() if name in args.configs.split(",")}
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
     for _ in range(args.rounds):
         for name, env in configs.items():
@@ -151,12 +159,15 @@ def main() -> None:
             print(json.dumps({"config": name} | result), flush=True)
             results[name].append(result)
     best = {name: min(rs, key=lambda r: (not r["completed"], r["goal_s"])) for name, rs in results.items()}
-    new, old_best = best["new"], best["old"]
-    print(
-        f"sample goal: new {new['goal_s']} s ({'completed' if new['completed'] else 'FAILED'}), "
-        f"old {old_best['goal_s']} s ({'completed' if old_best['completed'] else 'FAILED'}); "
-        f"old / new {old_best['goal_s'] / new['goal_s']:.2f}x"
+    summary = ", ".join(
+        f"{name} {r['goal_s']} s ({'completed' if r['completed'] else 'FAILED'})" for name, r in best.items()
     )
+    ratios = [
+        f"{name} / new {r['goal_s'] / best['new']['goal_s']:.2f}x"
+        for name, r in best.items()
+        if name != "new"
+    ]
+    print(f"sample goal: {summary}" + (f"; {', '.join(ratios)}" if "new" in best else ""))
 
 
 if __name__ == "__main__":

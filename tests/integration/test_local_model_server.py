@@ -17,7 +17,7 @@ from aiohttp import web
 
 from loom.llm.llama_settings import DEFAULT_BATCH
 from loom.llm.local_server import LocalLlamaServer, probe_batch
-from loom.local.llm import MODEL_ALIAS, local_llm_process
+from loom.local.llm import MODEL_ALIAS, local_llm_processes
 from loom.ports import free_port
 
 
@@ -84,7 +84,9 @@ def test_loom_up_runs_the_same_command_line(tmp_path: Path) -> None:
     port = free_port()
     env = {"LOOM_LOCAL_THREADS": "1"}
     verdicts = tmp_path / "verdicts.json"
-    spec, url = local_llm_process(port, probe_log=tmp_path / "probe.log", env=env, verdicts=verdicts)
+    [spec], url = local_llm_processes(
+        iter([port]), widest=1, probe_log=tmp_path / "probe.log", env=env, verdicts=verdicts
+    )
     assert url == f"http://127.0.0.1:{port}/v1"
     argv = list(spec.argv)
     assert argv[1:3] == ["-m", "llama_cpp.server"]
@@ -97,11 +99,15 @@ def test_loom_up_runs_the_same_command_line(tmp_path: Path) -> None:
     assert list(json.loads(verdicts.read_text()).values()) == [True]
 
     # The verdict is kept: the next start runs no probe server; a kept crash means a batch of one.
-    again, _ = local_llm_process(port, probe_log=tmp_path / "again.log", env=env, verdicts=verdicts)
+    [again], _ = local_llm_processes(
+        iter([port]), widest=1, probe_log=tmp_path / "again.log", env=env, verdicts=verdicts
+    )
     assert again.argv == spec.argv
     assert not (tmp_path / "again.log").exists()
     verdicts.write_text(json.dumps({key: False for key in json.loads(verdicts.read_text())}))
-    crashed, _ = local_llm_process(port, probe_log=tmp_path / "again.log", env=env, verdicts=verdicts)
+    [crashed], _ = local_llm_processes(
+        iter([port]), widest=1, probe_log=tmp_path / "again.log", env=env, verdicts=verdicts
+    )
     assert flag(list(crashed.argv), "--n_batch") == "1"
     assert not (tmp_path / "again.log").exists()
 

@@ -2,8 +2,11 @@
 
 llama-cpp-python's server (``python -m llama_cpp.server``) holds one model behind one lock:
 it answers one request at a time and has no parallel slots (llama.cpp's own ``llama-server
---parallel`` has them; this server has no such setting). What can be chosen is how fast each
-request goes:
+--parallel`` has them; this server has no such setting). So parallel requests are served by
+several server processes on the one model file (mapped, so its pages are shared), each with its
+share of the cores, behind one address (:mod:`loom.llm.balancer`); how many is
+:func:`server_count` (``LOOM_LOCAL_SERVERS`` overrides). What can be chosen per server is how
+fast each request goes:
 
 - ``n_batch``: prompt tokens evaluated per step. One token at a time reads a prompt several times
   slower than a batch; a batch of 512 covers the sample workers' prompts in one step. Some builds
@@ -37,6 +40,9 @@ DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
 BATCH_ENV = "LOOM_LOCAL_N_BATCH"
 THREADS_ENV = "LOOM_LOCAL_THREADS"
 CACHE_ENV = "LOOM_LOCAL_PROMPT_CACHE"
+SERVERS_ENV = "LOOM_LOCAL_SERVERS"
+#: Most servers chosen by default: each one holds its own context and prompt cache in memory.
+MAX_DEFAULT_SERVERS = 4
 
 
 class LlamaSettingsError(ValueError):
@@ -138,6 +144,24 @@ def default_threads(cores: int) -> int:
     return cores - 1 if cores >= 4 else cores
 
 
+def default_servers(cores: int, widest: int) -> int:
+    """Servers for the local model: one per request that can be in flight at once (the widest
+    parallel level of the pipelines served), no more than the cores (a server per core at least)
+    nor :data:`MAX_DEFAULT_SERVERS`; at least 1."""
+    return max(1, min(cores, widest, MAX_DEFAULT_SERVERS))
+
+
+def threads_per_server(cores: int, servers: int) -> int:
+    """Each server's share of :func:`default_threads`, rounded up, at least 1 (its threads wait
+    passively, so a share rounded up costs little when the servers are not all busy)."""
+    return max(1, math.ceil(default_threads(cores) / max(1, servers)))
+
+
+def server_count(env: Mapping[str, str], cores: int, widest: int) -> int:
+    """``LOOM_LOCAL_SERVERS`` if set, else :func:`default_servers`."""
+    return _positive_int(env, SERVERS_ENV) or default_servers(cores, widest)
+
+
 def _positive_int(env: Mapping[str, str], name: str) -> int | None:
     raw = env.get(name, "").strip()
     if not raw:
@@ -171,9 +195,11 @@ def settings_from_env(
     host: str = "127.0.0.1",
     n_ctx: int = 2048,
     alias: str | None = None,
+    servers: int = 1,
 ) -> LlamaServerSettings:
-    """The server settings: the defaults above, overridden by ``LOOM_LOCAL_N_BATCH``,
-    ``LOOM_LOCAL_THREADS`` and ``LOOM_LOCAL_PROMPT_CACHE``."""
+    """The settings of one of ``servers`` servers: the defaults above (threads: its share of the
+    cores), overridden by ``LOOM_LOCAL_N_BATCH``, ``LOOM_LOCAL_THREADS`` (per server) and
+    ``LOOM_LOCAL_PROMPT_CACHE``."""
     batch = _positive_int(env, BATCH_ENV)
     threads = _positive_int(env, THREADS_ENV)
     return LlamaServerSettings(
@@ -181,7 +207,7 @@ def settings_from_env(
         port=port,
         host=host,
         n_ctx=n_ctx,
-        n_threads=threads or default_threads(cores),
+        n_threads=threads or threads_per_server(cores, servers),
         n_batch=batch or DEFAULT_BATCH,
         prompt_cache=_flag(env, CACHE_ENV, True),
         alias=alias,

@@ -31,6 +31,7 @@ from loom.llm.llama_settings import (
     available_cores,
     llama_server_argv,
     llama_server_env,
+    server_count,
     settings_from_env,
 )
 from loom.ports import free_port
@@ -170,7 +171,8 @@ class LocalLlamaServer:
     """``python -m llama_cpp.server`` as a child process on a loopback port.
 
     Settings not given come from :func:`loom.llm.llama_settings.settings_from_env` (batch of 512,
-    threads from the cores available, the prompt cache on; ``LOOM_LOCAL_*`` override). Unless
+    threads: its share (one of ``servers``) of the cores available, the prompt cache on;
+    ``LOOM_LOCAL_*`` override). Unless
     the batch was chosen, a probe after start checks that a multi-token batch does not crash the
     server; if it does, the server is restarted with a batch of one token and says so loudly.
     """
@@ -188,7 +190,9 @@ class LocalLlamaServer:
         alias: str | None = None,
         log_path: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
+        servers: int = 1,
     ):
+        self.servers = servers
         self.model_path = Path(model_path) if model_path else None
         self.host = host
         self.port = port
@@ -238,6 +242,7 @@ class LocalLlamaServer:
                 host=self.host,
                 n_ctx=self.n_ctx,
                 alias=self.alias,
+                servers=self.servers,
             )
         except LlamaSettingsError as exc:
             raise LocalModelUnavailable(str(exc)) from None
@@ -305,6 +310,139 @@ class LocalLlamaServer:
             proc.wait()
 
     def __enter__(self) -> LocalLlamaServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class LocalLlamaPool:
+    """Several :class:`LocalLlamaServer` on one model behind one address (:mod:`loom.llm.balancer`),
+    so that parallel requests are served in parallel; ``loom eval`` and the tests run it, ``loom up``
+    runs the same processes under its supervisor (:func:`loom.local.llm.local_llm_processes`).
+
+    ``servers`` defaults to :func:`loom.llm.llama_settings.server_count` of the cores and
+    ``widest`` (how many requests the caller may have in flight). The first server is probed (a
+    crash on a multi-token batch means a batch of one); the others start with its settings on
+    ports of their own. One server is served directly, without a balancer.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        servers: int | None = None,
+        widest: int = 1,
+        host: str = "127.0.0.1",
+        n_ctx: int = 2048,
+        log_path: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ):
+        self.env = os.environ if env is None else env
+        try:
+            self.count = servers or server_count(self.env, available_cores(), widest)
+        except LlamaSettingsError as exc:
+            raise LocalModelUnavailable(str(exc)) from None
+        self.model_path = model_path
+        self.host = host
+        self.n_ctx = n_ctx
+        self.log_path = Path(log_path) if log_path else None
+        self.servers: list[LocalLlamaServer] = []
+        self._balancer: subprocess.Popen[bytes] | None = None
+        self._balancer_port: int | None = None
+
+    def _log(self, name: str) -> Path | None:
+        return (
+            self.log_path.with_name(f"{self.log_path.stem}.{name}{self.log_path.suffix}")
+            if self.log_path
+            else None
+        )
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-compatible base URL the callers use (ends in ``/v1``)."""
+        if self._balancer_port is not None:
+            return f"http://{self.host}:{self._balancer_port}/v1"
+        if not self.servers:
+            raise LocalModelUnavailable("the local model servers are not started")
+        return self.servers[0].base_url
+
+    def start(self, wait_seconds: float = 120.0) -> LocalLlamaPool:
+        """Start the servers (the first one probed) and, for more than one, the balancer."""
+        try:
+            first = LocalLlamaServer(
+                self.model_path,
+                host=self.host,
+                n_ctx=self.n_ctx,
+                log_path=self._log("0"),
+                env=self.env,
+                servers=self.count,
+            )
+            self.servers.append(first.start(wait_seconds))
+            assert first.settings is not None
+            for index in range(1, self.count):
+                settings = replace(first.settings, port=free_port(self.host), batch_chosen=True)
+                server = LocalLlamaServer.from_settings(settings, self._log(str(index)))
+                self.servers.append(server)
+                server.start(wait_seconds)
+            if self.count > 1:
+                self._start_balancer(wait_seconds)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_balancer(self, wait_seconds: float) -> None:
+        self._balancer_port = free_port(self.host)
+        argv = [
+            sys.executable,
+            "-m",
+            "loom.llm.balancer",
+            "--host",
+            self.host,
+            "--port",
+            str(self._balancer_port),
+        ]
+        argv += [f"http://{self.host}:{s.port}" for s in self.servers]
+        log_file = self._log("balancer")
+        out = log_file.open("ab") if log_file else subprocess.DEVNULL
+        try:
+            self._balancer = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        finally:
+            if log_file:
+                out.close()  # type: ignore[union-attr]
+        deadline = time.monotonic() + wait_seconds
+        while time.monotonic() < deadline:
+            if self._balancer.poll() is not None:
+                raise LocalModelUnavailable(
+                    f"the model balancer exited with code {self._balancer.returncode}"
+                    + (f"; see {log_file}" if log_file else "")
+                )
+            try:
+                if httpx.get(f"{self.base_url}/models", timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise LocalModelUnavailable(
+            f"the model balancer not ready on {self.base_url} after {wait_seconds:g}s"
+        )
+
+    def stop(self) -> None:
+        """Stop the balancer and every server."""
+        proc, self._balancer, self._balancer_port = self._balancer, None, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        servers, self.servers = self.servers, []
+        for server in servers:
+            server.stop()
+
+    def __enter__(self) -> LocalLlamaPool:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -11,9 +11,12 @@ from loom.llm.llama_settings import (
     LlamaServerSettings,
     LlamaSettingsError,
     cores_from,
+    default_servers,
     default_threads,
     llama_server_argv,
+    server_count,
     settings_from_env,
+    threads_per_server,
 )
 
 MODEL = Path("/models/m.gguf")
@@ -93,3 +96,37 @@ def test_with_batch_keeps_everything_else() -> None:
     one = settings.with_batch(1)
     assert one.n_batch == 1
     assert (one.model, one.port, one.n_threads, one.alias, one.prompt_cache) == (MODEL, 5, 3, "a", True)
+
+
+@pytest.mark.parametrize(
+    ("cores", "widest", "servers"),
+    [
+        (2, 2, 2),  # the sample pipeline: two parallel stages on two cores
+        (2, 3, 2),  # never more servers than cores
+        (8, 2, 2),  # never more than the pipelines run at once
+        (16, 9, 4),  # and at most four
+        (8, 1, 1),  # nothing runs in parallel: one server with every thread
+        (1, 4, 1),
+    ],
+)
+def test_servers_from_cores_and_the_widest_parallel_level(cores: int, widest: int, servers: int) -> None:
+    assert default_servers(cores, widest) == servers
+    assert server_count({}, cores, widest) == servers
+
+
+def test_servers_chosen_in_the_environment_win() -> None:
+    assert server_count({"LOOM_LOCAL_SERVERS": "3"}, cores=2, widest=1) == 3
+    with pytest.raises(LlamaSettingsError, match="LOOM_LOCAL_SERVERS='0' must be 1 or more"):
+        server_count({"LOOM_LOCAL_SERVERS": "0"}, cores=2, widest=2)
+
+
+@pytest.mark.parametrize(
+    ("cores", "servers", "threads"),
+    [(2, 1, 2), (2, 2, 1), (4, 2, 2), (8, 2, 4), (8, 4, 2), (16, 4, 4), (2, 4, 1)],
+)
+def test_each_server_gets_its_share_of_the_threads(cores: int, servers: int, threads: int) -> None:
+    assert threads_per_server(cores, servers) == threads
+    settings = settings_from_env(MODEL, 1, {}, cores=cores, servers=servers)
+    assert flags(llama_server_argv(settings, "python"))["--n_threads"] == str(threads)
+    chosen = settings_from_env(MODEL, 1, {"LOOM_LOCAL_THREADS": "5"}, cores=cores, servers=servers)
+    assert chosen.n_threads == 5  # LOOM_LOCAL_THREADS is per server

@@ -116,22 +116,27 @@ def _fail(message: str) -> int:
 
 
 @contextlib.contextmanager
-def _embedded_model(needed: bool, url: str | None) -> Iterator[str | None]:
-    """The URL for tiers on the embedded model: the given one, or a llama.cpp server for the run."""
+def _embedded_model(needed: bool, url: str | None, concurrency: int) -> Iterator[str | None]:
+    """The URL for tiers on the embedded model: the given one, or llama.cpp servers for the run
+    (as many as cases run at once, up to the cores; ``LOOM_LOCAL_SERVERS`` overrides)."""
     if not needed or url:
         yield url
         return
-    from loom.llm.local_server import LocalLlamaServer, LocalModelUnavailable
+    from loom.llm.local_server import LocalLlamaPool, LocalModelUnavailable
     from loom.local.llm import DEFAULT_CONTEXT, local_model_path
 
     with tempfile.TemporaryDirectory(prefix="loom-eval-") as tmp:
         log = Path(tmp) / "llama.log"
         try:
-            server = LocalLlamaServer(local_model_path(), n_ctx=DEFAULT_CONTEXT, log_path=log)
+            server = LocalLlamaPool(
+                local_model_path(), widest=concurrency, n_ctx=DEFAULT_CONTEXT, log_path=log
+            )
             print("loom eval: starting the embedded model", file=sys.stderr)
             server.start(wait_seconds=180)
         except LocalModelUnavailable as exc:
-            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            tail = "".join(
+                p.read_text(errors="replace")[-2000:] for p in sorted(Path(tmp).glob("llama*.log"))
+            )
             raise BadInput(f"the embedded model is unavailable: {exc}\n{tail}".rstrip()) from None
         try:
             yield server.base_url
@@ -247,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
         baseline = store.baseline(suite.name, args.baseline) if args.baseline else inline_baseline(suite)
         baseline_name = args.baseline or (suite.baseline.name if suite.baseline else "")
         needed = _uses_embedded_model(args, suite, worker, tier, policy)
-        with _embedded_model(needed, args.local_llm_url) as local_url:
+        with _embedded_model(needed, args.local_llm_url, suite.concurrency) as local_url:
             result = asyncio.run(_run(args, suite, worker, tier, policy, local_url))
         store.save_run(result)
         if args.save_baseline:

@@ -236,13 +236,13 @@ def run(args: argparse.Namespace) -> int:
     llm_url: str | None = None
     try:
         if local_llm_tiers(resources):
-            from loom.local.llm import LocalModelUnavailable, local_llm_process
+            from loom.local.llm import LocalModelUnavailable, local_llm_processes, widest_level
 
             try:
-                llm_spec, llm_url = local_llm_process(next(ports))
+                llm_specs, llm_url = local_llm_processes(ports, widest=widest_level(resources))
             except LocalModelUnavailable as exc:
                 return _fail(str(exc))
-            infra.append(llm_spec)
+            infra.extend(llm_specs)
         plan = build_plan(
             resources,
             run_dir=run_dir,
