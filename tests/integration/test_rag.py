@@ -3,6 +3,7 @@ measure recall@5 on its 50 question→passage pairs, windows, citations, and the
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ from loom.contrib.rag.backends import (
     RagCitationsBackend,
     RagIngestBackend,
     RagRetrieveBackend,
+    RagStoreBackend,
     RagWindowBackend,
 )
+from loom.contrib.rag.embedders import OFFLINE_MODEL
 from loom.worker.processor import BackendError
 
 SAMPLE = Path(__file__).resolve().parents[2] / "config" / "samples-rag"
@@ -103,6 +106,60 @@ async def test_window_and_citations(tmp_path: Path) -> None:
     assert cited == [chunks[1]["doc_id"], chunks[0]["doc_id"]]
     with pytest.raises(BackendError, match="cites chunks it was not given"):
         await cite.process({"answer": "x", "citations": ["made-up", 3], "chunks": chunks}, {})
+
+
+async def test_stats_report_what_the_store_holds(tmp_path: Path) -> None:
+    db = tmp_path / "rag.duckdb"
+    store = RagStoreBackend(db_path=str(db), corpus_dir=str(CORPUS))
+
+    async def stats() -> dict[str, Any]:
+        result = await store.process({"action": "stats"}, {})
+        assert result["model_used"] == "duckdb"
+        return dict(result["output"])
+
+    try:
+        empty = await stats()
+        assert (empty["exists"], empty["chunks"], empty["sources"]) == (False, 0, [])
+        assert empty["last_ingest"] is None
+        assert not db.exists()  # asking for statistics creates no store
+        before = dt.datetime.now(dt.UTC)
+        await store.process({"action": "ingest", "paths": ["town_posts.jsonl"]}, {})
+        note = "# Ferry\n\nThe ferry gets a second boat in May.\n\n# Museum\n\nThe museum opens on Sundays."
+        await store.process({"action": "ingest", "markdown": note, "source": "council-notes"}, {})
+        after = dt.datetime.now(dt.UTC)
+        got = await stats()
+    finally:
+        await store.close()
+    wal = db.with_name("rag.duckdb.wal")
+    assert got["exists"] and got["bytes"] == db.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+    assert (got["chunks"], got["documents"], got["dimensions"], got["ingests"]) == (52, 52, 256, 2)
+    assert got["embedding_models"] == [OFFLINE_MODEL]
+    assert before <= dt.datetime.fromisoformat(got["last_ingest"]) <= after
+    assert got["indexes"] == {"full_text": True, "vector": True}
+    feed, notes = got["sources"]  # most chunks first
+    assert feed == {"source": "town-feed", "documents": 50, "chunks": 50, "authors": 5,
+                    "earliest": "2025-03-01T08:00:00+00:00", "latest": "2025-03-28T15:00:00+00:00"}
+    assert notes == {"source": "council-notes", "documents": 2, "chunks": 2, "authors": 0,
+                     "earliest": None, "latest": None}
+
+
+async def test_stats_of_a_store_without_ingest_records_and_bad_input(tmp_path: Path) -> None:
+    db = tmp_path / "rag.duckdb"
+    await _ingest(db, text="One short note.", source="note")
+    con = connect(db, read_only=False, extensions=())
+    con.execute("DROP TABLE ingests")  # a store written before ingests were recorded
+    con.close()
+    store = RagStoreBackend(db_path=str(db))
+    try:
+        got = (await store.process({"action": "stats"}, {}))["output"]
+        with pytest.raises(BackendError, match="stats takes no input; got question"):
+            await store.process({"action": "stats", "question": "why?"}, {})
+        with pytest.raises(BackendError, match="one of ingest, retrieve, window, stats"):
+            await store.process({"action": "count"}, {})
+    finally:
+        await store.close()
+    assert (got["chunks"], got["ingests"], got["last_ingest"], got["embedding_models"]) == (1, 0, None, [])
+    assert got["sources"][0]["source"] == "note"
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""The Workshop's web app: the guard and the route groups (workers, evals, pipelines, dead letters).
+"""The Workshop's web app: the guard and the route groups (workers, evals, pipelines, retrieval, RAG
+stores, apps, dead letters).
 
 Pages are server-rendered (Jinja2) and made live with htmx (vendored in ``static/``). A model call
 never blocks a response: the page gets a run id and polls the run's fragment until it is finished.
@@ -22,9 +23,11 @@ from starlette.staticfiles import StaticFiles
 
 from loom.settings import NatsSettings
 from loom.workshop import (
+    routes_apps,
     routes_dead_letters,
     routes_evals,
     routes_pipelines,
+    routes_rag,
     routes_retrieval,
     routes_workers,
 )
@@ -69,6 +72,8 @@ def create_app(settings: Settings) -> Starlette:
         *routes_evals.routes(ctx),
         *routes_pipelines.routes(ctx),
         *routes_retrieval.routes(ctx),
+        *routes_rag.routes(ctx),
+        *routes_apps.routes(ctx),
         *routes_dead_letters.routes(ctx),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]

@@ -16,7 +16,8 @@ def routes(ctx: Ctx) -> list[Route]:
     async def index(request: Request) -> Response:
         snap = project.load()
         workers = [w for w in snap.workers() if searches(w.spec)]
-        return ctx.page(request, "retrieval.html", workers=workers, tab="retrieval")
+        chosen = request.query_params.get("worker")
+        return ctx.page(request, "retrieval.html", workers=workers, chosen=chosen, tab="retrieval")
 
     async def search(request: Request) -> Response:
         snap = project.load()

@@ -8,6 +8,8 @@
   small models copy a digit more reliably than a hash).
 - :class:`RagWindowBackend` returns the chunks of a time window of a stream, for a summarising worker.
 - :class:`RagCitationsBackend` checks an answer's citations against the chunks it was given.
+- :class:`RagStatsBackend` reports what the store knows about itself (chunks and documents per source,
+  embedding dimensions and model, last ingest, indexes, size on disk).
 - :class:`RagStoreBackend` is all of the above but citations in one worker, for a deployment where one
   process owns the DuckDB file (``action`` or the payload's keys choose).
 """
@@ -32,7 +34,7 @@ from loom.contrib.rag.ingest import (
     read_text,
     record_document,
 )
-from loom.contrib.rag.store import RagStore, nearest, window
+from loom.contrib.rag.store import RagStore, nearest, stats, window
 from loom.worker.embeddings import EmbeddingProvider
 
 MAX_K = 50
@@ -53,6 +55,11 @@ class _Embedding:
         if self._embedder is None:
             self._embedder = make_embedding_provider(*self._args)
         return self._embedder
+
+    @property
+    def model_name(self) -> str:
+        """The embedding model's name, as the store records it with each ingest."""
+        return str(getattr(self.embedder, "model", None) or self._args[1] or self._args[0])
 
     async def close(self) -> None:
         if self._embedder is not None:
@@ -143,10 +150,12 @@ class RagIngestBackend(_Embedding, ProcessingBackend):
                 vectors += await self.embedder.embed_batch([c.text for c in fresh[i:i + self.batch_size]])
             added = await asyncio.to_thread(store.add, fresh, vectors)
             await asyncio.to_thread(store.build_indexes)
+            await asyncio.to_thread(store.record_ingest, self.model_name, len(docs), len(chunks), added,
+                                    duplicates)
             total = store.count()
         output = {"documents": len(docs), "chunks": len(chunks), "added": added, "duplicates": duplicates,
                   "total": total}
-        return {"output": output, "model_used": getattr(self.embedder, "model", "embedding")}
+        return {"output": output, "model_used": self.model_name}
 
 
 class RagRetrieveBackend(_Embedding, ProcessingBackend):
@@ -227,11 +236,24 @@ class RagCitationsBackend(ProcessingBackend):
         return {"output": {"answer": payload["answer"], "citations": sources}, "model_used": "citations"}
 
 
-class RagStoreBackend(ProcessingBackend):
-    """Ingest, retrieve and window in one process that owns the DuckDB file.
+class RagStatsBackend(ProcessingBackend):
+    """``{}`` → the store's statistics (see :func:`loom.contrib.rag.store.stats`); reads only."""
 
-    ``action`` is ``ingest``, ``retrieve`` or ``window``; without it a ``question`` means retrieve,
-    ``since`` means window, anything else ingest. Run it with ``maxInFlight: 1`` and one replica:
+    def __init__(self, db_path: str):
+        self.db_path = db_path
+
+    async def process(self, payload: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(payload) - {"action"})
+        if unknown:
+            raise BackendError(f"stats takes no input; got {', '.join(unknown)}", code="invalid_input")
+        return {"output": await asyncio.to_thread(stats, self.db_path), "model_used": "duckdb"}
+
+
+class RagStoreBackend(ProcessingBackend):
+    """Ingest, retrieve, window and stats in one process that owns the DuckDB file.
+
+    ``action`` is ``ingest``, ``retrieve``, ``window`` or ``stats``; without it a ``question`` means
+    retrieve, ``since`` means window, anything else ingest. Run it with ``maxInFlight: 1`` and one replica:
     DuckDB lets one process write a file, and not read it read-only while writing.
     """
 
@@ -240,6 +262,7 @@ class RagStoreBackend(ProcessingBackend):
         self.retrieve = RagRetrieveBackend(db_path, k, **embedding)
         self.retrieve._embedder = self.ingest.embedder  # one model in memory, one HTTP client
         self.window = RagWindowBackend(db_path)
+        self.stats = RagStatsBackend(db_path)
 
     async def process(self, payload: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
         action = payload.get("action") or (
@@ -247,10 +270,10 @@ class RagStoreBackend(ProcessingBackend):
         )
         rest = {k: v for k, v in payload.items() if k != "action"}
         target: ProcessingBackend | None = {
-            "ingest": self.ingest, "retrieve": self.retrieve, "window": self.window
+            "ingest": self.ingest, "retrieve": self.retrieve, "window": self.window, "stats": self.stats
         }.get(str(action))
         if target is None:
-            raise BackendError(f"unknown action {action!r}; one of ingest, retrieve, window",
+            raise BackendError(f"unknown action {action!r}; one of ingest, retrieve, window, stats",
                                code="invalid_input")
         return await target.process(rest, config)
 

@@ -19,6 +19,8 @@ from loom.contrib.duckdb.rows import row_dict
 from loom.contrib.rag.chunking import Chunk
 
 TABLE = "chunks"
+#: One row per ingest: when, with which embedding model, what it added (what ``stats`` reports).
+INGESTS = "ingests"
 RESULT_COLUMNS = ["chunk_id", "doc_id", "source", "author", "timestamp", "position", "title", "text"]
 
 
@@ -27,6 +29,13 @@ def schema_sql(dims: int) -> str:
         f"CREATE TABLE IF NOT EXISTS {TABLE} (chunk_id VARCHAR PRIMARY KEY, content_hash VARCHAR UNIQUE, "
         "doc_id VARCHAR NOT NULL, source VARCHAR, author VARCHAR, timestamp TIMESTAMP, position INTEGER, "
         f"title VARCHAR, text VARCHAR NOT NULL, metadata VARCHAR, embedding FLOAT[{dims}] NOT NULL)"
+    )
+
+
+def ingests_sql() -> str:
+    return (
+        f"CREATE TABLE IF NOT EXISTS {INGESTS} (ingested_at TIMESTAMP NOT NULL, embedding_model VARCHAR, "
+        "documents INTEGER, chunks INTEGER, added INTEGER, duplicates INTEGER)"
     )
 
 
@@ -60,6 +69,7 @@ class RagStore:
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self._con = connect(self.db_path, read_only=False)
         self._con.execute(schema_sql(self.dims))
+        self._con.execute(ingests_sql())
         kind = _embedding_type(self._con)
         if kind != f"FLOAT[{self.dims}]":
             self.close()
@@ -107,6 +117,15 @@ class RagStore:
             self._con.execute("ROLLBACK")
             raise
         return self.count() - before
+
+    def record_ingest(
+        self, embedding_model: str, documents: int, chunks: int, added: int, duplicates: int
+    ) -> None:
+        """Note one ingest (its time now, UTC) so ``stats`` can say when and with which model."""
+        self._con.execute(
+            f"INSERT INTO {INGESTS} VALUES (?, ?, ?, ?, ?, ?)",
+            [utc_naive(dt.datetime.now(dt.UTC)), embedding_model, documents, chunks, added, duplicates],
+        )
 
     def count(self) -> int:
         row = self._con.execute(f"SELECT count(*) FROM {TABLE}").fetchone()
@@ -157,3 +176,82 @@ def window(db_path: str | Path, since: dt.datetime, until: dt.datetime, limit: i
     finally:
         con.close()
     return [row_dict(RESULT_COLUMNS, r) for r in rows]
+
+
+def _table_exists(con: Any, name: str) -> bool:
+    row = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND table_schema = 'main'",
+        [name],
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _iso(value: Any) -> str | None:
+    """A stored (naive UTC) timestamp as ISO 8601 with its zone."""
+    return value.replace(tzinfo=dt.UTC).isoformat() if isinstance(value, dt.datetime) else None
+
+
+def file_bytes(db_path: Path) -> int:
+    """The store's size on disk: the DuckDB file and its write-ahead log, if any."""
+    wal = db_path.with_name(db_path.name + ".wal")
+    return sum(p.stat().st_size for p in (db_path, wal) if p.is_file())
+
+
+def stats(db_path: str | Path) -> dict[str, Any]:
+    """What the store knows about itself (read-only): chunks and documents in all and per source, the
+    embedding dimensions, the models and time of the ingests it recorded, its indexes and its size.
+
+    A file that does not exist yet is an empty store (``exists: false``), not an error: nothing has
+    been ingested."""
+    path = Path(db_path)
+    out: dict[str, Any] = {
+        "db_path": str(path), "exists": path.is_file(), "bytes": 0, "chunks": 0, "documents": 0,
+        "sources": [], "dimensions": None, "embedding_models": [], "ingests": 0, "last_ingest": None,
+        "indexes": {"full_text": False, "vector": False},
+    }
+    if not out["exists"]:
+        return out
+    out["bytes"] = file_bytes(path)
+    con = connect(path, read_only=True, extensions=())
+    try:
+        kind = _embedding_type(con)
+        if kind is None:
+            return out
+        out["dimensions"] = int(kind.removeprefix("FLOAT[").removesuffix("]"))
+        row = con.execute(f"SELECT count(*), count(DISTINCT doc_id) FROM {TABLE}").fetchone()
+        out["chunks"], out["documents"] = (int(row[0]), int(row[1])) if row else (0, 0)
+        rows = con.execute(
+            f"SELECT coalesce(source, ''), count(DISTINCT doc_id), count(*), count(DISTINCT author), "
+            f"min(timestamp), max(timestamp) FROM {TABLE} GROUP BY 1 ORDER BY 3 DESC, 1"
+        ).fetchall()
+        out["sources"] = [
+            {"source": r[0] or None, "documents": int(r[1]), "chunks": int(r[2]), "authors": int(r[3]),
+             "earliest": _iso(r[4]), "latest": _iso(r[5])}
+            for r in rows
+        ]
+        if _table_exists(con, INGESTS):
+            row = con.execute(f"SELECT count(*), max(ingested_at) FROM {INGESTS}").fetchone()
+            out["ingests"], out["last_ingest"] = (int(row[0]), _iso(row[1])) if row else (0, None)
+            out["embedding_models"] = [
+                str(r[0]) for r in con.execute(
+                    f"SELECT embedding_model FROM {INGESTS} WHERE embedding_model IS NOT NULL "
+                    "GROUP BY 1 ORDER BY max(ingested_at) DESC"
+                ).fetchall()
+            ]
+        out["indexes"] = {
+            "full_text": _schema_exists(con, f"fts_main_{TABLE}"),
+            "vector": _index_exists(con, f"{TABLE}_embedding_hnsw"),
+        }
+    finally:
+        con.close()
+    return out
+
+
+def _schema_exists(con: Any, name: str) -> bool:
+    row = con.execute("SELECT count(*) FROM duckdb_schemas() WHERE schema_name = ?", [name]).fetchone()
+    return bool(row and row[0])
+
+
+def _index_exists(con: Any, name: str) -> bool:
+    row = con.execute("SELECT count(*) FROM duckdb_indexes() WHERE index_name = ?", [name]).fetchone()
+    return bool(row and row[0])
