@@ -27,6 +27,10 @@ from loom.api.loader import LoadError, Resource, load_text
 from loom.workshop.project import confine
 
 VERSIONS_DIR = Path(".loom") / "workshop" / "versions"
+#: A kept text's suffix: not ``.yaml``, so ``loom up DIR`` (which reads every YAML file under DIR)
+#: never loads a kept version as a second definition. ``.yaml`` is still read (versions kept before).
+KEPT = ".kept"
+_KEPT_SUFFIXES = (KEPT, ".yaml")
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
 
 
@@ -387,7 +391,7 @@ class Versions:
         stamp = time.time_ns()
         slug = re.sub(r"[^a-z0-9]+", "-", note.lower()).strip("-")[:40] or "save"
         vid = f"{stamp}-{slug}"
-        (directory / f"{vid}.yaml").write_text(text, encoding="utf-8")
+        (directory / f"{vid}{KEPT}").write_text(text, encoding="utf-8")
         return Version(vid, stamp / 1e9, note)
 
     def list(self, rel: str) -> list[Version]:
@@ -395,7 +399,8 @@ class Versions:
         if not directory.is_dir():
             return []
         out = []
-        for f in sorted(directory.glob("*.yaml"), key=lambda p: int(p.stem.split("-", 1)[0])):
+        kept = [f for f in directory.iterdir() if f.suffix in _KEPT_SUFFIXES and f.is_file()]
+        for f in sorted(kept, key=lambda p: int(p.stem.split("-", 1)[0])):
             stamp, _, slug = f.stem.partition("-")
             out.append(Version(f.stem, int(stamp) / 1e9, slug.replace("-", " ")))
         return out
@@ -403,10 +408,11 @@ class Versions:
     def read(self, rel: str, vid: str) -> str:
         if not re.fullmatch(r"\d+-[a-z0-9-]+", vid):
             raise EditError([f"no version {vid!r}"])
-        path = self._dir(rel) / f"{vid}.yaml"
-        if not path.is_file():
-            raise EditError([f"no version {vid!r} of {rel}"])
-        return path.read_text(encoding="utf-8")
+        for suffix in _KEPT_SUFFIXES:
+            path = self._dir(rel) / f"{vid}{suffix}"
+            if path.is_file():
+                return path.read_text(encoding="utf-8")
+        raise EditError([f"no version {vid!r} of {rel}"])
 
 
 def save(root: Path, rel: str, old: str, new: str, versions: Versions, note: str) -> Version:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from loom.api.loader import load_paths
 from loom.workshop.edits import (
     EditError,
     Versions,
@@ -132,6 +133,12 @@ def test_versions_keep_the_original_and_every_save(tmp_path: Path) -> None:
     assert [versions.read("w.yaml", v.id) for v in kept] == [PLAIN, PLAIN + "# one\n", PLAIN + "# two\n"]
     assert (tmp_path / "w.yaml").read_text() == PLAIN + "# two\n"
     assert (tmp_path / ".loom" / "workshop" / "versions" / "w.yaml").is_dir()
+    # the kept texts are not YAML files: `loom up` of the folder still finds one worker
+    assert [r.source for r in load_paths([tmp_path])] == [str(tmp_path / "w.yaml")]
+    legacy = tmp_path / ".loom" / "workshop" / "versions" / "w.yaml" / "1-older.yaml"  # kept as .yaml before
+    legacy.write_text(PLAIN + "# zero\n")
+    assert versions.list("w.yaml")[0].note == "older"
+    assert versions.read("w.yaml", "1-older") == PLAIN + "# zero\n"
     with pytest.raises(EditError, match="no version"):
         versions.read("w.yaml", "../../w")
     with pytest.raises(ConfinementError):
