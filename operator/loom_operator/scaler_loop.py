@@ -26,6 +26,7 @@ import httpx
 
 from loom import subjects
 from loom.api import Autoscaling
+from loom.clock import Clock
 from loom_operator import metrics
 from loom_operator.k8s import Kube, KubeError
 from loom_operator.kind_status import Observation
@@ -138,7 +139,7 @@ class ScalerLoop:
         *,
         interval: float,
         on_observed: Callable[[str, str], Any] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = time.monotonic,
         active: Callable[[], Awaitable[bool]] | None = None,
         account: str = "$G",
     ):

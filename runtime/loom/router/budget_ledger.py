@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from loom.api.router_policy import RouterPolicySpec
 from loom.bus import kv_read, kv_swap
+from loom.clock import Clock
 from loom.costs import COST_SCALE
 from loom.messages import TokenUsage
 from loom.router.budgets import (
@@ -52,7 +52,7 @@ class Exhausted:
 class BudgetLedger:
     """The budgets of one RouterPolicy against one Key-Value bucket."""
 
-    def __init__(self, policy: RouterPolicySpec, kv: Any, wall: Callable[[], float] = time.time):
+    def __init__(self, policy: RouterPolicySpec, kv: Any, wall: Clock = time.time):
         self.policy = policy
         self.kv = kv
         self.wall = wall

@@ -34,8 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from loom.api.router_policy import RateLimit, RouterPolicySpec
-
-Clock = Callable[[], float]
+from loom.clock import Clock
 
 
 class Bucket(Protocol):

@@ -30,7 +30,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ from loom import metrics, tracing
 from loom.api.router_policy import RouterConfig, RouterPolicySpec
 from loom.audit import dead_letter_record
 from loom.bus import ADVISORY_CONSUMER, STREAM_ADVISORIES, Bus, BusError, Delivery, kv_put
+from loom.clock import Clock
 from loom.costs import COST_SCALE
 from loom.dead_letters import build_dead_letter, dead_letter_of
 from loom.messages import (
@@ -106,7 +107,7 @@ class RouterOptions:
 
 
 def build_limiter(
-    policy: RouterPolicySpec, options: RouterOptions, clock: Callable[[], float] = time.monotonic
+    policy: RouterPolicySpec, options: RouterOptions, clock: Clock = time.monotonic
 ) -> tuple[Limiter, SharedLimits | None]:
     """The limiter of one replica and, in shared mode, what shares it; ValueError for limits that
     cannot work (a window too short for a limit, a concurrency split below one per replica)."""
@@ -121,14 +122,16 @@ class _ShuttingDown(Exception):
 
 
 class RouterService:
-    """One router replica."""
+    """One router replica. Its decisions read ``clock`` (limits, waits, leases, idle tenants, gauges);
+    only the in-progress acks keep real time, as the server's ``ack_wait`` does. A test that moves the
+    clock by hand sets ``wake`` so the router looks again at once."""
 
     def __init__(
         self,
         bus: Bus,
         config: RouterConfig,
         options: RouterOptions | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = time.monotonic,
     ):
         self.bus = bus
         self.table = RoutingTable(config)
@@ -148,6 +151,8 @@ class RouterService:
         #: Budget reservations of dispatched tasks: task id -> (holds, reserved tier, lease end).
         self.holds: dict[str, tuple[list[Hold], str, float]] = {}
         self._budget_freed = asyncio.Event()
+        #: Deliveries held while they wait for budget (kept alive with the admission waiters).
+        self._budget_waiting: set[Delivery] = set()
         self._settling: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
 
@@ -186,6 +191,7 @@ class RouterService:
 
         side = [
             asyncio.create_task(self._pump_loop(stop), name="router-pump"),
+            asyncio.create_task(self._keepalive_loop(stop), name="router-keepalive"),
             asyncio.create_task(self._lag_loop(stop), name="router-lag"),
             asyncio.create_task(self._no_worker_loop(stop), name="router-no-worker"),
             *([asyncio.create_task(self._budget_loop(stop), name="router-budgets")] if self.ledger else []),
@@ -317,27 +323,27 @@ class RouterService:
         estimate = estimate_usage(len(d.data) // 4, self.table.max_output_tokens(task.worker_type))
         deadline = self.clock() + self.queue.max_wait
         wait = self.table.policy.budgets.on_exhausted == "wait"
-        next_alive = self.clock() + self._keepalive
-        while True:
-            got = await self.ledger.reserve(tier, task.tenant, estimate)
-            self._budget_gauges()
-            if not isinstance(got, Exhausted):
-                return got
-            if self._stop.is_set():
-                await d.nak()
-                return None
-            if not wait or self.clock() >= deadline:
-                metrics.BUDGET_EXHAUSTED.labels(got.budget.label).inc()
-                await self._dead(d, DeadLetterReason.BUDGET_EXHAUSTED, got.describe(), task, tier)
-                return None
-            if self.clock() >= next_alive:
-                next_alive = self.clock() + self._keepalive
-                with contextlib.suppress(Exception):
-                    await d.in_progress()
-            self._budget_freed.clear()
-            with contextlib.suppress(TimeoutError):  # a refund here, or another replica's, or a new window
-                pause = max(0.001, min(1.0, deadline - self.clock()))
-                await asyncio.wait_for(self._budget_freed.wait(), timeout=pause)
+        self._budget_waiting.add(d)
+        try:
+            while True:
+                got = await self.ledger.reserve(tier, task.tenant, estimate)
+                self._budget_gauges()
+                if not isinstance(got, Exhausted):
+                    return got
+                if self._stop.is_set():
+                    await d.nak()
+                    return None
+                if not wait or self.clock() >= deadline:
+                    metrics.BUDGET_EXHAUSTED.labels(got.budget.label).inc()
+                    await self._dead(d, DeadLetterReason.BUDGET_EXHAUSTED, got.describe(), task, tier)
+                    return None
+                self._budget_freed.clear()
+                # a refund here, or another replica's, or a new window
+                with contextlib.suppress(TimeoutError):
+                    pause = max(0.001, min(1.0, deadline - self.clock()))
+                    await asyncio.wait_for(self._budget_freed.wait(), timeout=pause)
+        finally:
+            self._budget_waiting.discard(d)
 
     async def _release_budget(self, holds: list[Hold]) -> None:
         if holds and self.ledger is not None:
@@ -499,9 +505,13 @@ class RouterService:
         self._budget_gauges()
 
     async def _pump_loop(self, stop: asyncio.Event) -> None:
-        next_keepalive = time.monotonic() + self._keepalive
-        next_evict = time.monotonic() + self.options.evict_interval
-        next_gauges = 0.0
+        """Admit or expire waiting tasks and, as ``clock`` passes their intervals, release dispatches
+        whose lease ran out (as often as waiting tasks are kept alive), drop idle tenant limit sets
+        and refresh the gauges."""
+        now = self.clock()
+        next_leases = now + self._keepalive
+        next_evict = now + self.options.evict_interval
+        next_gauges = now
         while not stop.is_set():
             res = self.queue.pump()
             for req, ticket in res.admitted:
@@ -516,10 +526,9 @@ class RouterService:
                     fut.set_result(None)
             if self.shared is not None and self.queue.waiting:
                 self.shared.poke()  # tasks wait: take what they need from the shared limits
-            now = time.monotonic()
-            if now >= next_keepalive:
-                next_keepalive = now + self._keepalive
-                await self._keep_waiting_alive()
+            now = self.clock()
+            if now >= next_leases:
+                next_leases = now + self._keepalive
                 self._expire_leases()
             if now >= next_evict:
                 next_evict = now + self.options.evict_interval
@@ -529,9 +538,9 @@ class RouterService:
             if now >= next_gauges:
                 next_gauges = now + 1.0
                 self._update_gauges()
-            timeout = min(next_keepalive, next_gauges, next_evict) - now
+            timeout = min(next_leases, next_gauges, next_evict) - now
             if res.next_wake is not None:
-                timeout = min(timeout, res.next_wake - self.clock())
+                timeout = min(timeout, res.next_wake - now)
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wait_either(stop), timeout=max(timeout, 0.001))
@@ -550,11 +559,19 @@ class RouterService:
             w.cancel()
             s.cancel()
 
-    async def _keep_waiting_alive(self) -> None:
-        for _, req in list(self.queue.waiting):
-            if req.item:
-                with contextlib.suppress(Exception):
-                    await req.item[1].in_progress()
+    async def _keepalive_loop(self, stop: asyncio.Event) -> None:
+        """An in-progress ack for every held task (waiting for capacity or for budget) each third of
+        ``ack_wait``, so the server does not redeliver it. The server counts ``ack_wait`` in real time,
+        so this loop sleeps in real time, whatever clock the router's decisions read."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self._keepalive)
+            if stop.is_set():
+                return
+            held = [req.item[1] for _, req in self.queue.waiting if req.item]
+            for d in [*held, *self._budget_waiting]:
+                with contextlib.suppress(Exception):  # NATS away: the next round tries again
+                    await d.in_progress()
 
     def _expire_leases(self) -> None:
         now = self.clock()

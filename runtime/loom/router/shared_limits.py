@@ -51,7 +51,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from loom.api.router_policy import RateLimit
-from loom.router.limits import Clock, LimitSet
+from loom.clock import Clock
+from loom.router.limits import LimitSet
 
 log = logging.getLogger(__name__)
 
