@@ -16,7 +16,8 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 # Recipes print their own progress and results, not their shell lines.
 .SILENT:
 
-.PHONY: venv run up test test-setup test-cold lint generate envtest e2e-kind test-node test-keda
+.PHONY: venv run up test test-setup test-cold lint generate envtest e2e-kind test-node test-keda \
+  test-unit test-integration test-k8s test-packaging
 
 venv: $(VENV)/.installed
 
@@ -59,6 +60,25 @@ up: venv
 test: venv test-setup
 	$(MAKE) --no-print-directory lint
 	$(BIN)/python -m pytest -q -rfEs -p no:cacheprovider
+
+# One tier of the test tree (docs/developing.md), after the setup steps it needs: pure unit tests;
+# real nats-server, Redis and Jaeger; a real Kubernetes API server (the operator, helm install; the
+# node harness's preflight test also wants the node step's tools, as `make test` installs them);
+# the chart, image, Argo CD, Grafana and alert rules.
+test-unit: venv
+	$(BIN)/python -m pytest -q -rfEs -p no:cacheprovider tests/unit
+
+test-integration: venv
+	bash hack/test-setup.sh system tracing
+	$(BIN)/python -m pytest -q -rfEs -p no:cacheprovider tests/integration
+
+test-k8s: venv
+	bash hack/test-setup.sh envtest tools
+	$(BIN)/python -m pytest -q -rfEs -p no:cacheprovider tests/k8s
+
+test-packaging: venv
+	bash hack/test-setup.sh tools promtool
+	$(BIN)/python -m pytest -q -rfEs -p no:cacheprovider tests/packaging
 
 # The slow one-time steps (control plane, helm/kubectl, promtool, Debian packages, the real
 # node's binaries and images), outside any test.
@@ -108,7 +128,7 @@ test-node: venv
 # KEDA's cold build (every scaler's cloud SDK) is longer than the rest of the setup together.
 test-keda: venv
 	LOOM_NATS_SERVER="$(abspath $(BIN))/nats-server" bash hack/test-setup.sh envtest tools keda
-	$(BIN)/python -m pytest -q -rfEs -p no:cacheprovider -m keda tests/operator
+	$(BIN)/python -m pytest -q -rfEs -p no:cacheprovider -m keda tests/k8s/operator
 
 # The same e2e suite on a kind cluster (needs Docker and kind).
 e2e-kind: venv

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build KEDA's operator and metrics API server (github.com/kedacore/keda/v2) from the Go module
-# proxy into a versioned cache dir, for tests/operator/test_keda_real.py: a real KEDA scaling a
+# proxy into a versioned cache dir, for tests/k8s/operator/test_keda_real.py: a real KEDA scaling a
 # Worker tier from the ScaledObject the operator renders. Idempotent: a warm run returns in
 # milliseconds. Prints the output directory (keda-operator, keda-adapter, crds/) on its last line.
 #

@@ -26,9 +26,9 @@ from kubernetes import client, config
 
 from loom.llm.local_server import LocalLlamaServer
 from tests.e2e_local.test_local_mode import assert_completed_report
-from tests.helm import helm_bin
 from tests.k8s.envtest import REPO_ROOT
 from tests.k8s.node import NodeCluster
+from tests.support import helm_bin
 
 pytestmark = [pytest.mark.k8s, pytest.mark.node]
 

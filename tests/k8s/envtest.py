@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -51,6 +50,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from loom.ports import free_port
 from tests.support.setup_outputs import NotSetUp, checked_output
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -249,13 +249,6 @@ class Pki:
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    """A loopback port the kernel just handed out (free at least until we bind it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _die_with_parent() -> None:
@@ -562,7 +555,7 @@ class ControlPlane(Components):
     def start(self) -> ControlPlane:
         """Start every component and wait until the API server is ready for tests.
 
-        A port picked by :func:`free_port` can be taken by another process before the
+        A port picked by :func:`loom.ports.free_port` can be taken by another process before the
         component binds it; such a start is retried with fresh ports. On any other failure
         the temp dir (logs, kubeconfigs, certs) is kept and its path is in the error.
         """

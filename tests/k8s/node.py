@@ -38,8 +38,9 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.helm import helm_bin
-from tests.k8s.envtest import REPO_ROOT, Component, Components, ControlPlane, free_port, wait_until
+from loom.ports import free_port
+from tests.k8s.envtest import REPO_ROOT, Component, Components, ControlPlane, wait_until
+from tests.support import helm_bin
 
 BUILD_SCRIPT = REPO_ROOT / "hack" / "node" / "build.sh"
 PREFLIGHT_SCRIPT = REPO_ROOT / "hack" / "node" / "preflight.sh"

@@ -19,7 +19,7 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
-from tests.helm import helm_bin
+from tests.support import helm_bin
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = Path(os.environ.get("LOOM_CHART_DIR", REPO / "helm" / "loom"))

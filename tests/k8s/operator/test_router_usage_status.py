@@ -17,7 +17,7 @@ from loom.router.budget_ledger import BudgetLedger, Exhausted
 from loom.router.budgets import BUDGETS_BUCKET, BUDGETS_TTL, estimate_usage
 from loom.router.shared_limits import LIMITS_BUCKET, scope_key, window_of
 from loom.settings import NatsSettings
-from tests.operator.conftest import Loom, operator_env, running_operator, wait_for
+from tests.k8s.operator.conftest import Loom, operator_env, running_operator, wait_for
 from tests.support.nats_server import NatsServer
 
 pytestmark = pytest.mark.k8s

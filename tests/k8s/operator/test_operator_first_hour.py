@@ -16,8 +16,8 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.helm import helm_bin
-from tests.operator.conftest import GROUP, PLURALS, ROOT, VERSION, Loom, OperatorProcess, wait_for
+from tests.k8s.operator.conftest import GROUP, PLURALS, ROOT, VERSION, Loom, OperatorProcess, wait_for
+from tests.support import helm_bin
 
 pytestmark = [pytest.mark.k8s, pytest.mark.usefixtures("loom_operator")]
 

@@ -21,8 +21,8 @@ from loom.local.nats import nats_server_binary
 from loom_operator.k8s import POLICY_REFUSAL, KubeError, refused
 from loom_operator.render.bus_auth import AUTH_KEY, password, server_secrets, tenant_identity
 from loom_operator.settings import Settings
-from tests.helm import chart
-from tests.helm.chart import NAMESPACE, RELEASE, VALUE_SETS, by_kind, one
+from tests.support import chart
+from tests.support.chart import NAMESPACE, RELEASE, VALUE_SETS, by_kind, one
 from tests.support.nats_server import free_port, start_server, stop_server
 
 FULLNAME = f"{RELEASE}-loom" if "loom" not in RELEASE else RELEASE

@@ -23,8 +23,8 @@ import yaml
 
 from loom.api.kinds import KINDS
 from loom_operator.render.common import COMPONENTS
-from tests.helm import chart, helm_bin
 from tests.k8s.envtest import ControlPlane, service_account_kubeconfig, wait_until
+from tests.support import chart, helm_bin
 from tests.support.nats_server import NatsServer, free_port
 
 pytestmark = [pytest.mark.k8s, pytest.mark.integration]

@@ -14,9 +14,9 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from tests.helm import chart
 from tests.k8s.envtest import ControlPlane
-from tests.operator.conftest import wait_for
+from tests.k8s.operator.conftest import wait_for
+from tests.support import chart
 
 pytestmark = pytest.mark.k8s
 

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.helm import chart, helm_bin
+from tests.support import chart, helm_bin
 
 SCHEMA = json.loads((chart.CHART / "values.schema.json").read_text())
 DEFAULTS = yaml.safe_load((chart.CHART / "values.yaml").read_text())

@@ -15,7 +15,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.k8s.envtest import ControlPlane
-from tests.operator.conftest import Loom, OperatorProcess, operator_env, running_operator, wait_for
+from tests.k8s.operator.conftest import Loom, OperatorProcess, operator_env, running_operator, wait_for
 from tests.support.nats_server import NatsServer
 
 pytestmark = [pytest.mark.k8s]

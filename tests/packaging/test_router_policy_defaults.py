@@ -6,8 +6,8 @@ from pathlib import Path
 
 from loom.api.router_policy import RouterPolicySpec
 from loom.router.limits import SHARED_BUDGET, Limiter
-from tests.helm import chart
-from tests.helm.chart import one
+from tests.support import chart
+from tests.support.chart import one
 
 
 def test_the_default_router_policy_limits_unlisted_tenants_together(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from loom.evals.report import run_summary
 from loom.evals.runner import CaseResult, RunResult
 from loom_operator.render.eval_suite import JOB_LABEL
-from tests.operator.conftest import Loom, wait_for
+from tests.k8s.operator.conftest import Loom, wait_for
 
 pytestmark = [pytest.mark.k8s, pytest.mark.usefixtures("loom_operator")]
 

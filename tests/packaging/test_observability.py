@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.helm import chart, helm_bin
-from tests.helm.chart import VALUE_SETS, by_kind, one
+from tests.support import chart, helm_bin
+from tests.support.chart import VALUE_SETS, by_kind, one
 from tests.support.nats_server import free_port, nats_server_binary
 
 REPO = chart.REPO

@@ -21,9 +21,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helm import chart
 from tests.k8s.envtest import ControlPlane
-from tests.operator.conftest import Loom, OperatorProcess, operator_env, wait_for
+from tests.k8s.operator.conftest import Loom, OperatorProcess, operator_env, wait_for
+from tests.support import chart
 from tests.support.nats_server import NatsServer
 
 pytestmark = pytest.mark.k8s

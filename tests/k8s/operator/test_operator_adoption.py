@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.operator.conftest import Loom, wait_for
+from tests.k8s.operator.conftest import Loom, wait_for
 
 pytestmark = [pytest.mark.k8s, pytest.mark.usefixtures("loom_operator")]
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helm import chart, helm_bin
-from tests.helm.chart import NAMESPACE, RELEASE, VALUE_SETS, by_kind, env_of, one
+from tests.support import chart, helm_bin
+from tests.support.chart import NAMESPACE, RELEASE, VALUE_SETS, by_kind, env_of, one
 
 FULLNAME = f"{RELEASE}-loom" if "loom" not in RELEASE else RELEASE
 APP_VERSION = yaml.safe_load((chart.CHART / "Chart.yaml").read_text())["appVersion"]
@@ -194,7 +194,7 @@ def test_namespaced_rbac_is_a_role_per_namespace(rendered: dict[str, list[dict[s
     assert flat_rules(cluster_role) == {
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}
     }
-    # (The release namespace's Role for the NATS users Secret: tests/helm/test_bus_auth_chart.py.)
+    # (The release namespace's Role for the NATS users Secret: tests/packaging/test_bus_auth_chart.py.)
     roles = [r for r in by_kind(objects, "Role") if not r["metadata"]["name"].endswith("-nats-auth")]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     namespaced_contract = {
@@ -279,7 +279,7 @@ def test_bundled_nats(rendered: dict[str, list[dict[str, Any]]]) -> None:
         "selector": one(objects, "Deployment")["spec"]["selector"],
     }
     # The NetworkPolicy of NATS admits clients and, on the monitoring port, the operator and KEDA
-    # (tests/helm/test_network_policy.py has the details).
+    # (tests/packaging/test_network_policy.py has the details).
     np = one(objects, "NetworkPolicy", f"{FULLNAME}-nats")
     client, monitor = np["spec"]["ingress"]
     assert client["ports"][0]["port"] == "client"

@@ -17,7 +17,7 @@ from mcp import Client
 from loom.api import PipelineSpec, WorkerSpec
 from loom_operator.render import Owner, render_pipeline, render_worker
 from loom_operator.settings import Settings
-from tests.helm import chart
+from tests.support import chart
 from tests.support.mcp_gateway import HEADERS, INIT, Gateway, with_headers
 from tests.support.processes import LoomProcesses, loom_procs
 

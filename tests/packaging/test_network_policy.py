@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.helm import chart
-from tests.helm.chart import NAMESPACE, RELEASE, env_of, one
+from tests.support import chart
+from tests.support.chart import NAMESPACE, RELEASE, env_of, one
 
 FULLNAME = f"{RELEASE}-loom" if "loom" not in RELEASE else RELEASE
 BUS_CLIENT = {"matchLabels": {"loom.dev/bus-client": "true"}}

@@ -1,6 +1,6 @@
 """KEDA mode against a real API server: ScaledObjects per Worker tier, replicas left to KEDA.
 
-KEDA itself does not run here: a minimal ScaledObject CRD (tests/operator/data) is what
+KEDA itself does not run here: a minimal ScaledObject CRD (tests/k8s/operator/data) is what
 ``LOOM_KEDA=auto`` detects. The operator runs under the chart's ServiceAccount RBAC, watching
 only this module's namespace.
 """
@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loom import subjects
 from tests.k8s.envtest import ControlPlane
-from tests.operator.conftest import Loom, OperatorProcess, chart_cluster_role, operator_env, wait_for
+from tests.k8s.operator.conftest import Loom, OperatorProcess, chart_cluster_role, operator_env, wait_for
 from tests.support.nats_server import NatsServer
 
 pytestmark = pytest.mark.k8s

@@ -22,10 +22,11 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from loom.api.kinds import KINDS
+from loom.ports import free_port
 from tests.k8s.envtest import ControlPlane
-from tests.support.nats_server import NatsServer, free_port
+from tests.support.nats_server import NatsServer
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 GROUP, VERSION = "loom.dev", "v1alpha1"
 PLURALS = {k.kind: k.plural for k in KINDS}
 

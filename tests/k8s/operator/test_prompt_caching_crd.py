@@ -8,7 +8,7 @@ import json
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from tests.operator.conftest import Loom
+from tests.k8s.operator.conftest import Loom
 
 pytestmark = [pytest.mark.k8s, pytest.mark.usefixtures("loom_crds")]
 

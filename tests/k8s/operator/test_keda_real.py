@@ -33,10 +33,11 @@ from kubernetes.client.exceptions import ApiException
 from nats.js.errors import NotFoundError
 
 from loom import subjects
+from loom.ports import free_port
 from tests.k8s.envtest import ControlPlane
-from tests.operator.conftest import ROOT, Loom, OperatorProcess, operator_env, running_operator, wait_for
-from tests.operator.test_operator_keda import backlog, drop_consumer, scaled_objects
-from tests.support.nats_server import NatsServer, free_port
+from tests.k8s.operator.conftest import ROOT, Loom, OperatorProcess, operator_env, running_operator, wait_for
+from tests.k8s.operator.test_operator_keda import backlog, drop_consumer, scaled_objects
+from tests.support.nats_server import NatsServer
 
 pytestmark = [pytest.mark.k8s, pytest.mark.keda]
 

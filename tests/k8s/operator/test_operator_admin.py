@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.operator.conftest import Loom, OperatorProcess, operator_env
+from tests.k8s.operator.conftest import Loom, OperatorProcess, operator_env
 from tests.support.nats_server import NatsServer
 
 pytestmark = pytest.mark.k8s

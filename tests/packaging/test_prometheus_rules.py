@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helm import chart, helm_bin, promtool_bin
-from tests.helm.chart import VALUE_SETS, one
+from tests.support import chart, helm_bin, promtool_bin
+from tests.support.chart import VALUE_SETS, one
 
 
 def series(metric: str, namespace: str = "loom", **labels: str) -> str:

@@ -12,7 +12,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 
-from tests.operator.conftest import Loom, OperatorProcess, wait_for
+from tests.k8s.operator.conftest import Loom, OperatorProcess, wait_for
 from tests.support.nats_server import NatsServer
 
 pytestmark = [pytest.mark.k8s, pytest.mark.usefixtures("loom_operator")]

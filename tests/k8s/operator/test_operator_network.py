@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.operator.conftest import Loom, OperatorProcess, operator_env, running_operator, wait_for
+from tests.k8s.operator.conftest import Loom, OperatorProcess, operator_env, running_operator, wait_for
 from tests.support.nats_server import NatsServer
 
 pytestmark = pytest.mark.k8s

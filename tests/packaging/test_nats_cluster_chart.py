@@ -11,8 +11,8 @@ import pytest
 from loom.api import load_text
 from loom_operator.render import Owner, render_worker
 from loom_operator.settings import Settings
-from tests.helm import chart
-from tests.helm.chart import HelmFailed, env_of, one
+from tests.support import chart
+from tests.support.chart import HelmFailed, env_of, one
 
 SERVERS = ",".join(f"nats://nats-{i}.nats-headless.nats.svc:4222" for i in range(3))
 MONITORS = ",".join(f"http://nats-{i}.nats-headless.nats.svc:8222" for i in range(3))
