@@ -103,7 +103,7 @@ def _common_folder(paths: Sequence[str]) -> str:
 def read_bundle(data: bytes, max_files: int = MAX_FILES, max_bytes: int = MAX_BYTES) -> list[BundleFile]:
     """The manifests of a ZIP archive, each entry checked; every problem is reported at once."""
     if len(data) > MAX_ARCHIVE_BYTES:
-        raise BundleError([f"the archive has {len(data)} bytes; at most {MAX_ARCHIVE_BYTES}"])
+        raise BundleError([f"the archive is larger than {MAX_ARCHIVE_BYTES} bytes"])
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile:

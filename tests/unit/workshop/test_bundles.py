@@ -13,6 +13,7 @@ import pytest
 
 from loom.workshop.bundles import (
     ARCHIVES_DIR,
+    MAX_ARCHIVE_BYTES,
     Apps,
     BundleError,
     app_name,
@@ -99,6 +100,8 @@ def test_too_many_files_or_bytes() -> None:
 
 
 def test_not_a_zip_empty_and_not_utf8() -> None:
+    with pytest.raises(BundleError, match=f"the archive is larger than {MAX_ARCHIVE_BYTES} bytes"):
+        read_bundle(b"PK" + bytes(MAX_ARCHIVE_BYTES))
     with pytest.raises(BundleError, match="not a ZIP archive"):
         read_bundle(b"PK but not really")
     with pytest.raises(BundleError, match="no manifests in the archive"):
