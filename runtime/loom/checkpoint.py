@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from loom.messages import utcnow
-from loom.state_store import KeyValueStore, NatsKeyValueStore, RedisKeyValueStore
+from loom.state_store import KeyValueStore, RedisKeyValueStore
 
 if TYPE_CHECKING:
-    from loom.bus import Bus
+    from loom.bus.protocol import RoleBus
 
 CHECKPOINT_BUCKET = "loom-checkpoints"
 REDIS_PREFIX = "loom:checkpoint:"
@@ -88,10 +88,10 @@ class KeyValueCheckpointStore(CheckpointStore):
 
 
 class KVCheckpointStore(KeyValueCheckpointStore):
-    """Checkpoints in the NATS JetStream KV bucket ``loom-checkpoints`` (no extra infrastructure)."""
+    """Checkpoints in the bus's Key-Value bucket ``loom-checkpoints`` (JetStream: no extra infrastructure)."""
 
-    def __init__(self, bus: Bus, *, bucket: str = CHECKPOINT_BUCKET, ttl: float | None = None):
-        super().__init__(NatsKeyValueStore(bus, bucket, ttl=ttl))
+    def __init__(self, bus: RoleBus, *, bucket: str = CHECKPOINT_BUCKET, ttl: float | None = None):
+        super().__init__(bus.key_value_store(bucket, ttl=ttl))
 
 
 class RedisCheckpointStore(KeyValueCheckpointStore):

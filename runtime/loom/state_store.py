@@ -12,7 +12,8 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from loom.bus import Bus
+    from loom.bus.kv import KeyValueMixin
+    from loom.bus.protocol import RoleBus
 
 #: Schemes :func:`open_key_value_store` accepts for Redis/Valkey.
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -40,7 +41,7 @@ class KeyValueStore(ABC):
 class NatsKeyValueStore(KeyValueStore):
     """A JetStream Key-Value bucket, opened (created if needed) at first use."""
 
-    def __init__(self, bus: Bus, bucket: str, *, ttl: float | None = None):
+    def __init__(self, bus: KeyValueMixin, bucket: str, *, ttl: float | None = None):
         self._bus = bus
         self.bucket = bucket
         self._ttl = ttl
@@ -98,11 +99,11 @@ class RedisKeyValueStore(KeyValueStore):
 
 
 def open_key_value_store(
-    url: str | None, bus: Bus, *, bucket: str, prefix: str, ttl: float | None
+    url: str | None, bus: RoleBus, *, bucket: str, prefix: str, ttl: float | None
 ) -> KeyValueStore:
     """``url`` None, ``""`` or ``nats``: the bucket on ``bus``; a redis URL: Redis/Valkey; else ValueError."""
     if not url or url == "nats":
-        return NatsKeyValueStore(bus, bucket, ttl=ttl)
+        return bus.key_value_store(bucket, ttl=ttl)
     if url.startswith(REDIS_SCHEMES):
         return RedisKeyValueStore(url, prefix, ttl=ttl)
     raise ValueError(f"state store {url!r}: use nats (the default) or a redis:// / rediss:// URL")

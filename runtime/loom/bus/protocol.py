@@ -1,0 +1,80 @@
+"""What the roles that run work (worker, pipeline, orchestrator) need of a bus.
+
+:class:`~loom.bus.Bus` (NATS JetStream) and :class:`~loom.bus.memory.MemoryBus` (in memory, for
+scenario tests) both provide it; mypy checks that the roles use nothing else, so the same role
+code runs on either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from loom.audit import AuditWriter
+    from loom.bus.consumers import ConsumerLag
+    from loom.bus.publish import ResultSubscription
+    from loom.bus.pull import Delivery
+    from loom.messages import DeadLetter, GoalMessage, GoalResult, TaskMessage, TaskResult
+    from loom.state_store import KeyValueStore
+
+
+class RoleBus(Protocol):
+    """The bus API of the worker, pipeline and orchestrator roles."""
+
+    #: Bumped on every reconnect (results sent meanwhile may be lost: goals ask again).
+    epoch: int
+
+    @property
+    def is_connected(self) -> bool: ...
+
+    @property
+    def audit(self) -> AuditWriter: ...
+
+    async def ensure_worker_consumer(
+        self, worker_type: str, tier: str, *, ack_wait: float, max_deliver: int, max_ack_pending: int
+    ) -> str: ...
+
+    async def ensure_goal_consumer(
+        self, pipeline: str | None, *, ack_wait: float, max_deliver: int, max_ack_pending: int
+    ) -> str: ...
+
+    async def consume(
+        self,
+        stream: str,
+        durable: str,
+        handler: Callable[[Delivery], Awaitable[None]],
+        *,
+        max_in_flight: int,
+        batch: int,
+        stop: asyncio.Event,
+        drain_grace: float = 30.0,
+        on_bound: Callable[[], None] | None = None,
+    ) -> None: ...
+
+    async def consumer_info(self, stream: str, durable: str) -> ConsumerLag: ...
+
+    async def js_publish(
+        self, subject: str, data: bytes, *, msg_id: str | None = None, headers: dict[str, str] | None = None
+    ) -> int: ...
+
+    async def ensure_audit_stream(self, max_age: float, set_age: bool) -> None: ...
+
+    async def publish_task(
+        self, task: TaskMessage, *, subject: str | None = None, msg_id: str | None = None
+    ) -> None: ...
+
+    async def publish_goal(self, goal: GoalMessage, *, msg_id: str | None = None) -> None: ...
+
+    async def publish_result(self, result: TaskResult | GoalResult) -> None: ...
+
+    async def publish_raw(self, subject: str, data: bytes) -> None: ...
+
+    async def publish_dead_letter(self, dl: DeadLetter) -> None: ...
+
+    async def subscribe_results(self, key: str, tenant: str = ...) -> ResultSubscription: ...
+
+    def key_value_store(self, bucket: str, *, ttl: float | None = None) -> KeyValueStore: ...
+
+    async def close(self) -> None: ...
