@@ -98,7 +98,7 @@ async def main(goals: int, stages: int) -> None:
         ):
             rt = WorkerRuntime(await bus(), w, tier)
             tasks.append(asyncio.create_task(rt.run(stop)))
-        services = [PipelineService(chain(stages), settings), PipelineService(fan(), settings)]
+        services = [PipelineService(chain(stages), await bus()), PipelineService(fan(), await bus())]
         tasks += [asyncio.create_task(s.run(stop)) for s in services]
         await asyncio.wait_for(asyncio.gather(*(s.ready.wait() for s in services)), 20)
         deadline = time.monotonic() + 20

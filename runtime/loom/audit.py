@@ -59,7 +59,7 @@ from loom.messages import (
 from loom.subjects import AUDIT_PREFIX, DEFAULT_TENANT, GOALS_PREFIX
 
 if TYPE_CHECKING:
-    from loom.bus import Bus
+    from loom.bus import RoleBus
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ def unpack(body: bytes) -> list[AuditRecord]:
 class AuditWriter:
     """Stores audit records in the background; :meth:`emit` never waits."""
 
-    def __init__(self, bus: Bus, settings: AuditSettings | None = None):
+    def __init__(self, bus: RoleBus, settings: AuditSettings | None = None):
         self.bus = bus
         self.settings = settings or AuditSettings.from_env()
         self._queue: deque[AuditRecord] = deque()

@@ -25,12 +25,12 @@ from loom.quotas import MAX_PAYLOAD_ENV, max_payload_bytes, payload_problem
 from loom.subjects import STREAM_GOALS, tenant_of_subject
 
 if TYPE_CHECKING:
-    from loom.bus import Bus, Delivery
+    from loom.bus import Delivery, RoleBus
 
 log = logging.getLogger(__name__)
 
 
-async def read_goal(bus: Bus, d: Delivery, role: str, max_bytes: int | None = None) -> GoalMessage | None:
+async def read_goal(bus: RoleBus, d: Delivery, role: str, max_bytes: int | None = None) -> GoalMessage | None:
     """The goal in ``d``; None when it is not one or is over ``max_bytes`` (default
     :func:`~loom.quotas.max_payload_bytes`), then it is dead-lettered and settled."""
     too_large = payload_problem(
@@ -52,7 +52,7 @@ async def read_goal(bus: Bus, d: Delivery, role: str, max_bytes: int | None = No
     return goal.model_copy(update={"tenant": tenant_of_subject(d.subject)})
 
 
-async def _too_large(bus: Bus, d: Delivery, role: str, detail: str) -> None:
+async def _too_large(bus: RoleBus, d: Delivery, role: str, detail: str) -> None:
     """Dead-letter an oversized goal without its body; its caller gets a failed GoalResult."""
     goal: GoalMessage | None = None
     with contextlib.suppress(ValidationError):

@@ -304,7 +304,8 @@ async def test_pipeline_schedule_and_replay_under_permissions(
         procs.spawn("router", env=worker_env(secured, "router"))
         procs.worker(echo_worker(tmp_path), env=worker_env(secured, "echo"))
         spec = PipelineSpec.model_validate(PIPELINE)
-        service = PipelineService(spec, secured.settings("pipe"))
+        pipe = await secured.connect("pipe")
+        service = PipelineService(spec, pipe)
         alice = await secured.connect("alice")
         try:
             async with running_service(service, "pipeline"):
@@ -348,6 +349,7 @@ async def test_pipeline_schedule_and_replay_under_permissions(
             await poll(lambda: _replayed(admin, stored.dead_letter.dead_letter_id), 20)
         finally:
             await alice.close()
+            await pipe.close()
         bad = sorted(set(secured.violations()) - {"alice"})
         assert bad == [], f"roles were refused what the normal flow needs: {bad}"
     finally:

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from loom.api.router_policy import TierDefinition
+from loom.bus import Bus
 from loom.llm.factory import build_model_client
 from loom.orchestrator.config import OrchestratorConfig, load_config
 from loom.orchestrator.service import OrchestratorOptions, OrchestratorService
@@ -100,11 +101,13 @@ async def running_orchestrator(
     tier: TierDefinition = config.decomposer.tier
     env = {**os.environ, **loopback_allowed(tier.base_url)} if tier.base_url else None
     provider = build_model_client(tier, env)  # the fake planner model runs on loopback
-    service = OrchestratorService(
-        config, catalog, NatsSettings(url=nats_url, name="test-orchestrator"), lambda: provider, options
-    )
-    async with running_service(service, "orchestrator") as running:
-        yield running
+    bus = await Bus.connect(NatsSettings(url=nats_url, name="test-orchestrator"), role="orchestrator")
+    try:
+        service = OrchestratorService(config, catalog, bus, lambda: provider, options)
+        async with running_service(service, "orchestrator") as running:
+            yield running
+    finally:
+        await bus.close()
 
 
 def config_model(path: Path) -> OrchestratorConfig:

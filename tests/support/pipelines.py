@@ -47,12 +47,16 @@ async def running_service(service: S, what: str) -> AsyncIterator[S]:
 async def running_pipeline(
     url: str, spec: dict[str, Any] | PipelineSpec, options: PipelineOptions | None = None
 ) -> AsyncIterator[PipelineService]:
-    """A PipelineService consuming its goals until the block ends."""
+    """A PipelineService on its own connection, consuming its goals until the block ends."""
     if not isinstance(spec, PipelineSpec):
         spec = PipelineSpec.model_validate(spec)
-    service = PipelineService(spec, NatsSettings(url=url, name="test-pipeline"), options)
-    async with running_service(service, "pipeline service") as running:
-        yield running
+    bus = await Bus.connect(NatsSettings(url=url, name="test-pipeline"), role="pipeline")
+    try:
+        service = PipelineService(spec, bus, options)
+        async with running_service(service, "pipeline service") as running:
+            yield running
+    finally:
+        await bus.close()
 
 
 async def submit(bus: Bus, goal: GoalMessage, within: float = 30.0) -> GoalResult:

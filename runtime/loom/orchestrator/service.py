@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from loom import goal_metrics, tracing
 from loom.api.worker import WorkerSpec
 from loom.audit import goal_record
-from loom.bus import Bus, Delivery
+from loom.bus import Delivery, RoleBus
 from loom.checkpoint import CheckpointStore, KVCheckpointStore, RedisCheckpointStore
 from loom.goal_delivery import read_goal
 from loom.llm.base import Provider
 from loom.messages import TaskStatus
 from loom.orchestrator.config import OrchestratorConfig
 from loom.orchestrator.session import GoalSession
-from loom.settings import NatsSettings
 from loom.subjects import STREAM_GOALS
 
 log = logging.getLogger(__name__)
@@ -35,7 +34,7 @@ class OrchestratorOptions:
     drain_grace: float = 5.0
 
 
-def checkpoint_store(config: OrchestratorConfig, bus: Bus) -> CheckpointStore:
+def checkpoint_store(config: OrchestratorConfig, bus: RoleBus) -> CheckpointStore:
     """The configured checkpoint backend."""
     cp = config.checkpoint
     if cp.backend == "redis":
@@ -51,7 +50,7 @@ class OrchestratorService:
         self,
         config: OrchestratorConfig,
         catalog: dict[str, WorkerSpec],
-        settings: NatsSettings,
+        bus: RoleBus,
         provider_factory: Callable[[], Provider],
         options: OrchestratorOptions | None = None,
         *,
@@ -59,20 +58,20 @@ class OrchestratorService:
     ):
         self.config = config
         self.catalog = catalog
-        self.settings = settings
+        self.bus = bus
         self.provider_factory = provider_factory
         self.options = options or OrchestratorOptions()
         self.clock = clock
         self.ready = asyncio.Event()
-        self.bus: Bus | None = None
         self.session: GoalSession | None = None
 
     def is_ready(self) -> bool:
         """Readiness: started (consumer bound) and NATS connected right now, like workers and routers."""
-        return self.ready.is_set() and self.bus is not None and self.bus.is_connected
+        return self.ready.is_set() and self.bus.is_connected
 
     async def run(self, stop: asyncio.Event) -> None:
-        bus = self.bus = await Bus.connect(self.settings, role="orchestrator")
+        """Consume goals until ``stop`` is set (the bus stays open: its owner closes it)."""
+        bus = self.bus
         provider = self.provider_factory()
         store = checkpoint_store(self.config, bus)
         try:
@@ -103,9 +102,8 @@ class OrchestratorService:
             self.ready.clear()
             await store.close()
             await provider.close()
-            await bus.close()
 
-    async def _handle(self, bus: Bus, d: Delivery) -> None:
+    async def _handle(self, bus: RoleBus, d: Delivery) -> None:
         attrs = {"messaging.message.delivery_count": d.num_delivered}
         parent = tracing.extract(d.headers)
         with tracing.span(
@@ -113,7 +111,7 @@ class OrchestratorService:
         ):
             await self._goal(bus, d)
 
-    async def _goal(self, bus: Bus, d: Delivery) -> None:
+    async def _goal(self, bus: RoleBus, d: Delivery) -> None:
         assert self.session is not None
         name = self.config.name
         goal = await read_goal(bus, d, "orchestrator")

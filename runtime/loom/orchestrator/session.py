@@ -39,7 +39,7 @@ from loom.orchestrator.config import OrchestratorConfig
 from loom.orchestrator.metrics import CHECKPOINTS, REJECTED_SUBTASKS, RESUMED_FROM_CHECKPOINT, SUBTASKS
 
 if TYPE_CHECKING:
-    from loom.bus import Bus, ResultSubscription
+    from loom.bus import ResultSubscription, RoleBus
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class GoalSession:
 
     def __init__(
         self,
-        bus: Bus,
+        bus: RoleBus,
         config: OrchestratorConfig,
         catalog: dict[str, WorkerSpec],
         provider: Provider,

@@ -26,7 +26,7 @@ from loom.pipeline.plan import PipelinePlan, parse_stage_task_id, stage_msg_id, 
 from loom.pipeline.state import GoalState, StateStore
 
 if TYPE_CHECKING:
-    from loom.bus import Bus, ResultSubscription
+    from loom.bus import ResultSubscription, RoleBus
 
 log = logging.getLogger(__name__)
 #: How often a goal waiting for stage results checks whether the connection moved to another server.
@@ -42,7 +42,7 @@ class GoalRunner:
     """Drives goals of one pipeline; one instance serves every goal of a process."""
 
     def __init__(
-        self, bus: Bus, plan: PipelinePlan, store: StateStore, *, clock: Callable[[], float] = time.time
+        self, bus: RoleBus, plan: PipelinePlan, store: StateStore, *, clock: Callable[[], float] = time.time
     ):
         self.bus = bus
         self.plan = plan

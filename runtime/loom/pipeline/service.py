@@ -18,12 +18,11 @@ from dataclasses import dataclass
 
 from loom import tracing
 from loom.api.pipeline import PipelineSpec
-from loom.bus import Bus, Delivery
+from loom.bus import Delivery, RoleBus
 from loom.goal_delivery import read_goal
 from loom.pipeline.plan import PipelinePlan
 from loom.pipeline.runner import GoalRunner
 from loom.pipeline.state import DEFAULT_STATE_TTL, StateStore
-from loom.settings import NatsSettings
 from loom.subjects import STREAM_GOALS
 
 log = logging.getLogger(__name__)
@@ -51,25 +50,25 @@ class PipelineService:
     def __init__(
         self,
         spec: PipelineSpec,
-        settings: NatsSettings,
+        bus: RoleBus,
         options: PipelineOptions | None = None,
         *,
         clock: Callable[[], float] = time.time,
     ):
         self.plan = PipelinePlan(spec)
-        self.settings = settings
+        self.bus = bus
         self.options = options or PipelineOptions()
         self.clock = clock
         self.runner: GoalRunner | None = None
         self.ready = asyncio.Event()
-        self.bus: Bus | None = None
 
     def is_ready(self) -> bool:
         """Readiness: started (consumer bound) and NATS connected right now, like workers and routers."""
-        return self.ready.is_set() and self.bus is not None and self.bus.is_connected
+        return self.ready.is_set() and self.bus.is_connected
 
     async def run(self, stop: asyncio.Event) -> None:
-        bus = self.bus = await Bus.connect(self.settings, role="pipeline")
+        """Consume goals until ``stop`` is set (the bus stays open: its owner closes it)."""
+        bus = self.bus
         closing: list[StateStore] = []
         try:
             store = await StateStore.open(bus, ttl=self.options.state_ttl, url=self.options.state_url)
@@ -97,9 +96,8 @@ class PipelineService:
             self.ready.clear()
             for store in closing:
                 await store.close()
-            await bus.close()
 
-    async def _handle(self, bus: Bus, d: Delivery) -> None:
+    async def _handle(self, bus: RoleBus, d: Delivery) -> None:
         assert self.runner is not None
         attrs = {"messaging.message.delivery_count": d.num_delivered}
         parent = tracing.extract(d.headers)

@@ -28,7 +28,7 @@ from loom.pipeline.plan import TERMINAL, PipelinePlan, final_output
 from loom.state_store import KeyValueStore, NatsKeyValueStore, open_key_value_store
 
 if TYPE_CHECKING:
-    from loom.bus import Bus
+    from loom.bus import RoleBus
 
 STATE_BUCKET = "loom-pipeline-state"
 STATE_REDIS_PREFIX = "loom:pipeline-state:"
@@ -308,7 +308,7 @@ class StateStore:
 
     @classmethod
     async def open(
-        cls, bus: Bus, *, ttl: float | None = DEFAULT_STATE_TTL, url: str | None = None
+        cls, bus: RoleBus, *, ttl: float | None = DEFAULT_STATE_TTL, url: str | None = None
     ) -> StateStore:
         """The bucket ``loom-pipeline-state`` on ``bus`` (created if needed), or Redis/Valkey when ``url``
         is a redis URL; entries expire after ``ttl`` seconds."""

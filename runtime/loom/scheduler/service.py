@@ -267,23 +267,22 @@ async def _sleep_or_stop(clock: Clock, seconds: float, stop: asyncio.Event) -> N
 
 
 class SchedulerService:
-    """``loom scheduler``: connect, then run a :class:`Scheduler` until stopped."""
+    """``loom scheduler``: run a :class:`Scheduler` on the bus it is given until stopped."""
 
-    def __init__(self, schedules: Sequence[ScheduleSpec], settings: Any, *, clock: Clock | None = None):
+    def __init__(self, bus: Bus, schedules: Sequence[ScheduleSpec], *, clock: Clock | None = None):
+        self.bus = bus
         self.schedules = list(schedules)
-        self.settings = settings
         self.clock = clock
         self.ready = asyncio.Event()
-        self.bus: Bus | None = None
 
     def is_ready(self) -> bool:
         """Readiness: started and NATS connected right now, like workers and routers."""
-        return self.ready.is_set() and self.bus is not None and self.bus.is_connected
+        return self.ready.is_set() and self.bus.is_connected
 
     async def run(self, stop: asyncio.Event) -> None:
-        bus = self.bus = await Bus.connect(self.settings, role="scheduler")
+        """Fire schedules until ``stop`` is set (the bus stays open: its owner closes it)."""
         try:
-            scheduler = Scheduler(bus, self.schedules, clock=self.clock)
+            scheduler = Scheduler(self.bus, self.schedules, clock=self.clock)
             self.ready.set()
             log.info(
                 "scheduler: %d schedule(s): %s",
@@ -293,4 +292,3 @@ class SchedulerService:
             await scheduler.run(stop)
         finally:
             self.ready.clear()
-            await bus.close()

@@ -31,7 +31,7 @@ from loom.api.router_policy import (
 )
 from loom.api.worker import WorkerSpec
 from loom.audit import dead_letter_record, task_record
-from loom.bus import Bus, Delivery
+from loom.bus import Delivery, RoleBus
 from loom.contracts import Contract
 from loom.dead_letters import dead_letter_of
 from loom.errors import TaskError, TaskTimeout
@@ -92,7 +92,7 @@ class WorkerRuntime:
 
     def __init__(
         self,
-        bus: Bus,
+        bus: RoleBus,
         spec: WorkerSpec,
         tier: TierDefinition,
         engine: TaskEngine | None = None,

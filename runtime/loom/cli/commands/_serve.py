@@ -1,8 +1,7 @@
 """What every long-running role does around its work: logging, signals, health server, bus.
 
-One frame for all roles. :func:`serve_on_bus` connects a Bus for roles built on
-one (router, worker); :func:`serve` runs roles that own their connection
-(pipeline, orchestrator, scheduler). Either way: SIGTERM/SIGINT start a graceful
+One frame for all roles: :func:`serve_on_bus` connects a Bus, builds the role on it
+(every role receives its Bus) and closes it after the role stops. SIGTERM/SIGINT start a graceful
 drain, ``/readyz`` turns not-ready as soon as the drain starts (no new work is
 sent to a stopping pod), and the exit code is 0 after a clean stop.
 
@@ -95,16 +94,6 @@ async def _run_framed(
         return 1
     log.info("%s stopped", role)
     return 0
-
-
-def serve(args: argparse.Namespace, role: str, run: RoleRun, ready: Ready) -> int:
-    """Run a role that connects by itself, with logging, health server and signal handling."""
-    configure_logging(args)
-
-    async def start(_: contextlib.AsyncExitStack) -> tuple[RoleRun, Ready]:
-        return run, ready
-
-    return asyncio.run(_run_framed(args, role, start))
 
 
 def serve_on_bus(args: argparse.Namespace, role: str, build: Callable[[Bus], tuple[RoleRun, Ready]]) -> int:

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from loom.api.loader import LoadError
-from loom.cli.common import add_goal_consumer_options, add_runtime_options, nats_settings
+from loom.cli.common import add_goal_consumer_options, add_runtime_options
 
 NAME = "orchestrator"
 HELP = "Run the goal orchestrator: consume loom.goals.incoming, decompose, dispatch, checkpoint, synthesize."
@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from loom.cli.commands._serve import serve
+    from loom.bus import Bus
+    from loom.cli.commands._serve import Ready, RoleRun, serve_on_bus
     from loom.llm.factory import ProviderConfigError, build_model_client
     from loom.orchestrator.config import load_config
     from loom.orchestrator.service import OrchestratorOptions, OrchestratorService
@@ -35,13 +36,12 @@ def run(args: argparse.Namespace) -> int:
     except ProviderConfigError as exc:
         print(f"loom orchestrator: {exc}", file=sys.stderr)
         return 2
-    service = OrchestratorService(
-        config,
-        catalog,
-        nats_settings(args, name=f"loom-orchestrator-{config.name}"),
-        lambda: provider,
-        OrchestratorOptions(
-            ack_wait=args.ack_wait, max_deliver=args.max_deliver, drain_grace=args.drain_grace
-        ),
+    options = OrchestratorOptions(
+        ack_wait=args.ack_wait, max_deliver=args.max_deliver, drain_grace=args.drain_grace
     )
-    return serve(args, f"orchestrator {config.name}", service.run, service.is_ready)
+
+    def build(bus: Bus) -> tuple[RoleRun, Ready]:
+        service = OrchestratorService(config, catalog, bus, lambda: provider, options)
+        return service.run, service.is_ready
+
+    return serve_on_bus(args, f"orchestrator-{config.name}", build)

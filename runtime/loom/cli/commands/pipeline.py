@@ -7,7 +7,7 @@ import os
 import sys
 
 from loom.api.loader import LoadError, load_one
-from loom.cli.common import add_goal_consumer_options, add_runtime_options, nats_settings
+from loom.cli.common import add_goal_consumer_options, add_runtime_options
 
 NAME = "pipeline"
 HELP = "Run a pipeline orchestrator: consume loom.goals.<pipeline>, run its stages, publish goal results."
@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from loom.cli.commands._serve import serve
+    from loom.bus import Bus
+    from loom.cli.commands._serve import Ready, RoleRun, serve_on_bus
     from loom.pipeline.service import PipelineOptions, PipelineService
     from loom.pipeline.state import StateStoreConfigError, state_store_url
 
@@ -51,15 +52,16 @@ def run(args: argparse.Namespace) -> int:
     except StateStoreConfigError as exc:
         print(f"loom pipeline: {exc}", file=sys.stderr)
         return 2
-    service = PipelineService(
-        spec,
-        nats_settings(args, name=f"loom-pipeline-{spec.pipeline_name}"),
-        PipelineOptions(
-            ack_wait=args.ack_wait,
-            max_deliver=args.max_deliver,
-            state_ttl=args.state_ttl,
-            state_url=state_url,
-            drain_grace=args.drain_grace,
-        ),
+    options = PipelineOptions(
+        ack_wait=args.ack_wait,
+        max_deliver=args.max_deliver,
+        state_ttl=args.state_ttl,
+        state_url=state_url,
+        drain_grace=args.drain_grace,
     )
-    return serve(args, f"pipeline {spec.pipeline_name}", service.run, service.is_ready)
+
+    def build(bus: Bus) -> tuple[RoleRun, Ready]:
+        service = PipelineService(spec, bus, options)
+        return service.run, service.is_ready
+
+    return serve_on_bus(args, f"pipeline-{spec.pipeline_name}", build)

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from loom.api.loader import LoadError
-from loom.cli.common import add_runtime_options, nats_settings
+from loom.cli.common import add_runtime_options
 
 NAME = "scheduler"
 HELP = "Run the scheduler: dispatch goals or tasks on cron or interval schedules."
@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from loom.cli.commands._serve import serve
+    from loom.bus import Bus
+    from loom.cli.commands._serve import Ready, RoleRun, serve_on_bus
     from loom.scheduler.service import SchedulerService, load_schedules
 
     try:
@@ -32,5 +33,9 @@ def run(args: argparse.Namespace) -> int:
     except LoadError as exc:
         print(f"loom scheduler: invalid config:\n{exc}", file=sys.stderr)
         return 2
-    service = SchedulerService(schedules, nats_settings(args, name="loom-scheduler"))
-    return serve(args, "scheduler", service.run, service.is_ready)
+
+    def build(bus: Bus) -> tuple[RoleRun, Ready]:
+        service = SchedulerService(bus, schedules)
+        return service.run, service.is_ready
+
+    return serve_on_bus(args, "scheduler", build)
