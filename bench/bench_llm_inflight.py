@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -109,7 +110,52 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def run(tasks: int, delay: float, in_flight: int, src: str | None = None) -> dict[str, float]:
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine has been busy so far, all processes (``/proc/stat``)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU used over a window by the processes of one run and by the whole machine."""
+
+    def __init__(self, pids: dict[str, int]):
+        self.pids = pids
+        self.start = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        self.self_start = time.process_time()
+        self.machine_start = machine_busy_seconds()
+        self.wall_start = time.perf_counter()
+
+    def per_item_ms(self, items: int) -> dict[str, float]:
+        """Milliseconds of CPU per item of each process (``bench``: this process), and the cores the
+        machine kept busy over the window (``machine_busy_cores``, everything running on it)."""
+        out = {
+            f"{name}_cpu_ms": (cpu_seconds(pid) - self.start[name]) / items * 1000
+            for name, pid in self.pids.items()
+        }
+        out["bench_cpu_ms"] = (time.process_time() - self.self_start) / items * 1000
+        wall = time.perf_counter() - self.wall_start
+        out["machine_busy_cores"] = (machine_busy_seconds() - self.machine_start) / wall
+        return {k: round(v, 3) for k, v in out.items()}
+
+
+def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling ``pid`` into collapsed stacks (``out``) until it is interrupted."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen(
+        [
+            str(beside) if beside.exists() else "py-spy",
+            *("record", "--pid", str(pid), "--format", "raw", "--output", str(out), "--nonblocking"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def run(
+    tasks: int, delay: float, in_flight: int, src: str | None = None, profile: Path | None = None
+) -> dict[str, float]:
     nats = NatsServer().start()
     fake_port = free_port()
     fake = start_fake(fake_port, delay)
@@ -156,7 +202,9 @@ async def run(tasks: int, delay: float, in_flight: int, src: str | None = None) 
 
         await bus.subscribe_all_results(on_result)
         subject = task_subject("bench", "standard")
-        cpu_before = cpu_seconds(worker.pid)
+        profiler = start_profiler(worker.pid, profile) if profile else None
+        assert nats.proc is not None
+        meter = CpuMeter({"worker": worker.pid, "fake": fake.pid, "nats": nats.proc.pid})
         started = time.perf_counter()
         for i in range(tasks):
             await bus.publish_task(
@@ -165,10 +213,15 @@ async def run(tasks: int, delay: float, in_flight: int, src: str | None = None) 
         published = time.perf_counter() - started
         await asyncio.wait_for(done.wait(), timeout=tasks * delay + 120)
         elapsed = time.perf_counter() - started
-        cpu = cpu_seconds(worker.pid) - cpu_before
+        shares = meter.per_item_ms(tasks)
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(60)
         async with httpx.AsyncClient() as http:
             stats = (await http.get(f"http://127.0.0.1:{fake_port}/_stats")).json()
+        raw_meter = CpuMeter({"fake": fake.pid})
         raw_rate = await raw_calls(f"http://127.0.0.1:{fake_port}/v1/chat/completions", tasks, in_flight)
+        raw_shares = raw_meter.per_item_ms(tasks)
     finally:
         await bus.close()
         worker.terminate()
@@ -189,7 +242,15 @@ async def run(tasks: int, delay: float, in_flight: int, src: str | None = None) 
         "ratio_to_ceiling": round(rate / ceiling, 3),
         "raw_calls_per_s": round(raw_rate, 1),
         "ratio_to_raw": round(rate / raw_rate, 3),
-        "worker_cpu_ms_per_task": round(cpu / tasks * 1000, 3),
+        "worker_cpu_ms_per_task": shares["worker_cpu_ms"],
+        # CPU per task of the other parts of the run, and of the bare client's run
+        "fake_cpu_ms_per_task": shares["fake_cpu_ms"],
+        "nats_cpu_ms_per_task": shares["nats_cpu_ms"],
+        "bench_cpu_ms_per_task": shares["bench_cpu_ms"],
+        "machine_busy_cores": shares["machine_busy_cores"],
+        "raw_fake_cpu_ms_per_call": raw_shares["fake_cpu_ms"],
+        "raw_client_cpu_ms_per_call": raw_shares["bench_cpu_ms"],
+        "raw_machine_busy_cores": raw_shares["machine_busy_cores"],
     }
 
 
@@ -202,12 +263,20 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=256)
     parser.add_argument("--baseline-src", help="a runtime/ source tree to measure against, same run")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each configuration, alternated")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="a directory: py-spy samples the worker during each run (collapsed stacks, one file per run)",
+    )
     args = parser.parse_args()
     sources = {"this": None} | ({"baseline": args.baseline_src} if args.baseline_src else {})
     results: dict[str, list[dict[str, float]]] = {name: [] for name in sources}
-    for _ in range(args.rounds):
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    for round_no in range(args.rounds):
         for name, src in sources.items():
-            result = asyncio.run(run(args.tasks, args.delay, args.in_flight, src))
+            profile = args.profile / f"{name}-{round_no}.txt" if args.profile else None
+            result = asyncio.run(run(args.tasks, args.delay, args.in_flight, src, profile))
             print(json.dumps({"worker": name} | result), flush=True)
             results[name].append(result)
     best = {name: max(rs, key=lambda r: r["ratio_to_ceiling"]) for name, rs in results.items()}

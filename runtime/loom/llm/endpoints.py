@@ -223,6 +223,16 @@ def check_addresses(url: str, addresses: Iterable[str], rules: EndpointRules) ->
             raise EndpointRefused(f"model endpoint refused: {host} resolves to {problem}")
 
 
+def address_literal(url: str) -> bool:
+    """Whether the URL's host is an IP address (nothing to resolve: its verdict never changes)."""
+    try:
+        host = (urlsplit(url).hostname or "").strip("[]")
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 async def check_endpoint(url: str, rules: EndpointRules) -> None:
     """The check before a request: the URL, then every address its host resolves to now.
 

@@ -186,7 +186,7 @@ class HttpPool:
         async with session.post(
             self.base_url + path,
             data=content,
-            headers=dict(headers),
+            headers=headers,
             allow_redirects=False,
             proxy=proxy,
             proxy_auth=proxy_auth,
