@@ -1,0 +1,273 @@
+"""The server side of the in-memory bus: streams, durable consumers, core subscriptions and
+Key-Value buckets, shared by every :class:`~loom.bus.memory.MemoryBus` connected to one broker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from nats.js import api as js_api
+
+from loom.bus.connection import BusError
+from loom.bus.consumers import ConsumerLag
+from loom.bus.pull import Verdict
+from loom.bus.streams import DUPLICATE_WINDOW, _stream_configs
+from loom.state_store import KeyValueStore
+from loom.subjects import subject_matches
+
+#: Longest wait of a pull loop between looks at its consumer (timed redeliveries are due by then).
+_IDLE = 0.5
+
+
+@dataclass
+class Stored:
+    """A message in a stream of the twin."""
+
+    seq: int
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+
+
+@dataclass
+class Stream:
+    """A stream of the twin: the subjects it stores, and whether acknowledging removes a message."""
+
+    name: str
+    subjects: list[str]
+    work_queue: bool
+    messages: dict[int, Stored] = field(default_factory=dict)
+    last_seq: int = 0
+    #: Nats-Msg-Id -> (when stored, sequence), for the duplicate window.
+    ids: dict[str, tuple[float, int]] = field(default_factory=dict)
+
+    def covers(self, subject: str) -> bool:
+        return any(subject_matches(p, subject) for p in self.subjects)
+
+
+@dataclass
+class _Track:
+    """One message as one consumer sees it."""
+
+    deliveries: int = 0
+    #: Unsettled delivery's ack deadline (None: not out with a handler).
+    deadline: float | None = None
+    #: Not to be delivered before (a nak's delay).
+    due: float = 0.0
+    done: bool = False
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    """The delivery settings of a durable consumer, as the roles declare them."""
+
+    filters: tuple[str, ...]
+    ack_wait: float
+    max_deliver: int
+    max_ack_pending: int
+
+
+class Consumer:
+    """A durable pull consumer: which messages of its stream it delivers, and when again."""
+
+    def __init__(self, stream: Stream, name: str, config: ConsumerConfig):
+        self.stream = stream
+        self.name = name
+        self.config = config
+        self.tracks: dict[int, _Track] = {}
+        self.waiters: set[asyncio.Event] = set()
+
+    @property
+    def ack_wait(self) -> float:
+        return self.config.ack_wait
+
+    @property
+    def max_deliver(self) -> int:
+        return self.config.max_deliver
+
+    def wants(self, subject: str) -> bool:
+        filters = self.config.filters
+        return not filters or any(subject_matches(f, subject) for f in filters)
+
+    def notify(self) -> None:
+        for event in self.waiters:
+            event.set()
+
+    def _deliverable(self, seq: int, now: float) -> bool:
+        t = self.tracks.get(seq)
+        if t is None:
+            return True
+        if t.done or (self.max_deliver > 0 and t.deliveries >= self.max_deliver):
+            return False
+        if t.deadline is not None:
+            return now >= t.deadline  # ack wait expired: JetStream hands it out again
+        return now >= t.due
+
+    def take(self, n: int, now: float) -> list[tuple[Stored, int]]:
+        """Up to ``n`` messages to hand out now, oldest first, each with its delivery count; never
+        more unsettled than ``max_ack_pending``, as JetStream holds back the rest."""
+        unsettled = sum(1 for t in self.tracks.values() if t.deadline is not None and now < t.deadline)
+        n = min(n, self.config.max_ack_pending - unsettled)
+        out: list[tuple[Stored, int]] = []
+        for seq in sorted(self.stream.messages):
+            if len(out) >= n:
+                break
+            msg = self.stream.messages[seq]
+            if not self.wants(msg.subject) or not self._deliverable(seq, now):
+                continue
+            t = self.tracks.setdefault(seq, _Track())
+            t.deliveries += 1
+            t.deadline = now + self.ack_wait
+            out.append((msg, t.deliveries))
+        return out
+
+    def next_due(self, now: float) -> float:
+        """Seconds until a held-back message may go out again (capped at :data:`_IDLE`)."""
+        times = [
+            t.deadline if t.deadline is not None else t.due
+            for t in self.tracks.values()
+            if not t.done and (self.max_deliver <= 0 or t.deliveries < self.max_deliver)
+        ]
+        return max(0.0, min([_IDLE, *(x - now for x in times)]))
+
+    def settle(self, seq: int, deliveries: int, verdict: Verdict, delay: float | None) -> None:
+        t = self.tracks.get(seq)
+        if t is None or t.done:
+            return
+        now = time.monotonic()
+        if verdict == "progress":
+            if t.deliveries == deliveries and t.deadline is not None:
+                t.deadline = now + self.ack_wait
+            return
+        if verdict == "nak":
+            if t.deliveries == deliveries:
+                t.deadline, t.due = None, now + (delay or 0.0)
+        else:  # ack or term: done with it for good
+            t.done, t.deadline = True, None
+            if self.stream.work_queue:
+                self.stream.messages.pop(seq, None)
+                del self.tracks[seq]
+        self.notify()
+
+    def lag(self) -> ConsumerLag:
+        """Never delivered; delivered and unsettled (a last delivery only until its ack wait ends)."""
+        now = time.monotonic()
+        pending = ack_pending = redelivered = 0
+        for seq, msg in self.stream.messages.items():
+            if not self.wants(msg.subject):
+                continue
+            t = self.tracks.get(seq)
+            if t is None or t.deliveries == 0:
+                pending += 1
+            elif not t.done and (
+                (t.deadline is not None and now < t.deadline)
+                or self.max_deliver <= 0
+                or t.deliveries < self.max_deliver
+            ):
+                ack_pending += 1
+                redelivered += t.deliveries > 1
+        return ConsumerLag(pending, ack_pending, redelivered)
+
+
+class CoreSub:
+    """A core subscription of one connection (``owner``: that connection's subscriptions)."""
+
+    def __init__(
+        self, broker: MemoryBroker, pattern: str, deliver: Callable[[bytes], None], owner: set[CoreSub]
+    ):
+        self.broker, self.pattern, self.deliver, self.owner = broker, pattern, deliver, owner
+        broker.subs.add(self)
+        owner.add(self)
+
+    async def unsubscribe(self) -> None:
+        self.broker.subs.discard(self)
+        self.owner.discard(self)
+
+
+class MemoryBroker:
+    """The server of the twin: Loom's streams (declared as the real bus declares them), durable
+    consumers, core subscriptions and Key-Value buckets, shared by every MemoryBus on it."""
+
+    def __init__(self) -> None:
+        self.streams: dict[str, Stream] = {}
+        for c in _stream_configs():
+            self.declare(
+                str(c.name), list(c.subjects or []), c.retention == js_api.RetentionPolicy.WORK_QUEUE
+            )
+        self.consumers: dict[tuple[str, str], Consumer] = {}
+        self.subs: set[CoreSub] = set()
+        #: bucket -> key -> (value, expires at or None).
+        self.buckets: dict[str, dict[str, tuple[bytes, float | None]]] = {}
+
+    def declare(self, name: str, subjects: list[str], work_queue: bool) -> None:
+        """A stream, unless it exists (its stored messages stay)."""
+        self.streams.setdefault(name, Stream(name, subjects, work_queue))
+
+    def store(self, subject: str, data: bytes, headers: dict[str, str]) -> tuple[int, bool]:
+        """Store into the stream covering ``subject``: (sequence, whether it was a duplicate)."""
+        stream = next((s for s in self.streams.values() if s.covers(subject)), None)
+        if stream is None:
+            raise BusError(f"publish to {subject!r} not stored: no stream stores it")
+        now = time.monotonic()
+        stream.ids = {k: v for k, v in stream.ids.items() if now - v[0] < DUPLICATE_WINDOW}
+        msg_id = headers.get("Nats-Msg-Id")
+        if msg_id and msg_id in stream.ids:
+            return stream.ids[msg_id][1], True
+        stream.last_seq += 1
+        stream.messages[stream.last_seq] = Stored(stream.last_seq, subject, data, headers)
+        if msg_id:
+            stream.ids[msg_id] = (now, stream.last_seq)
+        for c in self.consumers.values():
+            if c.stream is stream and c.wants(subject):
+                c.notify()
+        return stream.last_seq, False
+
+    def consumer(self, stream: str, name: str, config: ConsumerConfig) -> str:
+        """Create or update a durable consumer (its delivery state is kept)."""
+        key = (stream, name)
+        if key in self.consumers:
+            self.consumers[key].config = config
+        else:
+            self.consumers[key] = Consumer(self.streams[stream], name, config)
+        return name
+
+    def find(self, stream: str, durable: str) -> Consumer:
+        try:
+            return self.consumers[(stream, durable)]
+        except KeyError:
+            raise BusError(f"consumer {durable} on {stream}: consumer not found") from None
+
+    def send(self, subject: str, data: bytes) -> None:
+        """Core publish: to the subscribers of the moment, nothing stored."""
+        for sub in list(self.subs):
+            if subject_matches(sub.pattern, subject):
+                sub.deliver(data)
+
+    def messages(self, stream: str, pattern: str) -> list[Stored]:
+        s = self.streams.get(stream)
+        return (
+            []
+            if s is None
+            else [m for _, m in sorted(s.messages.items()) if subject_matches(pattern, m.subject)]
+        )
+
+
+class MemoryKeyValueStore(KeyValueStore):
+    """A bucket of the twin: entries expire after ``ttl`` seconds, as the bucket's would."""
+
+    def __init__(self, bucket: dict[str, tuple[bytes, float | None]], ttl: float | None):
+        self._bucket, self._ttl = bucket, ttl
+
+    async def get(self, key: str) -> bytes | None:
+        entry = self._bucket.get(key)
+        if entry is None or (entry[1] is not None and time.monotonic() >= entry[1]):
+            return None
+        return entry[0]
+
+    async def put(self, key: str, value: bytes) -> None:
+        self._bucket[key] = (value, None if self._ttl is None else time.monotonic() + self._ttl)
+
+    async def delete(self, key: str) -> None:
+        self._bucket.pop(key, None)

@@ -1,0 +1,303 @@
+"""Role scenarios, one test body on two backends: the in-memory bus and a real nats-server.
+
+The roles (worker, pipeline, orchestrator checkpoints) run in-process on whatever bus the backend
+connects; the memory backend needs no server (only the ``nats`` parameters are ``integration``),
+so these scenarios also run in milliseconds where no nats-server exists. Task routing is played
+by a forwarder (incoming -> the worker subject), as the router is not one of the roles here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pytest
+from tests.support.processes import poll
+
+from loom.api.pipeline import PipelineSpec
+from loom.api.router_policy import TierDefinition
+from loom.api.worker import WorkerSpec
+from loom.audit import AuditRecord
+from loom.backends import BackendError, ProcessingBackend
+from loom.bus import Bus, Delivery, RoleBus, StoredDeadLetter
+from loom.bus.memory import MemoryBroker, MemoryBus
+from loom.checkpoint import Checkpoint, KVCheckpointStore
+from loom.contrib.noop import EchoBackend
+from loom.messages import DeadLetterReason, GoalMessage, GoalResult, TaskMessage, TaskResult, TaskStatus
+from loom.pipeline.service import PipelineService
+from loom.settings import NatsSettings
+from loom.subjects import STREAM_INCOMING, STREAM_TASKS, task_subject
+from loom.worker.processor import ProcessorEngine
+from loom.worker.runtime import WorkerOptions, WorkerRuntime
+
+
+class ScenarioBus(RoleBus, Protocol):
+    """The roles' bus plus what a test reads back and the forwarder uses."""
+
+    async def ensure_router_consumer(
+        self, *, ack_wait: float, max_deliver: int, max_ack_pending: int
+    ) -> str: ...
+
+    async def stream_messages(self, stream: str) -> int: ...
+
+    async def dead_letters(self) -> list[StoredDeadLetter]: ...
+
+    async def audit_records(self, tenant: str | None = None) -> list[AuditRecord]: ...
+
+
+@dataclass
+class Backend:
+    """Connections to one bus backend; every connection and role is stopped and closed at the end."""
+
+    name: str
+    connect: Callable[[], Awaitable[ScenarioBus]]
+    buses: list[ScenarioBus] = field(default_factory=list)
+    roles: list[tuple[asyncio.Event, asyncio.Task[None]]] = field(default_factory=list)
+
+    async def bus(self) -> ScenarioBus:
+        b = await self.connect()
+        self.buses.append(b)
+        return b
+
+    async def start(
+        self, run: Callable[[asyncio.Event], Coroutine[Any, Any, None]], ready: Callable[[], bool]
+    ) -> None:
+        """Run a role until the end of the test; returns once it is bound to its consumer."""
+        stop = asyncio.Event()
+        task = asyncio.create_task(run(stop))
+        self.roles.append((stop, task))
+        async with asyncio.timeout(15):
+            while not ready():
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.01)
+
+    async def stop_all(self) -> None:
+        for stop, _ in self.roles:
+            stop.set()
+        await asyncio.gather(*(t for _, t in self.roles))
+        self.roles.clear()
+
+    async def close(self) -> None:
+        await self.stop_all()
+        for b in self.buses:
+            await b.close()
+
+
+@pytest.fixture(params=["memory", pytest.param("nats", marks=pytest.mark.integration)])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    if request.param == "memory":
+        broker = MemoryBroker()
+
+        async def connect() -> ScenarioBus:
+            return MemoryBus(broker)
+
+    else:
+        url: str = request.getfixturevalue("nats_url")
+
+        async def connect() -> ScenarioBus:
+            return await Bus.connect(NatsSettings(url=url, name="scenario"))
+
+    b = Backend(request.param, connect)
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+def echo_spec(**extra: Any) -> WorkerSpec:
+    return WorkerSpec.model_validate(
+        {
+            "name": "echo",
+            "worker_kind": "processor",
+            "processing_backend": "loom.contrib.noop.EchoBackend",
+            "default_model_tier": "local",
+            "max_in_flight": 8,
+            "max_deliver": 3,
+            "retry_backoff_seconds": [0.05],
+            **extra,
+        }
+    )
+
+
+class Counting(ProcessingBackend):
+    """EchoBackend that counts its calls; with ``fail_first`` the first call per task fails (retryable)."""
+
+    def __init__(self, fail_first: bool = False):
+        self.fail_first = fail_first
+        self.calls: list[dict[str, Any]] = []
+        self.echo = EchoBackend()
+
+    async def process(self, payload: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(payload)
+        if self.fail_first and sum(1 for c in self.calls if c == payload) == 1:
+            raise BackendError("the backend is briefly unavailable", retryable=True)
+        return await self.echo.process(payload, config)
+
+
+async def start_worker(backend: Backend, engine_backend: ProcessingBackend, **extra: Any) -> None:
+    spec = echo_spec(**extra)
+    runtime = WorkerRuntime(
+        await backend.bus(),
+        spec,
+        TierDefinition(name="local"),
+        ProcessorEngine(spec, engine_backend),
+        WorkerOptions(drain_grace=1.0, lag_interval=60),
+    )
+    await backend.start(runtime.run, lambda: runtime.ready)
+
+
+async def start_forwarder(backend: Backend) -> None:
+    """Router input to the worker subjects (the tier the task names, else ``local``)."""
+    bus = await backend.bus()
+    durable = await bus.ensure_router_consumer(ack_wait=30, max_deliver=5, max_ack_pending=1000)
+    bound = asyncio.Event()
+
+    async def forward(d: Delivery) -> None:
+        task = TaskMessage.from_bytes(d.data)
+        await bus.publish_task(task, subject=task_subject(task.worker_type, task.model_tier or "local"))
+        await d.ack()
+
+    async def run(stop: asyncio.Event) -> None:
+        await bus.consume(
+            STREAM_INCOMING, durable, forward, max_in_flight=64, batch=64, stop=stop, on_bound=bound.set
+        )
+
+    await backend.start(run, bound.is_set)
+
+
+async def task_result(bus: ScenarioBus, key: str, payload: dict[str, Any]) -> TaskResult:
+    sub = await bus.subscribe_results(key)
+    try:
+        task = TaskMessage(parent_task_id=key, worker_type="echo", payload=payload)
+        await bus.publish_task(task, subject=task_subject("echo", "local"))
+        return TaskResult.from_bytes(await sub.get(timeout=15))
+    finally:
+        await sub.close()
+
+
+async def goal_result(bus: ScenarioBus, goal: GoalMessage) -> GoalResult:
+    """The GoalResult of ``goal`` (stage results share its subject and are skipped)."""
+    sub = await bus.subscribe_results(goal.goal_id)
+    try:
+        await bus.publish_goal(goal)
+        async with asyncio.timeout(20):
+            while True:
+                data = await sub.get()
+                with contextlib.suppress(ValueError):
+                    return GoalResult.from_bytes(data)
+    finally:
+        await sub.close()
+
+
+async def test_a_worker_completes_a_task_and_the_result_reaches_the_subscriber(backend: Backend) -> None:
+    await start_worker(backend, EchoBackend())
+    client = await backend.bus()
+    result = await task_result(client, "sc-1", {"doc": "d1"})
+    assert result.status == TaskStatus.COMPLETED, result.error
+    assert result.output is not None and result.output["echo"] == {"doc": "d1"}
+    assert result.attempt == 1 and result.model_tier == "local"
+
+    async def audited() -> bool:
+        records = await client.audit_records()
+        return any(r.task_id == result.task_id and r.outcome == "completed" for r in records)
+
+    await poll(audited)
+    assert await client.stream_messages(STREAM_TASKS) == 0  # acknowledged: gone from the work queue
+
+
+async def test_a_malformed_task_is_dead_lettered_once_with_its_reason(backend: Backend) -> None:
+    await start_worker(backend, EchoBackend())
+    client = await backend.bus()
+    await client.js_publish(task_subject("echo", "local"), b'{"worker_type": 7}')
+
+    async def stored() -> bool:
+        return len(await client.dead_letters()) > 0
+
+    await poll(stored)
+    await asyncio.sleep(0.3)  # a redelivery, were there one, would add a second dead letter
+    (dl,) = await client.dead_letters()
+    assert dl.dead_letter.reason == DeadLetterReason.MALFORMED
+    assert dl.dead_letter.detail.startswith("not a TaskMessage: ")
+    assert dl.dead_letter.deliveries == 1 and dl.dead_letter.subject == task_subject("echo", "local")
+    assert await client.stream_messages(STREAM_TASKS) == 0  # terminated: never redelivered
+
+
+async def test_a_transient_failure_is_redelivered_then_succeeds(backend: Backend) -> None:
+    flaky = Counting(fail_first=True)
+    await start_worker(backend, flaky)
+    client = await backend.bus()
+    result = await task_result(client, "sc-3", {"n": 1})
+    assert result.status == TaskStatus.COMPLETED, result.error
+    assert result.attempt == 2  # the nak'ed first delivery came back as num_delivered 2
+    assert flaky.calls == [{"n": 1}, {"n": 1}]
+    assert await client.dead_letters() == []
+
+
+PIPELINE = {
+    "name": "scene",
+    "max_concurrent_goals": 4,
+    "pipeline_stages": [
+        {"name": "first", "worker_type": "echo", "input_mapping": {"doc": "goal.context.doc"}},
+        *[
+            {
+                "name": n,
+                "worker_type": "echo",
+                "input_mapping": {"seen": "first.output.echo.doc", "which": f"goal.context.{n}"},
+            }
+            for n in ("left", "right")
+        ],
+    ],
+}
+
+
+async def test_a_pipeline_goal_runs_dependent_and_parallel_stages_and_survives_a_restart(
+    backend: Backend,
+) -> None:
+    counting = Counting()
+    await start_worker(backend, counting)
+    await start_forwarder(backend)
+    spec = PipelineSpec.model_validate(PIPELINE)
+    pipeline = PipelineService(spec, await backend.bus())
+    await backend.start(pipeline.run, pipeline.is_ready)
+    client = await backend.bus()
+    goal = GoalMessage(pipeline="scene", context={"doc": "d1", "left": "L", "right": "R"})
+    result = await goal_result(client, goal)
+    assert result.status == TaskStatus.COMPLETED, result.error
+    assert result.output is not None
+    assert result.output["first"]["echo"] == {"doc": "d1"}
+    assert result.output["left"]["echo"] == {"seen": "d1", "which": "L"}
+    assert result.output["right"]["echo"] == {"seen": "d1", "which": "R"}
+    stages = {s.name: s for s in result.stages}
+    first_done = stages["first"].finished_at
+    assert first_done is not None
+    for n in ("left", "right"):
+        started = stages[n].started_at
+        assert started is not None and started >= first_done
+    assert len(counting.calls) == 3
+
+    # A new pipeline process on a new connection: the finished goal's state survived, so the same
+    # goal id gets the same result again and no stage runs twice.
+    await backend.stop_all()
+    await start_worker(backend, counting)
+    await start_forwarder(backend)
+    again = PipelineService(spec, await backend.bus())
+    await backend.start(again.run, again.is_ready)
+    replay = await goal_result(client, goal)
+    assert replay.status == TaskStatus.COMPLETED and replay.output == result.output
+    assert len(counting.calls) == 3
+
+
+async def test_an_orchestrator_checkpoint_survives_its_connection(backend: Backend) -> None:
+    writer = KVCheckpointStore(await backend.bus(), ttl=60)
+    cp = Checkpoint(goal_id="g-1", sequence=2, executive_summary="two of three done", context_tokens=120)
+    await writer.save("orch.g-1", cp)
+    reader = KVCheckpointStore(await backend.bus())
+    loaded = await reader.load("orch.g-1")
+    assert loaded is not None and loaded.model_dump() == cp.model_dump()
+    await reader.delete("orch.g-1")
+    assert await writer.load("orch.g-1") is None
+    assert await reader.load("orch.g-2") is None
