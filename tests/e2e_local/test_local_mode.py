@@ -19,6 +19,7 @@ import yaml
 
 from loom.api import load_paths
 from loom.bus import Bus
+from loom.llm.llama_settings import available_cores, server_count
 from loom.messages import GoalMessage
 from loom.settings import NatsSettings
 from tests.e2e_local.conftest import LOOM, ROOT, SAMPLES, parse_submit_output, pid_alive, wait_until
@@ -73,8 +74,13 @@ def assert_completed_report(goal: dict[str, Any]) -> None:
 def test_readme_run_flow_completes_every_stage_with_the_local_model(local_up_factory: Any) -> None:
     up = local_up_factory([SAMPLES])
     state = up.wait_ready()
-    roles = sorted(p["role"] for p in state["processes"])
-    assert roles == ["llm", "nats", "pipeline", "router", "scheduler", "worker", "worker", "worker", "worker"]
+    roles = sorted(p["role"] for p in state["processes"] if p["role"] != "llm")
+    assert roles == ["nats", "pipeline", "router", "scheduler", "worker", "worker", "worker", "worker"]
+    # The model: a server per stage the pipeline runs at once (up to the cores), behind a balancer.
+    servers = server_count(os.environ, available_cores(), widest=2)
+    llm = sorted(p["name"] for p in state["processes"] if p["role"] == "llm")
+    expected = ["llm-local", *(f"llm-local-{i}" for i in range(servers))] if servers > 1 else ["llm-local"]
+    assert llm == expected
 
     text = (SAMPLES / "example.txt").read_text(encoding="utf-8")
     done = subprocess.run(up.submit_cmd(text, 600), capture_output=True, text=True, cwd=ROOT, timeout=660)
