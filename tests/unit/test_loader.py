@@ -113,6 +113,20 @@ def test_load_one_and_schema_refs(tmp_path: Path) -> None:
         resolve_schema_refs(load_one(bad, "Worker").spec)
 
 
+def test_hidden_folders_inside_a_named_directory_are_not_manifests(tmp_path: Path) -> None:
+    (tmp_path / "w.yaml").write_text("name: w\nsystem_prompt: p\n")
+    kept = tmp_path / ".loom" / "workshop" / "versions"
+    kept.mkdir(parents=True)
+    (kept / "w.yaml").write_text("name: w\nsystem_prompt: older\n")
+    (tmp_path / ".github").mkdir()
+    (tmp_path / ".github" / "ci.yaml").write_text("on: push\njobs: {}\n")
+    (tmp_path / ".hidden.yaml").write_text("name: h\nsystem_prompt: p\n")
+    resources = load_paths([tmp_path])
+    assert [(r.kind, r.name, r.spec.system_prompt) for r in resources] == [("Worker", "w", "p")]
+    # A hidden file named directly is still read: the user asked for it.
+    assert [r.name for r in load_paths([tmp_path / ".hidden.yaml"])] == ["h"]
+
+
 def test_an_empty_file_is_an_error_everywhere(tmp_path: Path) -> None:
     empty = tmp_path / "empty.yaml"
     empty.write_text("# nothing but a comment\n")

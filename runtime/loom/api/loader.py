@@ -143,6 +143,8 @@ EMPTY = (
     "empty: no YAML document to read (expected a Worker, Pipeline, RouterPolicy or Schedule, "
     "or a router, orchestrator or MCP gateway config)"
 )
+
+
 def _own_keys(model: type[BaseModel], *, besides: type[BaseModel]) -> frozenset[str]:
     """The fields of ``model`` that ``besides`` lacks, in both spellings."""
     own = set(model.model_fields) - set(besides.model_fields)
@@ -167,8 +169,10 @@ def infer_kind(doc: dict[str, Any]) -> str:
     keys = set(doc)
     if "apiVersion" not in keys and ("policy" in keys or isinstance(doc.get("workers"), dict)):
         return "RouterConfig"
-    if "tools" in keys or "nats_url" in keys or (
-        isinstance(doc.get("resources"), dict) and "workspace_dir" in doc["resources"]
+    if (
+        "tools" in keys
+        or "nats_url" in keys
+        or (isinstance(doc.get("resources"), dict) and "workspace_dir" in doc["resources"])
     ):
         return "MCPGateway"
     if "decomposer" in keys or isinstance(doc.get("workers"), list):
@@ -330,11 +334,22 @@ def load_text(text: str, source: str = "<string>") -> list[Resource]:
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files named directly, plus ``*.yaml``/``*.yml`` files inside named directories (sorted)."""
+    """Files named directly, plus ``*.yaml``/``*.yml`` files inside named directories (sorted).
+
+    Hidden files and folders inside a named directory (``.git``, ``.github`` workflows, the
+    Workshop's ``.loom`` state) are skipped: they are not manifests, and reading them would load a
+    kept copy of a worker twice.
+    """
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if q.suffix in (".yaml", ".yml") and q.is_file())
+            out += sorted(
+                q
+                for q in p.rglob("*")
+                if q.suffix in (".yaml", ".yml")
+                and q.is_file()
+                and not any(part.startswith(".") for part in q.relative_to(p).parts)
+            )
         else:
             out.append(p)
     return out
