@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.k8s, pytest.mark.node]
 CHART = REPO_ROOT / "helm" / "loom"
 SAMPLES = REPO_ROOT / "config" / "samples"
 READY_TIMEOUT = 240.0
-LOOM_KINDS = ("workers", "pipelines", "routerpolicies", "schedules")
+LOOM_KINDS = ("workers", "pipelines", "routerpolicies", "schedules", "evalsuites")
 # The bundled NATS's runAsUser (chart values nats.bundled.podSecurityContext).
 NATS_UID = 1000
 

@@ -106,6 +106,9 @@ def test_readme_run_flow_completes_every_stage_with_the_local_model(local_up_fac
         "router",
     }
     assert doc["dead_letters"] == 0
+    # The sample EvalSuite ran once through the router, as its Job does on a cluster.
+    wait_until(lambda: "EvalSuite doc-extractor-gate:" in up.log(), 120, "the sample suite reported")
+    assert "loom up: EvalSuite doc-extractor-gate: passed" in up.log(), up.log()[-3000:]
 
     pids = [p["pid"] for p in up.state()["processes"]]
     assert up.stop() == 0

@@ -16,7 +16,7 @@ from loom_operator.readiness import ChildDeployment
 
 CONFIG = Path(__file__).resolve().parents[3] / "config"
 #: The samples have every kind but EvalSuite, whose example lives with the eval suites.
-EXAMPLES = [CONFIG / "samples", CONFIG / "evals" / "evalsuite-doc-extractor.yaml"]
+EXAMPLES = [CONFIG / "samples"]
 NOW = datetime(2026, 1, 5, 12, 0, 30, tzinfo=UTC)
 
 
