@@ -10,7 +10,6 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import nats
@@ -18,6 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from loom import metrics
+from loom.clock import Clock
 from loom.settings import NatsSettings
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ class ConnectionState:
     the client closes for good and never reconnects: ``closed`` then holds why.
     """
 
-    def __init__(self, role: str | None, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, role: str | None, clock: Clock = time.monotonic):
         self.role = role
         self.clock = clock
         self.connected = False

@@ -19,11 +19,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from loom.api.router_policy import DEFAULT_KEY_ENV, TierDefinition
+from loom.clock import Clock
 from loom.llm.base import Provider
 from loom.llm.endpoints import EndpointRefused, EndpointRules, check_url, rules_from_env
 from loom.llm.guarded import GuardedProvider
 from loom.llm.http import DEFAULT_MAX_CONNECTIONS
-from loom.llm.resilience import Clock, ResilientProvider, RetryPolicy, Sleep
+from loom.llm.resilience import ResilientProvider, RetryPolicy, Sleep
 
 #: Where ``loom`` expects the local llama.cpp server (see :mod:`loom.llm.local_server`).
 DEFAULT_LOCAL_URL = "http://127.0.0.1:8911/v1"

@@ -13,11 +13,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from loom.clock import Clock
 from loom.llm.base import ChatRequest, ChatResponse, Provider
 from loom.llm.errors import ProviderError, ProviderTimeout, RateLimited, Unavailable
 from loom.llm.metrics import CallMetrics
 
-Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 Random = Callable[[], float]
 

@@ -17,6 +17,7 @@ from loom.api.worker import WorkerSpec
 from loom.audit import goal_record
 from loom.bus import Delivery, RoleBus
 from loom.checkpoint import CheckpointStore, KVCheckpointStore, RedisCheckpointStore
+from loom.clock import Clock
 from loom.goal_delivery import read_goal
 from loom.llm.base import Provider
 from loom.messages import TaskStatus
@@ -54,7 +55,7 @@ class OrchestratorService:
         provider_factory: Callable[[], Provider],
         options: OrchestratorOptions | None = None,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
     ):
         self.config = config
         self.catalog = catalog

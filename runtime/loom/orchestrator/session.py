@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from loom.api.worker import WorkerSpec
 from loom.checkpoint import Checkpoint, CheckpointStore
+from loom.clock import Clock
 from loom.goal_delivery import heartbeat as keep_alive
 from loom.llm.base import ChatRequest, Message, Provider, token_usage
 from loom.llm.jsonextract import NoJSONFound, extract_json
@@ -119,7 +120,7 @@ class GoalSession:
         provider: Provider,
         store: CheckpointStore,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
     ):
         self.bus = bus
         self.config = config

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from loom import goal_metrics as metrics
 from loom import tracing
 from loom.audit import goal_record
+from loom.clock import Clock
 from loom.goal_delivery import heartbeat as keep_alive
 from loom.messages import GoalMessage, GoalResult, TaskMessage, TaskResult, TaskStatus
 from loom.pipeline.plan import PipelinePlan, parse_stage_task_id, stage_msg_id, stage_task_id
@@ -41,9 +42,7 @@ NON_RETRYABLE_CODES = frozenset(
 class GoalRunner:
     """Drives goals of one pipeline; one instance serves every goal of a process."""
 
-    def __init__(
-        self, bus: RoleBus, plan: PipelinePlan, store: StateStore, *, clock: Callable[[], float] = time.time
-    ):
+    def __init__(self, bus: RoleBus, plan: PipelinePlan, store: StateStore, *, clock: Clock = time.time):
         self.bus = bus
         self.plan = plan
         self.store = store

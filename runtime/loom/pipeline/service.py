@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from loom import tracing
 from loom.api.pipeline import PipelineSpec
 from loom.bus import Delivery, RoleBus
+from loom.clock import Clock
 from loom.goal_delivery import read_goal
 from loom.pipeline.plan import PipelinePlan
 from loom.pipeline.runner import GoalRunner
@@ -53,7 +53,7 @@ class PipelineService:
         bus: RoleBus,
         options: PipelineOptions | None = None,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
     ):
         self.plan = PipelinePlan(spec)
         self.bus = bus

@@ -24,6 +24,7 @@ from loom import tracing
 from loom.api.loader import resolve_schema_refs
 from loom.api.router_policy import TierDefinition
 from loom.api.worker import WorkerSpec
+from loom.clock import Clock
 from loom.contracts import Contract
 from loom.core.workspace import WorkspaceError, WorkspaceManager
 from loom.errors import InvalidInput, InvalidOutput, TaskError
@@ -42,7 +43,7 @@ from loom.llm.prompt import (
     feedback_message,
     user_message,
 )
-from loom.llm.resilience import Clock, ResilientProvider
+from loom.llm.resilience import ResilientProvider
 from loom.messages import TaskMessage, TokenUsage
 from loom.worker.engine import TaskEngine, WorkOutcome
 from loom.worker.knowledge import (
