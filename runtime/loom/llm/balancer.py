@@ -6,7 +6,8 @@ small HTTP proxy in front of the replicas sends each request to the replica with
 requests in flight (:func:`loom.llm.balance.least_in_flight`), counted across every worker, which
 a balancer inside each worker could not do. A replica that refuses the connection (crashed, being
 restarted by the supervisor) is skipped for that request; when none accepts, the answer is a 502
-with an OpenAI-style error body, which the providers retry as unavailable.
+with an OpenAI-style error body, which the providers retry as unavailable; so is a replica that
+fails after taking the request (not sent to another here: it may have acted on it).
 
 Every answer carries ``x-loom-upstream`` (the replica's index); ``GET /_balancer`` answers the
 replicas with their requests in flight and served, for tests and diagnosis.
@@ -55,6 +56,12 @@ def forwarded_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in _HOP_HEADERS)
 
 
+def _error(status: int, kind: str, message: str) -> web.Response:
+    """An OpenAI-style error answer (the providers read its type)."""
+    body = json.dumps({"error": {"type": kind, "message": message}})
+    return web.Response(status=status, text=body, content_type="application/json")
+
+
 class Balancer:
     """The replicas, their requests in flight and the proxying of one request."""
 
@@ -65,6 +72,7 @@ class Balancer:
         self.in_flight = [0] * len(self.upstreams)
         self.served = [0] * len(self.upstreams)
         self.refused = [0] * len(self.upstreams)
+        self.failed = [0] * len(self.upstreams)
         self.connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
 
@@ -83,8 +91,10 @@ class Balancer:
 
     def status(self) -> list[dict[str, object]]:
         return [
-            {"url": url, "in_flight": n, "served": s, "refused": r}
-            for url, n, s, r in zip(self.upstreams, self.in_flight, self.served, self.refused, strict=True)
+            {"url": url, "in_flight": n, "served": s, "refused": r, "failed": f}
+            for url, n, s, r, f in zip(
+                self.upstreams, self.in_flight, self.served, self.refused, self.failed, strict=True
+            )
         ]
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -111,18 +121,21 @@ class Balancer:
                 self.refused[index] += 1
                 log.warning("model replica %s refused the connection: %s", self.upstreams[index], exc)
                 continue
+            except aiohttp.ClientError as exc:
+                # The request reached the replica, which may have acted on it: not sent again here.
+                self.failed[index] += 1
+                log.warning("model replica %s failed during the request: %r", self.upstreams[index], exc)
+                return _error(502, "upstream_failed", f"model replica {index} failed during the request")
             finally:
                 self.in_flight[index] -= 1
             self.served[index] += 1
             out[UPSTREAM_HEADER] = str(index)
             return web.Response(status=status, headers=out, body=content)
-        error = {
-            "error": {
-                "type": "upstream_unavailable",
-                "message": f"no model replica accepted the connection ({len(self.upstreams)} tried)",
-            }
-        }
-        return web.Response(status=502, text=json.dumps(error), content_type="application/json")
+        return _error(
+            502,
+            "upstream_unavailable",
+            f"no model replica accepted the connection ({len(self.upstreams)} tried)",
+        )
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)

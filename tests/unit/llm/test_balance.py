@@ -109,6 +109,29 @@ async def test_a_replica_that_refuses_is_skipped(replicas: list[FakeLLMServer]) 
         await runner.cleanup()
 
 
+async def test_a_replica_failing_mid_request_is_a_502_not_sent_again(replicas: list[FakeLLMServer]) -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # took the request, then the process "crashes"
+        writer.close()
+
+    broken = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = broken.sockets[0].getsockname()[1]
+    balancer = Balancer([f"http://127.0.0.1:{port}", replicas[1].root_url])
+    runner, url = await serve(balancer)
+    try:
+        async with aiohttp.ClientSession() as session:
+            body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+            async with session.post(f"{url}/v1/chat/completions", json=body) as response:
+                assert response.status == 502
+                assert (await response.json())["error"]["type"] == "upstream_failed"
+        assert replicas[1].requests == []  # not sent to the other replica
+        assert [(u["failed"], u["in_flight"]) for u in balancer.status()] == [(1, 0), (0, 0)]
+    finally:
+        await runner.cleanup()
+        broken.close()
+        await broken.wait_closed()
+
+
 async def test_no_replica_left_is_a_502_the_provider_reads_as_unavailable() -> None:
     runner, url = await serve(Balancer([f"http://127.0.0.1:{closed_port()}"]))
     tier = TierDefinition(name="local", backend="local", base_url=f"{url}/v1")
