@@ -278,10 +278,11 @@ async def test_loom_worker_cli(bus: Bus, fake: FakeLLMServer, nats_url: str, tmp
 
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from loom.llm.local_server import LocalLlamaServer, LocalModelUnavailable
+    from loom.llm.local_server import LocalLlamaPool, LocalModelUnavailable
 
     log = tmp_path_factory.mktemp("llama") / "server.log"
-    server = LocalLlamaServer(n_ctx=2048, log_path=log)
+    # One request at a time here: one server (LOOM_LOCAL_SERVERS runs more, behind the balancer).
+    server = LocalLlamaPool(n_ctx=2048, log_path=log)
     try:
         server.start(wait_seconds=180)
     except LocalModelUnavailable as exc:
