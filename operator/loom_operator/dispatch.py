@@ -212,7 +212,15 @@ def _render_schedule(owner: Owner, spec: ScheduleSpec, ns: Namespace) -> list[di
 
 
 def _render_eval_suite(owner: Owner, spec: EvalSuiteSpec, ns: Namespace) -> list[dict[str, Any]]:
-    return render_eval_suite(owner, spec, ns.settings, workers=ns.workers)
+    eff = effective_policy(ns.policies)
+    return render_eval_suite(
+        owner,
+        spec,
+        ns.settings,
+        workers=ns.workers,
+        policy=eff.spec if eff else None,
+        policy_name=eff.name if eff else None,
+    )
 
 
 @dataclass(frozen=True)

@@ -467,3 +467,94 @@ def test_an_eval_suite_manifest_runs_unchanged_and_leaves_its_verdict_in_the_sum
     assert not verdict.passed and verdict.failed_cases == [plain["cases"][0]["id"]]
     assert "below the threshold" in verdict.reasons[0]
     assert len(summary.read_bytes()) <= 4096
+
+
+GATE = """
+apiVersion: loom.dev/v1alpha1
+kind: EvalSuite
+metadata: {name: extractor-judged}
+spec:
+  worker: doc-extractor
+  threshold: 0.5
+  caseTimeoutSeconds: 30
+  scorers:
+    - type: schema
+    - {type: judge, tier: judge, rubric: "Is the title the document's first line?"}
+  cases:
+    - id: invoice
+      input: {text: "INVOICE #2291\\nTotal due: 1,250.00 EUR."}
+"""
+
+
+@pytest.mark.integration
+async def test_an_eval_suites_job_runs_its_judges_from_what_the_operator_mounts(
+    tmp_path: Path, loom_procs: LoomProcesses, nats_url: str, anthropic: FakeLLMServer
+) -> None:
+    """The operator's rendered Job, run as the kubelet would: its ConfigMap files as the mount, its
+    environment with the Secret's key, its arguments unchanged; the judge scores through them."""
+    from loom.api import RouterPolicySpec, load_paths, load_text
+    from loom_operator.dispatch import PolicyEntry, WorkerEntry, render_resource
+    from loom_operator.render import Owner, worker_route
+    from loom_operator.render.eval_suite import MOUNT, TERMINATION_LOG
+    from loom_operator.settings import Settings
+
+    loom_procs.router(SAMPLES / "router-policy.yaml", SAMPLES / "worker-doc-extractor.yaml")
+    loom_procs.worker(SAMPLES / "worker-doc-extractor.yaml", "local")
+    (w,) = load_paths([SAMPLES / "worker-doc-extractor.yaml"])
+    entry = WorkerEntry(w.name, w.spec.worker_type, worker_route(w.spec), tuple(w.spec.served_tiers), w.spec)
+    judge_tier = {
+        "name": "judge",
+        "backend": "anthropic",
+        "model": "judge-1",
+        "baseUrl": anthropic.url,
+        "maxRetries": 0,
+        "apiKeySecretRef": {"name": "judge-key", "key": "api-key"},
+    }
+    spec = RouterPolicySpec.model_validate(
+        {
+            "tiers": [{"name": "local", "backend": "local"}, judge_tier],
+            "modelEndpoints": {"allowedUrls": [anthropic.root_url]},
+        }
+    )
+    (suite_res,) = load_text(GATE, "gate.yaml")
+    objects = render_resource(
+        Owner("EvalSuite", "extractor-judged", "default"),
+        suite_res,
+        Settings(image="example.org/loom:test", nats_url=nats_url),
+        keda=False,
+        policies=(PolicyEntry("default", spec),),
+        workers=(entry,),
+        pipelines=(),
+    )
+    (cm,) = [o for o in objects if o["kind"] == "ConfigMap"]
+    (job,) = [o for o in objects if o["kind"] == "Job"]
+    mount = tmp_path / "mount"
+    mount.mkdir()
+    for key, text in cm["data"].items():
+        (mount / key).write_text(text)
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    secrets = {("judge-key", "api-key"): "sk-ant-from-secret"}
+    env: dict[str, str] = {}
+    for e in c["env"]:
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        else:
+            ref = e["valueFrom"]["secretKeyRef"]
+            env[e["name"]] = secrets[(ref["name"], ref["key"])]
+    summary = tmp_path / "termination-log"
+    args = [
+        a.replace(MOUNT, str(mount))
+        .replace("$(LOOM_NATS_URL)", env["LOOM_NATS_URL"])
+        .replace(TERMINATION_LOG, str(summary))
+        .replace("/tmp/runs.sqlite", str(tmp_path / "runs.sqlite"))
+        for a in c["args"]
+    ]
+    assert args[0] == "eval"
+    anthropic.push(Reply(json={"reasoning": "The title is the first line.", "score": 1.0}))
+    code, out, err = await loom_eval(*args[1:], env=env)
+    assert code == 0, f"{out}\n{err}"
+    verdict = json.loads(summary.read_text())
+    assert verdict["passed"] is True and verdict["score"] == 1.0 and verdict["cases"] == 1
+    # The judge saw the worker's real output (through the router) and the key from the Secret.
+    assert "INVOICE #2291" in last_user_text(anthropic.requests[0])
+    assert any("sk-ant-from-secret" in v for v in anthropic.headers[0].values())

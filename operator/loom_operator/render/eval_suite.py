@@ -8,6 +8,12 @@ worker's schema and tiers. The Job's name carries a hash of its whole rendered t
 changed suite, a changed Worker or a new image gives a new Job (a Job's template is immutable) and
 an unchanged one is never run twice. ``loom eval --summary-file /dev/termination-log`` leaves the
 verdict in the pod's termination message, where the operator reads it (:mod:`loom_operator.evals`).
+
+A suite with judge scorers also gets the namespace's RouterPolicy in the ConfigMap (``loom eval``
+builds each judge's model client from it, as it does on a laptop) and the judge tiers' API keys from
+their Secrets, by the rule worker pods get theirs (:func:`loom_operator.render.worker.key_env`). A
+judge on the embedded model (tier backend ``local`` without ``baseUrl``) cannot run in a Job: it
+stalls and says so.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ import json
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from loom.api.eval_suite import EvalSuiteSpec, JudgeScorer
+from loom.api.eval_suite import EvalSuiteSpec
 from loom.api.kinds import EVAL_JOB_HASH_LENGTH
+from loom.api.router_policy import RouterPolicySpec, TierDefinition
 from loom.api.worker import WorkerSpec
 from loom_operator.render.common import (
     BUS_CLIENT_LABEL,
@@ -36,10 +43,12 @@ from loom_operator.render.common import (
     nats_env,
     nats_files,
 )
+from loom_operator.render.worker import key_env
 from loom_operator.settings import Settings
 
 SUITE_KEY = "suite.yaml"
 WORKER_KEY = "worker.yaml"
+POLICY_KEY = "router-policy.yaml"
 MOUNT = f"{CONFIG_DIR}/eval"
 #: Where Kubernetes reads a container's termination message from.
 TERMINATION_LOG = "/dev/termination-log"
@@ -99,14 +108,15 @@ def name_jobs(owner: Owner, objects: Sequence[dict[str, Any]]) -> list[dict[str,
 
 
 def render_eval_suite(
-    owner: Owner, spec: EvalSuiteSpec, settings: Settings, *, workers: Sequence[WorkerRef]
+    owner: Owner,
+    spec: EvalSuiteSpec,
+    settings: Settings,
+    *,
+    workers: Sequence[WorkerRef],
+    policy: RouterPolicySpec | None = None,
+    policy_name: str | None = None,
 ) -> list[dict[str, Any]]:
     """The ConfigMap and the (still unnamed) Job of an EvalSuite."""
-    if any(isinstance(s, JudgeScorer) for c in spec.cases for s in spec.scorers_for(c)):
-        raise RenderError(
-            "judge scorers are not run on a cluster yet (the Job has no model credentials); "
-            "run suites with judges with `loom eval`"
-        )
     worker = next((w for w in sorted(workers, key=lambda w: w.name) if w.worker_type == spec.worker), None)
     if worker is None:  # missing_references reports this first; kept for direct callers
         raise RenderError(f"worker {spec.worker!r} is not served by any Worker of this namespace")
@@ -121,16 +131,64 @@ def render_eval_suite(
         SUITE_KEY: manifest_text("EvalSuite", owner, spec.to_manifest_dict()),
         WORKER_KEY: manifest_text("Worker", worker_owner, worker.spec.to_manifest_dict()),
     }
+    judge_env: list[dict[str, Any]] = []
+    if spec.judges_on(tier):
+        if policy is None:
+            raise RenderError(
+                "judge scorers need the namespace's RouterPolicy (it defines the judges' tiers)"
+            )
+        judge_env = _judge_keys(spec, tier, policy)
+        policy_owner = Owner("RouterPolicy", policy_name or "default", owner.namespace)
+        data[POLICY_KEY] = manifest_text("RouterPolicy", policy_owner, policy.to_manifest_dict())
     cm = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": metadata(owner, config_map_name(owner)),
         "data": data,
     }
-    return [cm, _job(owner, spec, settings, config_hash(data))]
+    return [cm, _job(owner, spec, settings, config_hash(data), sorted(data), judge_env)]
 
 
-def _job(owner: Owner, spec: EvalSuiteSpec, settings: Settings, hash_: str) -> dict[str, Any]:
+def _judge_keys(spec: EvalSuiteSpec, tier: str, policy: RouterPolicySpec) -> list[dict[str, Any]]:
+    """The judge tiers' API keys; RenderError when a judge tier cannot run in a Job."""
+    tiers: list[TierDefinition] = []
+    for name in sorted(spec.judges_on(tier)):
+        if name not in policy.tier_names:
+            raise RenderError(
+                f"judge tier {name!r} is not defined by the RouterPolicy "
+                f"(defined: {', '.join(policy.tier_names)})"
+            )
+        tdef = policy.tier(name)
+        if tdef.backend == "local" and not tdef.base_url:
+            raise RenderError(
+                f"judge tier {name!r} is the embedded local model, which runs only in local mode; "
+                "give the tier a baseUrl (a model server the Job can reach) or judge on another tier"
+            )
+        clash = next(
+            (
+                t
+                for t in tiers
+                if t.key_env == tdef.key_env and t.api_key_secret_ref != tdef.api_key_secret_ref
+            ),
+            None,
+        )
+        if clash is not None and tdef.api_key_secret_ref is not None:
+            raise RenderError(
+                f"judge tiers {clash.name!r} and {name!r} read different keys from {tdef.key_env}; "
+                "give one of them its own apiKeyEnv"
+            )
+        tiers.append(tdef)
+    return key_env(tiers)
+
+
+def _job(
+    owner: Owner,
+    spec: EvalSuiteSpec,
+    settings: Settings,
+    hash_: str,
+    files: Sequence[str],
+    judge_env: list[dict[str, Any]],
+) -> dict[str, Any]:
     nats_mounts, nats_volumes = nats_files(settings)
     container: dict[str, Any] = {
         "name": "eval",
@@ -140,7 +198,7 @@ def _job(owner: Owner, spec: EvalSuiteSpec, settings: Settings, hash_: str) -> d
         "args": [
             "eval",
             f"{MOUNT}/{SUITE_KEY}",
-            f"{MOUNT}/{WORKER_KEY}",
+            *(f"{MOUNT}/{f}" for f in files if f != SUITE_KEY),
             "--nats-url",
             "$(LOOM_NATS_URL)",
             "--store",
@@ -148,7 +206,7 @@ def _job(owner: Owner, spec: EvalSuiteSpec, settings: Settings, hash_: str) -> d
             "--summary-file",
             TERMINATION_LOG,
         ],
-        "env": [*nats_env(settings), {"name": "LOOM_LOG_JSON", "value": "1"}],
+        "env": [*nats_env(settings), {"name": "LOOM_LOG_JSON", "value": "1"}, *judge_env],
         "resources": spec.resources.to_manifest_dict(),
         "securityContext": copy.deepcopy(CONTAINER_SECURITY),
         "terminationMessagePath": TERMINATION_LOG,

@@ -8,7 +8,7 @@ the Deployment: KEDA or the built-in scaler owns it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -70,9 +70,16 @@ def tier_env(
     ]
     if fallbacks:
         env.append({"name": FALLBACK_TIERS_ENV, "value": fallback_config(list(fallbacks))})
-    for tdef in (tier_def, *fallbacks):
+    return env + key_env((tier_def, *fallbacks))
+
+
+def key_env(tiers: Iterable[TierDefinition]) -> list[dict[str, Any]]:
+    """Each tier's API key from its Secret (never its value), under the variable the runtime reads;
+    worker pods and an EvalSuite's judges get their keys by this one rule."""
+    env: list[dict[str, Any]] = []
+    for tdef in tiers:
         ref = tdef.api_key_secret_ref
-        if ref is not None:
+        if ref is not None and all(e["name"] != tdef.key_env for e in env):
             key = {"secretKeyRef": {"name": ref.name, "key": ref.key}}
             env.append({"name": tdef.key_env, "valueFrom": key})
     return env

@@ -71,7 +71,7 @@ NESTED: dict[str, list[tuple[str, type[BaseModel]]]] = {
         ("type numeric", NumericScorer),
         ("type contains", ContainsScorer),
         ("type regex", RegexScorer),
-        ("type judge (loom eval only; refused on a cluster)", JudgeScorer),
+        ("type judge (a model scores against a rubric)", JudgeScorer),
     ],
 }
 SECTIONS: list[tuple[str, type[BaseModel]]] = [

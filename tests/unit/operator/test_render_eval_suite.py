@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from loom.api import WorkerSpec, load_text
+from loom.api import RouterPolicySpec, WorkerSpec, load_text
 from loom.api.eval_suite import EvalBaseline, EvalSuiteSpec
 from loom.api.status import EvalRun
 from loom.bus_auth import Role, permissions
@@ -20,11 +20,11 @@ from loom.evals.report import TERMINATION_MESSAGE_LIMIT, gate, run_summary
 from loom.evals.runner import CaseResult, RunResult
 from loom.evals.suite import parse_suite
 from loom.subjects import incoming_subject
-from loom_operator.dispatch import Stalled, WorkerEntry, render_resource
+from loom_operator.dispatch import PolicyEntry, Stalled, WorkerEntry, render_resource
 from loom_operator.eval_results import EVAL_FAILED, eval_phase, run_from_job, run_from_pod
 from loom_operator.render import Owner, worker_route
 from loom_operator.render.bus_auth import identity
-from loom_operator.render.eval_suite import JOB_LABEL, SUITE_KEY, TERMINATION_LOG, WORKER_KEY
+from loom_operator.render.eval_suite import JOB_LABEL, POLICY_KEY, SUITE_KEY, TERMINATION_LOG, WORKER_KEY
 from loom_operator.settings import Settings
 
 SETTINGS = Settings(image="example.org/loom:test", nats_url="nats://nats.loom:4222")
@@ -141,17 +141,67 @@ def test_generated_identity_is_a_submitter_of_the_suites_tenant_only() -> None:
     assert all(s.startswith(("_INBOX_", "loom.results")) for s in perms.subscribe)
 
 
-def test_unknown_worker_and_judges_stall_with_the_reason() -> None:
+def test_unknown_worker_and_tier_stall_with_the_reason() -> None:
     with pytest.raises(Stalled) as exc:
         render(workers=())
     assert exc.value.reason == "UnknownWorkerType" and "doc-extractor" in exc.value.message
-    judged = suite(scorers=[{"type": "judge", "rubric": "Is it right?"}])
-    with pytest.raises(Stalled) as exc:
-        render(judged)
-    assert "judge scorers are not run on a cluster" in exc.value.message
     with pytest.raises(Stalled) as exc:
         render(suite(tier="frontier"))
     assert "tier 'frontier' is not served" in exc.value.message
+
+
+def policy(*judge_tiers: dict[str, Any]) -> PolicyEntry:
+    tiers = [{"name": "local", "backend": "local"}, *judge_tiers]
+    return PolicyEntry("default", RouterPolicySpec.model_validate({"tiers": tiers}))
+
+
+JUDGE_TIER = {
+    "name": "judge",
+    "backend": "anthropic",
+    "model": "claude-judge",
+    "apiKeySecretRef": {"name": "anthropic-key", "key": "api-key"},
+}
+
+
+def test_judges_get_the_policy_and_their_tiers_keys_from_secrets() -> None:
+    judged = suite(scorers=[{"type": "judge", "tier": "judge", "rubric": "Is it right?"}])
+    objects = render_resource(
+        OWNER, judged, SETTINGS, keda=False, policies=(policy(JUDGE_TIER),), workers=(worker(),), pipelines=()
+    )
+    cm, job = one(objects, "ConfigMap"), one(objects, "Job")
+    kubernetes_validate.validate(job, "1.33", strict=True)
+    doc = yaml.safe_load(cm["data"][POLICY_KEY])
+    assert doc["kind"] == "RouterPolicy" and [t["name"] for t in doc["spec"]["tiers"]] == ["local", "judge"]
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    assert f"/etc/loom/eval/{POLICY_KEY}" in c["args"]
+    env = {e["name"]: e.get("valueFrom") for e in c["env"]}
+    assert env["ANTHROPIC_API_KEY"] == {"secretKeyRef": {"name": "anthropic-key", "key": "api-key"}}
+    # The judge named its tier, so the worker's embedded local tier is not a judge: no key, no stall.
+    plain = one(render(), "Job")["spec"]["template"]["spec"]["containers"][0]
+    assert POLICY_KEY not in " ".join(plain["args"]) and "ANTHROPIC_API_KEY" not in str(plain["env"])
+
+
+def test_judges_that_cannot_run_in_a_job_stall_with_the_reason() -> None:
+    def stalled(res: Any, policies: tuple[PolicyEntry, ...]) -> str:
+        with pytest.raises(Stalled) as exc:
+            render_resource(
+                OWNER, res, SETTINGS, keda=False, policies=policies, workers=(worker(),), pipelines=()
+            )
+        return exc.value.message
+
+    on_suite_tier = suite(scorers=[{"type": "judge", "rubric": "r"}])
+    assert "need the namespace's RouterPolicy" in stalled(on_suite_tier, ())
+    assert "judge tier 'local' is the embedded local model" in stalled(on_suite_tier, (policy(JUDGE_TIER),))
+    missing = suite(scorers=[{"type": "judge", "tier": "frontier", "rubric": "r"}])
+    assert "judge tier 'frontier' is not defined" in stalled(missing, (policy(JUDGE_TIER),))
+    other = {**JUDGE_TIER, "name": "judge2", "apiKeySecretRef": {"name": "other-key", "key": "api-key"}}
+    two = suite(
+        scorers=[
+            {"type": "judge", "tier": "judge", "rubric": "r"},
+            {"type": "judge", "tier": "judge2", "rubric": "r"},
+        ]
+    )
+    assert "read different keys from ANTHROPIC_API_KEY" in stalled(two, (policy(JUDGE_TIER, other),))
 
 
 def _run(passed_cases: int, total: int, threshold: float = 1.0) -> RunResult:

@@ -29,7 +29,7 @@ from loom.evals.compare import Comparison, baseline_of, compare_runs, inline_bas
 from loom.evals.report import gate, junit_xml, print_table, run_document, run_summary
 from loom.evals.runner import RunResult, run_suite
 from loom.evals.store import SqliteRunStore, StoreError, default_store_path
-from loom.evals.suite import EvalSuite, JudgeScorer, SuiteError, load_suite
+from loom.evals.suite import EvalSuite, SuiteError, load_suite
 from loom.evals.targets import (
     BusTarget,
     EngineTarget,
@@ -180,7 +180,7 @@ async def _run(
     target: Target
     bus = None
     try:
-        for judge_tier in {tier, *suite.judge_tiers} if _has_judge(suite) else ():
+        for judge_tier in suite.judges_on(tier):
             tdef, env = tier_setup(policy, judge_tier, local_url)
             provider = model_client(tdef, {**os.environ, **env})
             judges[judge_tier] = provider
@@ -223,10 +223,6 @@ def _export_baseline(store: SqliteRunStore, suite: str, name: str) -> int:
     return 0
 
 
-def _has_judge(suite: EvalSuite) -> bool:
-    return any(isinstance(s, JudgeScorer) for c in suite.cases for s in suite.scorers_for(c))
-
-
 def _progress(case: Any) -> None:
     print(f"  {case.case_id}: {case.score:.3f} {'pass' if case.passed else 'FAIL'}", file=sys.stderr)
 
@@ -234,9 +230,7 @@ def _progress(case: Any) -> None:
 def _uses_embedded_model(
     args: argparse.Namespace, suite: EvalSuite, worker: Any, tier: str, policy: Any
 ) -> bool:
-    tiers = set(suite.judge_tiers)
-    if _has_judge(suite):
-        tiers.add(tier)
+    tiers = suite.judges_on(tier)
     if not args.nats_url and worker.spec.worker_kind == "llm":
         tiers.add(tier)
     return any(needs_embedded_model(tier_setup(policy, t, None)[0]) for t in tiers)
