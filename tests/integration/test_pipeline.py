@@ -1,4 +1,10 @@
-"""The pipeline orchestrator against a real NATS server: concurrency, conditions, retries, isolation."""
+"""The pipeline orchestrator: concurrency, conditions, retries, isolation.
+
+The pipeline runs in-process on the ``backend`` fixture. Pure role logic runs on the in-memory bus
+only (the real-server run of dependent and parallel stages and of a stored result replayed is
+test_role_scenarios.py's pipeline scenario); timeouts and retries run on both backends; a thousand
+goals at once and a killed pipeline process run on a real nats-server.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from typing import Any
 import pytest
 from tests.support.pipelines import running_pipeline, submit, wait_goal_result
 from tests.support.processes import LoomProcess
+from tests.support.role_backends import Backend, backend, memory_only, running_pipeline_on
 from tests.support.task_desk import HandlerFailed, TaskDesk
 
 from loom.bus import Bus
@@ -16,7 +23,7 @@ from loom.messages import GoalMessage, TaskMessage, TaskStatus
 from loom.pipeline.service import PipelineOptions
 from loom.settings import NatsSettings
 
-pytestmark = pytest.mark.integration
+__all__ = ["backend"]
 
 
 @pytest.fixture
@@ -49,7 +56,8 @@ def fan_out_spec(name: str = "fan", delay_stage_timeout: float = 10) -> dict[str
     }
 
 
-async def test_three_stages_after_the_first_run_concurrently(nats_url: str, bus: Bus) -> None:
+@memory_only
+async def test_three_stages_after_the_first_run_concurrently(backend: Backend) -> None:
     async def extractor(task: TaskMessage) -> dict[str, Any]:
         return {"text": f"text of {task.payload['doc']}"}
 
@@ -57,11 +65,12 @@ async def test_three_stages_after_the_first_run_concurrently(nats_url: str, bus:
         await asyncio.sleep(0.4)
         return {"seen": task.payload["text"], "which": task.payload["which"]}
 
-    desk = await TaskDesk(nats_url, {"extractor": extractor, "slow": slow}).start()
+    client = await backend.bus()
+    desk = await TaskDesk(backend.connect, {"extractor": extractor, "slow": slow}).start()
     try:
-        async with running_pipeline(nats_url, fan_out_spec()):
+        async with running_pipeline_on(backend, fan_out_spec()):
             goal = GoalMessage(pipeline="fan", context={"doc": "d1", "alpha": "a", "beta": "b", "gamma": "c"})
-            result = await submit(bus, goal)
+            result = await submit(client, goal)
     finally:
         await desk.close()
     assert result.status == TaskStatus.COMPLETED, result.error
@@ -83,7 +92,8 @@ async def test_three_stages_after_the_first_run_concurrently(nats_url: str, bus:
     assert max(c.started for c in calls) < min(c.finished for c in calls)
 
 
-async def test_conditions_skip_and_run_stages(nats_url: str, bus: Bus) -> None:
+@memory_only
+async def test_conditions_skip_and_run_stages(backend: Backend) -> None:
     async def extractor(task: TaskMessage) -> dict[str, Any]:
         return {"needs_ocr": task.payload["scanned"], "kind": task.payload["kind"]}
 
@@ -111,14 +121,15 @@ async def test_conditions_skip_and_run_stages(nats_url: str, bus: Bus) -> None:
             {"name": "after_ocr", "worker_type": "echo", "input_mapping": {"o": "ocr.output.echo"}},
         ],
     }
-    desk = await TaskDesk(nats_url, {"extractor": extractor, "echo": echo}).start()
+    client = await backend.bus()
+    desk = await TaskDesk(backend.connect, {"extractor": extractor, "echo": echo}).start()
     try:
-        async with running_pipeline(nats_url, spec):
+        async with running_pipeline_on(backend, spec):
             scanned = await submit(
-                bus, GoalMessage(pipeline="cond", context={"scanned": True, "kind": "invoice"})
+                client, GoalMessage(pipeline="cond", context={"scanned": True, "kind": "invoice"})
             )
             plain = await submit(
-                bus, GoalMessage(pipeline="cond", context={"scanned": False, "kind": "memo"})
+                client, GoalMessage(pipeline="cond", context={"scanned": False, "kind": "memo"})
             )
     finally:
         await desk.close()
@@ -142,11 +153,13 @@ async def test_conditions_skip_and_run_stages(nats_url: str, bus: Bus) -> None:
     assert desk.count("echo") == 3
 
 
-async def test_stage_timeout_then_retry_succeeds_and_exhausted_retries_fail(nats_url: str, bus: Bus) -> None:
+async def test_stage_timeout_then_retry_succeeds_and_exhausted_retries_fail(backend: Backend) -> None:
+    release = asyncio.Event()
+
     async def flaky(task: TaskMessage) -> dict[str, Any]:
         attempt = task.metadata["attempt"]
         if attempt == 1 or task.payload.get("always_slow"):
-            await asyncio.sleep(1.5)  # past the stage timeout
+            await release.wait()  # past the stage timeout: answers only once the goals are done
         return {"attempt": attempt}
 
     async def broken(task: TaskMessage) -> dict[str, Any]:
@@ -176,19 +189,21 @@ async def test_stage_timeout_then_retry_succeeds_and_exhausted_retries_fail(nats
             },
         ],
     }
-    desk = await TaskDesk(nats_url, {"flaky": flaky, "broken": broken, "invalid": invalid}).start()
+    client = await backend.bus()
+    desk = await TaskDesk(backend.connect, {"flaky": flaky, "broken": broken, "invalid": invalid}).start()
     try:
-        async with running_pipeline(nats_url, spec):
+        async with running_pipeline_on(backend, spec):
             ok = await submit(
-                bus, GoalMessage(pipeline="retry", context={"always_slow": False, "invalid": False})
+                client, GoalMessage(pipeline="retry", context={"always_slow": False, "invalid": False})
             )
             slow = await submit(
-                bus, GoalMessage(pipeline="retry", context={"always_slow": True, "invalid": False})
+                client, GoalMessage(pipeline="retry", context={"always_slow": True, "invalid": False})
             )
             bad = await submit(
-                bus, GoalMessage(pipeline="retry", context={"always_slow": False, "invalid": True})
+                client, GoalMessage(pipeline="retry", context={"always_slow": False, "invalid": True})
             )
     finally:
+        release.set()
         await desk.close()
     assert ok.status == TaskStatus.COMPLETED, ok.error
     rec = {s.name: s for s in ok.stages}
@@ -209,9 +224,11 @@ async def test_stage_timeout_then_retry_succeeds_and_exhausted_retries_fail(nats
     assert bad.error is not None and "invalid_input" in bad.error
 
 
-async def test_pipeline_timeout_fails_the_goal(nats_url: str, bus: Bus) -> None:
+async def test_pipeline_timeout_fails_the_goal(backend: Backend) -> None:
+    release = asyncio.Event()
+
     async def hang(task: TaskMessage) -> dict[str, Any]:
-        await asyncio.sleep(3)
+        await release.wait()  # past the pipeline's timeout: answers only once the goal failed
         return {}
 
     spec = {
@@ -219,19 +236,23 @@ async def test_pipeline_timeout_fails_the_goal(nats_url: str, bus: Bus) -> None:
         "timeout_seconds": 0.5,
         "pipeline_stages": [{"name": "hang", "worker_type": "hang", "timeout_seconds": 10}],
     }
-    desk = await TaskDesk(nats_url, {"hang": hang}).start()
+    client = await backend.bus()
+    desk = await TaskDesk(backend.connect, {"hang": hang}).start()
     try:
-        async with running_pipeline(nats_url, spec):
-            result = await submit(bus, GoalMessage(pipeline="short"))
+        async with running_pipeline_on(backend, spec):
+            result = await submit(client, GoalMessage(pipeline="short"))
     finally:
+        release.set()
         await desk.close()
     assert result.status == TaskStatus.FAILED
     assert result.error is not None and "pipeline timed out" in result.error
     assert result.stages[0].status == "timeout"
 
 
-async def test_two_pipelines_each_get_only_their_own_goals(nats_url: str, bus: Bus) -> None:
-    desk = await TaskDesk(nats_url, {"echo": echo}).start()
+@memory_only
+async def test_two_pipelines_each_get_only_their_own_goals(backend: Backend) -> None:
+    client = await backend.bus()
+    desk = await TaskDesk(backend.connect, {"echo": echo}).start()
     specs = [
         {
             "name": name,
@@ -244,11 +265,11 @@ async def test_two_pipelines_each_get_only_their_own_goals(nats_url: str, bus: B
     ]
     try:
         async with (
-            running_pipeline(nats_url, specs[0]) as left,
-            running_pipeline(nats_url, specs[1]) as right,
+            running_pipeline_on(backend, specs[0]) as left,
+            running_pipeline_on(backend, specs[1]) as right,
         ):
             goals = [GoalMessage(pipeline=("left", "right")[i % 2], context={"n": i}) for i in range(40)]
-            results = await asyncio.gather(*(submit(bus, g) for g in goals))
+            results = await asyncio.gather(*(submit(client, g) for g in goals))
             assert left.runner is not None and right.runner is not None
     finally:
         await desk.close()
@@ -261,14 +282,16 @@ async def test_two_pipelines_each_get_only_their_own_goals(nats_url: str, bus: B
     assert desk.counts_by_stage() == {"left_stage": 20, "right_stage": 20}
 
 
-async def test_a_finished_goal_resubmitted_gets_its_stored_result(nats_url: str, bus: Bus) -> None:
-    desk = await TaskDesk(nats_url, {"echo": echo}).start()
+@memory_only
+async def test_a_finished_goal_resubmitted_gets_its_stored_result(backend: Backend) -> None:
+    client = await backend.bus()
+    desk = await TaskDesk(backend.connect, {"echo": echo}).start()
     spec = {"name": "once", "pipeline_stages": [{"name": "s", "worker_type": "echo"}]}
     try:
-        async with running_pipeline(nats_url, spec):
+        async with running_pipeline_on(backend, spec):
             goal = GoalMessage(pipeline="once")
-            first = await submit(bus, goal)
-            second = await submit(bus, goal)
+            first = await submit(client, goal)
+            second = await submit(client, goal)
     finally:
         await desk.close()
     assert first.status == TaskStatus.COMPLETED
@@ -276,6 +299,7 @@ async def test_a_finished_goal_resubmitted_gets_its_stored_result(nats_url: str,
     assert desk.count() == 1
 
 
+@pytest.mark.integration
 async def test_a_fast_worker_is_never_missed(nats_url: str, bus: Bus) -> None:
     desk = await TaskDesk(nats_url, {"echo": echo}, max_in_flight=128).start()
     spec = {
@@ -311,6 +335,7 @@ async def _wait_for(predicate: Any, within: float, what: str) -> None:
         await asyncio.sleep(0.02)
 
 
+@pytest.mark.integration
 async def test_killed_orchestrator_resumes_without_rerunning_finished_stages(
     nats_url: str, bus: Bus, tmp_path: Any
 ) -> None:

@@ -10,102 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-import pytest
 from tests.support.processes import poll
+from tests.support.role_backends import Backend, ScenarioBus, backend
 
 from loom.api.pipeline import PipelineSpec
 from loom.api.router_policy import TierDefinition
 from loom.api.worker import WorkerSpec
-from loom.audit import AuditRecord
 from loom.backends import BackendError, ProcessingBackend
-from loom.bus import Bus, Delivery, RoleBus, StoredDeadLetter
-from loom.bus.memory import MemoryBroker, MemoryBus
+from loom.bus import Delivery
 from loom.checkpoint import Checkpoint, KVCheckpointStore
 from loom.contrib.noop import EchoBackend
 from loom.messages import DeadLetterReason, GoalMessage, GoalResult, TaskMessage, TaskResult, TaskStatus
+from loom.metrics import REGISTRY
 from loom.pipeline.service import PipelineService
-from loom.settings import NatsSettings
-from loom.subjects import STREAM_INCOMING, STREAM_TASKS, task_subject
+from loom.subjects import STREAM_INCOMING, STREAM_TASKS, task_subject, worker_consumer
 from loom.worker.processor import ProcessorEngine
 from loom.worker.runtime import WorkerOptions, WorkerRuntime
 
-
-class ScenarioBus(RoleBus, Protocol):
-    """The roles' bus plus what a test reads back and the forwarder uses."""
-
-    async def ensure_router_consumer(
-        self, *, ack_wait: float, max_deliver: int, max_ack_pending: int
-    ) -> str: ...
-
-    async def stream_messages(self, stream: str) -> int: ...
-
-    async def dead_letters(self) -> list[StoredDeadLetter]: ...
-
-    async def audit_records(self, tenant: str | None = None) -> list[AuditRecord]: ...
-
-
-@dataclass
-class Backend:
-    """Connections to one bus backend; every connection and role is stopped and closed at the end."""
-
-    name: str
-    connect: Callable[[], Awaitable[ScenarioBus]]
-    buses: list[ScenarioBus] = field(default_factory=list)
-    roles: list[tuple[asyncio.Event, asyncio.Task[None]]] = field(default_factory=list)
-
-    async def bus(self) -> ScenarioBus:
-        b = await self.connect()
-        self.buses.append(b)
-        return b
-
-    async def start(
-        self, run: Callable[[asyncio.Event], Coroutine[Any, Any, None]], ready: Callable[[], bool]
-    ) -> None:
-        """Run a role until the end of the test; returns once it is bound to its consumer."""
-        stop = asyncio.Event()
-        task = asyncio.create_task(run(stop))
-        self.roles.append((stop, task))
-        async with asyncio.timeout(15):
-            while not ready():
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.01)
-
-    async def stop_all(self) -> None:
-        for stop, _ in self.roles:
-            stop.set()
-        await asyncio.gather(*(t for _, t in self.roles))
-        self.roles.clear()
-
-    async def close(self) -> None:
-        await self.stop_all()
-        for b in self.buses:
-            await b.close()
-
-
-@pytest.fixture(params=["memory", pytest.param("nats", marks=pytest.mark.integration)])
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    if request.param == "memory":
-        broker = MemoryBroker()
-
-        async def connect() -> ScenarioBus:
-            return MemoryBus(broker)
-
-    else:
-        url: str = request.getfixturevalue("nats_url")
-
-        async def connect() -> ScenarioBus:
-            return await Bus.connect(NatsSettings(url=url, name="scenario"))
-
-    b = Backend(request.param, connect)
-    try:
-        yield b
-    finally:
-        await b.close()
+__all__ = ["backend"]
 
 
 def echo_spec(**extra: Any) -> WorkerSpec:
@@ -235,6 +159,82 @@ async def test_a_transient_failure_is_redelivered_then_succeeds(backend: Backend
     assert result.attempt == 2  # the nak'ed first delivery came back as num_delivered 2
     assert flaky.calls == [{"n": 1}, {"n": 1}]
     assert await client.dead_letters() == []
+
+
+def metric(name: str, **labels: str) -> float:
+    """Sum of the in-process samples of ``name`` whose labels include ``labels`` (0 when absent);
+    the registry is the process's, so a test compares before and after."""
+    return sum(
+        s.value
+        for family in REGISTRY.collect()
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+async def dead_letter_count(bus: ScenarioBus, n: int) -> bool:
+    return len(await bus.dead_letters()) >= n
+
+
+async def test_invalid_output_is_a_failed_result_with_the_errors(backend: Backend) -> None:
+    schema = {
+        "type": "object",
+        "required": ["summary"],
+        "properties": {"summary": {"type": "string"}, "count": {"type": "integer", "minimum": 0}},
+    }
+    retried, failed = (metric("loom_tasks_failed_total", outcome=o) for o in ("retried", "failed"))
+    await start_worker(backend, EchoBackend(), output_schema=schema, max_deliver=2)
+    client = await backend.bus()
+    result = await task_result(client, "sc-out", {"output": {"count": -1}})
+    assert result.status == TaskStatus.FAILED and result.error_code == "invalid_output"
+    assert result.attempt == 1  # final at once: a redelivery would repeat the same output
+    errors = result.metadata["validation_errors"]
+    assert "(root): 'summary' is a required property" in errors
+    assert "count: -1 is less than the minimum of 0" in errors
+    await poll(lambda: dead_letter_count(client, 1))
+    (dl,) = await client.dead_letters()
+    assert dl.dead_letter.reason == DeadLetterReason.INVALID_OUTPUT
+    assert dl.dead_letter.task_id == result.task_id
+    assert metric("loom_tasks_failed_total", outcome="retried") == retried
+    assert metric("loom_tasks_failed_total", outcome="failed") == failed + 1
+
+
+async def test_invalid_input_fails_at_once_without_retry(backend: Backend) -> None:
+    schema = {
+        "type": "object",
+        "required": ["text"],
+        "properties": {"text": {"type": "string", "minLength": 1}},
+    }
+    await start_worker(backend, EchoBackend(), input_schema=schema, max_deliver=3)
+    client = await backend.bus()
+    result = await task_result(client, "sc-in", {"text": ""})
+    assert result.error_code == "invalid_input" and result.attempt == 1
+    assert result.error is not None and "text: '' should be non-empty" in result.error
+    await poll(lambda: dead_letter_count(client, 1))
+    assert (await client.dead_letters())[0].dead_letter.reason == DeadLetterReason.INVALID_INPUT
+
+    async def lag_is_zero() -> bool:  # the term follows the dead letter
+        return (await client.consumer_info(STREAM_TASKS, worker_consumer("echo", "local"))).total == 0
+
+    await poll(lag_is_zero, timeout=5)
+
+
+async def test_timeout_and_backend_errors(backend: Backend) -> None:
+    await start_worker(backend, EchoBackend(), timeout_seconds=0.3, max_deliver=2)
+    client = await backend.bus()
+    sub = await client.subscribe_results("sc-err")
+    slow = TaskMessage(parent_task_id="sc-err", worker_type="echo", payload={"sleep": 5})
+    broken = TaskMessage(parent_task_id="sc-err", worker_type="echo", payload={"fail": "cannot convert"})
+    for task in (slow, broken):
+        await client.publish_task(task, subject=task_subject("echo", "local"))
+    by_id = {r.task_id: r for r in [TaskResult.from_bytes(await sub.get(timeout=15)) for _ in range(2)]}
+    await sub.close()
+    assert by_id[slow.task_id].error_code == "timeout" and by_id[slow.task_id].attempt == 2
+    assert by_id[broken.task_id].error_code == "backend_error" and by_id[broken.task_id].attempt == 1
+    assert by_id[broken.task_id].error == "cannot convert"
+    await poll(lambda: dead_letter_count(client, 2))
+    reasons = sorted(d.dead_letter.reason.value for d in await client.dead_letters())
+    assert reasons == ["task_failed", "timeout"]
 
 
 PIPELINE = {

@@ -1,4 +1,7 @@
-"""The worker as a real process: crashes, late starts, contracts, retries, drain, metrics."""
+"""The worker as a real process: crashes, late starts, drain on signals, metrics.
+
+Its contracts, timeouts and retries run in-process in test_role_scenarios.py, on the in-memory bus
+and on a real nats-server."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import pytest
 from tests.support.processes import LoomProcesses, bus, collect, echo_worker, loom_procs, poll
 
 from loom.bus import Bus
-from loom.messages import DeadLetterReason, TaskMessage
+from loom.messages import TaskMessage
 from loom.subjects import STREAM_TASKS, task_subject, worker_consumer
 
 pytestmark = pytest.mark.integration
@@ -55,73 +58,6 @@ async def test_task_waits_for_a_worker_to_start(tmp_path: Path, loom_procs: Loom
 
 async def _stored(b: Bus, n: int) -> bool:
     return await b.stream_messages(STREAM_TASKS) >= n
-
-
-async def test_invalid_output_is_a_failed_result_with_the_errors(
-    tmp_path: Path, loom_procs: LoomProcesses, bus: Bus
-) -> None:
-    schema = {
-        "type": "object",
-        "required": ["summary"],
-        "properties": {"summary": {"type": "string"}, "count": {"type": "integer", "minimum": 0}},
-    }
-    cfg = echo_worker(tmp_path, output_schema=schema, max_deliver=2, retry_backoff_seconds=[0.05])
-    worker = loom_procs.worker(cfg)
-    sub = await bus.subscribe_results("w3")
-    task = await send(bus, "w3", {"output": {"count": -1}})
-    (result,) = await collect(sub, 1)
-    assert result["status"] == "failed" and result["error_code"] == "invalid_output"
-    assert result["attempt"] == 1  # final at once: a redelivery would repeat the same output
-    errors = result["metadata"]["validation_errors"]  # type: ignore[index]
-    assert "(root): 'summary' is a required property" in errors
-    assert "count: -1 is less than the minimum of 0" in errors
-    await poll(lambda: _dead(bus, 1))
-    (dl,) = await bus.dead_letters()
-    assert dl.dead_letter.reason == DeadLetterReason.INVALID_OUTPUT and dl.dead_letter.task_id == task.task_id
-    assert worker.metric("loom_tasks_failed_total", outcome="retried") == 0
-    assert worker.metric("loom_tasks_failed_total", outcome="failed") == 1
-
-
-async def _dead(b: Bus, n: int) -> bool:
-    return len(await b.dead_letters()) >= n
-
-
-async def test_invalid_input_fails_at_once_without_retry(
-    tmp_path: Path, loom_procs: LoomProcesses, bus: Bus
-) -> None:
-    schema = {
-        "type": "object",
-        "required": ["text"],
-        "properties": {"text": {"type": "string", "minLength": 1}},
-    }
-    cfg = echo_worker(tmp_path, input_schema=schema, max_deliver=3)
-    loom_procs.worker(cfg)
-    sub = await bus.subscribe_results("w4")
-    await send(bus, "w4", {"text": ""})
-    (result,) = await collect(sub, 1)
-    assert result["error_code"] == "invalid_input" and result["attempt"] == 1
-    assert "text: '' should be non-empty" in result["error"]  # type: ignore[operator]
-    await poll(lambda: _dead(bus, 1))
-    assert (await bus.dead_letters())[0].dead_letter.reason == DeadLetterReason.INVALID_INPUT
-    await poll(lambda: _lag_is_zero(bus), timeout=5)  # the term follows the dead letter
-
-
-async def _lag_is_zero(b: Bus) -> bool:
-    return (await b.consumer_info(STREAM_TASKS, worker_consumer("echo", "local"))).total == 0
-
-
-async def test_timeout_and_backend_errors(tmp_path: Path, loom_procs: LoomProcesses, bus: Bus) -> None:
-    cfg = echo_worker(tmp_path, timeout_seconds=0.3, max_deliver=2, retry_backoff_seconds=[0.05])
-    loom_procs.worker(cfg)
-    sub = await bus.subscribe_results("w5")
-    slow = await send(bus, "w5", {"sleep": 5})
-    broken = await send(bus, "w5", {"fail": "cannot convert"})
-    by_id = {r["task_id"]: r for r in await collect(sub, 2)}
-    assert by_id[slow.task_id]["error_code"] == "timeout" and by_id[slow.task_id]["attempt"] == 2
-    assert by_id[broken.task_id]["error_code"] == "backend_error" and by_id[broken.task_id]["attempt"] == 1
-    assert by_id[broken.task_id]["error"] == "cannot convert"
-    await poll(lambda: _dead(bus, 2))
-    assert sorted(d.dead_letter.reason.value for d in await bus.dead_letters()) == ["task_failed", "timeout"]
 
 
 async def test_sigterm_finishes_in_flight_then_exits(

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol, TypeVar
 
 from loom.api.pipeline import PipelineSpec
-from loom.bus import Bus
+from loom.bus import Bus, RoleBus
 from loom.messages import GoalMessage, GoalResult
 from loom.pipeline.service import PipelineOptions, PipelineService
 from loom.settings import NatsSettings
@@ -59,7 +59,7 @@ async def running_pipeline(
         await bus.close()
 
 
-async def submit(bus: Bus, goal: GoalMessage, within: float = 30.0) -> GoalResult:
+async def submit(bus: RoleBus, goal: GoalMessage, within: float = 30.0) -> GoalResult:
     """Subscribe to the goal's result, publish the goal, wait for the GoalResult."""
     sub = await bus.subscribe_results(goal.goal_id)
     try:

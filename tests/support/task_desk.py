@@ -14,14 +14,22 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from loom.bus import Bus, Delivery
+from loom.bus import Bus, Delivery, RoleBus
 from loom.messages import TaskMessage, TaskResult, TaskStatus
 from loom.settings import NatsSettings
 from loom.subjects import STREAM_INCOMING
 
 Handler = Callable[[TaskMessage], Awaitable[dict[str, Any]]]
+
+
+class DeskBus(RoleBus, Protocol):
+    """What the desk uses of a bus: the roles' API plus the router's consumer."""
+
+    async def ensure_router_consumer(
+        self, *, ack_wait: float, max_deliver: int, max_ack_pending: int
+    ) -> str: ...
 
 
 @dataclass
@@ -41,16 +49,22 @@ class HandlerFailed(Exception):
 
 @dataclass
 class TaskDesk:
-    url: str
+    """``url``: a nats-server's URL, or a function connecting a bus (a connection of a test's
+    ``backend``, memory or real); the desk closes the bus it connected."""
+
+    url: str | Callable[[], Awaitable[DeskBus]]
     handlers: dict[str, Handler]
     max_in_flight: int = 64
     calls: list[Call] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
-    _bus: Bus | None = None
+    _bus: DeskBus | None = None
 
     async def start(self) -> TaskDesk:
-        self._bus = await Bus.connect(NatsSettings(url=self.url, name="task-desk"))
+        if isinstance(self.url, str):
+            self._bus = await Bus.connect(NatsSettings(url=self.url, name="task-desk"))
+        else:
+            self._bus = await self.url()
         durable = await self._bus.ensure_router_consumer(ack_wait=30, max_deliver=5, max_ack_pending=10_000)
         bound = asyncio.Event()
         self._task = asyncio.create_task(

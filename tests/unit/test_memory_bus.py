@@ -41,27 +41,68 @@ async def consuming(
     return stop, task
 
 
-async def test_a_nak_with_delay_redelivers_after_the_delay_with_the_count(bus: MemoryBus) -> None:
+class HandClock:
+    """The broker's clock, moved by the test: nak delays and ack waits pass without being waited out."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+async def timed() -> AsyncIterator[tuple[MemoryBus, HandClock]]:
+    clock = HandClock()
+    b = MemoryBus(MemoryBroker(clock))
+    yield b, clock
+    await b.close()
+
+
+async def advance(bus: MemoryBus, clock: HandClock, seconds: float) -> None:
+    """Move the clock, wake the pull loops, and let them hand out whatever became due."""
+    clock.t += seconds
+    bus.broker.tick()
+    await idle()
+
+
+async def idle() -> None:
+    """Let every ready task run (the twin does no I/O, so a few loop turns settle it)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_a_nak_with_delay_redelivers_after_the_delay_with_the_count(
+    timed: tuple[MemoryBus, HandClock],
+) -> None:
+    bus, clock = timed
     durable = await bus.ensure_worker_consumer("echo", "local", ack_wait=30, max_deliver=5, max_ack_pending=9)
     seen: list[tuple[int, float]] = []
 
     async def handler(d: Delivery) -> None:
-        seen.append((d.num_delivered, asyncio.get_running_loop().time()))
-        await (d.nak(delay=0.2) if d.num_delivered == 1 else d.ack())
+        seen.append((d.num_delivered, clock()))
+        await (d.nak(delay=5.0) if d.num_delivered == 1 else d.ack())
 
     stop, task = await consuming(bus, durable, handler)
     await bus.publish_task(TaskMessage(worker_type="echo"), subject=task_subject("echo", "local"))
+    await poll(lambda: len(seen) == 1)
+    await advance(bus, clock, 4.9)
+    assert len(seen) == 1  # not before the delay
+    await advance(bus, clock, 0.1)
     await poll(lambda: len(seen) == 2)
     stop.set()
     await task
     assert [n for n, _ in seen] == [1, 2]
-    assert seen[1][1] - seen[0][1] >= 0.2
+    assert seen[1][1] - seen[0][1] >= 5.0
     assert await bus.stream_messages(STREAM_TASKS) == 0  # acknowledged: removed from the work queue
 
 
-async def test_an_unacknowledged_message_comes_back_after_ack_wait_until_max_deliver(bus: MemoryBus) -> None:
+async def test_an_unacknowledged_message_comes_back_after_ack_wait_until_max_deliver(
+    timed: tuple[MemoryBus, HandClock],
+) -> None:
+    bus, clock = timed
     durable = await bus.ensure_worker_consumer(
-        "echo", "local", ack_wait=0.1, max_deliver=3, max_ack_pending=10
+        "echo", "local", ack_wait=30, max_deliver=3, max_ack_pending=10
     )
     seen: list[int] = []
 
@@ -70,8 +111,14 @@ async def test_an_unacknowledged_message_comes_back_after_ack_wait_until_max_del
 
     stop, task = await consuming(bus, durable, silent)
     await bus.publish_task(TaskMessage(worker_type="echo"), subject=task_subject("echo", "local"))
-    await poll(lambda: len(seen) == 3)
-    await asyncio.sleep(0.3)
+    await poll(lambda: seen == [1])
+    await advance(bus, clock, 29)
+    assert seen == [1]  # still within its ack wait
+    await advance(bus, clock, 1)
+    await poll(lambda: seen == [1, 2])
+    await advance(bus, clock, 30)
+    await poll(lambda: seen == [1, 2, 3])
+    await advance(bus, clock, 30)
     stop.set()
     await task
     assert seen == [1, 2, 3]  # no fourth delivery
@@ -80,16 +127,17 @@ async def test_an_unacknowledged_message_comes_back_after_ack_wait_until_max_del
     assert (lag.num_pending, lag.num_ack_pending) == (0, 0)
 
 
-async def test_in_progress_keeps_a_long_handler_from_redelivery(bus: MemoryBus) -> None:
+async def test_in_progress_keeps_a_long_handler_from_redelivery(timed: tuple[MemoryBus, HandClock]) -> None:
+    bus, clock = timed
     durable = await bus.ensure_worker_consumer(
-        "echo", "local", ack_wait=0.1, max_deliver=5, max_ack_pending=10
+        "echo", "local", ack_wait=30, max_deliver=5, max_ack_pending=10
     )
     seen: list[int] = []
 
     async def slow(d: Delivery) -> None:
         seen.append(d.num_delivered)
-        for _ in range(5):
-            await asyncio.sleep(0.05)
+        for _ in range(5):  # 100 s of work against a 30 s ack wait, a heartbeat every 20 s
+            await advance(bus, clock, 20)
             await d.in_progress()
         await d.ack()
 
@@ -101,7 +149,8 @@ async def test_in_progress_keeps_a_long_handler_from_redelivery(bus: MemoryBus) 
     assert seen == [1]
 
 
-async def test_a_failing_handler_is_nak_ed_and_term_is_final(bus: MemoryBus) -> None:
+async def test_a_failing_handler_is_nak_ed_and_term_is_final(timed: tuple[MemoryBus, HandClock]) -> None:
+    bus, clock = timed
     durable = await bus.ensure_worker_consumer("echo", "local", ack_wait=30, max_deliver=5, max_ack_pending=9)
     seen: list[int] = []
 
@@ -113,8 +162,12 @@ async def test_a_failing_handler_is_nak_ed_and_term_is_final(bus: MemoryBus) -> 
 
     stop, task = await consuming(bus, durable, handler)
     await bus.publish_task(TaskMessage(worker_type="echo"), subject=task_subject("echo", "local"))
-    await poll(lambda: len(seen) == 2)
-    await asyncio.sleep(0.2)
+    await poll(lambda: seen == [1])
+    await advance(bus, clock, 0.9)
+    assert seen == [1]  # the nak's delay holds it back
+    await advance(bus, clock, 0.1)
+    await poll(lambda: seen == [1, 2])
+    await advance(bus, clock, 60)  # termed: neither a delay nor the ack wait brings it back
     stop.set()
     await task
     assert seen == [1, 2]
@@ -205,7 +258,7 @@ async def test_goal_consumers_filter_with_nats_wildcards_and_tenants(bus: Memory
     await bus.publish_goal(GoalMessage(pipeline="alpha", tenant="acme"))
     await bus.publish_goal(GoalMessage(pipeline="beta"))
     await poll(lambda: len(got) == 2)
-    await asyncio.sleep(0.1)
+    await idle()
     stop.set()
     await task
     assert sorted(got) == ["loom.goals.alpha", "loom.goals.alpha.tenant.acme"]
@@ -245,14 +298,17 @@ async def test_bad_input_gets_a_clear_error(bus: MemoryBus) -> None:
 
 
 async def test_connections_to_one_broker_share_streams_and_buckets() -> None:
-    broker = MemoryBroker()
+    clock = HandClock()
+    broker = MemoryBroker(clock)
     first, second = MemoryBus(broker), MemoryBus(broker)
     await first.key_value_store("b").put("k", b"v")
     assert await second.key_value_store("b").get("k") == b"v"
     assert await MemoryBus().key_value_store("b").get("k") is None  # another broker: another server
-    expiring = first.key_value_store("short", ttl=0.05)
+    expiring = first.key_value_store("short", ttl=30)
     await expiring.put("k", b"v")
-    await asyncio.sleep(0.1)
+    clock.t += 29.9
+    assert await second.key_value_store("short").get("k") == b"v"
+    clock.t += 0.1
     assert await expiring.get("k") is None
     await first.publish_task(TaskMessage(worker_type="echo"), subject=task_subject("echo", "local"))
     assert await second.stream_messages(STREAM_TASKS) == 1

@@ -13,7 +13,8 @@ JetStream behaviour modelled: work-queue streams drop a message once acknowledge
 ``Nats-Msg-Id`` duplicates within the duplicate window are stored once; each durable consumer
 delivers a message to one handler at a time, redelivers it after a nak (after its delay), after
 ``ack_wait`` without an ack or heartbeat, and stops after ``max_deliver`` deliveries (the message
-stays stored, as on the server); consumers bind to what the stream already holds. Not modelled:
+stays stored, as on the server); consumers bind to what the stream already holds. These times
+run on the broker's clock, which a test may drive by hand (no delay is then waited out). Not modelled:
 stream limits, MAX_DELIVERIES advisories, reconnects (``epoch`` stays 0), permissions. A Bus
 method the twin lacks raises :class:`NotImplementedError` naming it.
 """
@@ -23,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -224,7 +224,7 @@ class MemoryBus(Sender):
         return out
 
     def key_value_store(self, bucket: str, *, ttl: float | None = None) -> KeyValueStore:
-        return MemoryKeyValueStore(self.broker.buckets.setdefault(bucket, {}), ttl)
+        return MemoryKeyValueStore(self.broker.buckets.setdefault(bucket, {}), ttl, self.broker.clock)
 
     if not TYPE_CHECKING:  # for mypy the twin has exactly the methods written above
 
@@ -261,7 +261,7 @@ class _MemoryPull:
                 on_bound()
             while not stop.is_set():
                 self.wake.clear()
-                now = time.monotonic()
+                now = self.consumer.clock()
                 for msg, n in self.consumer.take(self.max_in_flight - len(self.tasks), now):
                     task = asyncio.get_running_loop().create_task(
                         self._run(MemoryDelivery(self.consumer, msg, n))

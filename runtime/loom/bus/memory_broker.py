@@ -14,6 +14,7 @@ from loom.bus.connection import BusError
 from loom.bus.consumers import ConsumerLag
 from loom.bus.pull import Verdict
 from loom.bus.streams import DUPLICATE_WINDOW, _stream_configs
+from loom.clock import Clock
 from loom.state_store import KeyValueStore
 from loom.subjects import subject_matches
 
@@ -72,10 +73,11 @@ class ConsumerConfig:
 class Consumer:
     """A durable pull consumer: which messages of its stream it delivers, and when again."""
 
-    def __init__(self, stream: Stream, name: str, config: ConsumerConfig):
+    def __init__(self, stream: Stream, name: str, config: ConsumerConfig, clock: Clock):
         self.stream = stream
         self.name = name
         self.config = config
+        self.clock = clock
         self.tracks: dict[int, _Track] = {}
         self.waiters: set[asyncio.Event] = set()
 
@@ -124,19 +126,21 @@ class Consumer:
         return out
 
     def next_due(self, now: float) -> float:
-        """Seconds until a held-back message may go out again (capped at :data:`_IDLE`)."""
+        """Seconds until a held-back message may go out again (capped at :data:`_IDLE`). One due
+        already but held back by ``max_ack_pending`` waits for a settle (which wakes the loop), so
+        the loop does not spin."""
         times = [
             t.deadline if t.deadline is not None else t.due
             for t in self.tracks.values()
             if not t.done and (self.max_deliver <= 0 or t.deliveries < self.max_deliver)
         ]
-        return max(0.0, min([_IDLE, *(x - now for x in times)]))
+        return min([_IDLE, *(x - now for x in times if x > now)])
 
     def settle(self, seq: int, deliveries: int, verdict: Verdict, delay: float | None) -> None:
         t = self.tracks.get(seq)
         if t is None or t.done:
             return
-        now = time.monotonic()
+        now = self.clock()
         if verdict == "progress":
             if t.deliveries == deliveries and t.deadline is not None:
                 t.deadline = now + self.ack_wait
@@ -153,7 +157,7 @@ class Consumer:
 
     def lag(self) -> ConsumerLag:
         """Never delivered; delivered and unsettled (a last delivery only until its ack wait ends)."""
-        now = time.monotonic()
+        now = self.clock()
         pending = ack_pending = redelivered = 0
         for seq, msg in self.stream.messages.items():
             if not self.wants(msg.subject):
@@ -188,9 +192,14 @@ class CoreSub:
 
 class MemoryBroker:
     """The server of the twin: Loom's streams (declared as the real bus declares them), durable
-    consumers, core subscriptions and Key-Value buckets, shared by every MemoryBus on it."""
+    consumers, core subscriptions and Key-Value buckets, shared by every MemoryBus on it.
 
-    def __init__(self) -> None:
+    ``clock`` (monotonic seconds) times ack waits, nak delays, the duplicate window and bucket
+    expiry. A test may drive it by hand so that none of these is waited out for real: after moving
+    it, :meth:`tick` has every pull loop look again."""
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self.clock = clock
         self.streams: dict[str, Stream] = {}
         for c in _stream_configs():
             self.declare(
@@ -201,6 +210,11 @@ class MemoryBroker:
         #: bucket -> key -> (value, expires at or None).
         self.buckets: dict[str, dict[str, tuple[bytes, float | None]]] = {}
 
+    def tick(self) -> None:
+        """Wake every pull loop to hand out what the clock made due (its ack wait or nak delay)."""
+        for c in self.consumers.values():
+            c.notify()
+
     def declare(self, name: str, subjects: list[str], work_queue: bool) -> None:
         """A stream, unless it exists (its stored messages stay)."""
         self.streams.setdefault(name, Stream(name, subjects, work_queue))
@@ -210,7 +224,7 @@ class MemoryBroker:
         stream = next((s for s in self.streams.values() if s.covers(subject)), None)
         if stream is None:
             raise BusError(f"publish to {subject!r} not stored: no stream stores it")
-        now = time.monotonic()
+        now = self.clock()
         stream.ids = {k: v for k, v in stream.ids.items() if now - v[0] < DUPLICATE_WINDOW}
         msg_id = headers.get("Nats-Msg-Id")
         if msg_id and msg_id in stream.ids:
@@ -230,7 +244,7 @@ class MemoryBroker:
         if key in self.consumers:
             self.consumers[key].config = config
         else:
-            self.consumers[key] = Consumer(self.streams[stream], name, config)
+            self.consumers[key] = Consumer(self.streams[stream], name, config, self.clock)
         return name
 
     def find(self, stream: str, durable: str) -> Consumer:
@@ -255,19 +269,19 @@ class MemoryBroker:
 
 
 class MemoryKeyValueStore(KeyValueStore):
-    """A bucket of the twin: entries expire after ``ttl`` seconds, as the bucket's would."""
+    """A bucket of the twin: entries expire after ``ttl`` seconds of ``clock``, as the bucket's would."""
 
-    def __init__(self, bucket: dict[str, tuple[bytes, float | None]], ttl: float | None):
-        self._bucket, self._ttl = bucket, ttl
+    def __init__(self, bucket: dict[str, tuple[bytes, float | None]], ttl: float | None, clock: Clock):
+        self._bucket, self._ttl, self._clock = bucket, ttl, clock
 
     async def get(self, key: str) -> bytes | None:
         entry = self._bucket.get(key)
-        if entry is None or (entry[1] is not None and time.monotonic() >= entry[1]):
+        if entry is None or (entry[1] is not None and self._clock() >= entry[1]):
             return None
         return entry[0]
 
     async def put(self, key: str, value: bytes) -> None:
-        self._bucket[key] = (value, None if self._ttl is None else time.monotonic() + self._ttl)
+        self._bucket[key] = (value, None if self._ttl is None else self._clock() + self._ttl)
 
     async def delete(self, key: str) -> None:
         self._bucket.pop(key, None)
