@@ -61,8 +61,11 @@ async def test_three_stages_after_the_first_run_concurrently(backend: Backend) -
     async def extractor(task: TaskMessage) -> dict[str, Any]:
         return {"text": f"text of {task.payload['doc']}"}
 
+    all_started = asyncio.Barrier(3)
+
     async def slow(task: TaskMessage) -> dict[str, Any]:
-        await asyncio.sleep(0.4)
+        async with asyncio.timeout(10):  # each call ends only once all three have started
+            await all_started.wait()
         return {"seen": task.payload["text"], "which": task.payload["which"]}
 
     client = await backend.bus()
