@@ -31,6 +31,17 @@ from loom.subjects import (
 #: One attempt of a publish; a lost acknowledgement is retried (same Nats-Msg-Id) until PUBLISH_TIMEOUT.
 _PUBLISH_ATTEMPT = 2.5
 
+#: JetStream's "stream store failed" (with status 503): the stream refused the message, e.g. over
+#: its message, byte or per-subject limit.
+_STORE_REFUSED = 10077
+
+
+def publish_error_is_transient(error: dict[str, Any]) -> bool:
+    """Whether the same publish may succeed later: JetStream unavailable (503, e.g. while a stream
+    elects a leader), but not a stream refusing the message over a limit (also 503, err_code 10077),
+    which would only delay the refusal by the whole publish timeout."""
+    return error.get("code") == 503 and error.get("err_code") != _STORE_REFUSED
+
 
 class ResultSubscription:
     """Results arriving on ``loom.results.<key>``; iterate, or ``await get(timeout)``."""
@@ -169,7 +180,7 @@ class PublishMixin(Sender, BusBase):
                 err = body.get("error")
                 if not err:
                     return body
-                if err.get("code") != 503:  # not "JetStream unavailable": retrying cannot help
+                if not publish_error_is_transient(err):  # retrying cannot help
                     raise BusError(f"publish to {subject!r} failed: {err.get('description', err)}")
                 why = f"JetStream unavailable: {err.get('description', err)}"
             if time.monotonic() + pause >= deadline:
