@@ -1,10 +1,9 @@
-"""Which publish errors the bus retries until its publish timeout, and which it reports at once."""
+"""Which JetStream publish errors the bus retries until its publish timeout, and which it reports at once."""
 
 from __future__ import annotations
 
 import pytest
 
-from loom.bus.connection import publish_denied
 from loom.bus.publish import publish_error_is_transient
 
 
@@ -24,13 +23,3 @@ from loom.bus.publish import publish_error_is_transient
 )
 def test_only_an_unavailable_jetstream_is_retried(error: dict[str, object], transient: bool) -> None:
     assert publish_error_is_transient(error) is transient
-
-
-def test_a_publish_the_server_denied_this_connection_is_not_sent_again() -> None:
-    error = 'last error: nats: Permissions Violation for Publish to "loom.tasks.echo.local"'
-    assert publish_denied(error, "loom.tasks.echo.local")
-    assert not publish_denied(error, "loom.tasks.echo")  # another subject: the denial says nothing of it
-    assert not publish_denied(error, "loom.tasks.incoming")
-    assert not publish_denied("", "loom.tasks.echo.local")
-    subscribing = 'last error: nats: Permissions Violation for Subscription to "loom.x"'
-    assert not publish_denied(subscribing, "loom.x")

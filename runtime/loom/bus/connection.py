@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import nats
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from loom import metrics
@@ -27,15 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT = 10.0
-
-#: How often a request waiting for its answer looks whether the server denied it instead.
-_DENIAL_CHECK = 0.05
-
-
-def publish_denied(last_error: str, subject: str) -> bool:
-    """Whether the server told this connection it may not publish to ``subject`` (a connection's
-    permissions do not change while it is connected, so sending again cannot help)."""
-    return f'"{subject}"' in last_error and "permissions violation for publish" in last_error.lower()
 
 
 class BusError(Exception):
@@ -110,33 +100,10 @@ class BusBase:
         """True while the connection is up."""
         return bool(self.nc.is_connected)
 
-    async def _request(
-        self, subject: str, data: bytes, *, within: float, headers: dict[str, str] | None = None
-    ) -> Msg:
-        """``nc.request``, ended at once with BusError when the server reports that this connection
-        may not publish to ``subject``: no answer comes then, and waiting out ``within`` seconds would
-        only delay the refusal."""
-        request = asyncio.ensure_future(self.nc.request(subject, data, timeout=within, headers=headers))
-        try:
-            while True:
-                done, _ = await asyncio.wait({request}, timeout=_DENIAL_CHECK)
-                if done:
-                    return request.result()
-                if publish_denied(self.state.last_error, subject):
-                    raise BusError(
-                        f"publish to {subject!r} not acknowledged: this identity may not publish there "
-                        f"({self.state.last_error})"
-                    )
-        finally:
-            if not request.done():
-                request.cancel()
-                with contextlib.suppress(asyncio.CancelledError, nats.errors.Error):
-                    await request
-
     async def _api(self, subject: str, req: dict[str, Any], *, missing_ok: bool = False) -> dict[str, Any]:
         """One JetStream API request; BusError on an error reply (``{}`` for a 404 when ``missing_ok``)."""
         try:
-            resp = await self._request(subject, json.dumps(req).encode(), within=PUBLISH_TIMEOUT)
+            resp = await self.nc.request(subject, json.dumps(req).encode(), timeout=PUBLISH_TIMEOUT)
         except nats.errors.TimeoutError:
             raise BusError(
                 f"{subject}: no answer within {PUBLISH_TIMEOUT:g}s (this identity may not use it?) "

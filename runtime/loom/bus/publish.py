@@ -170,7 +170,7 @@ class PublishMixin(Sender, BusBase):
         while True:
             attempt = min(_PUBLISH_ATTEMPT, max(0.1, deadline - time.monotonic()))
             try:
-                resp = await self._request(subject, data, within=attempt, headers=headers)
+                resp = await self.nc.request(subject, data, timeout=attempt, headers=headers)
             except nats.errors.NoRespondersError:
                 why = "no stream stores it (streams not declared, or electing a leader?)"
             except nats.errors.TimeoutError:
