@@ -78,3 +78,34 @@ def test_the_cli_uses_the_run_dirs_credentials_for_that_bus_and_says_where_they_
     )
     assert ghost.returncode == 2
     assert "not 'ghost'" in ghost.stderr
+
+
+async def test_a_job_retrying_refused_credentials_connects_once_the_server_knows_its_user(
+    secured: tuple[NatsServer, LocalCredentials],
+) -> None:
+    """An EvalSuite's Job (``loom eval --retry-refused``): its identity is added to the server's user
+    list when the Job is made, and the server loads it moments later; the Job must not fail on the
+    first refusal. Without the flag the same refusal ends the connect at once."""
+    import asyncio
+    import signal
+
+    server, local = secured
+    late = LocalCredentials.generate(server.url, [Identity("eval_team_gate", Role.ADMIN)])
+    (user,) = late.credentials
+    settings = NatsSettings(url=server.url, user=user.identity.user, password=user.password)
+    with pytest.raises(BusAuthError, match=r"user 'eval_team_gate'"):
+        await Bus.connect(settings, connect_timeout=60)
+    connecting = asyncio.ensure_future(Bus.connect(settings, connect_timeout=60, retry_refused=True))
+    await asyncio.sleep(2.5)  # refused at least twice (the client retries every second)
+    assert not connecting.done()
+    config = Path(server.store_dir) / "nats.conf"
+    config.write_text(server_authorization([*local.credentials, user]), encoding="utf-8")
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGHUP)  # nats-server reloads its configuration
+    bus = await asyncio.wait_for(connecting, 30)
+    assert bus.is_connected
+    await bus.close()
+    # Still refused at the timeout: the error says so, not a plain timeout.
+    ghost = NatsSettings(url=server.url, user="ghost", password="x" * 20)
+    with pytest.raises(BusAuthError, match=r"user 'ghost'"):
+        await Bus.connect(ghost, connect_timeout=3, retry_refused=True)

@@ -52,6 +52,10 @@ POLICY_KEY = "router-policy.yaml"
 MOUNT = f"{CONFIG_DIR}/eval"
 #: Where Kubernetes reads a container's termination message from.
 TERMINATION_LOG = "/dev/termination-log"
+#: How long a Job keeps trying its generated NATS identity: the operator adds the user to the
+#: server's list when it renders the Job, and the kubelet brings the Secret to the NATS pod (which then
+#: reloads) up to a sync period later.
+IDENTITY_GRACE_SECONDS = 300
 #: The label the Job's pods carry naming their Job (set here, before the Job controller adds its own).
 JOB_LABEL = "loom.dev/eval-job"
 
@@ -205,6 +209,11 @@ def _job(
             "/tmp/runs.sqlite",
             "--summary-file",
             TERMINATION_LOG,
+            *(
+                ("--retry-refused", "--connect-timeout", str(IDENTITY_GRACE_SECONDS))
+                if settings.nats_auth == "generated"
+                else ()
+            ),
         ],
         "env": [*nats_env(settings), {"name": "LOOM_LOG_JSON", "value": "1"}, *judge_env],
         "resources": spec.resources.to_manifest_dict(),

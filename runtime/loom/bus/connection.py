@@ -141,18 +141,23 @@ def ssl_context(settings: NatsSettings) -> ssl.SSLContext | None:
 
 
 async def open_connection(
-    settings: NatsSettings, state: ConnectionState, holder: list[BusBase], connect_timeout: float | None
+    settings: NatsSettings,
+    state: ConnectionState,
+    holder: list[BusBase],
+    connect_timeout: float | None,
+    retry_refused: bool = False,
 ) -> NATS:
     """Connect (reconnecting forever with backoff); the callbacks update ``state`` and the Bus that
     ``holder`` holds once it exists. With ``connect_timeout``, BusError (BusAuthError for refused
-    credentials) when not connected in time."""
+    credentials) when not connected in time: at the first refusal, unless ``retry_refused`` (an
+    identity just created may not be in the server's user list yet), then at the timeout."""
     refused = asyncio.Event()
     nc_holder: list[NATS] = []
 
     async def on_error(exc: Exception) -> None:
         state.last_error = f"last error: {exc}"
         log.warning("nats error: %s", exc)
-        if not holder and "authorization violation" in str(exc).lower():
+        if not holder and not retry_refused and "authorization violation" in str(exc).lower():
             refused.set()  # retrying the same credentials cannot help a one-shot command
 
     async def on_disconnect() -> None:
@@ -207,7 +212,7 @@ async def open_connection(
         connecting.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await connecting
-        if refused.is_set():
+        if refused.is_set() or "authorization violation" in state.last_error.lower():
             raise BusAuthError(
                 f"NATS at {settings.url} refused the connection: Authorization Violation ({_who(settings)})"
             )

@@ -28,17 +28,19 @@ class Bus(DeadLettersMixin, AuditMixin, ConsumersMixin, KeyValueMixin):
         ensure_streams: bool = True,
         connect_timeout: float | None = None,
         role: str | None = None,
+        retry_refused: bool = False,
     ) -> Bus:
         """Connect (reconnecting forever with backoff) and, by default, declare the streams.
 
         Long-running roles wait for NATS as long as it takes and pass ``role``: their
         connection state then drives ``loom_nats_connected{role}`` and the liveness probe.
         One-shot commands pass ``connect_timeout`` so a refused certificate or bad
-        credentials end them with an error instead of a silent wait.
+        credentials end them with an error instead of a silent wait; ``retry_refused`` keeps trying
+        refused credentials until that timeout (a Job whose identity was created with it).
         """
         holder: list[BusBase] = []
         state = ConnectionState(role)
-        nc = await open_connection(settings, state, holder, connect_timeout)
+        nc = await open_connection(settings, state, holder, connect_timeout, retry_refused)
         bus = cls(nc, settings, state)
         holder.append(bus)
         state.up()

@@ -132,6 +132,9 @@ def test_generated_identity_is_a_submitter_of_the_suites_tenant_only() -> None:
     (c,) = job["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
     assert env["LOOM_NATS_USER"] == {"secretKeyRef": {"name": secret["metadata"]["name"], "key": "user"}}
+    # The identity reaches the server's user list after the Job is made: the Job keeps trying it.
+    assert c["args"][-3:] == ["--retry-refused", "--connect-timeout", "300"]
+    assert "--retry-refused" not in one(render(), "Job")["spec"]["template"]["spec"]["containers"][0]["args"]
     kubernetes_validate.validate(job, "1.33", strict=True)
     ident = identity(OWNER, suite().spec)
     assert ident.role is Role.EVAL and ident.tenant == "evals"

@@ -100,6 +100,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--connect-timeout", type=float, default=30.0, help="seconds to wait for the NATS connection"
     )
+    parser.add_argument(
+        "--retry-refused",
+        action="store_true",
+        help="keep trying credentials NATS refuses until --connect-timeout (an EvalSuite's Job: its "
+        "identity is created with it and reaches the server's user list moments later)",
+    )
     add_nats_options(parser)
     add_local_credentials_option(parser)
     # the cases go through the router only when --nats-url is given on the command line
@@ -190,7 +196,9 @@ async def _run(
             tenant = args.tenant or suite.tenant
             timeout = args.timeout or suite.case_timeout_seconds
             settings = client_nats_settings(args, "loom-eval", tenant=tenant)
-            bus = await Bus.connect(settings, connect_timeout=args.connect_timeout)
+            bus = await Bus.connect(
+                settings, connect_timeout=args.connect_timeout, retry_refused=args.retry_refused
+            )
             target = BusTarget(bus, worker.spec.name, tier, tenant=tenant, timeout=timeout)
         else:
             tdef, env = tier_setup(policy, tier, local_url)
