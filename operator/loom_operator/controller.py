@@ -157,6 +157,10 @@ class Controller:
             await self.reconciler.refresh(kind, namespace, name, lambda: self.children(kind, namespace, name))
         except (KubeError, Stalled) as exc:
             log.warning("status of %s %s/%s not written: %s", kind, namespace, name, exc)
+        if kind in ("Worker", "RouterPolicy"):
+            # A Worker or the router may just have turned Ready: suites waiting for it may run.
+            for suite in self.reconciler.waiting_suites(namespace):
+                self.soon(*suite)
 
     # ------------------------------------------------------------ event paths
 

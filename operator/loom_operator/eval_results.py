@@ -67,6 +67,36 @@ def run_from_job(job: Mapping[str, Any]) -> EvalRun | None:
     )
 
 
+#: Reason of Reconciling=True while the suite's Job waits for what it tests (job_waits_for).
+WAITING = "Waiting"
+
+
+def job_waits_for(
+    worker_type: str, workers: Mapping[str, bool], router: str | None, router_serves: bool
+) -> str | None:
+    """What an EvalSuite's Job waits for before it is created, or None when it may run now.
+
+    The Job tests the deployed system through the router, so it starts once every Worker of its
+    worker type (``workers``: name -> Ready) and the namespace's router (RouterPolicy ``router``,
+    Ready with this worker type in its catalog: ``router_serves``) are. Started earlier (everything
+    applied at once, pods still starting), its cases would time out and fail a sound worker.
+    """
+    unready = sorted(name for name, ready in workers.items() if not ready)
+    if unready:
+        names = ", ".join(unready)
+        return (
+            f"waiting for Worker {names} (worker type {worker_type!r}) to be Ready before running the suite"
+        )
+    if router is None:
+        return "waiting for a RouterPolicy in this namespace: the suite runs through its router"
+    if not router_serves:
+        return (
+            f"waiting for the router of RouterPolicy {router!r} to be Ready with worker type "
+            f"{worker_type!r} in its catalog before running the suite"
+        )
+    return None
+
+
 def eval_phase(job: str, run: EvalRun | None) -> Phase:
     """Ready when the current spec's Job passed, stalled (EvalFailed) when it failed, else running."""
     if run is None:

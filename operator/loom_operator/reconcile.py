@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from loom.api import GROUP_VERSION, RouterPolicySpec
+from loom.api.eval_suite import EvalSuiteSpec
 from loom.api.loader import Resource
 from loom.api.status import EvalRun
 from loom_operator import conditions
@@ -30,10 +31,11 @@ from loom_operator.dispatch import (
     WorkerEntry,
     catalog,
     catalog_hash,
+    effective_policy,
     parse_body,
     render_resource,
 )
-from loom_operator.eval_results import eval_phase
+from loom_operator.eval_results import WAITING, eval_phase, job_waits_for
 from loom_operator.k8s import Kube, KubeError, refused
 from loom_operator.kind_status import Observation, StatusView, kind_fields
 from loom_operator.readiness import ChildDeployment, freshest, phase_of
@@ -79,6 +81,10 @@ class Known:
     refused: str | None = None
     #: EvalSuite: the Job that runs the current spec.
     job: str | None = None
+    #: EvalSuite: what its Job waits for before it is created (eval_results.job_waits_for).
+    waiting: str | None = None
+    #: The phase last published (what other resources' readiness checks read).
+    phase: Phase | None = None
 
     def ref(self) -> dict[str, Any]:
         return {
@@ -188,12 +194,21 @@ class Reconciler:
         known.stalled = None
         if isinstance(resource.spec, RouterPolicySpec):
             routes = catalog(workers)
-            self._catalogs[owner.namespace] = catalog_hash(routes)
+            digest = catalog_hash(routes)
+            if self._catalogs.get(owner.namespace) != digest:
+                known.phase = None  # not serving the new catalog until its router has rolled
+            self._catalogs[owner.namespace] = digest
             self._catalog_sizes[owner.namespace] = len(routes)
 
         expected = tuple(o["metadata"]["name"] for o in objects if o["kind"] == "Deployment")
         known.expected = expected  # before applying: watch events may be handled meanwhile
         known.job = next((o["metadata"]["name"] for o in objects if o["kind"] == "Job"), None)
+        known.waiting = None
+        if known.job is not None and isinstance(resource.spec, EvalSuiteSpec):
+            known.waiting = await self._job_waits_for(owner, resource.spec, known.job, policies, workers)
+            if known.waiting is not None:
+                objects = [o for o in objects if o["kind"] != "Job"]
+                known.job = None
         try:
             await self._refuse_adoption(owner, objects)
             applied = await self._apply_all(objects)
@@ -218,6 +233,41 @@ class Reconciler:
         async with self._lock(key):
             await self._publish(known, phase, children=merged.values(), body=body)
         return phase
+
+    async def _job_waits_for(
+        self,
+        owner: Owner,
+        spec: EvalSuiteSpec,
+        job: str,
+        policies: Sequence[PolicyEntry],
+        workers: Sequence[WorkerEntry],
+    ) -> str | None:
+        """What the EvalSuite's Job of this spec waits for; None once it exists (never held back)."""
+        assert owner.namespace is not None
+        if await self.kube.get("batch/v1", "Job", owner.namespace, job) is not None:
+            return None
+        policy = effective_policy(policies)
+        return job_waits_for(
+            spec.worker,
+            {
+                w.name: self.is_ready("Worker", owner.namespace, w.name)
+                for w in workers
+                if w.worker_type == spec.worker
+            },
+            policy.name if policy else None,
+            policy is not None
+            and self.is_ready("RouterPolicy", owner.namespace, policy.name)
+            and self.catalog_is(owner.namespace, catalog_hash(catalog(workers))),
+        )
+
+    def is_ready(self, kind: str, namespace: str, name: str) -> bool:
+        """Whether this process last reported the resource Ready."""
+        known = self._known.get((kind, namespace, name))
+        return known is not None and known.phase is not None and known.phase.state == "ready"
+
+    def waiting_suites(self, namespace: str) -> list[Key]:
+        """EvalSuites of the namespace whose Job waits for a Worker or the router to be Ready."""
+        return [k for k, known in self._known.items() if k[1] == namespace and known.waiting is not None]
 
     async def _refuse_adoption(self, owner: Owner, objects: list[dict[str, Any]]) -> None:
         """Raise NotOurs when an object of a child's name exists and is not this resource's.
@@ -323,6 +373,8 @@ class Reconciler:
 
     def _phase(self, known: Known, current: Sequence[ChildDeployment]) -> Phase:
         """Readiness: an EvalSuite's from its Job's verdict, any other kind's from its Deployments."""
+        if known.waiting is not None:
+            return Phase.progressing(WAITING, known.waiting)
         if known.job is not None:
             return eval_phase(known.job, self.eval_run(known.namespace, known.name, known.job))
         return phase_of(known.expected, current)
@@ -409,6 +461,7 @@ class Reconciler:
         body: Mapping[str, Any] | None = None,
     ) -> None:
         """Write status when it changed; post a Warning Event when the resource newly stalls."""
+        known.phase = phase
         status = self.build_status(known, phase, children)
         previous = known.status
         unchanged = {k: v for k, v in status.items() if k != "conditions"} == {

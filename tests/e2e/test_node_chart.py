@@ -25,6 +25,7 @@ import yaml
 from kubernetes import client, config
 
 from loom.llm.local_server import LocalLlamaServer
+from loom_operator.eval_results import EVAL_FAILED
 from tests.e2e_local.test_local_mode import assert_completed_report
 from tests.k8s.envtest import REPO_ROOT
 from tests.k8s.node import NodeCluster
@@ -34,7 +35,7 @@ pytestmark = [pytest.mark.k8s, pytest.mark.node]
 
 CHART = REPO_ROOT / "helm" / "loom"
 SAMPLES = REPO_ROOT / "config" / "samples"
-READY_TIMEOUT = 240.0
+READY_TIMEOUT = 420.0
 LOOM_KINDS = ("workers", "pipelines", "routerpolicies", "schedules", "evalsuites")
 # The bundled NATS's runAsUser (chart values nats.bundled.podSecurityContext).
 NATS_UID = 1000
@@ -143,13 +144,18 @@ def _helm(node: NodeCluster, *args: str, timeout: float = 300) -> str:
 
 
 def _not_ready(node: NodeCluster, namespace: str) -> list[str]:
-    """Loom resources whose Ready condition is not True, and pods not Running+Ready (with why)."""
+    """Loom resources whose Ready condition is not True, and pods not Running+Ready (with why).
+
+    A failed EvalSuite is a verdict, not a wait: its Job of this spec never runs again, so the test
+    fails at once with the verdict instead of waiting out its timeout."""
     pending: list[str] = []
     for kind in LOOM_KINDS:
         items = json.loads(node.kubectl("-n", namespace, "get", kind, "-o", "json"))["items"]
         for item in items:
             conditions = item.get("status", {}).get("conditions", [])
             ready = next((c for c in conditions if c["type"] == "Ready"), None)
+            if ready and ready.get("reason") == EVAL_FAILED:
+                pytest.fail(f"{kind}/{item['metadata']['name']} failed: {ready.get('message')}")
             if not ready or ready["status"] != "True":
                 pending.append(f"{kind}/{item['metadata']['name']}: {ready and ready.get('message')}")
     for pod in _pods(node, namespace):

@@ -138,3 +138,18 @@ def test_table_and_json_report() -> None:
     assert json.loads(json.dumps(doc))["run"]["summary"]["score"] == 0.5
     assert doc["gate"] == {"passed": True, "reasons": []}
     assert RunResult.from_dict(doc["run"]) == now
+
+
+def test_gate_names_the_errors_of_cases_that_produced_nothing() -> None:
+    """A failed gate says why its cases failed (what a CI log or an EvalSuite's status shows)."""
+    errors = [case(f"c{i}", 0.0, error=f"no result within 60 s (try {i})") for i in range(5)]
+    now = run("r", case("ok", 1.0), *errors, threshold=0.9)
+    assert gate(now, None) == [
+        "aggregate score 0.167 is below the threshold 0.9",
+        "case c0: no result within 60 s (try 0)",
+        "case c1: no result within 60 s (try 1)",
+        "case c2: no result within 60 s (try 2)",
+        "2 more case(s) ended in an error",
+    ]
+    # a passing run lists no case errors, even when a case had one
+    assert gate(run("p", case("ok", 1.0), case("bad", 0.0, error="boom"), threshold=0.5), None) == []

@@ -10,12 +10,20 @@ from loom.api.status import EvalRun
 from loom.evals.compare import Comparison, Verdict
 from loom.evals.runner import CaseResult, RunResult
 
+#: Case errors named among the gate's reasons (the rest are counted).
+MAX_CASE_ERRORS = 3
+
 
 def gate(run: RunResult, comparison: Comparison | None) -> list[str]:
     """Why the run fails the gate (empty when it passes): aggregate under threshold, regressions."""
     reasons = []
     if not run.passed:
         reasons.append(f"aggregate score {run.score:.3f} is below the threshold {run.threshold:g}")
+        # A case that produced no output says why (a timeout, a dead letter): the number alone does not.
+        errors = [c for c in run.cases if c.error]
+        reasons += [f"case {c.case_id}: {c.error}" for c in errors[:MAX_CASE_ERRORS]]
+        if len(errors) > MAX_CASE_ERRORS:
+            reasons.append(f"{len(errors) - MAX_CASE_ERRORS} more case(s) ended in an error")
     if comparison is not None and comparison.regressed:
         ids = ", ".join(c.case_id for c in comparison.regressed)
         reasons.append(

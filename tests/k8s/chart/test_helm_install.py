@@ -220,9 +220,15 @@ def test_helm_install_operator_reconciles_samples_and_uninstall_keeps_crds(
                 f"{exc}\n{json.dumps(states, indent=1)[:6000]}\n{log_path.read_text()[-6000:]}"
             ) from exc
 
+        # Each suite's Job is made once its Worker and the router are Ready (just seen above).
         suites = {d["metadata"]["name"] for d in samples if d["kind"] == "EvalSuite"}
-        jobs = get_json(admin, "jobs", "-n", user_ns, "-l", "loom.dev/evalsuite")["items"]
-        assert suites and {j["metadata"]["labels"]["loom.dev/evalsuite"] for j in jobs} == suites
+
+        def suite_jobs() -> bool:
+            jobs = get_json(admin, "jobs", "-n", user_ns, "-l", "loom.dev/evalsuite")["items"]
+            return {j["metadata"]["labels"]["loom.dev/evalsuite"] for j in jobs} == suites
+
+        assert suites
+        wait_until(suite_jobs, timeout=60, interval=1.0, what="a Job for every EvalSuite", check=alive)
 
         # The operator never writes spec (Argo CD sees no drift) and its RBAC sufficed.
         for plural in PLURALS.values():

@@ -41,6 +41,12 @@ def worker_spec() -> dict[str, Any]:
     return {"systemPrompt": "Extract the title.", "tiers": ["local"], "defaultModelTier": "local"}
 
 
+def deploy(loom: Loom) -> None:
+    """What the suite tests: the Worker and the router it runs through."""
+    loom.create("RouterPolicy", "default", {"tiers": [{"name": "local"}]})
+    loom.create("Worker", "doc-extractor", worker_spec())
+
+
 def summary(passed: int, total: int, threshold: float) -> tuple[str, int]:
     """The termination message and exit code ``loom eval`` would leave for such a run."""
     cases = [
@@ -114,8 +120,35 @@ def the_job(loom: Loom, but_not: str | None = None) -> Any:
     return job
 
 
-def test_an_eval_suite_runs_as_a_job_and_its_verdict_becomes_status(loom: Loom) -> None:
+def test_the_job_waits_for_the_worker_and_the_router_it_tests(loom: Loom) -> None:
+    """Applied together with what it tests (as `kubectl apply -f config/samples/` does), the suite
+    creates no Job until its Worker and the router serving it are Ready: its cases would otherwise
+    race pods still starting, and time out against a sound worker."""
     loom.create("Worker", "doc-extractor", worker_spec())
+    loom.create("EvalSuite", SUITE, suite_spec())
+    waiting = wait_for(
+        lambda: (c := loom.condition("EvalSuite", SUITE, "Reconciling")) and c["reason"] == "Waiting" and c,
+        30,
+        what="Reconciling=True Waiting",
+    )
+    assert waiting["status"] == "True" and "RouterPolicy" in waiting["message"]
+    assert jobs(loom) == {}
+    ready = loom.condition("EvalSuite", SUITE, "Ready")
+    assert ready is not None and ready["status"] == "False"
+
+    loom.create("RouterPolicy", "default", {"tiers": [{"name": "local"}]})
+    job = the_job(loom)  # made once the router is Ready with doc-extractor in its catalog
+    loom.wait_ready("RouterPolicy", "default", timeout=30)
+    loom.wait_ready("Worker", "doc-extractor", timeout=30)
+    wait_for(
+        lambda: (loom.get("EvalSuite", SUITE).get("status") or {}).get("jobName") == job.metadata.name,
+        30,
+        what="status.jobName",
+    )
+
+
+def test_an_eval_suite_runs_as_a_job_and_its_verdict_becomes_status(loom: Loom) -> None:
+    deploy(loom)
     loom.create("EvalSuite", SUITE, suite_spec())
 
     job = the_job(loom)
@@ -159,7 +192,7 @@ def test_an_eval_suite_runs_as_a_job_and_its_verdict_becomes_status(loom: Loom) 
 
 
 def test_a_pod_that_ends_without_a_verdict_fails_the_suite_saying_so(loom: Loom) -> None:
-    loom.create("Worker", "doc-extractor", worker_spec())
+    deploy(loom)
     loom.create("EvalSuite", SUITE, suite_spec())
     job = the_job(loom)
     # kwok ends the pod with exit code 0 and no termination message: not a verdict.

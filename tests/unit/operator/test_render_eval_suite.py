@@ -21,7 +21,7 @@ from loom.evals.runner import CaseResult, RunResult
 from loom.evals.suite import parse_suite
 from loom.subjects import incoming_subject
 from loom_operator.dispatch import PolicyEntry, Stalled, WorkerEntry, render_resource
-from loom_operator.eval_results import EVAL_FAILED, eval_phase, run_from_job, run_from_pod
+from loom_operator.eval_results import EVAL_FAILED, eval_phase, job_waits_for, run_from_job, run_from_pod
 from loom_operator.render import Owner, worker_route
 from loom_operator.render.bus_auth import identity
 from loom_operator.render.eval_suite import JOB_LABEL, POLICY_KEY, SUITE_KEY, TERMINATION_LOG, WORKER_KEY
@@ -328,3 +328,14 @@ def test_a_suite_named_like_its_worker_shares_no_object_name_with_it() -> None:
     worker_names = {(o["kind"], o["metadata"]["name"]) for o in render_worker(same, worker().spec, GENERATED)}
     suite_names = {(o["kind"], o["metadata"]["name"]) for o in render(settings=GENERATED)}
     assert not worker_names & suite_names
+
+
+def test_the_job_waits_for_every_worker_of_its_type_and_the_router_serving_it() -> None:
+    """Applied all at once, the suite's cases must not race the pods they test."""
+    waits = job_waits_for("doc-extractor", {"b": False, "a": False, "c": True}, "default", True)
+    assert waits is not None and "Worker a, b (worker type 'doc-extractor')" in waits
+    no_router = job_waits_for("doc-extractor", {"a": True}, None, False)
+    assert no_router is not None and "RouterPolicy in this namespace" in no_router
+    router = job_waits_for("doc-extractor", {"a": True}, "default", False)
+    assert router is not None and "router of RouterPolicy 'default'" in router and "catalog" in router
+    assert job_waits_for("doc-extractor", {"a": True, "b": True}, "default", True) is None
