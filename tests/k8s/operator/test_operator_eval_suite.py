@@ -126,12 +126,18 @@ def test_the_job_waits_for_the_worker_and_the_router_it_tests(loom: Loom) -> Non
     race pods still starting, and time out against a sound worker."""
     loom.create("Worker", "doc-extractor", worker_spec())
     loom.create("EvalSuite", SUITE, suite_spec())
+    # First for the Worker's pods, then (the Worker Ready, which wakes the suite) for a router.
     waiting = wait_for(
-        lambda: (c := loom.condition("EvalSuite", SUITE, "Reconciling")) and c["reason"] == "Waiting" and c,
-        30,
-        what="Reconciling=True Waiting",
+        lambda: (
+            (c := loom.condition("EvalSuite", SUITE, "Reconciling"))
+            and c["reason"] == "Waiting"
+            and "RouterPolicy in this namespace" in c["message"]
+            and c
+        ),
+        60,
+        what="Reconciling=True Waiting for a RouterPolicy",
     )
-    assert waiting["status"] == "True" and "RouterPolicy" in waiting["message"]
+    assert waiting["status"] == "True"
     assert jobs(loom) == {}
     ready = loom.condition("EvalSuite", SUITE, "Ready")
     assert ready is not None and ready["status"] == "False"
