@@ -38,6 +38,24 @@ def parse_replicas(text: str | None) -> int | None:
     return n
 
 
+#: Seconds a stored publish or a JetStream API request may take before it fails.
+PUBLISH_TIMEOUT_ENV = "LOOM_NATS_PUBLISH_TIMEOUT"
+DEFAULT_PUBLISH_TIMEOUT = 10.0
+
+
+def parse_publish_timeout(text: str | None) -> float:
+    """``LOOM_NATS_PUBLISH_TIMEOUT`` in seconds (the default when unset); ValueError unless positive."""
+    if text is None or not text.strip():
+        return DEFAULT_PUBLISH_TIMEOUT
+    try:
+        value = float(text.strip())
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 3600:
+        raise ValueError(f"{PUBLISH_TIMEOUT_ENV}={text!r}: must be seconds above 0, at most 3600")
+    return value
+
+
 def local_mode(env: Mapping[str, str] | None = None) -> bool:
     """True when ``LOOM_LOCAL_MODE`` is on (``1``, ``true`` or ``yes``)."""
     e = os.environ if env is None else env
@@ -67,12 +85,16 @@ class NatsSettings:
     inbox_prefix: str | None = None
     #: Replicas of streams and Key-Value buckets (:data:`REPLICAS_ENV`); None keeps what exists.
     replicas: int | None = None
+    #: Seconds a publish into a stream (retried while JetStream elects a leader) or a JetStream API
+    #: request may take before it fails (:data:`PUBLISH_TIMEOUT_ENV`). The server never answers a
+    #: publish this identity may not make, so a denied one fails only when this runs out.
+    publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, name: str = "loom") -> NatsSettings:
         """Read ``LOOM_NATS_URL``, ``LOOM_NATS_CREDS``, ``LOOM_NATS_USER``, ``LOOM_NATS_PASSWORD``,
         ``LOOM_NATS_TOKEN``, ``LOOM_NATS_TLS_CA``, ``LOOM_NATS_TLS_CERT``, ``LOOM_NATS_TLS_KEY``,
-        ``LOOM_NATS_INBOX_PREFIX``, ``LOOM_NATS_REPLICAS``."""
+        ``LOOM_NATS_INBOX_PREFIX``, ``LOOM_NATS_REPLICAS``, ``LOOM_NATS_PUBLISH_TIMEOUT``."""
         e = os.environ if env is None else env
         return cls(
             url=e.get("LOOM_NATS_URL", cls.url),
@@ -85,5 +107,6 @@ class NatsSettings:
             tls_key=e.get("LOOM_NATS_TLS_KEY") or None,
             inbox_prefix=e.get("LOOM_NATS_INBOX_PREFIX") or None,
             replicas=parse_replicas(e.get(REPLICAS_ENV)),
+            publish_timeout=parse_publish_timeout(e.get(PUBLISH_TIMEOUT_ENV)),
             name=name,
         )

@@ -33,7 +33,7 @@ from loom.bus_auth import Credential, Identity, Role, new_credential, server_aut
 from loom.messages import DeadLetterReason, GoalMessage, GoalResult, TaskMessage, TaskResult, TaskStatus
 from loom.pipeline.service import PipelineService
 from loom.scheduler.service import Scheduler
-from loom.settings import NatsSettings
+from loom.settings import DEFAULT_PUBLISH_TIMEOUT, NatsSettings
 from loom.subjects import STREAM_DEAD_LETTER, STREAM_TASKS
 
 pytestmark = pytest.mark.integration
@@ -69,6 +69,9 @@ ROUTER_POLICY: dict[str, Any] = {
     "spec": {"tiers": [{"name": "local", "backend": "local"}]},
 }
 
+#: The publish timeout of the identity whose refusals these tests check (seconds).
+DENIED_TIMEOUT = 2.0
+
 
 class Secured:
     """The server and one credential per identity, by the tests' names for them."""
@@ -85,6 +88,9 @@ class Secured:
             password=env["LOOM_NATS_PASSWORD"],
             inbox_prefix=env["LOOM_NATS_INBOX_PREFIX"],
             name=f"test-{user}",
+            # The server never answers a denied publish: the attacker's every refusal (what these
+            # tests make) ends at this timeout, 10 s by default.
+            publish_timeout=DENIED_TIMEOUT if user == "bob" else DEFAULT_PUBLISH_TIMEOUT,
         )
 
     async def connect(self, user: str) -> Bus:

@@ -18,14 +18,15 @@ from nats.js import JetStreamContext
 
 from loom import metrics
 from loom.clock import Clock
-from loom.settings import NatsSettings
+from loom.settings import DEFAULT_PUBLISH_TIMEOUT, NatsSettings
 
 if TYPE_CHECKING:
     from loom.audit import AuditWriter
 
 log = logging.getLogger(__name__)
 
-PUBLISH_TIMEOUT = 10.0
+#: The default of NatsSettings.publish_timeout (what each Bus uses: ``BusBase.timeout``).
+PUBLISH_TIMEOUT = DEFAULT_PUBLISH_TIMEOUT
 
 
 class BusError(Exception):
@@ -88,7 +89,9 @@ class BusBase:
     def __init__(self, nc: NATS, settings: NatsSettings, state: ConnectionState | None = None):
         self.nc = nc
         self.state = state or ConnectionState(None)
-        self.js: JetStreamContext = nc.jetstream(timeout=PUBLISH_TIMEOUT)
+        #: Seconds a stored publish or a JetStream API request may take (NatsSettings.publish_timeout).
+        self.timeout = settings.publish_timeout
+        self.js: JetStreamContext = nc.jetstream(timeout=self.timeout)
         self.settings = settings
         #: Bumped on every reconnect so pull loops know their pull requests are gone.
         self.epoch = 0
@@ -103,10 +106,10 @@ class BusBase:
     async def _api(self, subject: str, req: dict[str, Any], *, missing_ok: bool = False) -> dict[str, Any]:
         """One JetStream API request; BusError on an error reply (``{}`` for a 404 when ``missing_ok``)."""
         try:
-            resp = await self.nc.request(subject, json.dumps(req).encode(), timeout=PUBLISH_TIMEOUT)
+            resp = await self.nc.request(subject, json.dumps(req).encode(), timeout=self.timeout)
         except nats.errors.TimeoutError:
             raise BusError(
-                f"{subject}: no answer within {PUBLISH_TIMEOUT:g}s (this identity may not use it?) "
+                f"{subject}: no answer within {self.timeout:g}s (this identity may not use it?) "
                 f"{self.state.last_error}".rstrip()
             ) from None
         body: dict[str, Any] = json.loads(resp.data)

@@ -16,7 +16,7 @@ import nats
 from nats.aio.msg import Msg
 
 from loom import tracing
-from loom.bus.connection import PUBLISH_TIMEOUT, BusBase, BusError
+from loom.bus.connection import BusBase, BusError
 from loom.messages import DeadLetter, GoalMessage, GoalResult, TaskMessage, TaskResult
 from loom.subjects import (
     DEAD_LETTER,
@@ -28,7 +28,7 @@ from loom.subjects import (
     result_subject,
 )
 
-#: One attempt of a publish; a lost acknowledgement is retried (same Nats-Msg-Id) until PUBLISH_TIMEOUT.
+#: One attempt of a publish; a lost acknowledgement is retried (same Nats-Msg-Id) until the Bus's timeout.
 _PUBLISH_ATTEMPT = 2.5
 
 #: JetStream's "stream store failed" (with status 503): the stream refused the message, e.g. over
@@ -159,13 +159,13 @@ class PublishMixin(Sender, BusBase):
         Every publish carries a ``Nats-Msg-Id`` (a random one unless given), so an attempt that was
         stored but whose acknowledgement was lost can be sent again without a duplicate: while a
         stream elects a new leader (a JetStream server lost) or the connection moves to another
-        server, attempts are repeated for up to :data:`PUBLISH_TIMEOUT` seconds.
+        server, attempts are repeated for up to the Bus's ``timeout`` (NatsSettings.publish_timeout).
         """
         check_publish_subject(subject)
         headers = tracing.inject(headers)
         if not headers or "Nats-Msg-Id" not in headers:
             headers = {**(headers or {}), "Nats-Msg-Id": uuid.uuid4().hex}
-        deadline = time.monotonic() + PUBLISH_TIMEOUT
+        deadline = time.monotonic() + self.timeout
         pause = 0.1
         while True:
             attempt = min(_PUBLISH_ATTEMPT, max(0.1, deadline - time.monotonic()))
@@ -185,7 +185,7 @@ class PublishMixin(Sender, BusBase):
                 why = f"JetStream unavailable: {err.get('description', err)}"
             if time.monotonic() + pause >= deadline:
                 raise BusError(
-                    f"publish to {subject!r} not stored within {PUBLISH_TIMEOUT:g}s: {why} "
+                    f"publish to {subject!r} not stored within {self.timeout:g}s: {why} "
                     f"{self.state.last_error}".rstrip()
                 )
             await asyncio.sleep(pause)

@@ -8,12 +8,26 @@ import sys
 from pathlib import Path
 
 from loom.local.state import DEFAULT_RUN_DIR, default_run_dir
-from loom.settings import REPLICAS_ENV, NatsSettings, parse_replicas
+from loom.settings import (
+    DEFAULT_PUBLISH_TIMEOUT,
+    PUBLISH_TIMEOUT_ENV,
+    REPLICAS_ENV,
+    NatsSettings,
+    parse_publish_timeout,
+    parse_replicas,
+)
 
 
 def _replicas(text: str) -> int | None:
     try:
         return parse_replicas(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _publish_timeout(text: str) -> float:
+    try:
+        return parse_publish_timeout(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -44,6 +58,14 @@ def add_nats_options(parser: argparse.ArgumentParser) -> None:
         default=env(REPLICAS_ENV),
         help="replicas of Loom's streams and Key-Value buckets, 1-5 (3 on a 3-node JetStream cluster); "
         f"unset: new ones get 1, existing ones keep theirs; env {REPLICAS_ENV}",
+    )
+    g.add_argument(
+        "--nats-publish-timeout",
+        type=_publish_timeout,
+        default=env(PUBLISH_TIMEOUT_ENV),
+        metavar="SECONDS",
+        help="how long a publish into a stream or a JetStream API request may take before it fails "
+        f"(default 10; a publish this identity may not make fails only then); env {PUBLISH_TIMEOUT_ENV}",
     )
 
 
@@ -106,6 +128,8 @@ def nats_settings(args: argparse.Namespace, name: str = "loom") -> NatsSettings:
         tls_key=args.nats_tls_key,
         inbox_prefix=args.nats_inbox_prefix,
         replicas=args.nats_replicas,
+        # argparse converts a string default (the env variable) with the option's type
+        publish_timeout=args.nats_publish_timeout or DEFAULT_PUBLISH_TIMEOUT,
         name=name,
     )
 
