@@ -34,15 +34,20 @@ async def test_streams_are_declared_idempotently_and_updated(bus: Bus) -> None:
     assert (await bus.js.stream_info(STREAM_DEAD_LETTER)).config.max_age == 7 * 24 * 3600
 
 
-async def test_msg_id_dedupes_and_unknown_subject_fails(bus: Bus) -> None:
+async def test_msg_id_dedupes_and_unknown_subject_fails(bus: Bus, nats_url: str) -> None:
     t = TaskMessage(worker_type="echo")
     subject = task_subject("echo", "local")
     await bus.publish_task(t, subject=subject, msg_id="once")
     await bus.publish_task(t, subject=subject, msg_id="once")
     await bus.publish_task(t, subject=subject)
     assert await bus.stream_messages(STREAM_TASKS) == 2
-    with pytest.raises(BusError):
-        await bus.js_publish("nowhere.at.all", b"x")
+    # No stream stores it: retried as if a stream were electing a leader, until the publish timeout.
+    short = await Bus.connect(NatsSettings(url=nats_url, publish_timeout=1.0), ensure_streams=False)
+    try:
+        with pytest.raises(BusError, match=r"not stored within 1s: no stream stores it"):
+            await short.js_publish("nowhere.at.all", b"x")
+    finally:
+        await short.close()
 
 
 async def test_consumer_update_and_lag(bus: Bus) -> None:

@@ -47,6 +47,9 @@ extensions:
     http:
       endpoint: 127.0.0.1:{health}
   jaeger_query:
+    # It would trace itself to localhost:4317, where nothing listens here, and spend 10 s of every
+    # shutdown trying to flush those spans.
+    enable_tracing: false
     storage:
       traces: mem
     http:
