@@ -12,7 +12,7 @@ import yaml
 from loom.api import RouterConfig, load_one, load_paths, load_text
 from loom.local.manifests import PHASES, PlanError, build_plan, local_llm_tiers
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SAMPLES = ROOT / "config" / "samples"
 LLM_URL = "http://127.0.0.1:18080/v1"
 

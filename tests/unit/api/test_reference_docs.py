@@ -6,7 +6,7 @@ from pathlib import Path
 
 from loom.api import docgen
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_reference_page_matches_the_models() -> None:

@@ -61,7 +61,7 @@ def test_loom_up_hands_the_collector_to_every_process(tmp_path: Path) -> None:
     from loom.cli.commands.up import process_specs
     from loom.local.manifests import build_plan
 
-    samples = Path(__file__).resolve().parents[2] / "config" / "samples"
+    samples = Path(__file__).resolve().parents[3] / "config" / "samples"
     plan = build_plan(
         load_paths([str(samples / "worker-doc-extractor.yaml")]),
         run_dir=tmp_path,

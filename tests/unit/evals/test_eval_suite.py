@@ -9,7 +9,7 @@ import yaml
 
 from loom.evals.suite import FieldsScorer, JudgeScorer, SuiteError, load_suite, parse_suite
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _problems(doc: object) -> str:

@@ -28,7 +28,7 @@ from loom.local.credentials import (
 from loom.local.manifests import build_plan
 from loom.settings import LOCAL_MODE_ENV, NatsSettings, bind_host, local_mode
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SAMPLES = ROOT / "config" / "samples"
 URL = "nats://127.0.0.1:4333"
 

@@ -17,7 +17,7 @@ from loom.contrib.docs import (
 )
 from loom.worker.processor import BackendError
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "samples" / "example.txt"
+EXAMPLE = Path(__file__).resolve().parents[3] / "config" / "samples" / "example.txt"
 
 
 def test_facts_of_the_sample_document() -> None:

@@ -12,7 +12,7 @@ import pytest
 from loom.cli.main import main
 from loom.local.state import RunState, write_state
 
-SAMPLES = Path(__file__).resolve().parents[2] / "config" / "samples"
+SAMPLES = Path(__file__).resolve().parents[3] / "config" / "samples"
 
 
 def test_invalid_manifests_are_listed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
