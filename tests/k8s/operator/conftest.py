@@ -24,65 +24,12 @@ from kubernetes.client.exceptions import ApiException
 from loom.api.kinds import KINDS
 from loom.ports import free_port
 from tests.k8s.envtest import ControlPlane
+from tests.support.helm_bin import helm
 from tests.support.nats_server import NatsServer
 
 ROOT = Path(__file__).resolve().parents[3]
 GROUP, VERSION = "loom.dev", "v1alpha1"
 PLURALS = {k.kind: k.plural for k in KINDS}
-
-#: OPERATOR-CONTRACT.md's ClusterRole, used when the chart (or helm) is not available.
-CONTRACT_RULES: list[dict[str, Any]] = [
-    {
-        "apiGroups": ["loom.dev"],
-        "resources": ["workers", "pipelines", "routerpolicies", "schedules", "evalsuites"],
-        "verbs": ["get", "list", "watch", "patch"],
-    },
-    {
-        "apiGroups": ["loom.dev"],
-        "resources": [
-            "workers/status",
-            "pipelines/status",
-            "routerpolicies/status",
-            "schedules/status",
-            "evalsuites/status",
-        ],
-        "verbs": ["get", "patch", "update"],
-    },
-    {
-        "apiGroups": ["batch"],
-        "resources": ["jobs"],
-        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
-    },
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-    {
-        "apiGroups": ["apps"],
-        "resources": ["deployments"],
-        "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"],
-    },
-    {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch", "update"]},
-    {
-        "apiGroups": [""],
-        "resources": ["configmaps", "services"],
-        "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"],
-    },
-    {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-    {
-        "apiGroups": ["keda.sh"],
-        "resources": ["scaledobjects"],
-        "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"],
-    },
-    {
-        "apiGroups": ["networking.k8s.io"],
-        "resources": ["networkpolicies"],
-        "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"],
-    },
-    {
-        "apiGroups": ["apiextensions.k8s.io"],
-        "resources": ["customresourcedefinitions"],
-        "verbs": ["get", "list", "watch"],
-    },
-    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
-]
 
 
 def wait_for(
@@ -103,32 +50,21 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
-def chart_cluster_role() -> str | None:
-    """The operator ClusterRole from ``helm template`` of the chart, or None without helm/chart."""
-    chart = ROOT / "helm" / "loom"
-    tools = ROOT / "hack" / "envtest" / "tools.sh"
-    if not (chart / "Chart.yaml").exists() or not tools.exists():
-        return None
-    try:
-        bin_dir = (
-            subprocess.run(["bash", str(tools)], capture_output=True, text=True, check=True, timeout=600)
-            .stdout.strip()
-            .splitlines()[-1]
-        )
-        out = subprocess.run(
-            [f"{bin_dir}/helm", "template", "t", str(chart), "--show-only", "templates/rbac.yaml"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=120,
-        ).stdout
-    except (subprocess.SubprocessError, OSError, IndexError):
-        return None
+def chart_cluster_role() -> str:
+    """The operator ClusterRole from ``helm template`` of the chart: the operator under test has the
+    rights a ``helm install`` gives it, no more (helm comes from the test setup's tools step)."""
+    out = subprocess.run(
+        [helm(), "template", "t", str(ROOT / "helm" / "loom"), "--show-only", "templates/rbac.yaml"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
     for doc in yaml.safe_load_all(out):
         if isinstance(doc, dict) and doc.get("kind") == "ClusterRole":
             doc["metadata"] = {"name": "loom-operator-test"}
             return yaml.safe_dump(doc)
-    return None
+    raise AssertionError(f"helm template of the chart rendered no ClusterRole:\n{out[:2000]}")
 
 
 @pytest.fixture(scope="session")
@@ -173,9 +109,8 @@ def operator_nats() -> Iterator[NatsServer]:
 
 @pytest.fixture(scope="session")
 def sa_kubeconfig(control_plane: ControlPlane, loom_crds: None) -> Path:
-    """A ServiceAccount kubeconfig bound to the chart's operator ClusterRole (or the contract's rules)."""
-    rules: str | list[dict[str, Any]] = chart_cluster_role() or CONTRACT_RULES
-    return control_plane.service_account_kubeconfig("loom-system", "loom-operator", rules)
+    """A ServiceAccount kubeconfig bound to the chart's operator ClusterRole."""
+    return control_plane.service_account_kubeconfig("loom-system", "loom-operator", chart_cluster_role())
 
 
 @dataclass
