@@ -247,8 +247,9 @@ class Credential:
 
 
 def new_credential(identity: Identity) -> Credential:
-    """A fresh random password for ``identity``."""
-    return Credential(identity, secrets.token_urlsafe(24))
+    """A fresh random password for ``identity``: 192 bits in hex, so it never starts with ``-`` (a
+    command line would read such a password, given as ``--nats-password PASSWORD``, as an option)."""
+    return Credential(identity, secrets.token_hex(24))
 
 
 def server_authorization(credentials: list[Credential], *, compact: bool = False) -> str:

@@ -273,8 +273,8 @@ def _admin_bus_args(node: NodeCluster, name: str, namespace: str) -> tuple[str, 
     return (
         "--nats-user",
         creds["user"],
-        "--nats-password",
-        creds["password"],
+        # with '=': a generated password may start with '-', which argparse would take for an option
+        f"--nats-password={creds['password']}",
         "--nats-inbox-prefix",
         creds["inboxPrefix"],
     )

@@ -200,7 +200,7 @@ def test_dead_letters_are_the_admins(up: LocalUp) -> None:
     assert local is not None
     tenant = local.tenant("default").env
     as_tenant = loom("dead-letter", "list", "--nats-user", tenant["LOOM_NATS_USER"],
-                     "--nats-password", tenant["LOOM_NATS_PASSWORD"],
+                     f"--nats-password={tenant['LOOM_NATS_PASSWORD']}",
                      "--nats-inbox-prefix", tenant["LOOM_NATS_INBOX_PREFIX"], *nats)
     assert as_tenant.returncode != 0
     assert "permissions violation" in as_tenant.stderr.lower(), as_tenant.stderr
