@@ -14,7 +14,6 @@ audit stream), :mod:`~loom.bus.kv` (Key-Value buckets), :mod:`~loom.bus.pull` (t
 """
 
 from loom.bus.connection import (
-    PUBLISH_TIMEOUT,
     BusAuthError,
     BusError,
     ConnectionState,
@@ -50,7 +49,6 @@ __all__ = [
     "DUPLICATE_WINDOW",
     "LIMIT_FIELDS",
     "MAX_DELIVERIES_ADVISORY",
-    "PUBLISH_TIMEOUT",
     "STREAM_ADVISORIES",
     "UNAVAILABLE_RETRY",
     "Bus",

@@ -18,16 +18,12 @@ from nats.js import JetStreamContext
 
 from loom import metrics
 from loom.clock import Clock
-from loom.settings import DEFAULT_PUBLISH_TIMEOUT, NatsSettings
+from loom.settings import NatsSettings
 
 if TYPE_CHECKING:
     from loom.audit import AuditWriter
 
 log = logging.getLogger(__name__)
-
-#: The default of NatsSettings.publish_timeout (what each Bus uses: ``BusBase.timeout``).
-PUBLISH_TIMEOUT = DEFAULT_PUBLISH_TIMEOUT
-
 
 class BusError(Exception):
     """A JetStream operation failed (publish not stored, stream misconfigured, ...)."""

@@ -22,8 +22,9 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-from loom.bus.connection import PUBLISH_TIMEOUT, BusError
+from loom.bus.connection import BusError
 from loom.bus.streams import StreamsMixin, _replicas_error, replicas_for
+from loom.settings import DEFAULT_PUBLISH_TIMEOUT
 from loom.state_store import KeyValueStore, NatsKeyValueStore
 
 
@@ -91,16 +92,19 @@ _UNAVAILABLE = (
 
 
 async def while_unavailable(op: Callable[[], Awaitable[_T]], what: str) -> _T:
-    """``op()``, repeated while JetStream is unavailable, up to :data:`PUBLISH_TIMEOUT` seconds; for
+    """``op()``, repeated while JetStream is unavailable, up to the default publish timeout (these
+    helpers take a bare bucket handle, not a Bus, so a Bus's own ``timeout`` does not reach them); for
     operations that may safely run twice (a read, a put of the same value, a purge)."""
-    deadline = time.monotonic() + PUBLISH_TIMEOUT
+    deadline = time.monotonic() + DEFAULT_PUBLISH_TIMEOUT
     pause = 0.1
     while True:
         try:
             return await op()
         except _UNAVAILABLE as exc:
             if time.monotonic() + pause >= deadline:
-                raise BusError(f"{what}: JetStream unavailable for {PUBLISH_TIMEOUT:g}s ({exc!r})") from exc
+                raise BusError(
+                    f"{what}: JetStream unavailable for {DEFAULT_PUBLISH_TIMEOUT:g}s ({exc!r})"
+                ) from exc
         await asyncio.sleep(pause)
         pause = min(1.0, pause * 2)
 
