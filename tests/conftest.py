@@ -8,7 +8,7 @@ with the skip reasons printed. ``LOOM_ALLOW_SKIPS=1`` opts out, for a partial ru
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import pytest
 
@@ -19,6 +19,8 @@ from tests.support.redis_server import redis_server  # noqa: F401 - fixture for 
 pytest_plugins = ["tests.k8s.fixtures"]
 
 _SKIPPED: list[str] = []
+#: Lines of each role process's log shown with a failed test.
+_LOG_TAIL = 60
 
 
 @pytest.fixture
@@ -58,3 +60,24 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         "Every tier's dependency is installed by `bash hack/test-setup.sh` (part of `make test`); "
         "set LOOM_ALLOW_SKIPS=1 for a partial run by hand."
     )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test shows where its NATS server's messages sit and the end of each ``loom`` role
+    process's log."""
+    report: pytest.TestReport = yield
+    if not report.failed:
+        return report
+    fixtures = getattr(item, "funcargs", {})
+    server = fixtures.get("nats_server")
+    if isinstance(server, NatsServer) and server.proc is not None and server.proc.poll() is None:
+        report.sections.append(("JetStream at the failure", server.jetstream_snapshot()))
+    procs = fixtures.get("loom_procs")
+    if procs is not None:
+        for p in procs.procs:
+            lines = p.log().splitlines()[-_LOG_TAIL:]
+            report.sections.append((f"log of loom {' '.join(p.args[:3])} (pid {p.pid})", "\n".join(lines)))
+    return report

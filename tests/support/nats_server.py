@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tempfile
@@ -109,6 +110,34 @@ class NatsServer:
     def _healthy(self) -> bool:
         with urllib.request.urlopen(f"{self.monitor_url}/healthz?js-enabled-only=true", timeout=1) as r:
             return bool(r.status == 200)
+
+    def jetstream_snapshot(self) -> str:
+        """Each stream's stored range and each consumer's pending, unacknowledged and waiting counts
+        (from the monitoring endpoint), for the report of a failed test: it shows where a message sits."""
+        url = f"{self.monitor_url}/jsz?accounts=true&streams=true&consumers=true"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                doc = json.load(r)
+        except (OSError, ValueError) as exc:
+            return f"could not read {url}: {exc}"
+        lines = []
+        for account in doc.get("account_details") or []:
+            for stream in account.get("stream_detail") or []:
+                st = stream.get("state") or {}
+                lines.append(
+                    f"{stream.get('name')}: {st.get('messages')} messages, "
+                    f"seq {st.get('first_seq')}..{st.get('last_seq')}"
+                )
+                for c in stream.get("consumer_detail") or []:
+                    delivered, floor = c.get("delivered") or {}, c.get("ack_floor") or {}
+                    lines.append(
+                        f"  {c.get('name')}: pending {c.get('num_pending')}, "
+                        f"ack pending {c.get('num_ack_pending')}, waiting pulls {c.get('num_waiting')}, "
+                        f"redelivered {c.get('num_redelivered')}, "
+                        f"delivered seq {delivered.get('stream_seq')}, "
+                        f"ack floor seq {floor.get('stream_seq')}"
+                    )
+        return "\n".join(lines) or "no streams"
 
     def stop(self) -> None:
         """Stop the server (keeps the store, so ``start`` again restarts with the same data)."""
