@@ -1,9 +1,8 @@
 """Role scenarios, one test body on two backends: the in-memory bus and a real nats-server.
 
-The roles (worker, pipeline, orchestrator checkpoints) run in-process on whatever bus the backend
-connects; the memory backend needs no server (only the ``nats`` parameters are ``integration``),
-so these scenarios also run in milliseconds where no nats-server exists. Task routing is played
-by a forwarder (incoming -> the worker subject), as the router is not one of the roles here.
+The roles (router, worker, pipeline, orchestrator checkpoints) run in-process on whatever bus the
+backend connects; the memory backend needs no server (only the ``nats`` parameters are
+``integration``), so these scenarios also run in milliseconds where no nats-server exists.
 """
 
 from __future__ import annotations
@@ -16,16 +15,17 @@ from tests.support.processes import poll
 from tests.support.role_backends import Backend, ScenarioBus, backend
 
 from loom.api.pipeline import PipelineSpec
-from loom.api.router_policy import TierDefinition
+from loom.api.router_policy import RouterConfig, RouterPolicySpec, TierDefinition, WorkerRoute
 from loom.api.worker import WorkerSpec
 from loom.backends import BackendError, ProcessingBackend
-from loom.bus import Delivery
+from loom.bus import kv_delete, kv_read, kv_swap
 from loom.checkpoint import Checkpoint, KVCheckpointStore
 from loom.contrib.noop import EchoBackend
 from loom.messages import DeadLetterReason, GoalMessage, GoalResult, TaskMessage, TaskResult, TaskStatus
 from loom.metrics import REGISTRY
 from loom.pipeline.service import PipelineService
-from loom.subjects import STREAM_INCOMING, STREAM_TASKS, task_subject, worker_consumer
+from loom.router.service import RouterOptions, RouterService
+from loom.subjects import STREAM_INCOMING, STREAM_TASKS, incoming_subject, task_subject, worker_consumer
 from loom.worker.processor import ProcessorEngine
 from loom.worker.runtime import WorkerOptions, WorkerRuntime
 
@@ -74,23 +74,17 @@ async def start_worker(backend: Backend, engine_backend: ProcessingBackend, **ex
     await backend.start(runtime.run, lambda: runtime.ready)
 
 
-async def start_forwarder(backend: Backend) -> None:
-    """Router input to the worker subjects (the tier the task names, else ``local``)."""
-    bus = await backend.bus()
-    durable = await bus.ensure_router_consumer(ack_wait=30, max_deliver=5, max_ack_pending=1000)
-    bound = asyncio.Event()
-
-    async def forward(d: Delivery) -> None:
-        task = TaskMessage.from_bytes(d.data)
-        await bus.publish_task(task, subject=task_subject(task.worker_type, task.model_tier or "local"))
-        await d.ack()
-
-    async def run(stop: asyncio.Event) -> None:
-        await bus.consume(
-            STREAM_INCOMING, durable, forward, max_in_flight=64, batch=64, stop=stop, on_bound=bound.set
-        )
-
-    await backend.start(run, bound.is_set)
+async def start_router(
+    backend: Backend,
+    policy: dict[str, Any] | None = None,
+    options: RouterOptions | None = None,
+    **workers: WorkerRoute,
+) -> None:
+    """The real router on its own connection (``workers``: its catalog; none: any worker type)."""
+    config = RouterConfig(policy=RouterPolicySpec.model_validate(policy or {}), workers=workers or None)
+    options = options or RouterOptions(drain_grace=1.0, lag_interval=60)
+    router = RouterService(await backend.bus(), config, options)
+    await backend.start(router.run, lambda: router.ready)
 
 
 async def task_result(bus: ScenarioBus, key: str, payload: dict[str, Any]) -> TaskResult:
@@ -259,7 +253,7 @@ async def test_a_pipeline_goal_runs_dependent_and_parallel_stages_and_survives_a
 ) -> None:
     counting = Counting()
     await start_worker(backend, counting)
-    await start_forwarder(backend)
+    await start_router(backend)
     spec = PipelineSpec.model_validate(PIPELINE)
     pipeline = PipelineService(spec, await backend.bus())
     await backend.start(pipeline.run, pipeline.is_ready)
@@ -283,12 +277,106 @@ async def test_a_pipeline_goal_runs_dependent_and_parallel_stages_and_survives_a
     # goal id gets the same result again and no stage runs twice.
     await backend.stop_all()
     await start_worker(backend, counting)
-    await start_forwarder(backend)
+    await start_router(backend)
     again = PipelineService(spec, await backend.bus())
     await backend.start(again.run, again.is_ready)
     replay = await goal_result(client, goal)
     assert replay.status == TaskStatus.COMPLETED and replay.output == result.output
     assert len(counting.calls) == 3
+
+
+class Holding(ProcessingBackend):
+    """EchoBackend after a pause, counting the most tasks it held at once."""
+
+    def __init__(self, pause: float):
+        self.pause, self.now, self.most = pause, 0, 0
+        self.echo = EchoBackend()
+
+    async def process(self, payload: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            await asyncio.sleep(self.pause)
+            return await self.echo.process(payload, config)
+        finally:
+            self.now -= 1
+
+
+async def test_the_router_admits_within_a_concurrency_limit_and_frees_a_slot_on_each_result(
+    backend: Backend,
+) -> None:
+    holding = Holding(0.05)
+    await start_worker(backend, holding)
+    await start_router(backend, {"rateLimits": {"local": {"maxConcurrent": 1}}})
+    client = await backend.bus()
+    sub = await client.subscribe_results("sc-r1")
+    try:
+        for n in range(3):
+            await client.publish_task(
+                TaskMessage(parent_task_id="sc-r1", worker_type="echo", payload={"n": n})
+            )
+        async with asyncio.timeout(15):
+            results = [TaskResult.from_bytes(await sub.get()) for _ in range(3)]
+    finally:
+        await sub.close()
+    assert [r.status for r in results] == [TaskStatus.COMPLETED] * 3, [r.error for r in results]
+    assert sorted(r.output["echo"]["n"] for r in results if r.output) == [0, 1, 2]
+    assert {r.model_tier for r in results} == {"local"}  # the tier the router chose (the worker's default)
+    assert holding.most == 1  # the worker takes 8 at once; the router let one through at a time
+    assert await client.stream_messages(STREAM_INCOMING) == 0
+
+
+async def test_the_router_dead_letters_a_task_for_a_worker_type_it_does_not_know_and_answers_its_caller(
+    backend: Backend,
+) -> None:
+    await start_router(backend, echo=WorkerRoute(default_model_tier="local", tiers=["local"]))
+    client = await backend.bus()
+    sub = await client.subscribe_results("sc-r2")
+    try:
+        await client.publish_task(TaskMessage(parent_task_id="sc-r2", worker_type="nope", payload={}))
+        result = TaskResult.from_bytes(await sub.get(timeout=15))
+    finally:
+        await sub.close()
+    assert result.status == TaskStatus.FAILED and result.error_code == "unknown_worker_type"
+    (dl,) = await client.dead_letters()
+    assert dl.dead_letter.reason == DeadLetterReason.UNKNOWN_WORKER_TYPE
+    assert dl.dead_letter.detail == "no worker type 'nope' (known: echo)"
+    assert await client.stream_messages(STREAM_INCOMING) == 0  # terminated, not redelivered
+
+
+async def test_the_router_dead_letters_a_malformed_task_once(backend: Backend) -> None:
+    await start_router(backend)
+    client = await backend.bus()
+    await client.js_publish(incoming_subject(), b'{"worker_type": 7}')
+
+    async def stored() -> bool:
+        return len(await client.dead_letters()) > 0
+
+    await poll(stored)
+    await asyncio.sleep(0.3)  # a redelivery, were there one, would add a second dead letter
+    (dl,) = await client.dead_letters()
+    assert dl.dead_letter.reason == DeadLetterReason.MALFORMED and dl.dead_letter.source == "router"
+    assert dl.dead_letter.deliveries == 1
+    assert await client.stream_messages(STREAM_INCOMING) == 0
+
+
+async def test_the_router_dead_letters_a_task_no_worker_consumes_once_it_waited_long_enough(
+    backend: Backend,
+) -> None:
+    options = RouterOptions(drain_grace=1.0, lag_interval=60, no_worker_wait=0.3, no_worker_interval=0.1)
+    await start_router(backend, options=options)
+    client = await backend.bus()
+    sub = await client.subscribe_results("sc-r4")
+    try:
+        await client.publish_task(TaskMessage(parent_task_id="sc-r4", worker_type="ghost", payload={}))
+        result = TaskResult.from_bytes(await sub.get(timeout=15))
+    finally:
+        await sub.close()
+    assert result.status == TaskStatus.FAILED and result.error_code == "no_worker"
+    (dl,) = await client.dead_letters()
+    assert dl.dead_letter.reason == DeadLetterReason.NO_WORKER
+    assert dl.dead_letter.detail.startswith("no worker consumes loom.tasks.ghost.standard ")
+    assert await client.stream_messages(STREAM_TASKS) == 0  # taken out of the work queue
 
 
 async def test_an_orchestrator_checkpoint_survives_its_connection(backend: Backend) -> None:
@@ -301,3 +389,19 @@ async def test_an_orchestrator_checkpoint_survives_its_connection(backend: Backe
     await reader.delete("orch.g-1")
     assert await writer.load("orch.g-1") is None
     assert await reader.load("orch.g-2") is None
+
+
+async def test_a_key_value_bucket_swaps_only_at_the_revision_read(backend: Backend) -> None:
+    """The compare-and-set the router's shared limits and budgets rest on, the same on both buses."""
+    a = await (await backend.bus()).key_value("scenario-kv", ttl=60)
+    b = await (await backend.bus()).key_value("scenario-kv")
+    assert await kv_read(a, "k") == (None, 0)
+    assert await kv_swap(a, "k", b"1", 0)
+    value, rev = await kv_read(b, "k")
+    assert value == b"1" and rev > 0
+    assert not await kv_swap(b, "k", b"x", 0)  # no longer absent
+    assert await kv_swap(b, "k", b"2", rev)
+    assert not await kv_swap(a, "k", b"3", rev)  # another writer came first
+    assert await kv_read(a, "k") == (b"2", (await kv_read(b, "k"))[1])
+    await kv_delete(a, "k")
+    assert (await kv_read(b, "k"))[0] is None

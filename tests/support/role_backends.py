@@ -18,19 +18,15 @@ import pytest
 
 from loom.api.pipeline import PipelineSpec
 from loom.audit import AuditRecord
-from loom.bus import Bus, RoleBus, StoredDeadLetter
+from loom.bus import Bus, RouterBus, StoredDeadLetter
 from loom.bus.memory import MemoryBroker, MemoryBus
 from loom.pipeline.service import PipelineOptions, PipelineService
 from loom.settings import NatsSettings
 from tests.support.pipelines import running_service
 
 
-class ScenarioBus(RoleBus, Protocol):
-    """The roles' bus plus what a test reads back and the router's stand-ins use."""
-
-    async def ensure_router_consumer(
-        self, *, ack_wait: float, max_deliver: int, max_ack_pending: int
-    ) -> str: ...
+class ScenarioBus(RouterBus, Protocol):
+    """The roles' and the router's bus plus what a test reads back."""
 
     async def stream_messages(self, stream: str) -> int: ...
 

@@ -24,7 +24,7 @@ from loom.bus.consumers import ConsumerLag
 from loom.bus.core import Bus
 from loom.bus.dead_letters import StoredDeadLetter
 from loom.bus.kv import kv_delete, kv_get, kv_put, kv_read, kv_swap, while_unavailable
-from loom.bus.protocol import RoleBus
+from loom.bus.protocol import KeyValueHandle, RoleBus, RouterBus
 from loom.bus.publish import ResultSubscription
 from loom.bus.pull import Delivery
 from loom.bus.streams import (
@@ -57,8 +57,10 @@ __all__ = [
     "ConnectionState",
     "ConsumerLag",
     "Delivery",
+    "KeyValueHandle",
     "ResultSubscription",
     "RoleBus",
+    "RouterBus",
     "StoredDeadLetter",
     "StoredMessage",
     "_stream_configs",

@@ -23,6 +23,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 
 from loom.bus.connection import BusError
+from loom.bus.protocol import KeyValueHandle
 from loom.bus.streams import StreamsMixin, _replicas_error, replicas_for
 from loom.settings import DEFAULT_PUBLISH_TIMEOUT
 from loom.state_store import KeyValueStore, NatsKeyValueStore
@@ -109,7 +110,7 @@ async def while_unavailable(op: Callable[[], Awaitable[_T]], what: str) -> _T:
         pause = min(1.0, pause * 2)
 
 
-async def kv_get(kv: KeyValue, key: str) -> bytes | None:
+async def kv_get(kv: KeyValueHandle, key: str) -> bytes | None:
     """The value under ``key``, or None when it is absent or deleted."""
 
     try:
@@ -119,18 +120,18 @@ async def kv_get(kv: KeyValue, key: str) -> bytes | None:
     return entry.value
 
 
-async def kv_put(kv: KeyValue, key: str, value: bytes) -> None:
+async def kv_put(kv: KeyValueHandle, key: str, value: bytes) -> None:
     """Store ``value`` under ``key``, again while the bucket elects a leader (the same value twice is
     one more revision, nothing else)."""
     await while_unavailable(lambda: kv.put(key, value), f"writing {key!r}")
 
 
-async def kv_delete(kv: KeyValue, key: str) -> None:
+async def kv_delete(kv: KeyValueHandle, key: str) -> None:
     """Remove ``key`` with its history (no error when absent)."""
     await while_unavailable(lambda: kv.purge(key), f"removing {key!r}")
 
 
-async def kv_read(kv: KeyValue, key: str) -> tuple[bytes | None, int]:
+async def kv_read(kv: KeyValueHandle, key: str) -> tuple[bytes | None, int]:
     """The value under ``key`` and its revision; (None, 0) when absent, (None, revision) when deleted.
 
     The revision is what :func:`kv_swap` compares against."""
@@ -144,7 +145,7 @@ async def kv_read(kv: KeyValue, key: str) -> tuple[bytes | None, int]:
     return entry.value, int(entry.revision or 0)
 
 
-async def kv_swap(kv: KeyValue, key: str, value: bytes, revision: int) -> bool:
+async def kv_swap(kv: KeyValueHandle, key: str, value: bytes, revision: int) -> bool:
     """Write ``value`` only if ``key`` is still at ``revision`` (0: still absent); False when another
     writer came first (compare-and-set on the bucket's per-key sequence)."""
 

@@ -2,8 +2,8 @@
 
 In the way FastStream's ``TestNatsBroker`` works, a :class:`MemoryBroker` plays the server
 (streams, durable pull consumers, core subscriptions, Key-Value buckets) and each
-:class:`MemoryBus` is one connection to it, implementing :class:`~loom.bus.protocol.RoleBus`, the
-part of the Bus the worker, pipeline and orchestrator roles use. What it shares with the real bus
+:class:`MemoryBus` is one connection to it, implementing :class:`~loom.bus.protocol.RouterBus`, the
+part of the Bus the router, worker, pipeline and orchestrator roles use. What it shares with the real bus
 rather than imitates: the streams' names, subjects and retention (:func:`~loom.bus.streams._stream_configs`),
 every subject and tenant rule (:mod:`loom.subjects`, NATS wildcard matching included), what is
 sent for a task, goal, result or dead letter (:class:`~loom.bus.publish.Sender`), the settling
@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from loom import tracing
+from loom.api.router_policy import StreamLimits
 from loom.audit import AuditRecord, AuditWriter, unpack
 from loom.bus.connection import BusError
 from loom.bus.consumers import ConsumerLag
@@ -38,18 +39,23 @@ from loom.bus.memory_broker import (
     ConsumerConfig,
     CoreSub,
     MemoryBroker,
+    MemoryKeyValue,
     MemoryKeyValueStore,
     Stored,
 )
-from loom.bus.protocol import RoleBus
+from loom.bus.protocol import RoleBus, RouterBus
 from loom.bus.publish import ResultSubscription, Sender
 from loom.bus.pull import Delivery, Verdict
+from loom.bus.streams import StoredMessage
 from loom.messages import DeadLetter
 from loom.state_store import KeyValueStore
 from loom.subjects import (
+    ADVISORY_CONSUMER,
     AUDIT_PREFIX,
     DEFAULT_TENANT,
+    RESULTS_PREFIX,
     ROUTER_CONSUMER,
+    STREAM_ADVISORIES,
     STREAM_AUDIT,
     STREAM_DEAD_LETTER,
     STREAM_GOALS,
@@ -59,6 +65,7 @@ from loom.subjects import (
     goal_consumer,
     goal_filters,
     result_subject,
+    subject_matches,
     task_subject,
     worker_consumer,
 )
@@ -138,8 +145,27 @@ class MemoryBus(Sender):
         config = ConsumerConfig((), ack_wait, max_deliver, max_ack_pending)
         return self.broker.consumer(STREAM_INCOMING, ROUTER_CONSUMER, config)
 
+    async def ensure_advisory_consumer(self) -> str:
+        config = ConsumerConfig((), 30.0, -1, 64)
+        return self.broker.consumer(STREAM_ADVISORIES, ADVISORY_CONSUMER, config)
+
+    async def ensure_streams(self, limits: StreamLimits | None = None) -> None:
+        """The twin's streams exist from its start; their limits are not modelled."""
+        self._check_open()
+
     async def consumer_info(self, stream: str, durable: str) -> ConsumerLag:
         return self.broker.find(stream, durable).lag()
+
+    async def consumer_filters(self, stream: str) -> dict[str, str]:
+        return {name: (subs[0] if subs else "") for name, subs in self.broker.filters(stream).items()}
+
+    async def subjects_without_consumer(self, stream: str, pattern: str) -> dict[str, int]:
+        filters = [f for subs in self.broker.filters(stream).values() for f in (subs or (">",))]
+        counts: dict[str, int] = {}
+        for m in self.broker.messages(stream, pattern):
+            if not any(subject_matches(f, m.subject) for f in filters):
+                counts[m.subject] = counts.get(m.subject, 0) + 1
+        return counts
 
     async def consume(
         self,
@@ -193,6 +219,10 @@ class MemoryBus(Sender):
         rs._sub = CoreSub(self.broker, result_subject(key, tenant), rs.deliver, self._subs)
         return rs
 
+    async def subscribe_all_results(self, cb: Callable[[bytes], None]) -> CoreSub:
+        self._check_open()
+        return CoreSub(self.broker, f"{RESULTS_PREFIX}.>", cb, self._subs)
+
     # -- what is stored -----------------------------------------------------------------------------
 
     async def stream_messages(self, stream: str) -> int:
@@ -200,6 +230,17 @@ class MemoryBus(Sender):
         if s is None:
             raise BusError(f"stream {stream}: stream not found")
         return len(s.messages)
+
+    async def next_stored(self, stream: str, subject: str, from_seq: int) -> StoredMessage | None:
+        later = (m for m in self.broker.messages(stream, subject) if m.seq >= from_seq)
+        return next((_stored(stream, m) for m in later), None)
+
+    async def get_stream_message(self, stream: str, seq: int) -> StoredMessage | None:
+        m = self.broker.stream(stream).messages.get(seq)
+        return None if m is None else _stored(stream, m)
+
+    async def delete_stream_message(self, stream: str, seq: int) -> bool:
+        return self.broker.delete(stream, seq)
 
     async def dead_letters(self) -> list[StoredDeadLetter]:
         out: list[StoredDeadLetter] = []
@@ -224,7 +265,11 @@ class MemoryBus(Sender):
         return out
 
     def key_value_store(self, bucket: str, *, ttl: float | None = None) -> KeyValueStore:
-        return MemoryKeyValueStore(self.broker.buckets.setdefault(bucket, {}), ttl, self.broker.clock)
+        return MemoryKeyValueStore(self.broker.bucket(bucket, ttl), self.broker.clock)
+
+    async def key_value(self, bucket: str, *, ttl: float | None = None) -> MemoryKeyValue:
+        self._check_open()
+        return MemoryKeyValue(self.broker.bucket(bucket, ttl), self.broker.clock)
 
     if not TYPE_CHECKING:  # for mypy the twin has exactly the methods written above
 
@@ -234,7 +279,7 @@ class MemoryBus(Sender):
             if not name.startswith("_") and hasattr(Bus, name):
                 raise NotImplementedError(
                     f"MemoryBus does not implement Bus.{name}: the in-memory bus covers what the "
-                    "worker, pipeline and orchestrator roles use (loom.bus.protocol.RoleBus); "
+                    "router, worker, pipeline and orchestrator roles use (loom.bus.protocol.RouterBus); "
                     "test this on a real nats-server"
                 )
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
@@ -308,6 +353,11 @@ class _MemoryPull:
             log.warning("%s: %d tasks released unfinished after %.0fs", self.where, len(pending), grace)
 
 
+def _stored(stream: str, m: Stored) -> StoredMessage:
+    return StoredMessage(stream, m.seq, m.subject, m.data, dict(m.headers), m.stored_at)
+
+
 if TYPE_CHECKING:
-    #: mypy checks here that the twin provides the whole role API (:class:`RoleBus`).
+    #: mypy checks here that the twin provides the whole role and router API.
     _ROLE_BUS: type[RoleBus] = MemoryBus
+    _ROUTER_BUS: type[RouterBus] = MemoryBus

@@ -7,8 +7,11 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from nats.js import api as js_api
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
 
 from loom.bus.connection import BusError
 from loom.bus.consumers import ConsumerLag
@@ -30,6 +33,7 @@ class Stored:
     subject: str
     data: bytes
     headers: dict[str, str]
+    stored_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 @dataclass
@@ -207,8 +211,7 @@ class MemoryBroker:
             )
         self.consumers: dict[tuple[str, str], Consumer] = {}
         self.subs: set[CoreSub] = set()
-        #: bucket -> key -> (value, expires at or None).
-        self.buckets: dict[str, dict[str, tuple[bytes, float | None]]] = {}
+        self.buckets: dict[str, Bucket] = {}
 
     def tick(self) -> None:
         """Wake every pull loop to hand out what the clock made due (its ack wait or nak delay)."""
@@ -259,6 +262,29 @@ class MemoryBroker:
             if subject_matches(sub.pattern, subject):
                 sub.deliver(data)
 
+    def bucket(self, name: str, ttl: float | None) -> Bucket:
+        """A Key-Value bucket, created if missing (the first creator's ttl wins, as on the server)."""
+        return self.buckets.setdefault(name, Bucket(name, ttl))
+
+    def stream(self, name: str) -> Stream:
+        try:
+            return self.streams[name]
+        except KeyError:
+            raise BusError(f"stream {name}: stream not found") from None
+
+    def filters(self, stream: str) -> dict[str, tuple[str, ...]]:
+        """Durable consumer name -> its filter subjects (empty: the whole stream)."""
+        return {name: c.config.filters for (s, name), c in self.consumers.items() if s == stream}
+
+    def delete(self, stream: str, seq: int) -> bool:
+        """Remove a stored message (and every consumer's view of it); False when it was gone."""
+        if self.stream(stream).messages.pop(seq, None) is None:
+            return False
+        for c in self.consumers.values():
+            if c.stream.name == stream:
+                c.tracks.pop(seq, None)
+        return True
+
     def messages(self, stream: str, pattern: str) -> list[Stored]:
         s = self.streams.get(stream)
         return (
@@ -268,20 +294,68 @@ class MemoryBroker:
         )
 
 
-class MemoryKeyValueStore(KeyValueStore):
-    """A bucket of the twin: entries expire after ``ttl`` seconds of ``clock``, as the bucket's would."""
+@dataclass
+class Bucket:
+    """A Key-Value bucket of the twin: per key its value, revision and expiry time (None: never).
+    Revisions count up across the bucket, as the sequences of the stream behind a real bucket do."""
 
-    def __init__(self, bucket: dict[str, tuple[bytes, float | None]], ttl: float | None, clock: Clock):
-        self._bucket, self._ttl, self._clock = bucket, ttl, clock
+    name: str
+    ttl: float | None
+    entries: dict[str, tuple[bytes, int, float | None]] = field(default_factory=dict)
+    seq: int = 0
+
+    def read(self, key: str, now: float) -> tuple[bytes, int] | None:
+        entry = self.entries.get(key)
+        if entry is None or (entry[2] is not None and now >= entry[2]):
+            return None
+        return entry[0], entry[1]
+
+    def write(self, key: str, value: bytes, now: float) -> int:
+        self.seq += 1
+        self.entries[key] = (value, self.seq, None if self.ttl is None else now + self.ttl)
+        return self.seq
+
+
+class MemoryKeyValueStore(KeyValueStore):
+    """A bucket of the twin behind the state-store interface (pipelines, checkpoints)."""
+
+    def __init__(self, bucket: Bucket, clock: Clock):
+        self._bucket, self._clock = bucket, clock
 
     async def get(self, key: str) -> bytes | None:
-        entry = self._bucket.get(key)
-        if entry is None or (entry[1] is not None and self._clock() >= entry[1]):
-            return None
-        return entry[0]
+        found = self._bucket.read(key, self._clock())
+        return None if found is None else found[0]
 
     async def put(self, key: str, value: bytes) -> None:
-        self._bucket[key] = (value, None if self._ttl is None else self._clock() + self._ttl)
+        self._bucket.write(key, value, self._clock())
 
     async def delete(self, key: str) -> None:
-        self._bucket.pop(key, None)
+        self._bucket.entries.pop(key, None)
+
+
+class MemoryKeyValue:
+    """A bucket of the twin as the handle :meth:`Bus.key_value` returns (what the router's limits and
+    budgets use through :func:`~loom.bus.kv.kv_read`, ``kv_swap`` and ``kv_put``): the same entries
+    and the same errors as a JetStream bucket, compare-and-set on the key's revision included."""
+
+    def __init__(self, bucket: Bucket, clock: Clock):
+        self._bucket, self._clock = bucket, clock
+
+    async def get(self, key: str) -> KeyValue.Entry:
+        found = self._bucket.read(key, self._clock())
+        if found is None:
+            raise KeyNotFoundError
+        return KeyValue.Entry(self._bucket.name, key, found[0], found[1], None, None, None)
+
+    async def put(self, key: str, value: bytes) -> int:
+        return self._bucket.write(key, value, self._clock())
+
+    async def update(self, key: str, value: bytes, last: int | None = None) -> int:
+        found = self._bucket.read(key, self._clock())
+        if (found[1] if found is not None else 0) != (last or 0):
+            raise KeyWrongLastSequenceError(description=f"wrong last sequence: {found and found[1]}")
+        return self._bucket.write(key, value, self._clock())
+
+    async def purge(self, key: str) -> bool:
+        self._bucket.entries.pop(key, None)
+        return True

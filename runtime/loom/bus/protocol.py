@@ -1,7 +1,8 @@
-"""What the roles that run work (worker, pipeline, orchestrator) need of a bus.
+"""What the roles need of a bus: :class:`RoleBus` for the roles that run work (worker, pipeline,
+orchestrator), :class:`RouterBus` for the router.
 
 :class:`~loom.bus.Bus` (NATS JetStream) and :class:`~loom.bus.memory.MemoryBus` (in memory, for
-scenario tests) both provide it; mypy checks that the roles use nothing else, so the same role
+scenario tests) both provide them; mypy checks that the roles use nothing else, so the same role
 code runs on either.
 """
 
@@ -9,13 +10,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from nats.js.kv import KeyValue
+
+    from loom.api.router_policy import StreamLimits
     from loom.audit import AuditWriter
     from loom.bus.consumers import ConsumerLag
     from loom.bus.publish import ResultSubscription
     from loom.bus.pull import Delivery
+    from loom.bus.streams import StoredMessage
     from loom.messages import DeadLetter, GoalMessage, GoalResult, TaskMessage, TaskResult
     from loom.state_store import KeyValueStore
 
@@ -78,3 +83,43 @@ class RoleBus(Protocol):
     def key_value_store(self, bucket: str, *, ttl: float | None = None) -> KeyValueStore: ...
 
     async def close(self) -> None: ...
+
+
+class KeyValueHandle(Protocol):
+    """A Key-Value bucket as :meth:`Bus.key_value` hands it out (a JetStream bucket, or the twin's):
+    what the helpers of :mod:`loom.bus.kv` call."""
+
+    async def get(self, key: str) -> KeyValue.Entry: ...
+
+    async def put(self, key: str, value: bytes) -> int: ...
+
+    async def update(self, key: str, value: bytes, last: int | None = None) -> int: ...
+
+    async def purge(self, key: str) -> bool: ...
+
+
+class RouterBus(RoleBus, Protocol):
+    """The router's bus API: the roles' plus stream upkeep, its consumers, every result, stored
+    messages by sequence and Key-Value buckets (its limits and budgets)."""
+
+    async def ensure_streams(self, limits: StreamLimits | None = None) -> None: ...
+
+    async def ensure_router_consumer(
+        self, *, ack_wait: float, max_deliver: int, max_ack_pending: int
+    ) -> str: ...
+
+    async def ensure_advisory_consumer(self) -> str: ...
+
+    async def subscribe_all_results(self, cb: Callable[[bytes], None]) -> Any: ...
+
+    async def consumer_filters(self, stream: str) -> dict[str, str]: ...
+
+    async def subjects_without_consumer(self, stream: str, pattern: str) -> dict[str, int]: ...
+
+    async def next_stored(self, stream: str, subject: str, from_seq: int) -> StoredMessage | None: ...
+
+    async def get_stream_message(self, stream: str, seq: int) -> StoredMessage | None: ...
+
+    async def delete_stream_message(self, stream: str, seq: int) -> bool: ...
+
+    async def key_value(self, bucket: str, *, ttl: float | None = None) -> KeyValueHandle: ...

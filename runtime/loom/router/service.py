@@ -39,7 +39,7 @@ from pydantic import ValidationError
 from loom import metrics, tracing
 from loom.api.router_policy import RouterConfig, RouterPolicySpec
 from loom.audit import dead_letter_record
-from loom.bus import ADVISORY_CONSUMER, STREAM_ADVISORIES, Bus, BusError, Delivery, kv_put
+from loom.bus import ADVISORY_CONSUMER, STREAM_ADVISORIES, BusError, Delivery, RouterBus, kv_put
 from loom.clock import Clock
 from loom.costs import COST_SCALE
 from loom.dead_letters import build_dead_letter, dead_letter_of
@@ -128,7 +128,7 @@ class RouterService:
 
     def __init__(
         self,
-        bus: Bus,
+        bus: RouterBus,
         config: RouterConfig,
         options: RouterOptions | None = None,
         clock: Clock = time.monotonic,

@@ -288,8 +288,10 @@ async def test_bad_input_gets_a_clear_error(bus: MemoryBus) -> None:
         await bus.js_publish("nowhere.at.all", b"x")
     with pytest.raises(BusError, match="consumer not found"):
         await bus.consumer_info(STREAM_TASKS, "nobody")
-    with pytest.raises(NotImplementedError, match=r"MemoryBus does not implement Bus\.ensure_streams"):
-        await bus.ensure_streams()  # type: ignore[attr-defined]
+    with pytest.raises(NotImplementedError, match=r"MemoryBus does not implement Bus\.replay_dead_letter"):
+        await bus.replay_dead_letter("dl-1")  # type: ignore[attr-defined]
+    with pytest.raises(BusError, match="stream not found"):
+        await bus.get_stream_message("NO_SUCH_STREAM", 1)
     with pytest.raises(AttributeError):
         _ = bus.no_such_thing  # type: ignore[attr-defined]
     await bus.close()
