@@ -16,6 +16,7 @@ audit stream), :mod:`~loom.bus.kv` (Key-Value buckets), :mod:`~loom.bus.pull` (t
 from loom.bus.connection import (
     BusAuthError,
     BusError,
+    BusPermissionError,
     ConnectionState,
     nats_liveness,
     ssl_context,
@@ -54,6 +55,7 @@ __all__ = [
     "Bus",
     "BusAuthError",
     "BusError",
+    "BusPermissionError",
     "ConnectionState",
     "ConsumerLag",
     "Delivery",

@@ -8,12 +8,16 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import ssl
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from loom import metrics
@@ -33,6 +37,23 @@ class BusAuthError(BusError):
     """The server refused the connection's credentials (or the server needs some and none were given)."""
 
 
+class BusPermissionError(BusError):
+    """The server refused a publish: this identity's NATS permissions do not allow the subject."""
+
+
+#: How the server words a refused publish (an ``-ERR`` it sends, which reaches the error callback).
+_PUBLISH_REFUSED = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
+
+
+@dataclass(eq=False)
+class AckWait:
+    """A request waiting for its answer; ``refused`` says why the server refused it (then its
+    ``timeout`` is ended at once: no answer will come)."""
+
+    timeout: asyncio.Timeout | None = None
+    refused: str | None = None
+
+
 class ConnectionState:
     """What the client's callbacks say about the connection; liveness and ``loom_nats_connected`` read it.
 
@@ -48,6 +69,9 @@ class ConnectionState:
         self.lost_since: float | None = None
         self.closed: str | None = None
         self.last_error = ""
+        #: Requests waiting for an answer, by subject in lower case (the client lower-cases the
+        #: server's error text, subject included).
+        self._acks: dict[str, set[AckWait]] = {}
 
     def up(self) -> None:
         """Connected or reconnected."""
@@ -66,6 +90,31 @@ class ConnectionState:
         """The client closed without being asked to: it will not reconnect."""
         self.closed = why
         self.down()
+
+    def error(self, text: str) -> None:
+        """An error the server sent. The server never answers a request it refused to take, so a
+        refusal ends the waits of the requests to its subject instead of leaving them to their timeout."""
+        self.last_error = f"last error: {text}"
+        m = _PUBLISH_REFUSED.search(text)
+        for wait in self._acks.get(m.group(1).lower(), ()) if m else ():
+            wait.refused = text
+            if wait.timeout is not None:
+                with contextlib.suppress(RuntimeError):  # that attempt has ended already
+                    wait.timeout.reschedule(0)  # a time already past: the attempt ends now
+
+    @contextlib.contextmanager
+    def awaiting_ack(self, subject: str) -> Iterator[AckWait]:
+        """Registers a request to ``subject`` as waiting for its answer (see :meth:`error`)."""
+        wait = AckWait()
+        key = subject.lower()
+        waits = self._acks.setdefault(key, set())
+        waits.add(wait)
+        try:
+            yield wait
+        finally:
+            waits.discard(wait)
+            if not waits:
+                self._acks.pop(key, None)
 
     def lost_for(self) -> float:
         """Seconds since the connection was lost (0 while connected)."""
@@ -99,15 +148,30 @@ class BusBase:
         """True while the connection is up."""
         return bool(self.nc.is_connected)
 
+    async def _request(
+        self, subject: str, data: bytes, within: float, headers: dict[str, str] | None = None
+    ) -> Msg:
+        """A request (a stored publish, a JetStream API call); BusPermissionError as soon as the server
+        refuses it (it never answers then), TimeoutError when no answer came ``within`` seconds."""
+        with self.state.awaiting_ack(subject) as wait:
+            try:
+                async with asyncio.timeout(within) as wait.timeout:
+                    return await self.nc.request(subject, data, timeout=within + 1.0, headers=headers)
+            except TimeoutError:
+                if wait.refused:
+                    raise BusPermissionError(
+                        f"publish to {subject!r} refused: this identity may not publish there "
+                        f"({wait.refused})"
+                    ) from None
+                raise
+
     async def _api(self, subject: str, req: dict[str, Any], *, missing_ok: bool = False) -> dict[str, Any]:
         """One JetStream API request; BusError on an error reply (``{}`` for a 404 when ``missing_ok``)."""
         try:
-            resp = await self.nc.request(subject, json.dumps(req).encode(), timeout=self.timeout)
-        except nats.errors.TimeoutError:
-            raise BusError(
-                f"{subject}: no answer within {self.timeout:g}s (this identity may not use it?) "
-                f"{self.state.last_error}".rstrip()
-            ) from None
+            resp = await self._request(subject, json.dumps(req).encode(), self.timeout)
+        except TimeoutError:
+            why = f"{subject}: no answer within {self.timeout:g}s {self.state.last_error}"
+            raise BusError(why.rstrip()) from None
         body: dict[str, Any] = json.loads(resp.data)
         err = body.get("error")
         if err:
@@ -154,7 +218,7 @@ async def open_connection(
     nc_holder: list[NATS] = []
 
     async def on_error(exc: Exception) -> None:
-        state.last_error = f"last error: {exc}"
+        state.error(str(exc))
         log.warning("nats error: %s", exc)
         if not holder and not retry_refused and "authorization violation" in str(exc).lower():
             refused.set()  # retrying the same credentials cannot help a one-shot command

@@ -170,11 +170,11 @@ class PublishMixin(Sender, BusBase):
         while True:
             attempt = min(_PUBLISH_ATTEMPT, max(0.1, deadline - time.monotonic()))
             try:
-                resp = await self.nc.request(subject, data, timeout=attempt, headers=headers)
+                resp = await self._request(subject, data, attempt, headers)
             except nats.errors.NoRespondersError:
                 why = "no stream stores it (streams not declared, or electing a leader?)"
-            except nats.errors.TimeoutError:
-                why = "not acknowledged (this identity may not publish there?)"
+            except TimeoutError:
+                why = "not acknowledged"
             else:
                 body: dict[str, Any] = json.loads(resp.data)
                 err = body.get("error")
