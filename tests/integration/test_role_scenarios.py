@@ -18,7 +18,7 @@ from loom.api.pipeline import PipelineSpec
 from loom.api.router_policy import RouterConfig, RouterPolicySpec, TierDefinition, WorkerRoute
 from loom.api.worker import WorkerSpec
 from loom.backends import BackendError, ProcessingBackend
-from loom.bus import kv_delete, kv_read, kv_swap
+from loom.bus import Delivery, kv_delete, kv_read, kv_swap
 from loom.checkpoint import Checkpoint, KVCheckpointStore
 from loom.contrib.noop import EchoBackend
 from loom.messages import DeadLetterReason, GoalMessage, GoalResult, TaskMessage, TaskResult, TaskStatus
@@ -377,6 +377,46 @@ async def test_the_router_dead_letters_a_task_no_worker_consumes_once_it_waited_
     assert dl.dead_letter.reason == DeadLetterReason.NO_WORKER
     assert dl.dead_letter.detail.startswith("no worker consumes loom.tasks.ghost.standard ")
     assert await client.stream_messages(STREAM_TASKS) == 0  # taken out of the work queue
+
+
+async def test_the_router_dead_letters_a_task_its_worker_never_settled_within_max_deliver(
+    backend: Backend,
+) -> None:
+    """A consumer that keeps dying with the task (never settles it): after its last allowed delivery
+    the server's MAX_DELIVERIES advisory reaches the router, which dead-letters the task, answers
+    its caller and takes it out of the work queue."""
+    await start_router(backend)
+    bus = await backend.bus()
+    durable = await bus.ensure_worker_consumer(
+        "stuck", "local", ack_wait=0.3, max_deliver=2, max_ack_pending=10
+    )
+    seen: list[int] = []
+
+    async def never_settles(d: Delivery) -> None:
+        seen.append(d.num_delivered)
+        d.settled = True  # nothing is sent: as if the process died holding it
+
+    async def run(stop: asyncio.Event) -> None:
+        await bus.consume(STREAM_TASKS, durable, never_settles, max_in_flight=4, batch=4, stop=stop)
+
+    await backend.start(run, lambda: True)
+    client = await backend.bus()
+    sub = await client.subscribe_results("sc-r5")
+    try:
+        task = TaskMessage(parent_task_id="sc-r5", worker_type="stuck", model_tier="local", payload={})
+        await client.publish_task(task)
+        result = TaskResult.from_bytes(await sub.get(timeout=20))
+    finally:
+        await sub.close()
+    assert result.status == TaskStatus.FAILED and result.error_code == "max_deliveries"
+    assert seen == [1, 2]
+    (dl,) = await client.dead_letters()
+    assert dl.dead_letter.reason == DeadLetterReason.MAX_DELIVERIES and dl.dead_letter.deliveries == 2
+    await poll(lambda: _stored(client, STREAM_TASKS, 0))  # deleted after the dead letter was stored
+
+
+async def _stored(bus: ScenarioBus, stream: str, n: int) -> bool:
+    return await bus.stream_messages(stream) == n
 
 
 async def test_an_orchestrator_checkpoint_survives_its_connection(backend: Backend) -> None:

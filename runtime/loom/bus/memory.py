@@ -13,10 +13,12 @@ JetStream behaviour modelled: work-queue streams drop a message once acknowledge
 ``Nats-Msg-Id`` duplicates within the duplicate window are stored once; each durable consumer
 delivers a message to one handler at a time, redelivers it after a nak (after its delay), after
 ``ack_wait`` without an ack or heartbeat, and stops after ``max_deliver`` deliveries (the message
-stays stored, as on the server); consumers bind to what the stream already holds. These times
+stays stored, as on the server, and once it is due again a MAX_DELIVERIES advisory goes to the
+advisories stream, while a pull loop is there to notice, as on the server); consumers bind to what the
+stream already holds; Key-Value buckets keep per-key revisions for compare-and-set. These times
 run on the broker's clock, which a test may drive by hand (no delay is then waited out). Not modelled:
-stream limits, MAX_DELIVERIES advisories, reconnects (``epoch`` stays 0), permissions. A Bus
-method the twin lacks raises :class:`NotImplementedError` naming it.
+stream limits, reconnects (``epoch`` stays 0), permissions. A Bus method the twin lacks raises
+:class:`NotImplementedError` naming it.
 """
 
 from __future__ import annotations

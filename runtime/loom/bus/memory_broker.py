@@ -4,7 +4,9 @@ Key-Value buckets, shared by every :class:`~loom.bus.memory.MemoryBus` connected
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,7 +18,7 @@ from nats.js.kv import KeyValue
 from loom.bus.connection import BusError
 from loom.bus.consumers import ConsumerLag
 from loom.bus.pull import Verdict
-from loom.bus.streams import DUPLICATE_WINDOW, _stream_configs
+from loom.bus.streams import DUPLICATE_WINDOW, MAX_DELIVERIES_ADVISORY, _stream_configs
 from loom.clock import Clock
 from loom.state_store import KeyValueStore
 from loom.subjects import subject_matches
@@ -62,6 +64,8 @@ class _Track:
     #: Not to be delivered before (a nak's delay).
     due: float = 0.0
     done: bool = False
+    #: Its MAX_DELIVERIES advisory was sent.
+    advised: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,13 +79,23 @@ class ConsumerConfig:
 
 
 class Consumer:
-    """A durable pull consumer: which messages of its stream it delivers, and when again."""
+    """A durable pull consumer: which messages of its stream it delivers, and when again; when one is
+    due again after its last allowed delivery, ``exhausted`` is told once (the server's
+    MAX_DELIVERIES advisory)."""
 
-    def __init__(self, stream: Stream, name: str, config: ConsumerConfig, clock: Clock):
+    def __init__(
+        self,
+        stream: Stream,
+        name: str,
+        config: ConsumerConfig,
+        clock: Clock,
+        exhausted: Callable[[Consumer, Stored, int], None] = lambda c, m, n: None,
+    ):
         self.stream = stream
         self.name = name
         self.config = config
         self.clock = clock
+        self.exhausted = exhausted
         self.tracks: dict[int, _Track] = {}
         self.waiters: set[asyncio.Event] = set()
 
@@ -101,19 +115,27 @@ class Consumer:
         for event in self.waiters:
             event.set()
 
-    def _deliverable(self, seq: int, now: float) -> bool:
-        t = self.tracks.get(seq)
-        if t is None:
-            return True
-        if t.done or (self.max_deliver > 0 and t.deliveries >= self.max_deliver):
-            return False
+    def _due(self, t: _Track, now: float) -> bool:
         if t.deadline is not None:
             return now >= t.deadline  # ack wait expired: JetStream hands it out again
         return now >= t.due
 
+    def _spent(self, t: _Track) -> bool:
+        return self.max_deliver > 0 and t.deliveries >= self.max_deliver
+
+    def _deliverable(self, seq: int, now: float) -> bool:
+        t = self.tracks.get(seq)
+        if t is None:
+            return True
+        return not t.done and not self._spent(t) and self._due(t, now)
+
     def take(self, n: int, now: float) -> list[tuple[Stored, int]]:
         """Up to ``n`` messages to hand out now, oldest first, each with its delivery count; never
         more unsettled than ``max_ack_pending``, as JetStream holds back the rest."""
+        for seq, t in list(self.tracks.items()):
+            if not t.done and not t.advised and self._spent(t) and self._due(t, now):
+                t.advised, t.deadline = True, None
+                self.exhausted(self, self.stream.messages[seq], t.deliveries)
         unsettled = sum(1 for t in self.tracks.values() if t.deadline is not None and now < t.deadline)
         n = min(n, self.config.max_ack_pending - unsettled)
         out: list[tuple[Stored, int]] = []
@@ -136,7 +158,7 @@ class Consumer:
         times = [
             t.deadline if t.deadline is not None else t.due
             for t in self.tracks.values()
-            if not t.done and (self.max_deliver <= 0 or t.deliveries < self.max_deliver)
+            if not t.done and (not self._spent(t) or not t.advised)
         ]
         return min([_IDLE, *(x - now for x in times if x > now)])
 
@@ -247,8 +269,25 @@ class MemoryBroker:
         if key in self.consumers:
             self.consumers[key].config = config
         else:
-            self.consumers[key] = Consumer(self.streams[stream], name, config, self.clock)
+            self.consumers[key] = Consumer(self.streams[stream], name, config, self.clock, self._advise)
         return name
+
+    def _advise(self, consumer: Consumer, msg: Stored, deliveries: int) -> None:
+        """The server's MAX_DELIVERIES advisory, stored where the advisories stream captures it."""
+        stream = consumer.stream.name
+        subject = f"{MAX_DELIVERIES_ADVISORY}.{stream}.{consumer.name}"
+        if not any(s.covers(subject) for s in self.streams.values()):
+            return  # sent, and captured by no stream
+        body = {
+            "type": "io.nats.jetstream.advisory.v1.max_deliver",
+            "id": uuid.uuid4().hex,
+            "timestamp": datetime.now(UTC).isoformat(),
+            "stream": stream,
+            "consumer": consumer.name,
+            "stream_seq": msg.seq,
+            "deliveries": deliveries,
+        }
+        self.store(subject, json.dumps(body).encode(), {})
 
     def find(self, stream: str, durable: str) -> Consumer:
         try:

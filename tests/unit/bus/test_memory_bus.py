@@ -4,6 +4,7 @@ at a time (the scenarios themselves run on it and on a real nats-server: test_ro
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -12,7 +13,7 @@ from tests.support.processes import poll
 from loom.bus import BusError, Delivery
 from loom.bus.memory import MemoryBroker, MemoryBus
 from loom.messages import GoalMessage, TaskMessage, TaskResult, TaskStatus
-from loom.subjects import STREAM_GOALS, STREAM_TASKS, InvalidSubject, task_subject
+from loom.subjects import STREAM_ADVISORIES, STREAM_GOALS, STREAM_TASKS, InvalidSubject, task_subject
 
 
 @pytest.fixture
@@ -119,12 +120,24 @@ async def test_an_unacknowledged_message_comes_back_after_ack_wait_until_max_del
     await advance(bus, clock, 30)
     await poll(lambda: seen == [1, 2, 3])
     await advance(bus, clock, 30)
+    # Due again after its last delivery: the server's MAX_DELIVERIES advisory, captured once.
+    await poll(lambda: bus.broker.messages(STREAM_ADVISORIES, ">") != [])
+    await advance(bus, clock, 30)
     stop.set()
     await task
     assert seen == [1, 2, 3]  # no fourth delivery
     assert await bus.stream_messages(STREAM_TASKS) == 1  # stays stored, as on the server
     lag = await bus.consumer_info(STREAM_TASKS, durable)
     assert (lag.num_pending, lag.num_ack_pending) == (0, 0)
+    (adv,) = bus.broker.messages(STREAM_ADVISORIES, ">")
+    assert adv.subject == f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM_TASKS}.{durable}"
+    body = json.loads(adv.data)
+    assert (body["stream"], body["consumer"], body["stream_seq"], body["deliveries"]) == (
+        STREAM_TASKS,
+        durable,
+        1,
+        3,
+    )
 
 
 async def test_in_progress_keeps_a_long_handler_from_redelivery(timed: tuple[MemoryBus, HandClock]) -> None:
