@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from nats.js import api as js_api
@@ -157,7 +158,7 @@ class ConsumersMixin(BusBase):
 
     async def consumer_filters(self, stream: str) -> dict[str, str]:
         """Durable consumer name -> (first) filter subject, for every consumer of ``stream``."""
-        return {name: (subs[0] if subs else "") for name, subs in (await self._all_filters(stream)).items()}
+        return first_filters(await self._all_filters(stream))
 
     async def _all_filters(self, stream: str) -> dict[str, list[str]]:
         """Durable consumer name -> every filter subject (empty: the whole stream)."""
@@ -176,9 +177,18 @@ class ConsumersMixin(BusBase):
         with how many each holds: work that waits for a consumer nobody has created."""
         body = await self._api(f"$JS.API.STREAM.INFO.{stream}", {"subjects_filter": pattern})
         stored: dict[str, int] = (body.get("state") or {}).get("subjects") or {}
-        filters = [f for subs in (await self._all_filters(stream)).values() for f in (subs or [">"])]
-        return {
-            subj: int(n)
-            for subj, n in stored.items()
-            if n and not any(subject_matches(f, subj) for f in filters)
-        }
+        return uncovered(stored, await self._all_filters(stream))
+
+
+def first_filters(filters: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """Consumer name -> its first filter subject ("" for one on the whole stream)."""
+    return {name: (subs[0] if subs else "") for name, subs in filters.items()}
+
+
+def uncovered(stored: Mapping[str, int], filters: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """Of the per-subject message counts ``stored``, those no consumer's filters cover (a consumer
+    without filters covers the whole stream)."""
+    every = [f for subs in filters.values() for f in (subs or [">"])]
+    return {
+        subj: int(n) for subj, n in stored.items() if n and not any(subject_matches(f, subj) for f in every)
+    }

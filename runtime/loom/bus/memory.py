@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,7 @@ from loom import tracing
 from loom.api.router_policy import StreamLimits
 from loom.audit import AuditRecord, AuditWriter, unpack
 from loom.bus.connection import BusError
-from loom.bus.consumers import ConsumerLag
+from loom.bus.consumers import ConsumerLag, first_filters, uncovered
 from loom.bus.dead_letters import StoredDeadLetter
 from loom.bus.memory_broker import (
     Consumer,
@@ -67,7 +68,6 @@ from loom.subjects import (
     goal_consumer,
     goal_filters,
     result_subject,
-    subject_matches,
     task_subject,
     worker_consumer,
 )
@@ -159,15 +159,11 @@ class MemoryBus(Sender):
         return self.broker.find(stream, durable).lag()
 
     async def consumer_filters(self, stream: str) -> dict[str, str]:
-        return {name: (subs[0] if subs else "") for name, subs in self.broker.filters(stream).items()}
+        return first_filters(self.broker.filters(stream))
 
     async def subjects_without_consumer(self, stream: str, pattern: str) -> dict[str, int]:
-        filters = [f for subs in self.broker.filters(stream).values() for f in (subs or (">",))]
-        counts: dict[str, int] = {}
-        for m in self.broker.messages(stream, pattern):
-            if not any(subject_matches(f, m.subject) for f in filters):
-                counts[m.subject] = counts.get(m.subject, 0) + 1
-        return counts
+        stored = Counter(m.subject for m in self.broker.messages(stream, pattern))
+        return uncovered(stored, self.broker.filters(stream))
 
     async def consume(
         self,
