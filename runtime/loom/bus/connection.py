@@ -11,7 +11,6 @@ import logging
 import re
 import ssl
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,10 +46,10 @@ _PUBLISH_REFUSED = re.compile(r'permissions violation for publish to "([^"]+)"',
 
 @dataclass(eq=False)
 class AckWait:
-    """A request waiting for its answer; ``refused`` says why the server refused it (then its
-    ``timeout`` is ended at once: no answer will come)."""
+    """A request waiting for its answer, in ``task``; ``refused`` says why the server refused it (the
+    task is then cancelled out of its wait: no answer will come)."""
 
-    timeout: asyncio.Timeout | None = None
+    task: asyncio.Task[Any] | None
     refused: str | None = None
 
 
@@ -96,25 +95,25 @@ class ConnectionState:
         refusal ends the waits of the requests to its subject instead of leaving them to their timeout."""
         self.last_error = f"last error: {text}"
         m = _PUBLISH_REFUSED.search(text)
-        for wait in self._acks.get(m.group(1).lower(), ()) if m else ():
-            wait.refused = text
-            if wait.timeout is not None:
-                with contextlib.suppress(RuntimeError):  # that attempt has ended already
-                    wait.timeout.reschedule(0)  # a time already past: the attempt ends now
+        for wait in list(self._acks.get(m.group(1).lower(), ())) if m else ():
+            if wait.refused is None and wait.task is not None:
+                wait.refused = text
+                wait.task.cancel()  # it waits in its request: BusBase._request turns this into the error
 
-    @contextlib.contextmanager
-    def awaiting_ack(self, subject: str) -> Iterator[AckWait]:
-        """Registers a request to ``subject`` as waiting for its answer (see :meth:`error`)."""
-        wait = AckWait()
+    def watch(self, subject: str) -> AckWait:
+        """Registers the current task as waiting for the answer to a request to ``subject`` (see
+        :meth:`error`); :meth:`unwatch` when the wait is over."""
+        wait = AckWait(asyncio.current_task())
+        self._acks.setdefault(subject.lower(), set()).add(wait)
+        return wait
+
+    def unwatch(self, subject: str, wait: AckWait) -> None:
         key = subject.lower()
-        waits = self._acks.setdefault(key, set())
-        waits.add(wait)
-        try:
-            yield wait
-        finally:
+        waits = self._acks.get(key)
+        if waits is not None:
             waits.discard(wait)
             if not waits:
-                self._acks.pop(key, None)
+                del self._acks[key]
 
     def lost_for(self) -> float:
         """Seconds since the connection was lost (0 while connected)."""
@@ -153,17 +152,18 @@ class BusBase:
     ) -> Msg:
         """A request (a stored publish, a JetStream API call); BusPermissionError as soon as the server
         refuses it (it never answers then), TimeoutError when no answer came ``within`` seconds."""
-        with self.state.awaiting_ack(subject) as wait:
-            try:
-                async with asyncio.timeout(within) as wait.timeout:
-                    return await self.nc.request(subject, data, timeout=within + 1.0, headers=headers)
-            except TimeoutError:
-                if wait.refused:
-                    raise BusPermissionError(
-                        f"publish to {subject!r} refused: this identity may not publish there "
-                        f"({wait.refused})"
-                    ) from None
+        wait = self.state.watch(subject)
+        try:
+            return await self.nc.request(subject, data, timeout=within, headers=headers)
+        except asyncio.CancelledError:
+            # Cancelled by the refusal alone (not also from outside): the request's own error.
+            if wait.refused is None or wait.task is None or wait.task.uncancel() > 0:
                 raise
+            raise BusPermissionError(
+                f"publish to {subject!r} refused: this identity may not publish there ({wait.refused})"
+            ) from None
+        finally:
+            self.state.unwatch(subject, wait)
 
     async def _api(self, subject: str, req: dict[str, Any], *, missing_ok: bool = False) -> dict[str, Any]:
         """One JetStream API request; BusError on an error reply (``{}`` for a 404 when ``missing_ok``)."""

@@ -12,28 +12,46 @@ from loom.bus import ConnectionState
 REFUSAL = 'nats: permissions violation for publish to "$js.api.stream.delete.loom_tasks"'
 
 
+async def _waits(state: ConnectionState, subject: str, outcome: list[str]) -> None:
+    """A request's wait, as BusBase._request registers it."""
+    wait = state.watch(subject)
+    try:
+        await asyncio.sleep(600)
+    except asyncio.CancelledError:
+        outcome.append(f"cancelled: {wait.refused}")
+        raise
+    finally:
+        state.unwatch(subject, wait)
+
+
 async def test_a_refusal_ends_the_wait_of_the_requests_to_its_subject_only() -> None:
     state = ConnectionState(None)
-    with (
-        state.awaiting_ack("$JS.API.STREAM.DELETE.LOOM_TASKS") as refused,
-        state.awaiting_ack("loom.tasks.incoming") as other,
-    ):
-        async with asyncio.timeout(20):  # were the refusal ignored, this would end the wait instead
-            with pytest.raises(TimeoutError):
-                async with asyncio.timeout(600) as refused.timeout:
-                    asyncio.get_running_loop().call_soon(state.error, REFUSAL)
-                    await asyncio.sleep(600)
-        assert refused.timeout is not None and refused.timeout.expired()  # its own wait ended
-        assert refused.refused == REFUSAL and other.refused is None
+    refused: list[str] = []
+    other: list[str] = []
+    a = asyncio.create_task(_waits(state, "$JS.API.STREAM.DELETE.LOOM_TASKS", refused))
+    b = asyncio.create_task(_waits(state, "loom.tasks.incoming", other))
+    await asyncio.sleep(0)
+    state.error(REFUSAL)  # the client lower-cases the server's text, subject included
+    done, _ = await asyncio.wait({a}, timeout=20)  # (asyncio.wait leaves a running task alone)
+    assert a in done and a.cancelled()  # its wait ended, by the refusal
+    assert refused == [f"cancelled: {REFUSAL}"]
+    assert not b.done() and other == []
     assert state.last_error == f"last error: {REFUSAL}"
+    b.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await b
     assert state._acks == {}  # nothing left registered
 
 
-async def test_a_refusal_after_the_request_ended_changes_nothing() -> None:
+async def test_errors_that_are_not_a_refused_publish_end_no_wait() -> None:
     state = ConnectionState(None)
-    with state.awaiting_ack("$JS.API.STREAM.DELETE.LOOM_TASKS") as wait:
-        async with asyncio.timeout(600) as wait.timeout:
-            await asyncio.sleep(0)  # answered at once
-        state.error(REFUSAL)  # the attempt is over: nothing to end, no error
-        assert wait.refused == REFUSAL
-    state.error('nats: permissions violation for subscription to "loom.tasks.>"')  # not a publish
+    outcome: list[str] = []
+    task = asyncio.create_task(_waits(state, "loom.tasks.>", outcome))
+    await asyncio.sleep(0)
+    state.error('nats: permissions violation for subscription to "loom.tasks.>"')
+    state.error("nats: slow consumer")
+    await asyncio.sleep(0.05)
+    assert not task.done() and outcome == []
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
