@@ -8,7 +8,10 @@ Tasks go straight to ``loom.tasks.bench.standard``; results are counted on
 - tasks/s over the run, and the most calls the provider saw open at once;
 - ratio against the ceiling measured in the same run's setup: ``max_in_flight /
   answer_delay`` (what a worker with no overhead would do); 1.0 = the worker adds nothing;
-- the worker process's CPU time per task over the run (user + system, from ``/proc``);
+- the worker process's CPU time per task over the run (user + system, from ``/proc``), also as
+  a multiple of the fake provider's (unchanged code: a control for how busy the machine was);
+- the steady rate: results/s between the first and the last 15% of the results, once every
+  slot is busy and before the last, partly empty wave;
 - ratio against a bare aiohttp client keeping as many calls open to the same fake in the same
   run (no NATS, no worker): on a busy machine the fake provider and loopback themselves stay
   below the ceiling, and this says how much of the gap the worker adds.
@@ -140,6 +143,15 @@ class CpuMeter:
         return {k: round(v, 3) for k, v in out.items()}
 
 
+def steady_rate(arrivals: list[float], edge: float = 0.15) -> float:
+    """Results/s between the first and the last ``edge`` of the results: the rate once every slot
+    is busy and before the last partial wave, which is what the ceiling (``max_in_flight /
+    delay``) describes. Over the whole run even a worker with no overhead stays below the ceiling:
+    its first calls start as the tasks are published and its last wave is partly empty."""
+    first, last = int(len(arrivals) * edge), int(len(arrivals) * (1 - edge))
+    return (last - first) / (arrivals[last] - arrivals[first])
+
+
 def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
     """py-spy sampling ``pid`` into collapsed stacks (``out``) until it is interrupted."""
     beside = Path(sys.executable).with_name("py-spy")
@@ -191,10 +203,12 @@ async def run(
         done = asyncio.Event()
         count = 0
         failed = 0
+        arrivals: list[float] = []
 
         def on_result(body: bytes) -> None:
             nonlocal count, failed
             count += 1
+            arrivals.append(time.perf_counter())
             if b'"status":"failed"' in body:
                 failed += 1
             if count >= tasks:
@@ -231,6 +245,7 @@ async def run(
         nats.cleanup()
     ceiling = stats["max_in_flight"] / delay
     rate = tasks / elapsed
+    steady = steady_rate(arrivals)
     return {
         "tasks": tasks,
         "failed": failed,
@@ -240,11 +255,16 @@ async def run(
         "max_calls_in_flight": stats["max_in_flight"],
         "ceiling_tasks_per_s": round(ceiling, 1),
         "ratio_to_ceiling": round(rate / ceiling, 3),
+        "steady_tasks_per_s": round(steady, 1),
+        "steady_ratio_to_ceiling": round(steady / ceiling, 3),
         "raw_calls_per_s": round(raw_rate, 1),
         "ratio_to_raw": round(rate / raw_rate, 3),
         "worker_cpu_ms_per_task": shares["worker_cpu_ms"],
         # CPU per task of the other parts of the run, and of the bare client's run
         "fake_cpu_ms_per_task": shares["fake_cpu_ms"],
+        # the fake's code is the same in every run: the worker's CPU against it discounts how busy
+        # the machine was (with more calls overlapping, every process here spends more per call)
+        "worker_cpu_per_fake_cpu": round(shares["worker_cpu_ms"] / shares["fake_cpu_ms"], 2),
         "nats_cpu_ms_per_task": shares["nats_cpu_ms"],
         "bench_cpu_ms_per_task": shares["bench_cpu_ms"],
         "machine_busy_cores": shares["machine_busy_cores"],

@@ -11,7 +11,7 @@ import pytest
 from tests.support.nats_server import free_port, nats_server_binary
 from tests.support.processes import bus, poll
 
-from loom.bus import STREAM_ADVISORIES, Bus, BusError, Delivery
+from loom.bus import STREAM_ADVISORIES, Bus, BusError, Delivery, slots_ahead
 from loom.messages import TaskMessage, TaskResult, TaskStatus
 from loom.settings import NatsSettings
 from loom.subjects import STREAM_DEAD_LETTER, STREAM_GOALS, STREAM_INCOMING, STREAM_TASKS, task_subject
@@ -93,6 +93,79 @@ async def test_pull_loop_never_exceeds_max_in_flight(bus: Bus) -> None:
 
 async def _lag_zero(b: Bus, name: str) -> bool:
     return (await b.consumer_info(STREAM_TASKS, name)).total == 0
+
+
+async def _publish_echo(b: Bus, n: int) -> None:
+    for _ in range(n):
+        await b.publish_task(TaskMessage(worker_type="echo"), subject=task_subject("echo", "local"))
+
+
+async def test_a_few_messages_wait_ahead_of_the_slots_and_go_back_at_once_on_stop(bus: Bus) -> None:
+    name = await bus.ensure_worker_consumer("echo", "local", ack_wait=60, max_deliver=5, max_ack_pending=100)
+    await _publish_echo(bus, 20)
+    stop, release = asyncio.Event(), asyncio.Event()
+    started = 0
+
+    async def held(d: Delivery) -> None:
+        nonlocal started
+        started += 1
+        await release.wait()
+
+    ahead = slots_ahead(8, 8)
+    assert ahead == 2
+    loop = asyncio.create_task(
+        bus.consume(
+            STREAM_TASKS, name, held, max_in_flight=8, batch=8, stop=stop, drain_grace=0.1, ahead=ahead
+        )
+    )
+    await poll(lambda: _lag_is(bus, name, ack_pending=8 + ahead))  # 8 running, 2 pulled ahead
+    await asyncio.sleep(0.3)
+    assert started == 8  # never more handlers than max_in_flight
+    assert (await bus.consumer_info(STREAM_TASKS, name)).num_ack_pending == 8 + ahead
+    stop.set()
+    await asyncio.wait_for(loop, 10)
+    # every message handed back (nak'ed): the next process takes all 20 now, not after the 60 s ack wait
+    again: list[int] = []
+    stop2 = asyncio.Event()
+
+    async def take(d: Delivery) -> None:
+        again.append(d.num_delivered)
+        await d.ack()
+        if len(again) == 20:
+            stop2.set()
+
+    await asyncio.wait_for(bus.consume(STREAM_TASKS, name, take, max_in_flight=20, batch=20, stop=stop2), 10)
+    assert sorted(again) == [1] * 10 + [2] * 10  # the 10 held (8 running, 2 ahead) come back once each
+
+
+async def _lag_is(b: Bus, name: str, *, ack_pending: int) -> bool:
+    return (await b.consumer_info(STREAM_TASKS, name)).num_ack_pending == ack_pending
+
+
+async def test_a_message_that_waited_ahead_gets_the_whole_ack_wait_when_it_starts(bus: Bus) -> None:
+    # 4 slots, 1 message ahead; each handler takes 2 s of a 3 s ack wait. The fifth waits 2 s for
+    # a slot, then runs 2 s: 4 s after its delivery, past the ack wait unless its start reset it.
+    name = await bus.ensure_worker_consumer("echo", "local", ack_wait=3, max_deliver=5, max_ack_pending=100)
+    assert slots_ahead(4, 4) == 1
+    await _publish_echo(bus, 5)
+    stop = asyncio.Event()
+    deliveries: list[tuple[int, int]] = []
+
+    async def slow(d: Delivery) -> None:
+        deliveries.append((d.stream_seq, d.num_delivered))
+        await asyncio.sleep(2.0)
+        await d.ack()
+
+    loop = asyncio.create_task(
+        bus.consume(STREAM_TASKS, name, slow, max_in_flight=4, batch=4, stop=stop, ahead=1)
+    )
+    try:
+        await poll(lambda: _lag_zero(bus, name), timeout=20)
+        await asyncio.sleep(1.0)  # a redelivery after the ack wait would show up here
+    finally:
+        stop.set()
+        await asyncio.wait_for(loop, 10)
+    assert sorted(deliveries) == [(seq, 1) for seq in range(1, 6)]
 
 
 async def test_stop_hands_back_unfinished_work_for_immediate_redelivery(bus: Bus) -> None:

@@ -180,7 +180,15 @@ class WorkerSpec(SpecModel):
     )
     reset_after_task: bool = Field(default=True, description="Must be true: no state survives a task.")
     timeout_seconds: float = Field(default=60, gt=0, le=86400, description="Per-task time limit.")
-    max_in_flight: int = Field(default=8, ge=1, le=10000, description="Tasks one process works on at once.")
+    max_in_flight: int = Field(
+        default=8,
+        ge=1,
+        le=10000,
+        description=(
+            "Tasks one process works on at once. From 4 up, a quarter more (at most half a pull batch) "
+            "wait pulled ahead, so a finished task's slot is refilled at once."
+        ),
+    )
     max_deliver: int = Field(
         default=3, ge=1, le=100, description="Deliveries of a task before it becomes a dead letter."
     )

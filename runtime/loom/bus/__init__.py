@@ -27,7 +27,7 @@ from loom.bus.dead_letters import StoredDeadLetter
 from loom.bus.kv import kv_delete, kv_get, kv_put, kv_read, kv_swap, while_unavailable
 from loom.bus.protocol import KeyValueHandle, RoleBus, RouterBus
 from loom.bus.publish import ResultSubscription
-from loom.bus.pull import Delivery
+from loom.bus.pull import Delivery, slots_ahead
 from loom.bus.streams import (
     ADVISED_STREAMS,
     DEAD_LETTER_MAX_AGE,
@@ -74,6 +74,7 @@ __all__ = [
     "kv_swap",
     "nats_liveness",
     "replicas_for",
+    "slots_ahead",
     "ssl_context",
     "stream_config_matches",
     "while_unavailable",

@@ -82,12 +82,15 @@ class Bus(DeadLettersMixin, AuditMixin, ConsumersMixin, KeyValueMixin):
         stop: asyncio.Event,
         drain_grace: float = 30.0,
         on_bound: Callable[[], None] | None = None,
+        ahead: int = 0,
     ) -> None:
         """Pull from a durable consumer; run ``handler`` on each message, at most ``max_in_flight`` at once.
 
         Returns after ``stop`` is set: no more pulls; messages still arriving are
         nak'ed; running handlers get ``drain_grace`` seconds, then are cancelled and
-        their messages nak'ed (redelivered at once to another replica).
+        their messages nak'ed (redelivered at once to another replica). ``ahead``: messages
+        pulled beyond the free slots, each started the moment a slot frees (see
+        :func:`~loom.bus.pull.slots_ahead` for when that is safe).
         """
-        loop = _PullLoop(self, stream, durable, handler, max_in_flight, batch)
+        loop = _PullLoop(self, stream, durable, handler, max_in_flight, batch, ahead)
         await loop.run(stop, drain_grace, on_bound)

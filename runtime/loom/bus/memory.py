@@ -48,7 +48,7 @@ from loom.bus.memory_broker import (
 )
 from loom.bus.protocol import RoleBus, RouterBus
 from loom.bus.publish import ResultSubscription, Sender
-from loom.bus.pull import Delivery, Verdict
+from loom.bus.pull import Delivery, Verdict, check_pull_sizes
 from loom.bus.streams import StoredMessage
 from loom.messages import DeadLetter
 from loom.state_store import KeyValueStore
@@ -176,11 +176,12 @@ class MemoryBus(Sender):
         stop: asyncio.Event,
         drain_grace: float = 30.0,
         on_bound: Callable[[], None] | None = None,
+        ahead: int = 0,
     ) -> None:
         """The pull loop's contract on the twin: at most ``max_in_flight`` handlers at once; after
-        ``stop`` running handlers get ``drain_grace`` seconds, then are cancelled and nak'ed."""
-        if max_in_flight < 1 or batch < 1:
-            raise ValueError("max_in_flight and batch must be >= 1")
+        ``stop`` running handlers get ``drain_grace`` seconds, then are cancelled and nak'ed.
+        Nothing is held ``ahead``: with no round trip a free slot takes the next message at once."""
+        check_pull_sizes(max_in_flight, batch, ahead)
         self._check_open()
         await _MemoryPull(self.broker.find(stream, durable), handler, max_in_flight).run(
             stop, drain_grace, on_bound

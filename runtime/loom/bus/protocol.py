@@ -56,6 +56,7 @@ class RoleBus(Protocol):
         stop: asyncio.Event,
         drain_grace: float = 30.0,
         on_bound: Callable[[], None] | None = None,
+        ahead: int = 0,
     ) -> None: ...
 
     async def consumer_info(self, stream: str, durable: str) -> ConsumerLag: ...

@@ -31,7 +31,7 @@ from loom.api.router_policy import (
 )
 from loom.api.worker import WorkerSpec
 from loom.audit import dead_letter_record, task_record
-from loom.bus import Delivery, RoleBus
+from loom.bus import Delivery, RoleBus, slots_ahead
 from loom.contracts import Contract
 from loom.dead_letters import dead_letter_of
 from loom.errors import TaskError, TaskTimeout
@@ -150,16 +150,18 @@ class WorkerRuntime:
             log.info("worker %s/%s consuming (max %d in flight)", self.worker_type, self.tier, mif)
 
         lag = asyncio.create_task(self._lag_loop(stop))
+        batch = min(self.options.batch, mif)
         try:
             await self.bus.consume(
                 STREAM_TASKS,
                 self.consumer,
                 self._handle,
                 max_in_flight=mif,
-                batch=min(self.options.batch, mif),
+                batch=batch,
                 stop=stop,
                 drain_grace=self.options.drain_grace,
                 on_bound=bound,
+                ahead=slots_ahead(mif, batch),  # every run ends within the ack wait: timeout + grace
             )
         finally:
             self.bound = False
