@@ -125,17 +125,23 @@ async def test_a_few_messages_wait_ahead_of_the_slots_and_go_back_at_once_on_sto
     stop.set()
     await asyncio.wait_for(loop, 10)
     # every message handed back (nak'ed): the next process takes all 20 now, not after the 60 s ack wait
-    again: list[int] = []
-    stop2 = asyncio.Event()
+    again = await asyncio.wait_for(_take(bus, name, 20), 10)
+    assert sorted(again) == [1] * 10 + [2] * 10  # the 10 held (8 running, 2 ahead) come back once each
+
+
+async def _take(b: Bus, name: str, n: int) -> list[int]:
+    """Consume ``n`` messages of ``name``, acknowledging each; their delivery counts."""
+    counts: list[int] = []
+    stop = asyncio.Event()
 
     async def take(d: Delivery) -> None:
-        again.append(d.num_delivered)
+        counts.append(d.num_delivered)
         await d.ack()
-        if len(again) == 20:
-            stop2.set()
+        if len(counts) == n:
+            stop.set()
 
-    await asyncio.wait_for(bus.consume(STREAM_TASKS, name, take, max_in_flight=20, batch=20, stop=stop2), 10)
-    assert sorted(again) == [1] * 10 + [2] * 10  # the 10 held (8 running, 2 ahead) come back once each
+    await b.consume(STREAM_TASKS, name, take, max_in_flight=n, batch=n, stop=stop)
+    return counts
 
 
 async def _lag_is(b: Bus, name: str, *, ack_pending: int) -> bool:
@@ -185,16 +191,8 @@ async def test_stop_hands_back_unfinished_work_for_immediate_redelivery(bus: Bus
     stop.set()
     await asyncio.wait_for(loop, 10)
     # nak'ed, not waiting for the 60 s ack wait: another consumer gets it right away
-    got: list[int] = []
-    stop2 = asyncio.Event()
-
-    async def take(d: Delivery) -> None:
-        got.append(d.num_delivered)
-        await d.ack()
-        stop2.set()
-
     t0 = time.monotonic()
-    await asyncio.wait_for(bus.consume(STREAM_TASKS, name, take, max_in_flight=1, batch=1, stop=stop2), 10)
+    got = await asyncio.wait_for(_take(bus, name, 1), 10)
     assert got == [2] and time.monotonic() - t0 < 5
 
 
