@@ -9,7 +9,7 @@ import time
 
 import pytest
 from tests.support.nats_server import free_port, nats_server_binary
-from tests.support.processes import bus, poll
+from tests.support.processes import bus, consumer_empty, poll
 
 from loom.bus import STREAM_ADVISORIES, Bus, BusError, Delivery, slots_ahead
 from loom.messages import TaskMessage, TaskResult, TaskStatus
@@ -88,11 +88,7 @@ async def test_pull_loop_never_exceeds_max_in_flight(bus: Bus) -> None:
         bus.consume(STREAM_TASKS, name, handler, max_in_flight=limit, batch=64, stop=stop), 30
     )
     assert done == n and peak == limit
-    await poll(lambda: _lag_zero(bus, name))
-
-
-async def _lag_zero(b: Bus, name: str) -> bool:
-    return (await b.consumer_info(STREAM_TASKS, name)).total == 0
+    await poll(lambda: consumer_empty(bus, STREAM_TASKS, name))
 
 
 async def _publish_echo(b: Bus, n: int) -> None:
@@ -166,7 +162,7 @@ async def test_a_message_that_waited_ahead_gets_the_whole_ack_wait_when_it_start
         bus.consume(STREAM_TASKS, name, slow, max_in_flight=4, batch=4, stop=stop, ahead=1)
     )
     try:
-        await poll(lambda: _lag_zero(bus, name), timeout=20)
+        await poll(lambda: consumer_empty(bus, STREAM_TASKS, name), timeout=20)
         await asyncio.sleep(1.0)  # a redelivery after the ack wait would show up here
     finally:
         stop.set()

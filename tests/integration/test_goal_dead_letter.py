@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 from tests.support.pipelines import wait_goal_result
-from tests.support.processes import LoomProcesses, bus, echo_worker, loom_procs, poll, write_yaml
+from tests.support.processes import (
+    LoomProcesses,
+    bus,
+    consumer_empty,
+    echo_worker,
+    loom_procs,
+    poll,
+    write_yaml,
+)
 
 from loom.bus import Bus, StoredDeadLetter
 from loom.dead_letters import decode_original
@@ -19,10 +27,6 @@ __all__ = ["bus", "loom_procs"]
 
 async def _goal_dead_letters(b: Bus) -> list[StoredDeadLetter]:
     return [d for d in await b.dead_letters() if d.dead_letter.goal_id is not None]
-
-
-async def _goal_queue_empty(b: Bus) -> bool:
-    return (await b.consumer_info(STREAM_GOALS, goal_consumer("fragile"))).total == 0
 
 
 async def test_a_goal_that_keeps_crashing_its_pipeline_is_dead_lettered(
@@ -66,7 +70,7 @@ async def test_a_goal_that_keeps_crashing_its_pipeline_is_dead_lettered(
     assert dl.subject == goal_subject("fragile", "acme")
     assert GoalMessage.from_bytes(decode_original(dl.original)) == goal  # the original goal, unchanged
     # Removed from the work queue after the dead letter and the result: no pipeline will take it up again.
-    await poll(lambda: _goal_queue_empty(bus))
+    await poll(lambda: consumer_empty(bus, STREAM_GOALS, goal_consumer("fragile")))
     await poll(lambda: router.metric("loom_dead_letters_total", reason="max_deliveries") == 1)
 
     # Once the cause is fixed, the replayed goal resumes from its stored state and completes.

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-from tests.support.processes import poll
+from tests.support.processes import consumer_empty, poll
 from tests.support.role_backends import Backend, ScenarioBus, backend
 
 from loom.api.pipeline import PipelineSpec
@@ -207,10 +207,8 @@ async def test_invalid_input_fails_at_once_without_retry(backend: Backend) -> No
     await poll(lambda: dead_letter_count(client, 1))
     assert (await client.dead_letters())[0].dead_letter.reason == DeadLetterReason.INVALID_INPUT
 
-    async def lag_is_zero() -> bool:  # the term follows the dead letter
-        return (await client.consumer_info(STREAM_TASKS, worker_consumer("echo", "local"))).total == 0
-
-    await poll(lag_is_zero, timeout=5)
+    # the term follows the dead letter
+    await poll(lambda: consumer_empty(client, STREAM_TASKS, worker_consumer("echo", "local")), timeout=5)
 
 
 async def test_timeout_and_backend_errors(backend: Backend) -> None:

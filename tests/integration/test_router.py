@@ -6,7 +6,16 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from tests.support.processes import LoomProcesses, bus, collect, echo_worker, loom_procs, poll, write_yaml
+from tests.support.processes import (
+    LoomProcesses,
+    bus,
+    collect,
+    consumer_empty,
+    echo_worker,
+    loom_procs,
+    poll,
+    write_yaml,
+)
 
 from loom.bus import Bus
 from loom.messages import DeadLetterReason, Priority, TaskMessage
@@ -90,7 +99,8 @@ async def test_unknown_type_and_tier_and_malformed_dead_letter(
     assert "worker_type" in dls['{"worker_type": "bad type!"}'].detail
     reasons = sorted(d.reason.value for d in dls.values())
     assert reasons == ["malformed", "malformed", "unknown_tier", "unknown_tier", "unknown_worker_type"]
-    await poll(lambda: _incoming_settled(bus))  # the settling, and then the count, follow the dead letter
+    # the settling, and then the count, follow the dead letter
+    await poll(lambda: consumer_empty(bus, STREAM_INCOMING, ROUTER_CONSUMER))
     await poll(lambda: router.metric("loom_dead_letters_total", reason="malformed", role="router") == 2)
     assert await bus.stream_messages(STREAM_TASKS) == 0
 
@@ -135,10 +145,6 @@ async def test_tokens_per_minute_estimated_from_payload(
 
 async def _stored(b: Bus, n: int) -> bool:
     return await b.stream_messages(STREAM_TASKS) >= n
-
-
-async def _incoming_settled(b: Bus) -> bool:
-    return (await b.consumer_info(STREAM_INCOMING, ROUTER_CONSUMER)).total == 0
 
 
 async def test_max_concurrent_released_by_results(
@@ -222,7 +228,7 @@ async def test_two_routers_route_each_task_exactly_once(
     tasks = await submit(bus, n, "k9", worker_type="echo")
     await poll(lambda: _stored(bus, n), timeout=60)
     # A router acknowledges the incoming message after the routed copy is stored, and counts it after that.
-    await poll(lambda: _incoming_settled(bus))
+    await poll(lambda: consumer_empty(bus, STREAM_INCOMING, ROUTER_CONSUMER))
     await poll(lambda: sum(r.metric("loom_router_routed_total") for r in (r1, r2)) >= n)
     routed = [r.metric("loom_router_routed_total") for r in (r1, r2)]
     assert sum(routed) == n and all(x > 0 for x in routed), routed

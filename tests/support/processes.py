@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.nats_server import free_port
 
 if TYPE_CHECKING:
-    from loom.bus import ResultSubscription
+    from loom.bus import ResultSubscription, RoleBus
 
 
 @dataclass
@@ -208,6 +208,11 @@ async def poll(predicate: Callable[[], object], timeout: float = 20.0, interval:
             return
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last value {last!r})")
+
+
+async def consumer_empty(b: RoleBus, stream: str, durable: str) -> bool:
+    """Nothing waiting for ``durable`` and nothing it holds unsettled: a predicate for :func:`poll`."""
+    return (await b.consumer_info(stream, durable)).total == 0
 
 
 @pytest.fixture
