@@ -59,17 +59,17 @@ class NatsKeyValueStore(KeyValueStore):
     async def get(self, key: str) -> bytes | None:
         from loom.bus import kv_get
 
-        return await kv_get(await self._store(), key)
+        return await kv_get(await self._store(), key, within=self._bus.timeout)
 
     async def put(self, key: str, value: bytes) -> None:
         from loom.bus import kv_put
 
-        await kv_put(await self._store(), key, value)
+        await kv_put(await self._store(), key, value, within=self._bus.timeout)
 
     async def delete(self, key: str) -> None:
         from loom.bus import kv_delete
 
-        await kv_delete(await self._store(), key)
+        await kv_delete(await self._store(), key, within=self._bus.timeout)
 
 
 class RedisKeyValueStore(KeyValueStore):

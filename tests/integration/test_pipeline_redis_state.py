@@ -16,7 +16,7 @@ from tests.support.processes import LoomProcesses
 from tests.support.redis_server import RedisServer
 from tests.support.task_desk import TaskDesk
 
-from loom.bus import Bus, kv_get
+from loom.bus import Bus
 from loom.checkpoint import Checkpoint, RedisCheckpointStore
 from loom.messages import GoalMessage, TaskMessage, TaskStatus
 from loom.pipeline.service import PipelineOptions
@@ -41,8 +41,10 @@ async def test_goal_state_lives_in_redis_and_a_resubmitted_goal_reuses_it(
         return {"echo": task.payload}
 
     desk = await TaskDesk(nats_url, {"echo": echo}).start()
-    spec = {"name": "in-redis", "pipeline_stages": [
-        {"name": "s", "worker_type": "echo", "input_mapping": {"x": "goal.context.x"}}]}
+    spec = {
+        "name": "in-redis",
+        "pipeline_stages": [{"name": "s", "worker_type": "echo", "input_mapping": {"x": "goal.context.x"}}],
+    }
     goal = GoalMessage(pipeline="in-redis", context={"x": 7})
     try:
         async with running_pipeline(nats_url, spec, PipelineOptions(state_url=redis_server.url)):
@@ -58,8 +60,8 @@ async def test_goal_state_lives_in_redis_and_a_resubmitted_goal_reuses_it(
     await client.aclose()
     assert raw is not None and GoalState.from_bytes(raw).status == "finished"
     assert 0 < ttl <= 2 * 86400
-    kv = await bus.key_value(STATE_BUCKET)
-    assert await kv_get(kv, state_key("in-redis", goal.goal_id)) is None  # nothing in the NATS bucket
+    # nothing in the NATS bucket
+    assert await bus.key_value_store(STATE_BUCKET).get(state_key("in-redis", goal.goal_id)) is None
 
 
 async def test_a_restarted_pipeline_resumes_from_redis(
@@ -72,11 +74,18 @@ async def test_a_restarted_pipeline_resumes_from_redis(
             await release.wait()
         return {"by": task.metadata["stage"]}
 
-    spec = {"name": "resume-redis", "pipeline_stages": [
-        {"name": "first", "worker_type": "step", "input_mapping": {"x": "goal.context.x"}},
-        {"name": "second", "worker_type": "step", "timeout_seconds": 60,
-         "input_mapping": {"x": "first.output.by"}},
-    ]}
+    spec = {
+        "name": "resume-redis",
+        "pipeline_stages": [
+            {"name": "first", "worker_type": "step", "input_mapping": {"x": "goal.context.x"}},
+            {
+                "name": "second",
+                "worker_type": "step",
+                "timeout_seconds": 60,
+                "input_mapping": {"x": "first.output.by"},
+            },
+        ],
+    }
     options = PipelineOptions(state_url=redis_server.url, ack_wait=1.5, drain_grace=0.1)
     desk = await TaskDesk(nats_url, {"step": step}).start()
     goal = GoalMessage(pipeline="resume-redis", context={"x": 1})
@@ -176,5 +185,4 @@ async def test_a_pipeline_manifest_chooses_redis_and_reads_the_url_from_its_vari
     raw = await client.get(STATE_REDIS_PREFIX + state_key("spec-redis", goal.goal_id))
     await client.aclose()
     assert raw is not None and GoalState.from_bytes(raw).status == "finished"
-    kv = await bus.key_value(STATE_BUCKET)
-    assert await kv_get(kv, state_key("spec-redis", goal.goal_id)) is None
+    assert await bus.key_value_store(STATE_BUCKET).get(state_key("spec-redis", goal.goal_id)) is None

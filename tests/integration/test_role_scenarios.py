@@ -431,7 +431,8 @@ async def test_an_orchestrator_checkpoint_survives_its_connection(backend: Backe
 
 async def test_a_key_value_bucket_swaps_only_at_the_revision_read(backend: Backend) -> None:
     """The compare-and-set the router's shared limits and budgets rest on, the same on both buses."""
-    a = await (await backend.bus()).key_value("scenario-kv", ttl=60)
+    bus = await backend.bus()
+    a = await bus.key_value("scenario-kv", ttl=60)
     b = await (await backend.bus()).key_value("scenario-kv")
     assert await kv_read(a, "k") == (None, 0)
     assert await kv_swap(a, "k", b"1", 0)
@@ -441,5 +442,5 @@ async def test_a_key_value_bucket_swaps_only_at_the_revision_read(backend: Backe
     assert await kv_swap(b, "k", b"2", rev)
     assert not await kv_swap(a, "k", b"3", rev)  # another writer came first
     assert await kv_read(a, "k") == (b"2", (await kv_read(b, "k"))[1])
-    await kv_delete(a, "k")
+    await kv_delete(a, "k", within=bus.timeout)
     assert (await kv_read(b, "k"))[0] is None

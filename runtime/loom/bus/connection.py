@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 class BusError(Exception):
     """A JetStream operation failed (publish not stored, stream misconfigured, ...)."""
 

@@ -25,7 +25,6 @@ from nats.js.kv import KeyValue
 from loom.bus.connection import BusError
 from loom.bus.protocol import KeyValueHandle
 from loom.bus.streams import StreamsMixin, _replicas_error, replicas_for
-from loom.settings import DEFAULT_PUBLISH_TIMEOUT
 from loom.state_store import KeyValueStore, NatsKeyValueStore
 
 
@@ -92,43 +91,41 @@ _UNAVAILABLE = (
 )
 
 
-async def while_unavailable(op: Callable[[], Awaitable[_T]], what: str) -> _T:
-    """``op()``, repeated while JetStream is unavailable, up to the default publish timeout (these
-    helpers take a bare bucket handle, not a Bus, so a Bus's own ``timeout`` does not reach them); for
-    operations that may safely run twice (a read, a put of the same value, a purge)."""
-    deadline = time.monotonic() + DEFAULT_PUBLISH_TIMEOUT
+async def while_unavailable(op: Callable[[], Awaitable[_T]], what: str, *, within: float) -> _T:
+    """``op()``, repeated while JetStream is unavailable, for up to ``within`` seconds (the bus's
+    ``publish_timeout``: how long its owner waits for any stored write); for operations that may
+    safely run twice (a read, a put of the same value, a purge)."""
+    deadline = time.monotonic() + within
     pause = 0.1
     while True:
         try:
             return await op()
         except _UNAVAILABLE as exc:
             if time.monotonic() + pause >= deadline:
-                raise BusError(
-                    f"{what}: JetStream unavailable for {DEFAULT_PUBLISH_TIMEOUT:g}s ({exc!r})"
-                ) from exc
+                raise BusError(f"{what}: JetStream unavailable for {within:g}s ({exc!r})") from exc
         await asyncio.sleep(pause)
         pause = min(1.0, pause * 2)
 
 
-async def kv_get(kv: KeyValueHandle, key: str) -> bytes | None:
+async def kv_get(kv: KeyValueHandle, key: str, *, within: float) -> bytes | None:
     """The value under ``key``, or None when it is absent or deleted."""
 
     try:
-        entry = await while_unavailable(lambda: kv.get(key), f"reading {key!r}")
+        entry = await while_unavailable(lambda: kv.get(key), f"reading {key!r}", within=within)
     except (KeyNotFoundError, KeyDeletedError):
         return None
     return entry.value
 
 
-async def kv_put(kv: KeyValueHandle, key: str, value: bytes) -> None:
+async def kv_put(kv: KeyValueHandle, key: str, value: bytes, *, within: float) -> None:
     """Store ``value`` under ``key``, again while the bucket elects a leader (the same value twice is
     one more revision, nothing else)."""
-    await while_unavailable(lambda: kv.put(key, value), f"writing {key!r}")
+    await while_unavailable(lambda: kv.put(key, value), f"writing {key!r}", within=within)
 
 
-async def kv_delete(kv: KeyValueHandle, key: str) -> None:
+async def kv_delete(kv: KeyValueHandle, key: str, *, within: float) -> None:
     """Remove ``key`` with its history (no error when absent)."""
-    await while_unavailable(lambda: kv.purge(key), f"removing {key!r}")
+    await while_unavailable(lambda: kv.purge(key), f"removing {key!r}", within=within)
 
 
 async def kv_read(kv: KeyValueHandle, key: str) -> tuple[bytes | None, int]:

@@ -51,6 +51,7 @@ from loom.bus.publish import ResultSubscription, Sender
 from loom.bus.pull import Delivery, Verdict, check_pull_sizes
 from loom.bus.streams import StoredMessage
 from loom.messages import DeadLetter
+from loom.settings import DEFAULT_PUBLISH_TIMEOUT
 from loom.state_store import KeyValueStore
 from loom.subjects import (
     ADVISORY_CONSUMER,
@@ -102,6 +103,7 @@ class MemoryBus(Sender):
     def __init__(self, broker: MemoryBroker | None = None):
         self.broker = broker or MemoryBroker()
         self.epoch = 0
+        self.timeout = DEFAULT_PUBLISH_TIMEOUT
         self.closed = False
         self._subs: set[CoreSub] = set()
         self._audit: AuditWriter | None = None

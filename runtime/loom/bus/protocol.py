@@ -30,6 +30,8 @@ class RoleBus(Protocol):
 
     #: Bumped on every reconnect (results sent meanwhile may be lost: goals ask again).
     epoch: int
+    #: Seconds a stored write or a JetStream request may take (``NatsSettings.publish_timeout``).
+    timeout: float
 
     @property
     def is_connected(self) -> bool: ...

@@ -597,7 +597,9 @@ class RouterService:
         while not stop.is_set():
             sets = [*self.limiter.tiers.values(), *self.limiter.tenants.values()]
             try:
-                await kv_put(kv, LOCAL_USE_KEY, local_use(sets, self.clock(), time.time()))
+                await kv_put(
+                    kv, LOCAL_USE_KEY, local_use(sets, self.clock(), time.time()), within=self.bus.timeout
+                )
             except Exception as exc:  # NATS away: the next round writes a fresh one
                 log.debug("storing the limit use failed: %s", exc)
             with contextlib.suppress(TimeoutError):

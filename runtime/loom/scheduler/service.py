@@ -177,7 +177,7 @@ class Scheduler:
 
     async def record(self, schedule: str) -> ScheduleRecord | None:
         """The stored record of a schedule."""
-        data = await kv_get(await self._store(), record_key(schedule))
+        data = await kv_get(await self._store(), record_key(schedule), within=self.bus.timeout)
         return None if data is None else ScheduleRecord.model_validate_json(data)
 
     async def tick(self) -> list[Dispatch]:
