@@ -261,11 +261,6 @@ class Controller:
         for worker in self.workers(namespace):
             self.soon("Worker", namespace, worker.name)
 
-    def remember_policies(self, namespace: str) -> None:
-        """Record the namespace's policy state without reacting (startup)."""
-        if namespace not in self._policy_hashes:
-            self.policy_event(namespace)
-
     # ------------------------------------------------------------ scaler
 
     def scaler_targets(self) -> list[Target]:

@@ -278,15 +278,6 @@ class Kube:
         )
         return int(result["spec"].get("replicas", 0))
 
-    async def get_scale(self, namespace: str, deployment: str) -> int | None:
-        try:
-            result = await self._request(
-                "GET", resource_path("apps/v1", "Deployment", namespace, deployment, "scale")
-            )
-        except NotFound:
-            return None
-        return int(result["spec"].get("replicas", 0))
-
     async def crd_exists(self, name: str) -> bool:
         """Whether a CustomResourceDefinition is installed (e.g. ``scaledobjects.keda.sh``)."""
         try:

@@ -156,6 +156,8 @@ class ScalerLoop:
         self.active = active
         self.last_needed: dict[tuple[str, str], float] = {}
         self.last_polled: dict[tuple[str, str], float] = {}
+        #: (worker, tier) of the scaler series this loop has set, dropped once the tier is gone.
+        self._series: set[tuple[str, str]] = set()
         self._http = httpx.AsyncClient(timeout=10.0)
 
     async def aclose(self) -> None:
@@ -174,9 +176,13 @@ class ScalerLoop:
     async def tick(self) -> list[tuple[Target, Decision]]:
         """One pass over every due tier; returns what was decided."""
         now = self.clock()
+        targets = self.targets()
+        for worker, tier in self._series - {(t.worker, t.tier) for t in targets}:
+            metrics.forget_tier(worker, tier)  # the Worker, its tier or its autoscaling is gone
+            self._series.discard((worker, tier))
         due = [
             t
-            for t in self.targets()
+            for t in targets
             if now - self.last_polled.get((t.namespace, t.deployment), float("-inf"))
             >= t.autoscaling.polling_seconds
         ]
@@ -199,6 +205,7 @@ class ScalerLoop:
             self.last_needed[key] = decision.last_needed
             metrics.SCALER_LAG.labels(target.worker, target.tier).set(lag)
             metrics.SCALER_DESIRED.labels(target.worker, target.tier).set(decision.desired)
+            self._series.add((target.worker, target.tier))
             if decision.desired != target.current:
                 try:
                     await self.kube.scale(target.namespace, target.deployment, decision.desired)

@@ -54,10 +54,3 @@ class TaskTimeout(TaskError):
     code = "timeout"
     retryable = True
     reason = DeadLetterReason.TIMEOUT
-
-
-class OutOfScope(TaskError):
-    """The request asks for something this deployment does not do (e.g. an unconfigured backend)."""
-
-    code = "out_of_scope"
-    retryable = False

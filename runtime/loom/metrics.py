@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 from prometheus_client import REGISTRY as _DEFAULT_REGISTRY
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -75,11 +75,6 @@ def histogram(
 ) -> Histogram:
     """A histogram on the shared registry (``_seconds`` for durations)."""
     return _define(Histogram, name, doc, labels, buckets=tuple(buckets))
-
-
-def exposition() -> bytes:
-    """The registry in Prometheus text format."""
-    return generate_latest(REGISTRY)
 
 
 def negotiated_exposition(accept: str | None) -> tuple[bytes, str]:

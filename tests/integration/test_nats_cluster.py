@@ -39,6 +39,7 @@ from loom.subjects import (
     task_subject,
     worker_consumer,
 )
+from loom_operator import metrics as operator_metrics
 from loom_operator.k8s import Credentials, Kube
 from loom_operator.reconcile import Reconciler
 from loom_operator.scaler_loop import ScalerLoop, Target, consumer_lags, fetch_lags
@@ -312,8 +313,17 @@ async def test_the_scaler_reads_lag_from_the_consumers_leader_through_a_leader_c
             Target("team", "ghost", "ghost", "local", "ghost-local", steady, 2),
         ]
         loop = ScalerLoop(kube, reconciler, monitors, lambda: targets, interval=1)
+
+        def desired(worker: str) -> float | None:
+            sample = "loom_operator_scaler_desired_replicas"
+            return operator_metrics.REGISTRY.get_sample_value(sample, {"worker": worker, "tier": "local"})
+
         try:
             decided = {t.worker: d for t, d in await loop.tick()}
+            assert (desired("echo"), desired("ghost")) == (1, 2)
+            targets.pop()  # the ghost Worker is deleted: its series go at the next pass
+            assert await loop.tick() == []  # (nothing due yet)
+            assert (desired("echo"), desired("ghost")) == (1, None)
         finally:
             await loop.aclose()
             await kube.aclose()

@@ -763,14 +763,3 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         if self.plane is not None:
             self.plane.stop()
             self.plane = None
-
-
-def pods_ready(api: client.ApiClient, namespace: str) -> dict[str, Any]:
-    """Pod name -> (phase, ready) in ``namespace``, for waits and failure messages."""
-    pods = client.CoreV1Api(api).list_namespaced_pod(namespace).items
-    out: dict[str, Any] = {}
-    for pod in pods:
-        conditions = (pod.status.conditions or []) if pod.status else []
-        ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
-        out[pod.metadata.name] = (pod.status.phase if pod.status else None, ready)
-    return out

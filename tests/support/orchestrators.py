@@ -14,7 +14,7 @@ import yaml
 from loom.api.router_policy import TierDefinition
 from loom.bus import Bus
 from loom.llm.factory import build_model_client
-from loom.orchestrator.config import OrchestratorConfig, load_config
+from loom.orchestrator.config import load_config
 from loom.orchestrator.service import OrchestratorOptions, OrchestratorService
 from loom.settings import NatsSettings
 from tests.fakes.llm_server import Reply
@@ -108,7 +108,3 @@ async def running_orchestrator(
             yield running
     finally:
         await bus.close()
-
-
-def config_model(path: Path) -> OrchestratorConfig:
-    return load_config(path)[0]

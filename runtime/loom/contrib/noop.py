@@ -14,7 +14,7 @@ import asyncio
 import os
 from typing import Any
 
-from loom.backends import BackendError, ProcessingBackend, SyncProcessingBackend
+from loom.backends import BackendError, ProcessingBackend
 
 
 class NoopBackend(ProcessingBackend):
@@ -45,19 +45,4 @@ class EchoBackend(ProcessingBackend):
         delay = float(payload.get("sleep", self.delay_seconds) or 0)
         if delay > 0:
             await asyncio.sleep(delay)
-        return _echo(payload, self.tag)
-
-
-class SyncEchoBackend(SyncProcessingBackend):
-    """EchoBackend's blocking twin (runs in the worker's thread pool)."""
-
-    def __init__(self, tag: str | None = None):
-        self.tag = tag
-
-    def process_sync(self, payload: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-        import time
-
-        delay = float(payload.get("sleep", 0) or 0)
-        if delay > 0:
-            time.sleep(delay)
         return _echo(payload, self.tag)

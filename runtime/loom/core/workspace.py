@@ -19,7 +19,6 @@ import errno
 import json
 import os
 import stat
-import tempfile
 import uuid
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -161,19 +160,6 @@ def write_bytes_in(root: Path, ref: str, data: bytes) -> str:
     finally:
         os.close(dir_fd)
     return real
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class WorkspaceManager:

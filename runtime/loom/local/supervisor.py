@@ -162,10 +162,6 @@ class Supervisor:
         """Every child is up and answering its readiness check."""
         return all(st.state == "ready" for st in self.status.values())
 
-    async def wait_stopped(self) -> None:
-        """Until stop() has finished."""
-        await self._stopped.wait()
-
     async def _wait_ready(self, spec: ProcessSpec) -> None:
         deadline = time.monotonic() + spec.ready_timeout
         while not self.stopping:
