@@ -84,68 +84,33 @@ class ConsumersMixin(BusBase):
     ) -> str:
         """The durable pull consumer shared by all replicas of (worker type, tier)."""
         name = worker_consumer(worker_type, tier)
-        return await self._ensure_consumer(
-            STREAM_TASKS,
-            js_api.ConsumerConfig(
-                name=name,
-                durable_name=name,
-                filter_subject=task_subject(worker_type, tier),
-                ack_policy=js_api.AckPolicy.EXPLICIT,
-                ack_wait=ack_wait,
-                max_deliver=max_deliver,
-                max_ack_pending=max_ack_pending,
-                deliver_policy=js_api.DeliverPolicy.ALL,
-            ),
+        config = _durable(
+            name, ack_wait, max_deliver, max_ack_pending, filter_subject=task_subject(worker_type, tier)
         )
+        return await self._ensure_consumer(STREAM_TASKS, config)
 
     async def ensure_goal_consumer(
         self, pipeline: str | None, *, ack_wait: float, max_deliver: int, max_ack_pending: int
     ) -> str:
         """The durable pull consumer of one pipeline (``loom.goals.<name>``) or the orchestrator."""
-        name = goal_consumer(pipeline)
-        return await self._ensure_consumer(
-            STREAM_GOALS,
-            js_api.ConsumerConfig(
-                name=name,
-                durable_name=name,
-                filter_subjects=goal_filters(pipeline),
-                ack_policy=js_api.AckPolicy.EXPLICIT,
-                ack_wait=ack_wait,
-                max_deliver=max_deliver,
-                max_ack_pending=max_ack_pending,
-                deliver_policy=js_api.DeliverPolicy.ALL,
-            ),
+        config = _durable(
+            goal_consumer(pipeline),
+            ack_wait,
+            max_deliver,
+            max_ack_pending,
+            filter_subjects=goal_filters(pipeline),
         )
+        return await self._ensure_consumer(STREAM_GOALS, config)
 
     async def ensure_router_consumer(self, *, ack_wait: float, max_deliver: int, max_ack_pending: int) -> str:
         """The routers' one shared durable on all router input (every tenant's): each task is routed once."""
-        return await self._ensure_consumer(
-            STREAM_INCOMING,
-            js_api.ConsumerConfig(
-                name=ROUTER_CONSUMER,
-                durable_name=ROUTER_CONSUMER,
-                ack_policy=js_api.AckPolicy.EXPLICIT,
-                ack_wait=ack_wait,
-                max_deliver=max_deliver,
-                max_ack_pending=max_ack_pending,
-                deliver_policy=js_api.DeliverPolicy.ALL,
-            ),
-        )
+        config = _durable(ROUTER_CONSUMER, ack_wait, max_deliver, max_ack_pending)
+        return await self._ensure_consumer(STREAM_INCOMING, config)
 
     async def ensure_advisory_consumer(self) -> str:
         """The routers' shared durable on the captured MAX_DELIVERIES advisories."""
-        return await self._ensure_consumer(
-            STREAM_ADVISORIES,
-            js_api.ConsumerConfig(
-                name=ADVISORY_CONSUMER,
-                durable_name=ADVISORY_CONSUMER,
-                ack_policy=js_api.AckPolicy.EXPLICIT,
-                ack_wait=30.0,
-                max_deliver=-1,
-                max_ack_pending=64,
-                deliver_policy=js_api.DeliverPolicy.ALL,
-            ),
-        )
+        config = _durable(ADVISORY_CONSUMER, ack_wait=30.0, max_deliver=-1, max_ack_pending=64)
+        return await self._ensure_consumer(STREAM_ADVISORIES, config)
 
     async def consumer_info(self, stream: str, durable: str) -> ConsumerLag:
         """Pending and unacknowledged counts of a durable consumer."""
@@ -178,6 +143,28 @@ class ConsumersMixin(BusBase):
         body = await self._api(f"$JS.API.STREAM.INFO.{stream}", {"subjects_filter": pattern})
         stored: dict[str, int] = (body.get("state") or {}).get("subjects") or {}
         return uncovered(stored, await self._all_filters(stream))
+
+
+def _durable(
+    name: str,
+    ack_wait: float,
+    max_deliver: int,
+    max_ack_pending: int,
+    filter_subject: str | None = None,
+    filter_subjects: list[str] | None = None,
+) -> js_api.ConsumerConfig:
+    """A durable pull consumer with explicit acks from the stream's first message (every Loom consumer)."""
+    return js_api.ConsumerConfig(
+        name=name,
+        durable_name=name,
+        filter_subject=filter_subject,
+        filter_subjects=filter_subjects,
+        ack_policy=js_api.AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_deliver=max_deliver,
+        max_ack_pending=max_ack_pending,
+        deliver_policy=js_api.DeliverPolicy.ALL,
+    )
 
 
 def first_filters(filters: Mapping[str, Sequence[str]]) -> dict[str, str]:

@@ -81,17 +81,18 @@ def _stream_configs(limits: StreamLimits | None = None, replicas: int = 1) -> li
     """
     lim = limits or StreamLimits()
     wq = js_api.RetentionPolicy.WORK_QUEUE
-    file = js_api.StorageType.FILE
-    discard = js_api.DiscardPolicy(lim.discard)
-    queue: dict[str, Any] = {
-        "retention": wq,
-        "storage": file,
+    stored: dict[str, Any] = {
+        "storage": js_api.StorageType.FILE,
         "num_replicas": replicas,
         "duplicate_window": DUPLICATE_WINDOW,
+    }
+    queue: dict[str, Any] = {
+        **stored,
+        "retention": wq,
         "max_bytes": lim.max_bytes,
         "max_msgs": lim.max_messages,
         "max_age": lim.max_age_seconds,
-        "discard": discard,
+        "discard": js_api.DiscardPolicy(lim.discard),
     }
     per_tenant: dict[str, Any] = {
         "max_msgs_per_subject": lim.max_messages_per_tenant,
@@ -115,12 +116,10 @@ def _stream_configs(limits: StreamLimits | None = None, replicas: int = 1) -> li
             name=STREAM_DEAD_LETTER,
             subjects=[DEAD_LETTER],
             retention=js_api.RetentionPolicy.LIMITS,
-            storage=file,
-            num_replicas=replicas,
             max_age=DEAD_LETTER_MAX_AGE,
             max_bytes=lim.dead_letter_max_bytes,
             discard=js_api.DiscardPolicy.OLD,
-            duplicate_window=DUPLICATE_WINDOW,
+            **stored,
             description="Dead letters with their reason and original message.",
         ),
         js_api.StreamConfig(
@@ -134,9 +133,7 @@ def _stream_configs(limits: StreamLimits | None = None, replicas: int = 1) -> li
             name=STREAM_ADVISORIES,
             subjects=[f"{MAX_DELIVERIES_ADVISORY}.{s}.*" for s in ADVISED_STREAMS],
             retention=wq,
-            storage=file,
-            num_replicas=replicas,
-            duplicate_window=DUPLICATE_WINDOW,
+            **stored,
             description="MAX_DELIVERIES advisories, turned into dead letters by the routers.",
         ),
     ]
