@@ -28,8 +28,6 @@ from loom_operator.settings import Settings
 
 log = logging.getLogger(__name__)
 
-KINDS = KIND_NAMES
-
 
 class BusUsers:
     """Writes the authorization Secret (and the admin's and tenants' credential Secrets)."""
@@ -50,7 +48,7 @@ class BusUsers:
         """Every resource's identity, read from the API server. Raises KubeError when a list fails."""
         namespaces: list[str | None] = list(self.settings.watch_namespaces) or [None]
         seen: dict[tuple[str, str, str], Identity] = {}
-        for kind in KINDS:
+        for kind in KIND_NAMES:
             for ns in namespaces:
                 for body in await self.kube.list(GROUP_VERSION, kind, ns):
                     meta = body["metadata"]

@@ -38,7 +38,6 @@ from loom_operator.settings import Settings
 
 log = logging.getLogger(__name__)
 
-KINDS = KIND_NAMES
 #: Foreign managers whose spec edits to a child are expected and left alone.
 OWN_MANAGERS = {"loom-operator", "loom-autoscaler", "kube-controller-manager", "keda-operator", "keda"}
 
@@ -231,8 +230,7 @@ class Controller:
         if self._worker_specs.get(namespace, specs) != specs:
             self._recheck(namespace, ("EvalSuite",))
         self._worker_specs[namespace] = specs
-        routes = catalog(self.workers(namespace))
-        if self.reconciler.catalog_is(namespace, catalog_hash(routes)):
+        if self.reconciler.catalog_is(namespace, catalog_hash(catalog(self.workers(namespace)))):
             return
         for policy in self.policies(namespace):
             self.soon("RouterPolicy", namespace, policy.name)
@@ -246,14 +244,12 @@ class Controller:
 
     def policy_event(self, namespace: str) -> None:
         """A RouterPolicy changed: the namespace's Workers' tier config may have too."""
-        blob = json.dumps(
+        digest = _digest(
             [
                 [p.name, p.spec.to_manifest_dict() if p.spec else None]
                 for p in sorted(self.policies(namespace), key=lambda p: p.name)
-            ],
-            sort_keys=True,
+            ]
         )
-        digest = hashlib.sha256(blob.encode()).hexdigest()
         previous = self._policy_hashes.get(namespace)
         self._policy_hashes[namespace] = digest
         if previous is None or previous == digest:
@@ -266,8 +262,7 @@ class Controller:
     def scaler_targets(self) -> list[Target]:
         """Every autoscaled tier of every known Worker, with its current replicas."""
         targets = []
-        for key, entries in list(self._workers.items()):
-            namespace = key
+        for namespace, entries in list(self._workers.items()):
             for entry in entries:
                 if not entry.spec.autoscaling.enabled:
                     continue
@@ -313,7 +308,7 @@ class Controller:
                     if not namespace_terminating(exc):
                         log.warning("resync of %s %s failed: %s", body["kind"], body["metadata"]["name"], exc)
 
-        for kind in KINDS:
+        for kind in KIND_NAMES:
             for ns in namespaces:
                 try:
                     items = await self.kube.list(GROUP_VERSION, kind, ns)

@@ -153,8 +153,7 @@ def structural(schema: dict[str, Any], *, notes: bool = True) -> dict[str, Any]:
 
     ``notes`` appends defaults and bounds to descriptions (for spec; status has neither).
     """
-    defs = schema.get("$defs", {})
-    return _convert(schema, defs, "", notes)
+    return _convert(schema, schema.get("$defs", {}), "", notes)
 
 
 def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
@@ -164,16 +163,14 @@ def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         target = copy.deepcopy(defs[node.pop("$ref").rsplit("/", 1)[-1]])
         node = {**target, **node}
     if "allOf" in node and len(node["allOf"]) == 1:
-        inner = _resolve(node.pop("allOf")[0], defs)
-        node = {**inner, **node}
+        node = {**_resolve(node.pop("allOf")[0], defs), **node}
     if "oneOf" in node and "discriminator" in node:
         node = {**_merge_tagged(node.pop("oneOf"), node.pop("discriminator"), defs), **node}
     if "anyOf" in node:
         options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
         if len(options) != 1:
             raise SchemaError(f"union of {len(options)} types is not structural: {options}")
-        inner = _resolve(options[0], defs)
-        node = {**inner, **node}
+        node = {**_resolve(options[0], defs), **node}
         if node.get("default", 0) is None:
             del node["default"]
     return node
@@ -206,24 +203,22 @@ def _merge_tagged(options: list[dict[str, Any]], discriminator: dict[str, Any], 
                 raise SchemaError(f"union members disagree on the type of {name!r}")
             props.setdefault(name, schema)
             owners.setdefault(name, []).append(value)
-    rules = []
-    for value, need in zip(values, required, strict=True):
-        for name in sorted(need):
-            rules.append(
-                {
-                    "rule": f"self.{tag} != {json.dumps(value)} || has(self.{name})",
-                    "message": f"{tag} {value} needs {name}",
-                }
-            )
+    rules = [
+        {
+            "rule": f"self.{tag} != {json.dumps(value)} || has(self.{name})",
+            "message": f"{tag} {value} needs {name}",
+        }
+        for value, need in zip(values, required, strict=True)
+        for name in sorted(need)
+    ]
     for name, have in owners.items():
         if len(have) < len(values):
             # A default would put the field on every member (and the rule below would refuse it):
             # the model applies a member's own defaults.
             props[name] = {k: v for k, v in _resolve(props[name], defs).items() if k != "default"}
-            allowed = json.dumps(have)
             rules.append(
                 {
-                    "rule": f"!has(self.{name}) || self.{tag} in {allowed}",
+                    "rule": f"!has(self.{name}) || self.{tag} in {json.dumps(have)}",
                     "message": f"{name} is a field of {tag} {' or '.join(have)} only",
                 }
             )

@@ -77,6 +77,11 @@ class Namespace:
     workers: Sequence[WorkerEntry]
     pipelines: Sequence[PipelineEntry]
 
+    def policy(self) -> tuple[RouterPolicySpec | None, str | None]:
+        """The spec and name of the RouterPolicy that governs the namespace, if any."""
+        eff = effective_policy(self.policies)
+        return (eff.spec, eff.name) if eff else (None, None)
+
 
 def parse_body(body: Mapping[str, Any]) -> Resource:
     """Validate a custom resource body with the shared spec models; Stalled with every problem."""
@@ -104,8 +109,7 @@ def parse_body(body: Mapping[str, Any]) -> Resource:
 
 def effective_policy(entries: Iterable[PolicyEntry]) -> PolicyEntry | None:
     """The RouterPolicy that governs a namespace: the first by name (others are Stalled)."""
-    ordered = sorted(entries, key=lambda e: e.name)
-    return ordered[0] if ordered else None
+    return min(entries, key=lambda e: e.name, default=None)
 
 
 def catalog(entries: Iterable[WorkerEntry]) -> dict[str, WorkerRoute]:
@@ -185,15 +189,8 @@ def _no_references(spec: Any, known: Provided) -> Stalled | None:
 
 
 def _render_worker(owner: Owner, spec: WorkerSpec, ns: Namespace) -> list[dict[str, Any]]:
-    eff = effective_policy(ns.policies)
-    return render_worker(
-        owner,
-        spec,
-        ns.settings,
-        policy=eff.spec if eff else None,
-        policy_name=eff.name if eff else None,
-        keda=ns.keda,
-    )
+    policy, policy_name = ns.policy()
+    return render_worker(owner, spec, ns.settings, policy=policy, policy_name=policy_name, keda=ns.keda)
 
 
 def _render_pipeline(owner: Owner, spec: PipelineSpec, ns: Namespace) -> list[dict[str, Any]]:
@@ -212,14 +209,9 @@ def _render_schedule(owner: Owner, spec: ScheduleSpec, ns: Namespace) -> list[di
 
 
 def _render_eval_suite(owner: Owner, spec: EvalSuiteSpec, ns: Namespace) -> list[dict[str, Any]]:
-    eff = effective_policy(ns.policies)
+    policy, policy_name = ns.policy()
     return render_eval_suite(
-        owner,
-        spec,
-        ns.settings,
-        workers=ns.workers,
-        policy=eff.spec if eff else None,
-        policy_name=eff.name if eff else None,
+        owner, spec, ns.settings, workers=ns.workers, policy=policy, policy_name=policy_name
     )
 
 

@@ -229,15 +229,10 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         controller: Controller | None = memo.get("controller")
         if controller is not None:
             await controller.stop()
-        scaler: ScalerLoop | None = memo.get("scaler")
-        if scaler is not None:
-            await scaler.aclose()
-        usage: RouterUsage | None = memo.get("router_usage")
-        if usage is not None:
-            await usage.aclose()
-        kube: Kube | None = memo.get("kube")
-        if kube is not None:
-            await kube.aclose()
+        for key in ("scaler", "router_usage", "kube"):
+            closable: ScalerLoop | RouterUsage | Kube | None = memo.get(key)
+            if closable is not None:
+                await closable.aclose()
 
     # ---------------------------------------------------------------- owners
 

@@ -202,22 +202,18 @@ class Kube:
         params = {"fieldManager": manager, "fieldValidation": "Strict"}
         if force:
             params["force"] = "true"
-        result: dict[str, Any] = await self._request(
+        return await self._request(
             "PATCH", path, body=obj, content_type="application/apply-patch+yaml", params=params
         )
-        return result
 
     async def get(
         self, api_version: str, kind: str, namespace: str | None, name: str
     ) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
         try:
-            result: dict[str, Any] = await self._request(
-                "GET", resource_path(api_version, kind, namespace, name)
-            )
+            return await self._request("GET", resource_path(api_version, kind, namespace, name))
         except NotFound:
             return None
-        return result
 
     async def list(
         self, api_version: str, kind: str, namespace: str | None, label_selector: str | None = None
@@ -243,10 +239,9 @@ class Kube:
             body["preconditions"] = {"uid": uid}
         try:
             await self._request("DELETE", resource_path(api_version, kind, namespace, name), body=body)
-        except NotFound:
-            return False
         except KubeError as exc:
-            if exc.status == 409:  # uid precondition failed: someone recreated it, not ours to delete
+            # 404: already gone; 409: uid precondition failed, someone recreated it, not ours to delete.
+            if exc.status in (404, 409):
                 return False
             raise
         return True
@@ -256,7 +251,7 @@ class Kube:
     ) -> dict[str, Any] | None:
         """Merge-patch ``status`` through the status subresource; None when the object is gone."""
         try:
-            result: dict[str, Any] = await self._request(
+            return await self._request(
                 "PATCH",
                 resource_path(api_version, kind, namespace, name, "status"),
                 body={"status": status},
@@ -265,7 +260,6 @@ class Kube:
             )
         except NotFound:
             return None
-        return result
 
     async def scale(self, namespace: str, deployment: str, replicas: int) -> int:
         """Set a Deployment's replicas through the scale subresource as ``loom-autoscaler``."""

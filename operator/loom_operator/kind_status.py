@@ -104,10 +104,8 @@ def _schedule(spec: ScheduleSpec, view: StatusView) -> ScheduleStatus:
 def _eval_suite(spec: EvalSuiteSpec, view: StatusView) -> EvalSuiteStatus | None:
     if view.job is None:
         return None
-    run = view.eval_run
-    if run is None:
-        # Until the current Job has a verdict, lastRun stays the previous one.
-        run = _previous_run(view.previous.get("lastRun"))
+    # Until the current Job has a verdict, lastRun stays the previous one.
+    run = view.eval_run or _previous_run(view.previous.get("lastRun"))
     return EvalSuiteStatus(job_name=view.job, last_run=run)
 
 

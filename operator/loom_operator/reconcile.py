@@ -94,6 +94,14 @@ class Known:
         }
 
 
+def _keep(store: dict[Any, Any], key: Any, value: Any) -> bool:
+    """Store ``value`` under ``key``; True when that changed what was stored."""
+    if store.get(key) == value:
+        return False
+    store[key] = value
+    return True
+
+
 def _created(body: Mapping[str, Any], now: datetime) -> datetime:
     stamp = body.get("metadata", {}).get("creationTimestamp")
     if not stamp:
@@ -128,25 +136,6 @@ class Reconciler:
         #: (a failed Job whose pod never finished); the pod's verdict wins.
         self._pod_runs: dict[tuple[str, str, str], EvalRun] = {}
         self._job_runs: dict[tuple[str, str, str], EvalRun] = {}
-
-    def render(
-        self,
-        owner: Owner,
-        resource: Resource,
-        *,
-        policies: Sequence[PolicyEntry],
-        workers: Sequence[WorkerEntry],
-        pipelines: Sequence[PipelineEntry],
-    ) -> list[dict[str, Any]]:
-        return render_resource(
-            owner,
-            resource,
-            self.settings,
-            keda=self.keda,
-            policies=policies,
-            workers=workers,
-            pipelines=pipelines,
-        )
 
     # ----------------------------------------------------------------- reconcile
 
@@ -185,11 +174,17 @@ class Reconciler:
         try:
             resource = parse_body(body)
             known.resource = resource
-            objects = self.render(owner, resource, policies=policies, workers=workers, pipelines=pipelines)
+            objects = render_resource(
+                owner,
+                resource,
+                self.settings,
+                keda=self.keda,
+                policies=policies,
+                workers=workers,
+                pipelines=pipelines,
+            )
         except Stalled as exc:
-            known.stalled = Phase.stalled(exc.reason, exc.message)
-            async with self._lock(key):
-                await self._publish(known, known.stalled, children=children, body=body)
+            await self._stall(known, exc, children, body)
             raise
         known.stalled = None
         if isinstance(resource.spec, RouterPolicySpec):
@@ -212,16 +207,10 @@ class Reconciler:
         try:
             await self._refuse_adoption(owner, objects)
             applied = await self._apply_all(objects)
-        except NotOurs as exc:
-            known.stalled = Phase.stalled("AdoptionRefused", str(exc))
-            async with self._lock(key):
-                await self._publish(known, known.stalled, children=children, body=body)
-            raise Stalled(known.stalled.reason, known.stalled.message) from None
-        except RefusedWrite as exc:
-            known.stalled = Phase.stalled("WriteRefused", str(exc))
-            async with self._lock(key):
-                await self._publish(known, known.stalled, children=children, body=body)
-            raise Stalled(known.stalled.reason, known.stalled.message) from None
+        except (NotOurs, RefusedWrite) as exc:
+            stalled = Stalled("AdoptionRefused" if isinstance(exc, NotOurs) else "WriteRefused", str(exc))
+            await self._stall(known, stalled, children, body)
+            raise stalled from None
         known.applied = {
             c.name: c
             for o in applied
@@ -233,6 +222,14 @@ class Reconciler:
         async with self._lock(key):
             await self._publish(known, phase, children=merged.values(), body=body)
         return phase
+
+    async def _stall(
+        self, known: Known, exc: Stalled, children: Sequence[ChildDeployment], body: Mapping[str, Any]
+    ) -> None:
+        """Keep the resource Stalled for ``exc`` and publish that (status and a Warning Event)."""
+        known.stalled = Phase.stalled(exc.reason, exc.message)
+        async with self._lock((known.kind, known.namespace, known.name)):
+            await self._publish(known, known.stalled, children=children, body=body)
 
     async def _job_waits_for(
         self,
@@ -350,10 +347,7 @@ class Reconciler:
     # ----------------------------------------------------------------- status
 
     def _lock(self, key: Key) -> asyncio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
-        return lock
+        return self._locks.setdefault(key, asyncio.Lock())
 
     async def refresh(
         self, kind: str, namespace: str, name: str, children: Callable[[], Sequence[ChildDeployment]]
@@ -388,11 +382,7 @@ class Reconciler:
 
     def observe(self, namespace: str, worker: str, tier: str, observation: Observation) -> bool:
         """Keep what the built-in scaler saw for one tier; True when it changed (status needs a refresh)."""
-        key = (namespace, worker, tier)
-        if self._observations.get(key) == observation:
-            return False
-        self._observations[key] = observation
-        return True
+        return _keep(self._observations, (namespace, worker, tier), observation)
 
     def catalog_is(self, namespace: str, digest: str) -> bool:
         """Whether the namespace's router was last rendered with the worker catalog of this digest."""
@@ -404,12 +394,7 @@ class Reconciler:
 
     def record_eval_run(self, namespace: str, name: str, run: EvalRun, *, from_pod: bool) -> bool:
         """Keep a Job's verdict; True when it is new (status needs a refresh)."""
-        key = (namespace, name, run.job_name)
-        runs = self._pod_runs if from_pod else self._job_runs
-        if runs.get(key) == run:
-            return False
-        runs[key] = run
-        return True
+        return _keep(self._pod_runs if from_pod else self._job_runs, (namespace, name, run.job_name), run)
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         self._known.pop((kind, namespace, name), None)

@@ -191,12 +191,10 @@ def with_identity(
         mark = _annotation(name)
     else:  # pragma: no cover - Settings.from_env refuses other modes
         raise ValueError(f"unknown NATS auth mode {settings.nats_auth!r}")
-    out = [*extra]
-    for obj in objects:
-        if obj["kind"] in ("Deployment", "Job"):
-            obj = _wire(obj, env, mark, volume, mount)
-        out.append(obj)
-    return out
+    return [
+        *extra,
+        *(_wire(o, env, mark, volume, mount) if o["kind"] in ("Deployment", "Job") else o for o in objects),
+    ]
 
 
 def _wire(
@@ -246,12 +244,7 @@ def user_record(ident: Identity, owner: Owner | None = None) -> dict[str, Any]:
 
 def all_identities(resources: Iterable[Identity], tenants: Iterable[str]) -> list[Identity]:
     """Every user of the server: the admin, the tenants and one per resource, sorted (stable output)."""
-    out = {i.user: i for i in resources}
-    for t in tenants:
-        ident = tenant_identity(t)
-        out[ident.user] = ident
-    admin = admin_identity()
-    out[admin.user] = admin
+    out = {i.user: i for i in [*resources, *map(tenant_identity, tenants), admin_identity()]}
     return [out[u] for u in sorted(out)]
 
 
