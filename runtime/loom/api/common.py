@@ -9,6 +9,7 @@ generator and the runtime validator read one definition.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -43,6 +44,15 @@ def with_validations(base: ConfigDict, rules: list[dict[str, str]]) -> ConfigDic
     """``base`` plus CEL ``rules`` under ``x-kubernetes-validations`` (the CRD generator copies them)."""
     extra = cast("JsonDict", {"x-kubernetes-validations": rules})
     return base | ConfigDict(json_schema_extra=extra)
+
+
+def known_time_zone(value: str) -> str:
+    """``value`` when it names an IANA time zone (a field validator); ValueError otherwise."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {value!r}") from exc
+    return value
 
 
 class SpecModel(BaseModel):

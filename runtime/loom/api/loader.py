@@ -198,16 +198,8 @@ def parse_document(doc: Any, source: str, index: int) -> list[Resource]:
     if "apiVersion" in doc:
         return [_parse_manifest(doc, where, source)]
     if isinstance(doc.get("schedules"), list):
-        resources: list[Resource] = []
-        problems: list[str] = []
-        for i, entry in enumerate(doc["schedules"]):
-            try:
-                resources += parse_document({"kind": "Schedule", **entry}, f"{where}.schedules[{i}]", 0)
-            except LoadError as exc:
-                problems += exc.problems
-        if problems:
-            raise LoadError(problems)
-        return resources
+        schedules = enumerate(doc["schedules"])
+        return _parse_each(({"kind": "Schedule", **e}, f"{where}.schedules[{i}]", 0) for i, e in schedules)
     kind = infer_kind(doc)
     if kind in OTHER_CONFIGS:
         what, command = OTHER_CONFIGS[kind]
@@ -321,11 +313,16 @@ def load_text(text: str, source: str = "<string>") -> list[Resource]:
         raise LoadError([f"{source}: invalid YAML: {exc}"]) from None
     if not docs:
         raise LoadError([f"{source}: {EMPTY}"])
+    return _parse_each((doc, source, i) for i, doc in enumerate(docs))
+
+
+def _parse_each(docs: Iterable[tuple[Any, str, int]]) -> list[Resource]:
+    """The resources of every (document, source, index); one LoadError listing the problems of all."""
     resources: list[Resource] = []
     problems: list[str] = []
-    for i, doc in enumerate(docs):
+    for doc, source, index in docs:
         try:
-            resources += parse_document(doc, source, i)
+            resources += parse_document(doc, source, index)
         except LoadError as exc:
             problems += exc.problems
     if problems:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
@@ -24,6 +23,7 @@ from loom.api.common import (
     TierName,
     WorkerType,
     cel,
+    known_time_zone,
     with_validations,
 )
 from loom.api.worker import WorkerSpec
@@ -350,14 +350,7 @@ class Budgets(SpecModel):
         description="Budgets per tenant id (all tiers together); unlisted tenants have none.",
     )
 
-    @field_validator("time_zone")
-    @classmethod
-    def _zone_known(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
-        return value
+    _zone_known = field_validator("time_zone")(known_time_zone)
 
 
 _POLICY_RULES = [

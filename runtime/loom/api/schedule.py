@@ -7,11 +7,10 @@ duplicate window makes a slot fire once however many scheduler replicas run.
 from __future__ import annotations
 
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
-from loom.api.common import SpecModel, TierName, WorkerType, cel, with_validations
+from loom.api.common import SpecModel, TierName, WorkerType, cel, known_time_zone, with_validations
 
 _CRON_FIELD = r"[0-9A-Za-z*/,?LW#-]+"
 CRON_PATTERN = (
@@ -104,14 +103,7 @@ class ScheduleSpec(SpecModel):
                 raise ValueError(f"invalid cron expression {value!r}")
         return value
 
-    @field_validator("timezone")
-    @classmethod
-    def _tz_valid(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
-        return value
+    _tz_valid = field_validator("timezone")(known_time_zone)
 
     @model_validator(mode="after")
     def _one_trigger(self) -> ScheduleSpec:

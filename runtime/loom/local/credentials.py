@@ -26,7 +26,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from loom.api.loader import Resource
-from loom.api.router_policy import RouterPolicySpec
 from loom.bus_auth import Credential, Identity, Role, new_credential, tenant_identity
 from loom.local.manifests import LocalPlan, router_policy
 from loom.settings import NatsSettings
@@ -57,15 +56,11 @@ def named_tenants(resources: Sequence[Resource]) -> list[str]:
     """The default tenant plus every tenant the manifests name (RouterPolicy tenant limits, Schedules,
     EvalSuites: ``loom up`` runs a suite as its tenant's submitter)."""
     _, policy = router_policy(resources)
-    names = {DEFAULT_TENANT, *_policy_tenants(policy)}
+    names = {DEFAULT_TENANT, *policy.tenant_limits.overrides}
     for res in resources:
         if res.kind in ("Schedule", "EvalSuite"):
             names.add(res.spec.tenant)
     return sorted(names)
-
-
-def _policy_tenants(policy: RouterPolicySpec) -> list[str]:
-    return list(policy.tenant_limits.overrides)
 
 
 def plan_identities(plan: LocalPlan, tenants: Iterable[str]) -> tuple[dict[str, Identity], list[Identity]]:

@@ -45,8 +45,6 @@ PHASES: dict[str, int] = {
     "scheduler": 5,
 }
 
-#: Where a backend's API key is read from when a tier names a Secret but no variable.
-
 
 class PlanError(Exception):
     """The manifests cannot run together in local mode; every problem is listed."""
@@ -228,6 +226,21 @@ def _unique(resources: Sequence[Resource], kind: str, key: str, problems: list[s
         seen[ident] = res
 
 
+def _config_process(
+    res: Resource, role: str, name: str, run_dir: Path, ports: Iterator[int]
+) -> PlannedProcess:
+    """``loom <role> --config <kind>-<name>.yaml`` for a Pipeline or Schedule; the file gets its manifest."""
+    config_file = str(run_dir / f"{res.kind.lower()}-{name}.yaml")
+    return PlannedProcess(
+        name=f"{role}-{name}",
+        role=role,
+        args=(role, "--config", config_file),
+        metrics_port=next(ports),
+        config_file=config_file,
+        config=res.manifest(),
+    )
+
+
 def build_plan(
     resources: Sequence[Resource],
     *,
@@ -293,9 +306,14 @@ def build_plan(
                     name=f"worker-{wtype}-{tier}",
                     role="worker",
                     args=(
-                        "worker", "--config", config_file, "--tier", tier,
+                        "worker",
+                        "--config",
+                        config_file,
+                        "--tier",
+                        tier,
                         # relative knowledge paths start where the manifest lives, not in the run dir
-                        "--base-dir", str(Path(res.source).resolve().parent) if res.source else ".",
+                        "--base-dir",
+                        str(Path(res.source).resolve().parent) if res.source else ".",
                     ),
                     metrics_port=next(ports),
                     config_file=config_file,
@@ -336,17 +354,7 @@ def build_plan(
                     f"Pipeline {pname!r} stage {stage.name!r} asks for tier {stage.tier!r}, which Worker "
                     f"{stage.worker_type!r} does not serve (serves: {', '.join(route.tiers)})"
                 )
-        config_file = str(run_dir / f"pipeline-{pname}.yaml")
-        processes.append(
-            PlannedProcess(
-                name=f"pipeline-{pname}",
-                role="pipeline",
-                args=("pipeline", "--config", config_file),
-                metrics_port=next(ports),
-                config_file=config_file,
-                config=res.manifest(),
-            )
-        )
+        processes.append(_config_process(res, "pipeline", pname, run_dir, ports))
 
     if orchestrator_config:
         processes.append(
@@ -374,17 +382,7 @@ def build_plan(
                     f"Schedule {sname!r} submits goals to the orchestrator, which is not configured "
                     "(loom up --orchestrator FILE)"
                 )
-        config_file = str(run_dir / f"schedule-{sname}.yaml")
-        processes.append(
-            PlannedProcess(
-                name=f"scheduler-{sname}",
-                role="scheduler",
-                args=("scheduler", "--config", config_file),
-                metrics_port=next(ports),
-                config_file=config_file,
-                config=res.manifest(),
-            )
-        )
+        processes.append(_config_process(res, "scheduler", sname, run_dir, ports))
 
     if problems:
         raise PlanError(problems)

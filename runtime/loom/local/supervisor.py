@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
@@ -76,17 +76,7 @@ class ProcessStatus:
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready form for the run dir state file."""
-        return {
-            "name": self.name,
-            "role": self.role,
-            "state": self.state,
-            "pid": self.pid,
-            "restarts": self.restarts,
-            "last_exit_code": self.last_exit_code,
-            "started_at": self.started_at,
-            "metrics_url": self.metrics_url,
-            "tier": self.tier,
-        }
+        return asdict(self)
 
 
 class SupervisorError(RuntimeError):
@@ -143,13 +133,11 @@ class Supervisor:
         """Start phase by phase; each phase must be ready before the next starts."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._http = httpx.AsyncClient(timeout=2.0)
-        phases = sorted({s.phase for s in self.specs})
-        for phase in phases:
+        for phase in sorted({s.phase for s in self.specs}):
             group = [s for s in self.specs if s.phase == phase]
-            for spec in group:
-                self._tasks.append(
-                    asyncio.create_task(self._keep_running(spec), name=f"supervise-{spec.name}")
-                )
+            self._tasks += [
+                asyncio.create_task(self._keep_running(spec), name=f"supervise-{spec.name}") for spec in group
+            ]
             self._tasks += [
                 asyncio.create_task(self._watch_ready(spec), name=f"ready-{spec.name}") for spec in group
             ]

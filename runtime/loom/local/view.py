@@ -121,8 +121,7 @@ async def collect(
             return proc["name"], []
 
     snap = Snapshot(processes=processes)
-    results = await asyncio.gather(*(metrics_of(p) for p in processes))
-    snap.metrics = dict(results)
+    snap.metrics = dict(await asyncio.gather(*(metrics_of(p) for p in processes)))
     if monitor_url:
         try:
             snap.consumers, snap.dead_letters = await fetch_jsz(client, monitor_url)

@@ -313,9 +313,8 @@ class Limiter:
         """Take capacity for one request if every limit has room; None otherwise."""
         limits = self.limits_for(tier, tenant) if limits is None else limits
         now = self.clock()
-        for ls in limits:
-            if not ls.fits(tokens, now):
-                return None
+        if not all(ls.fits(tokens, now) for ls in limits):
+            return None
         tracked = self.needs_tracking(limits)
         for ls in limits:
             ls.take(tokens, now)
@@ -479,10 +478,7 @@ class AdmissionQueue:
                 continue
             full = tuple(ls for ls in req.limits if not ls.fits(req.tokens, now)) or req.limits
             wait = max((ls.wait_time(req.tokens, now) for ls in full), default=0.0)
-            candidates = [req.deadline]
-            if math.isfinite(wait):
-                candidates.append(now + max(wait, 0.001))
-            wake = min(candidates)
+            wake = min(req.deadline, now + max(wait, 0.001)) if math.isfinite(wait) else req.deadline
             next_wake = wake if next_wake is None else min(next_wake, wake)
             self._block(req, full)
             blocked.update(id(ls) for ls in full)  # only what it waits for: others may still pass

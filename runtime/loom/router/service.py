@@ -30,8 +30,9 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
@@ -173,11 +174,11 @@ class RouterService:
         )
         await self.bus.ensure_advisory_consumer()
         shared_kv = local_kv = None
-        if self.shared is not None:  # windows outlive their counters by far; leases are renewed
-            ttl = max(3600.0, 4 * self.options.limit_window)
+        ttl = max(3600.0, 4 * o.limit_window)  # windows outlive their counters by far; leases are renewed
+        if self.shared is not None:
             shared_kv = await self.bus.key_value(LIMITS_BUCKET, ttl=ttl)
         elif self._has_limits():  # in memory: a snapshot of the use, for status and `loom budget`
-            local_kv = await self.bus.key_value(LIMITS_BUCKET, ttl=max(3600.0, 4 * self.options.limit_window))
+            local_kv = await self.bus.key_value(LIMITS_BUCKET, ttl=ttl)
         if self.table.policy.budgets.tiers or self.table.policy.budgets.tenants:
             kv = await self.bus.key_value(BUDGETS_BUCKET, ttl=BUDGETS_TTL)
             self.ledger = BudgetLedger(self.table.policy, kv)
@@ -192,15 +193,18 @@ class RouterService:
         side = [
             asyncio.create_task(self._pump_loop(stop), name="router-pump"),
             asyncio.create_task(self._keepalive_loop(stop), name="router-keepalive"),
-            asyncio.create_task(self._lag_loop(stop), name="router-lag"),
-            asyncio.create_task(self._no_worker_loop(stop), name="router-no-worker"),
-            *([asyncio.create_task(self._budget_loop(stop), name="router-budgets")] if self.ledger else []),
-            *self._shared_task(shared_kv, stop),
-            *(
-                [asyncio.create_task(self._local_use_loop(local_kv, stop), name="router-local-use")]
-                if local_kv
-                else []
-            ),
+            self._every("router-lag", o.lag_interval, self._read_lag, "consumer info"),
+            self._every("router-no-worker", o.no_worker_interval, self.sweep_no_worker, "no-worker check"),
+        ]
+        if self.ledger:
+            side.append(
+                self._every("router-budgets", o.budget_interval, self._read_budgets, "reading budgets")
+            )
+        side += self._shared_task(shared_kv, stop)
+        if local_kv:
+            store = partial(self._store_local_use, local_kv)
+            side.append(self._every("router-local-use", o.budget_interval, store, "storing the limit use"))
+        side.append(
             asyncio.create_task(
                 self.bus.consume(
                     STREAM_ADVISORIES,
@@ -211,8 +215,8 @@ class RouterService:
                     stop=stop,
                 ),
                 name="router-advisories",
-            ),
-        ]
+            )
+        )
         try:
             await self.bus.consume(
                 STREAM_INCOMING,
@@ -426,9 +430,11 @@ class RouterService:
         detail: str,
         task: TaskMessage | None,
         tier: str | None = None,
+        *,
+        with_original: bool = True,
     ) -> None:
         dl = dead_letter_of(d, reason, detail, stream=STREAM_INCOMING, role="router", task=task, tier=tier)
-        await self.bus.publish_dead_letter(dl)
+        await self.bus.publish_dead_letter(dl if with_original else dl.model_copy(update={"original": ""}))
         self.bus.audit.emit(dead_letter_record(dl))
         if task is not None:
             await self.bus.publish_result(_failed(task, tier, reason.value, f"{reason.value}: {detail}"))
@@ -441,17 +447,10 @@ class RouterService:
         task: TaskMessage | None = None
         with contextlib.suppress(ValidationError):
             task = TaskMessage.model_validate_json(d.data)
-            task = task.model_copy(update={"tenant": tenant_of_subject(d.subject)})
-        reason = DeadLetterReason.TOO_LARGE
-        dl = dead_letter_of(d, reason, detail, stream=STREAM_INCOMING, role="router", task=task)
-        await self.bus.publish_dead_letter(dl.model_copy(update={"original": ""}))
-        self.bus.audit.emit(dead_letter_record(dl))
-        if task is not None:
             small = len(json.dumps(task.metadata, default=str)) <= _RESULT_METADATA_MAX
-            slim = task.model_copy(update={"payload": {}, "metadata": task.metadata if small else {}})
-            await self.bus.publish_result(_failed(slim, None, reason.value, f"{reason.value}: {detail}"))
-        await d.term()
-        metrics.DEAD_LETTERS.labels(reason.value, "router").inc()
+            slim = {"payload": {}, "metadata": task.metadata if small else {}}
+            task = task.model_copy(update={"tenant": tenant_of_subject(d.subject), **slim})
+        await self._dead(d, DeadLetterReason.TOO_LARGE, detail, task, with_original=False)
 
     # -- results, waiting, leases ---------------------------------------------------------------------------
 
@@ -592,18 +591,28 @@ class RouterService:
         policy = self.table.policy
         return bool(policy.rate_limits or policy.tenant_limits.default or policy.tenant_limits.overrides)
 
-    async def _local_use_loop(self, kv: Any, stop: asyncio.Event) -> None:
-        """Store this router's in-memory limit use every ``budget_interval`` (it is all the use)."""
-        while not stop.is_set():
-            sets = [*self.limiter.tiers.values(), *self.limiter.tenants.values()]
-            try:
-                await kv_put(
-                    kv, LOCAL_USE_KEY, local_use(sets, self.clock(), time.time()), within=self.bus.timeout
-                )
-            except Exception as exc:  # NATS away: the next round writes a fresh one
-                log.debug("storing the limit use failed: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.options.budget_interval)
+    def _every(
+        self, name: str, interval: float, step: Callable[[], Awaitable[object]], what: str
+    ) -> asyncio.Task[None]:
+        """A task running ``step`` every ``interval`` seconds until the router stops; a failed round
+        (NATS away) is logged as ``what`` failed and the next one tries again."""
+        stop = self._stop
+
+        async def loop() -> None:
+            while not stop.is_set():
+                try:
+                    await step()
+                except Exception as exc:
+                    log.debug("%s failed: %s", what, exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=interval)
+
+        return asyncio.create_task(loop(), name=name)
+
+    async def _store_local_use(self, kv: Any) -> None:
+        """Store this router's in-memory limit use (it is all the use), every ``budget_interval``."""
+        sets = [*self.limiter.tiers.values(), *self.limiter.tenants.values()]
+        await kv_put(kv, LOCAL_USE_KEY, local_use(sets, self.clock(), time.time()), within=self.bus.timeout)
 
     def _update_gauges(self) -> None:
         now = self.clock()
@@ -620,45 +629,21 @@ class RouterService:
             if ls.concurrency is not None:
                 metrics.TIER_IN_FLIGHT.labels(tier).set(ls.concurrency.used)
 
-    async def _budget_loop(self, stop: asyncio.Event) -> None:
-        """Refresh the budget gauges from the shared counters (other replicas' use, a new window)."""
-        while not stop.is_set():
-            try:
-                await self._read_budgets()
-            except Exception as exc:  # NATS away: the next round tries again
-                log.debug("reading budgets failed: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.options.budget_interval)
-
     async def _read_budgets(self) -> None:
+        """Refresh the budget gauges from the shared counters (other replicas' use, a new window)."""
         ledger = self.ledger
         assert ledger is not None
         for budget, window, total in await budget_usage(ledger.kv, self.table.policy, ledger.wall()):
             ledger.seen[budget.label] = (window, total)
         self._budget_gauges()
 
-    async def _lag_loop(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                lag = await self.bus.consumer_info(STREAM_INCOMING, ROUTER_CONSUMER)
-                metrics.CONSUMER_LAG.labels(STREAM_INCOMING, ROUTER_CONSUMER).set(lag.total)
-                metrics.CONSUMER_PENDING.labels(STREAM_INCOMING, ROUTER_CONSUMER).set(lag.num_pending)
-                metrics.CONSUMER_ACK_PENDING.labels(STREAM_INCOMING, ROUTER_CONSUMER).set(lag.num_ack_pending)
-            except Exception as exc:
-                log.debug("consumer info failed: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.options.lag_interval)
+    async def _read_lag(self) -> None:
+        lag = await self.bus.consumer_info(STREAM_INCOMING, ROUTER_CONSUMER)
+        metrics.CONSUMER_LAG.labels(STREAM_INCOMING, ROUTER_CONSUMER).set(lag.total)
+        metrics.CONSUMER_PENDING.labels(STREAM_INCOMING, ROUTER_CONSUMER).set(lag.num_pending)
+        metrics.CONSUMER_ACK_PENDING.labels(STREAM_INCOMING, ROUTER_CONSUMER).set(lag.num_ack_pending)
 
     # -- tasks no worker consumes ------------------------------------------------------------------------
-
-    async def _no_worker_loop(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.sweep_no_worker()
-            except Exception as exc:  # NATS away: the next round tries again
-                log.debug("no-worker check failed: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.options.no_worker_interval)
 
     async def sweep_no_worker(self) -> int:
         """Count tasks stored where no worker consumes; dead-letter those older than ``no_worker_wait``."""

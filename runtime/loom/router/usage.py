@@ -96,10 +96,9 @@ def local_use(sets: Iterable[LimitSet], now: float, wall: float) -> bytes:
     scopes: dict[str, dict[str, float]] = {}
     for ls in sets:
         entry: dict[str, float] = {}
-        if ls.requests is not None:
-            entry["requests"] = round(ls.requests.capacity - ls.requests.available(now), 3)
-        if ls.tokens is not None:
-            entry["tokens"] = round(ls.tokens.capacity - ls.tokens.available(now), 3)
+        for what, bucket in (("requests", ls.requests), ("tokens", ls.tokens)):
+            if bucket is not None:
+                entry[what] = round(bucket.capacity - bucket.available(now), 3)
         if ls.concurrency is not None:
             entry["in_flight"] = float(ls.concurrency.used)
         if entry:
@@ -149,10 +148,7 @@ async def read_usage(
     memory (its snapshot is read), True: they are shared, None: whichever the bucket holds (a fresh
     snapshot first)."""
     limits_kv = await bus.existing_key_value(LIMITS_BUCKET)
-    local = await local_limit_usage(limits_kv, policy, wall) if shared is not True else None
-    if local is not None:
-        limits = local
-    else:
+    limits = await local_limit_usage(limits_kv, policy, wall) if shared is not True else None
+    if limits is None:
         limits = await limit_usage(limits_kv if shared is not False else None, policy, wall)
-    budgets = await budget_rows(await bus.existing_key_value(BUDGETS_BUCKET), policy, wall)
-    return limits, budgets
+    return limits, await budget_rows(await bus.existing_key_value(BUDGETS_BUCKET), policy, wall)

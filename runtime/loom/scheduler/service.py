@@ -132,7 +132,8 @@ class Dispatch:
 def build_dispatch(spec: ScheduleSpec, fire: datetime) -> tuple[str, str, bytes]:
     """(Nats-Msg-Id, subject, body) of the dispatch for one slot."""
     did = dispatch_id(spec.schedule_name, fire)
-    meta: dict[str, Any] = {"schedule": spec.schedule_name, "fire_time": fire.astimezone(UTC).isoformat()}
+    meta = {"schedule": spec.schedule_name, "fire_time": fire.astimezone(UTC).isoformat()}
+    common: dict[str, Any] = {"tenant": spec.tenant, "request_id": did, "metadata": meta}
     if spec.dispatch_type == "goal":
         assert spec.goal is not None
         goal = GoalMessage(
@@ -141,9 +142,7 @@ def build_dispatch(spec: ScheduleSpec, fire: datetime) -> tuple[str, str, bytes]
             context=spec.goal.context,
             pipeline=spec.goal.pipeline,
             priority=spec.goal.priority,
-            tenant=spec.tenant,
-            request_id=did,
-            metadata=meta,
+            **common,
         )
         return did, goal_subject(goal.pipeline, goal.tenant), goal.to_bytes()
     assert spec.task is not None
@@ -153,9 +152,7 @@ def build_dispatch(spec: ScheduleSpec, fire: datetime) -> tuple[str, str, bytes]
         model_tier=spec.task.tier,
         payload=spec.task.payload,
         priority=spec.task.priority,
-        tenant=spec.tenant,
-        request_id=did,
-        metadata=meta,
+        **common,
     )
     return did, incoming_subject(task.tenant), task.to_bytes()
 
@@ -183,18 +180,13 @@ class Scheduler:
     async def tick(self) -> list[Dispatch]:
         """One pass over every schedule at the clock's now."""
         now = self.clock.now()
-        out: list[Dispatch] = []
-        for spec in self.schedules:
-            sent = await self._tick_one(spec, now)
-            if sent is not None:
-                out.append(sent)
-        return out
+        sent = [await self._tick_one(spec, now) for spec in self.schedules]
+        return [d for d in sent if d is not None]
 
     async def _tick_one(self, spec: ScheduleSpec, now: datetime) -> Dispatch | None:
         name = spec.schedule_name
         record = await self.record(name) or ScheduleRecord()
         decision: Decision = decide(spec, record.last_fire, now)
-        sent: Dispatch | None = None
         if decision.missed_count:
             MISSED.labels(name).inc(decision.missed_count)
             shown = ", ".join(t.isoformat() for t in decision.missed[:3])
@@ -206,8 +198,7 @@ class Scheduler:
                 ", ..." if decision.missed_count > 3 else "",
                 spec.missed_fire_policy,
             )
-        if decision.fire is not None:
-            sent = await self._dispatch(spec, decision.fire)
+        sent = await self._dispatch(spec, decision.fire) if decision.fire is not None else None
         if decision.next_fire is not None:
             self.next_fires[name] = decision.next_fire
             NEXT_FIRE.labels(name).set(decision.next_fire.timestamp())
