@@ -84,13 +84,10 @@ def parse_anthropic_message(message: Any) -> ChatResponse:
                 answer = json.dumps(block.input)
             else:
                 calls.append(ToolCall(id=block.id, name=block.name, arguments=dict(block.input or {})))
-    usage = parse_anthropic_usage(message.usage)
-    if answer is not None:
-        return ChatResponse(text=answer, usage=usage, model=message.model, stop_reason=message.stop_reason)
     return ChatResponse(
-        text="".join(texts),
-        tool_calls=tuple(calls),
-        usage=usage,
+        text="".join(texts) if answer is None else answer,
+        tool_calls=tuple(calls) if answer is None else (),
+        usage=parse_anthropic_usage(message.usage),
         model=message.model,
         stop_reason=message.stop_reason,
     )

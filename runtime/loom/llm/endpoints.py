@@ -241,14 +241,10 @@ async def check_endpoint(url: str, rules: EndpointRules) -> None:
     nothing to resolve, and no thread is borrowed for a lookup on every call.
     """
     check_url(url, rules)
+    if address_literal(url):
+        return
     parts = urlsplit(url)
     host = (parts.hostname or "").strip("[]")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    else:
-        return
     infos = await asyncio.get_running_loop().getaddrinfo(
         host, parts.port or _DEFAULT_PORTS[parts.scheme.lower()], type=socket.SOCK_STREAM
     )

@@ -18,7 +18,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -167,6 +167,54 @@ _FALLBACK = (
 )
 
 
+def _popen(
+    argv: Sequence[str], log_path: Path | None, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` with its output appended to ``log_path`` (or discarded)."""
+    out = log_path.open("ab") if log_path else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+    finally:
+        if log_path:
+            out.close()  # type: ignore[union-attr]
+
+
+def _wait_ready(
+    proc: subprocess.Popen[bytes] | None,
+    base_url: str,
+    what: str,
+    log_path: Path | None,
+    wait_seconds: float,
+    interval: float = 0.2,
+) -> None:
+    """Poll ``GET {base_url}/models`` until it answers 200, ``proc`` exits, or ``wait_seconds`` pass."""
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise LocalModelUnavailable(
+                f"{what} exited with code {proc.returncode}" + (f"; see {log_path}" if log_path else "")
+            )
+        try:
+            if httpx.get(f"{base_url}/models", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(interval)
+    raise LocalModelUnavailable(f"{what} not ready on {base_url} after {wait_seconds:g}s")
+
+
+def _terminate(proc: subprocess.Popen[bytes] | None, grace_seconds: float) -> None:
+    """Terminate ``proc`` if it runs (kill it if it does not exit within ``grace_seconds``)."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace_seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class LocalLlamaServer:
     """``python -m llama_cpp.server`` as a child process on a loopback port.
 
@@ -269,45 +317,22 @@ class LocalLlamaServer:
 
     def _spawn(self, settings: LlamaServerSettings, wait_seconds: float) -> None:
         self.settings = settings
-        cmd = llama_server_argv(settings, sys.executable)
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        try:
-            env = {**os.environ, **llama_server_env(os.environ)}
-            self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-        finally:
-            if self.log_path:
-                out.close()  # type: ignore[union-attr]
+        env = {**os.environ, **llama_server_env(os.environ)}
+        self._proc = _popen(llama_server_argv(settings, sys.executable), self.log_path, env)
         self.wait_ready(wait_seconds)
 
     def wait_ready(self, wait_seconds: float) -> None:
-        """Poll until the server answers, it exits, or ``wait_seconds`` pass."""
-        deadline = time.monotonic() + wait_seconds
-        while time.monotonic() < deadline:
-            if self._proc is not None and self._proc.poll() is not None:
-                raise LocalModelUnavailable(
-                    f"llama.cpp server exited with code {self._proc.returncode}"
-                    + (f"; see {self.log_path}" if self.log_path else "")
-                )
-            try:
-                if httpx.get(f"{self.base_url}/models", timeout=2.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise LocalModelUnavailable(f"llama.cpp server not ready on {self.base_url} after {wait_seconds:g}s")
+        """Poll until the server answers, it exits, or ``wait_seconds`` pass (then stop it)."""
+        try:
+            _wait_ready(self._proc, self.base_url, "llama.cpp server", self.log_path, wait_seconds)
+        except LocalModelUnavailable:
+            self.stop()
+            raise
 
     def stop(self, grace_seconds: float = 10.0) -> None:
         """Terminate the server (kill it if it does not exit within ``grace_seconds``)."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(grace_seconds)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _terminate(proc, grace_seconds)
 
     def __enter__(self) -> LocalLlamaServer:
         return self.start()
@@ -352,11 +377,8 @@ class LocalLlamaPool:
         self._balancer_port: int | None = None
 
     def _log(self, name: str) -> Path | None:
-        return (
-            self.log_path.with_name(f"{self.log_path.stem}.{name}{self.log_path.suffix}")
-            if self.log_path
-            else None
-        )
+        path = self.log_path
+        return path.with_name(f"{path.stem}.{name}{path.suffix}") if path else None
 
     @property
     def base_url(self) -> str:
@@ -405,39 +427,13 @@ class LocalLlamaPool:
         ]
         argv += [f"http://{self.host}:{s.port}" for s in self.servers]
         log_file = self._log("balancer")
-        out = log_file.open("ab") if log_file else subprocess.DEVNULL
-        try:
-            self._balancer = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-        finally:
-            if log_file:
-                out.close()  # type: ignore[union-attr]
-        deadline = time.monotonic() + wait_seconds
-        while time.monotonic() < deadline:
-            if self._balancer.poll() is not None:
-                raise LocalModelUnavailable(
-                    f"the model balancer exited with code {self._balancer.returncode}"
-                    + (f"; see {log_file}" if log_file else "")
-                )
-            try:
-                if httpx.get(f"{self.base_url}/models", timeout=2.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise LocalModelUnavailable(
-            f"the model balancer not ready on {self.base_url} after {wait_seconds:g}s"
-        )
+        self._balancer = _popen(argv, log_file)
+        _wait_ready(self._balancer, self.base_url, "the model balancer", log_file, wait_seconds, 0.1)
 
     def stop(self) -> None:
         """Stop the balancer and every server."""
         proc, self._balancer, self._balancer_port = self._balancer, None, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _terminate(proc, 10.0)
         servers, self.servers = self.servers, []
         for server in servers:
             server.stop()

@@ -14,6 +14,7 @@ from typing import Any
 from loom.llm.base import ChatRequest, ChatResponse, Message, Provider, ToolCall, Usage
 from loom.llm.errors import InvalidModelOutput, Unavailable
 from loom.llm.http import DEFAULT_MAX_CONNECTIONS, make_client, post_json
+from loom.llm.openai_provider import function_tools
 
 
 def to_ollama_messages(system: str, messages: list[Message]) -> list[dict[str, Any]]:
@@ -100,13 +101,7 @@ class OllamaProvider(Provider):
             "options": options,
         }
         if request.tools:
-            body["tools"] = [
-                {
-                    "type": "function",
-                    "function": {"name": t.name, "description": t.description, "parameters": t.input_schema},
-                }
-                for t in request.tools
-            ]
+            body["tools"] = function_tools(request.tools)
         elif request.response_schema is not None:
             body["format"] = request.response_schema
         return body

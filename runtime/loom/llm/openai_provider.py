@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from loom.llm.base import ChatRequest, ChatResponse, Message, Provider, ToolCall, Usage
+from loom.llm.base import ChatRequest, ChatResponse, Message, Provider, ToolCall, ToolSpec, Usage
 from loom.llm.errors import InvalidModelOutput, Unavailable
 from loom.llm.http import DEFAULT_MAX_CONNECTIONS, make_client, post_json
 
@@ -45,6 +45,17 @@ def to_openai_messages(system: str, messages: list[Message]) -> list[dict[str, A
         else:
             out.append({"role": m.role, "content": m.content})
     return out
+
+
+def function_tools(tools: list[ToolSpec]) -> list[dict[str, Any]]:
+    """Tool specs in the ``{"type": "function", ...}`` format (OpenAI's, also Ollama's)."""
+    return [
+        {
+            "type": "function",
+            "function": {"name": t.name, "description": t.description, "parameters": t.input_schema},
+        }
+        for t in tools
+    ]
 
 
 def parse_openai_usage(usage: Any) -> Usage:
@@ -128,13 +139,7 @@ class OpenAIProvider(Provider):
         if request.temperature is not None:
             body["temperature"] = request.temperature
         if request.tools:
-            body["tools"] = [
-                {
-                    "type": "function",
-                    "function": {"name": t.name, "description": t.description, "parameters": t.input_schema},
-                }
-                for t in request.tools
-            ]
+            body["tools"] = function_tools(request.tools)
         schema = request.response_schema
         if schema is not None and self.structured == "json_schema":
             body["response_format"] = {

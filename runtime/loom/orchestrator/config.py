@@ -93,10 +93,8 @@ def load_catalog(config: OrchestratorConfig, base_dir: Path) -> dict[str, Worker
             problems += exc.problems
     if problems:
         raise LoadError(problems)
-    catalog: dict[str, WorkerSpec] = {}
-    for spec in specs:
-        resolved = resolve_schema_refs(spec)
-        catalog[resolved.worker_type] = resolved
+    resolved = [resolve_schema_refs(spec) for spec in specs]
+    catalog = {spec.worker_type: spec for spec in resolved}
     if not catalog:
         raise LoadError(["workers: no Worker found"])
     return catalog

@@ -175,8 +175,7 @@ def check_plan(text: str, catalog: dict[str, WorkerSpec], max_subtasks: int) -> 
             out.rejected.append(Rejected(i, wt, "payload breaks the input schema: " + "; ".join(problems)))
             continue
         tier = item.get("tier")
-        spec = catalog[wt]
-        if tier is not None and tier not in spec.served_tiers:
+        if tier is not None and tier not in catalog[wt].served_tiers:
             tier = None  # the worker does not serve it; the router picks the worker's default
         if len(out.subtasks) >= max_subtasks:
             out.rejected.append(Rejected(i, wt, f"more than {max_subtasks} subtasks"))

@@ -239,7 +239,7 @@ class GoalSession:
             now = self.clock()
             if now >= goal_deadline:
                 for sid in list(state.pending):
-                    self._fail(state, sid, f"goal timed out after {timeouts.goal_seconds:g}s", "timeout")
+                    self._settle(state, sid, "timeout", f"goal timed out after {timeouts.goal_seconds:g}s")
                 break
             try:
                 data = await sub.get(timeout=max(0.0, min(goal_deadline, *deadlines.values()) - now))
@@ -256,7 +256,7 @@ class GoalSession:
                         deadlines[sid] = now + timeouts.subtask_seconds
                     else:
                         del deadlines[sid]
-                        self._fail(state, sid, f"timed out after {timeouts.subtask_seconds:g}s", "timeout")
+                        self._settle(state, sid, "timeout", f"timed out after {timeouts.subtask_seconds:g}s")
                 await self._save(state, "progress")
                 continue
             finished = self._apply(state, data)
@@ -281,44 +281,35 @@ class GoalSession:
         sid = result.task_id[len(prefix) :].rpartition(".")[0]
         if sid not in state.pending:
             return None
-        subtask = state.pending.pop(sid)
-        now = self.clock()
         if result.status == TaskStatus.COMPLETED:
             body: Any = result.output or {}
             status = "completed"
         else:
             body = f"{result.error_code or 'failed'}: {result.error or ''}"
             status = "failed"
+        state.usage = state.usage + result.token_usage
+        state.context_tokens += estimate_tokens(self._settle(state, sid, status, body))
+        return sid
+
+    def _settle(self, state: SessionState, sid: str, status: str, body: Any) -> str:
+        """Move a pending subtask to the completed ones (``body``: its output, or its error unless
+        ``status`` is completed); returns its line of context."""
+        subtask = state.pending.pop(sid)
+        now = self.clock()
+        completed = status == "completed"
         state.completed[sid] = {
             "worker_type": subtask.worker_type,
             "status": status,
-            "output": body if status == "completed" else None,
-            "error": None if status == "completed" else body,
+            "output": body if completed else None,
+            "error": None if completed else body,
             "attempts": subtask.attempt,
             "started_at": state.dispatched_at.get(sid, now),
             "finished_at": now,
         }
-        state.usage = state.usage + result.token_usage
         SUBTASKS.labels(self.config.name, status).inc()
         line = dc.result_line(sid, subtask.worker_type, status, body)
         state.context_lines.append(line)
-        state.context_tokens += estimate_tokens(line)
-        return sid
-
-    def _fail(self, state: SessionState, sid: str, error: str, status: str) -> None:
-        subtask = state.pending.pop(sid)
-        now = self.clock()
-        state.completed[sid] = {
-            "worker_type": subtask.worker_type,
-            "status": status,
-            "output": None,
-            "error": error,
-            "attempts": subtask.attempt,
-            "started_at": state.dispatched_at.get(sid, now),
-            "finished_at": now,
-        }
-        SUBTASKS.labels(self.config.name, status).inc()
-        state.context_lines.append(dc.result_line(sid, subtask.worker_type, status, error))
+        return line
 
     # -- checkpoints ------------------------------------------------------------------------------
 

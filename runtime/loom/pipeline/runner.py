@@ -226,32 +226,17 @@ class GoalRunner:
             return True
         if attempt != state.stages[name].attempts:
             return False  # an older attempt failed late; the current one is still running
-        error = result.error or "stage failed"
-        retryable = (result.error_code or "") not in NON_RETRYABLE_CODES
-        self._failed_attempt(
-            state,
-            name,
-            f"{result.error_code or 'failed'}: {error}",
-            now,
-            outbox,
-            retryable=retryable,
-            timed_out=False,
-        )
+        code = result.error_code or ""
+        error = f"{code or 'failed'}: {result.error or 'stage failed'}"
+        self._failed_attempt(state, name, error, now, outbox, retryable=code not in NON_RETRYABLE_CODES)
         return True
 
     def _expire(self, state: GoalState, now: float, outbox: list[tuple[str, int]]) -> None:
         for name, deadline in state.deadlines(self.plan).items():
             if deadline <= now:
                 timeout = self.plan.stages[name].timeout_seconds
-                self._failed_attempt(
-                    state,
-                    name,
-                    f"attempt timed out after {timeout:g}s",
-                    now,
-                    outbox,
-                    retryable=True,
-                    timed_out=True,
-                )
+                error = f"attempt timed out after {timeout:g}s"
+                self._failed_attempt(state, name, error, now, outbox, retryable=True, timed_out=True)
 
     def _failed_attempt(
         self,
@@ -262,7 +247,7 @@ class GoalRunner:
         outbox: list[tuple[str, int]],
         *,
         retryable: bool,
-        timed_out: bool,
+        timed_out: bool = False,
     ) -> None:
         if state.attempt_failed(self.plan, name, error, now, retryable=retryable, timed_out=timed_out):
             metrics.STAGE_RETRIES.labels(self.plan.name, name).inc()

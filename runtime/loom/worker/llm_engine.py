@@ -340,8 +340,7 @@ class LLMEngine(TaskEngine):
         changes: list[SiloChange] = []
         problems: list[str] = []
         if "silo_updates" in value:
-            raw = value.pop("silo_updates")
-            changes, problems = plan_silo_updates(raw, self._folders)
+            changes, problems = plan_silo_updates(value.pop("silo_updates"), self._folders)
         problems += self._output.errors(value)
         return value, changes, problems
 

@@ -86,14 +86,13 @@ class ToolBox:
 
     def __init__(self, tools: Iterable[ToolProvider]):
         self._tools: dict[str, tuple[ToolProvider, Draft202012Validator]] = {}
-        specs = []
+        self.specs: list[ToolSpec] = []
         for tool in tools:
             spec = _spec(tool)
             if spec.name in self._tools:
                 raise ToolLoadError(f"two tools are named {spec.name!r}")
             self._tools[spec.name] = (tool, Draft202012Validator(spec.input_schema))
-            specs.append(spec)
-        self.specs: list[ToolSpec] = specs
+            self.specs.append(spec)
 
     @classmethod
     def from_silos(cls, silos: Iterable[KnowledgeSilo]) -> ToolBox:
