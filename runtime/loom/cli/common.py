@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from loom.local.state import DEFAULT_RUN_DIR, default_run_dir
 from loom.settings import (
@@ -161,3 +164,36 @@ def explain_refusal(args: argparse.Namespace, settings: NatsSettings, command: s
 
     if not has_credentials(settings):
         print(f"{command}: {missing_credentials_hint(args.run_dir.resolve())}", file=sys.stderr)
+
+
+def fail(command: str, message: object, code: int = 2) -> int:
+    """Print ``command: message`` on stderr and return ``code`` (default 2: bad input)."""
+    print(f"{command}: {message}", file=sys.stderr)
+    return code
+
+
+def run_client(
+    args: argparse.Namespace,
+    command: str,
+    main: Callable[[NatsSettings], Coroutine[Any, Any, int]],
+    *,
+    tenant: str | None = None,
+    bus_error: int = 1,
+) -> int:
+    """Run ``main(settings)`` of a client command with :func:`client_nats_settings` (as the
+    ``loom-<command>`` connection): exit 2 when the run dir's credentials lack the identity, and
+    ``bus_error`` when the bus fails, saying where credentials come from when it refused them."""
+    from loom.bus import BusAuthError, BusError
+    from loom.local.credentials import LocalCredentialsError
+
+    try:
+        settings = client_nats_settings(args, command.replace(" ", "-"), tenant=tenant)
+    except LocalCredentialsError as exc:
+        return fail(command, exc)
+    try:
+        return asyncio.run(main(settings))
+    except BusError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        if isinstance(exc, BusAuthError):
+            explain_refusal(args, settings, command)
+        return bus_error

@@ -8,20 +8,14 @@ connects as that run's admin (found in its run dir). Times are ISO 8601 (``2026-
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
 import sys
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from loom.audit import OUTCOMES, AuditFilter, AuditRecord, to_csv
 from loom.bus import Bus
-from loom.cli.common import (
-    add_local_credentials_option,
-    add_runtime_options,
-    client_nats_settings,
-    explain_refusal,
-)
-from loom.local.credentials import LocalCredentialsError
+from loom.cli.common import add_local_credentials_option, add_runtime_options, fail, run_client
 from loom.logs import setup_logging
 from loom.settings import NatsSettings
 
@@ -87,8 +81,6 @@ async def _main(args: argparse.Namespace, flt: AuditFilter, settings: NatsSettin
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, args.log_json)
-    from loom.bus import BusAuthError, BusError
-
     try:
         flt = AuditFilter(
             tenant=args.tenant,
@@ -99,14 +91,6 @@ def run(args: argparse.Namespace) -> int:
             pipeline=args.pipeline,
             kind=args.kind,
         )
-        settings = client_nats_settings(args, "loom-audit", tenant=None)
-    except (ValueError, LocalCredentialsError) as exc:
-        print(f"loom audit: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return asyncio.run(_main(args, flt, settings))
-    except BusError as exc:
-        print(f"loom audit: {exc}", file=sys.stderr)
-        if isinstance(exc, BusAuthError):
-            explain_refusal(args, settings, "loom audit")
-        return 1
+    except ValueError as exc:
+        return fail("loom audit", exc)
+    return run_client(args, "loom audit", partial(_main, args, flt))

@@ -8,20 +8,13 @@ command connects as that run's admin (found in its run dir).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import sys
 import time
+from functools import partial
 
 from loom.api.loader import LoadError
 from loom.bus import Bus
-from loom.cli.common import (
-    add_local_credentials_option,
-    add_runtime_options,
-    client_nats_settings,
-    explain_refusal,
-)
-from loom.local.credentials import LocalCredentialsError
+from loom.cli.common import add_local_credentials_option, add_runtime_options, fail, run_client
 from loom.logs import setup_logging
 from loom.router.routing import load_router_config
 from loom.router.usage import Use, read_usage
@@ -60,31 +53,19 @@ async def _main(args: argparse.Namespace, settings: NatsSettings) -> int:
             json.dumps({"budgets": [u.as_dict() for u in budgets], "limits": [u.as_dict() for u in limits]})
         )
         return 0
-    print(f"budgets ({policy.budgets.time_zone}, over budget: {policy.budgets.on_exhausted})")
-    for u in budgets or []:
-        print("  " + _line(u))
-    if not budgets:
-        print("  none")
-    print("shared limits")
-    for u in limits:
-        print("  " + _line(u))
-    if not limits:
-        print("  none")
+    heading = f"budgets ({policy.budgets.time_zone}, over budget: {policy.budgets.on_exhausted})"
+    for title, uses in ((heading, budgets), ("shared limits", limits)):
+        print(title)
+        for u in uses:
+            print("  " + _line(u))
+        if not uses:
+            print("  none")
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, args.log_json)
-    from loom.bus import BusAuthError, BusError
-
-    try:
-        settings = client_nats_settings(args, "loom-budget", tenant=None)
-        return asyncio.run(_main(args, settings))
-    except (LoadError, LocalCredentialsError) as exc:
-        print(f"loom budget: {exc}", file=sys.stderr)
-        return 2
-    except BusError as exc:
-        print(f"loom budget: {exc}", file=sys.stderr)
-        if isinstance(exc, BusAuthError):
-            explain_refusal(args, settings, "loom budget")
-        return 1
+    try:  # the policy is loaded in _main, once the credentials are found
+        return run_client(args, "loom budget", partial(_main, args))
+    except LoadError as exc:
+        return fail("loom budget", exc)

@@ -7,19 +7,13 @@ Only the bus admin may read, remove and replay dead letters; against the bus of 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import sys
+from functools import partial
 
 from loom.bus import Bus, StoredDeadLetter
-from loom.cli.common import (
-    add_local_credentials_option,
-    add_runtime_options,
-    client_nats_settings,
-    explain_refusal,
-)
-from loom.local.credentials import LocalCredentialsError
+from loom.cli.common import add_local_credentials_option, add_runtime_options, run_client
 from loom.logs import setup_logging
 from loom.settings import NatsSettings
 
@@ -52,15 +46,15 @@ def _row(s: StoredDeadLetter) -> str:
     )
 
 
+async def _of_reason(bus: Bus, reason: str | None) -> list[StoredDeadLetter]:
+    return [s for s in await bus.dead_letters() if not reason or s.dead_letter.reason.value == reason]
+
+
 async def _main(args: argparse.Namespace, settings: NatsSettings) -> int:
     bus = await Bus.connect(settings, connect_timeout=30)
     try:
         if args.action == "list":
-            items = [
-                s
-                for s in await bus.dead_letters()
-                if not args.reason or s.dead_letter.reason.value == args.reason
-            ]
+            items = await _of_reason(bus, args.reason)
             for s in items:
                 print(s.dead_letter.model_dump_json() if args.json else _row(s))
             if not args.json:
@@ -81,22 +75,17 @@ async def _main(args: argparse.Namespace, settings: NatsSettings) -> int:
             print("replay needs an ID or --all (not both)", file=sys.stderr)
             return 2
         if args.all:
-            targets = [
-                s
-                for s in await bus.dead_letters()
-                if not args.reason or s.dead_letter.reason.value == args.reason
-            ]
+            targets = await _of_reason(bus, args.reason)
+            kept = [s for s in targets if s.dead_letter.replayable]
+            if len(kept) < len(targets):
+                print(f"skipping {len(targets) - len(kept)} without a kept body (too_large)", file=sys.stderr)
+            targets = kept
         else:
             one = await bus.find_dead_letter(args.id)
             if one is None:
                 print(f"no dead letter {args.id!r}", file=sys.stderr)
                 return 1
             targets = [one]
-        if args.all:
-            kept = [s for s in targets if s.dead_letter.replayable]
-            if len(kept) < len(targets):
-                print(f"skipping {len(targets) - len(kept)} without a kept body (too_large)", file=sys.stderr)
-            targets = kept
         for s in targets:
             await bus.replay_dead_letter(s, keep=args.keep)
             print(f"replayed {s.dead_letter.dead_letter_id} to {s.dead_letter.subject}")
@@ -108,17 +97,4 @@ async def _main(args: argparse.Namespace, settings: NatsSettings) -> int:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, args.log_json)
-    from loom.bus import BusAuthError, BusError
-
-    try:
-        settings = client_nats_settings(args, "loom-dead-letter", tenant=None)
-    except LocalCredentialsError as exc:
-        print(f"loom dead-letter: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return asyncio.run(_main(args, settings))
-    except BusError as exc:
-        print(f"loom dead-letter: {exc}", file=sys.stderr)
-        if isinstance(exc, BusAuthError):
-            explain_refusal(args, settings, "loom dead-letter")
-        return 1
+    return run_client(args, "loom dead-letter", partial(_main, args))

@@ -17,6 +17,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import yaml
 
 from loom.api.loader import LoadError, expand_paths, load_paths
 from loom.bus import Bus, BusError
-from loom.cli.common import add_local_credentials_option, add_nats_options, client_nats_settings
+from loom.cli.common import add_local_credentials_option, add_nats_options, client_nats_settings, fail
 from loom.evals.compare import Comparison, baseline_of, compare_runs, inline_baseline
 from loom.evals.report import gate, junit_xml, print_table, run_document, run_summary
 from loom.evals.runner import RunResult, run_suite
@@ -116,9 +117,7 @@ class BadInput(Exception):
     """Exit 2 with this message."""
 
 
-def _fail(message: str) -> int:
-    print(f"loom eval: {message}", file=sys.stderr)
-    return 2
+_fail = partial(fail, "loom eval")
 
 
 @contextlib.contextmanager

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from loom.api.loader import LoadError
-from loom.cli.common import add_goal_consumer_options, add_runtime_options
+from loom.cli.common import add_goal_consumer_options, add_runtime_options, fail
 
 NAME = "orchestrator"
 HELP = "Run the goal orchestrator: consume loom.goals.incoming, decompose, dispatch, checkpoint, synthesize."
@@ -28,14 +27,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         config, catalog = load_config(args.config)
     except LoadError as exc:
-        print(f"loom orchestrator: invalid config:\n{exc}", file=sys.stderr)
-        return 2
+        return fail("loom orchestrator", f"invalid config:\n{exc}")
     tier = config.decomposer.tier
     try:
         provider = build_model_client(tier)  # fails fast on a missing key or model, before taking goals
     except ProviderConfigError as exc:
-        print(f"loom orchestrator: {exc}", file=sys.stderr)
-        return 2
+        return fail("loom orchestrator", exc)
     options = OrchestratorOptions(
         ack_wait=args.ack_wait, max_deliver=args.max_deliver, drain_grace=args.drain_grace
     )

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from loom.api.loader import LoadError, load_one
-from loom.cli.common import add_goal_consumer_options, add_runtime_options
+from loom.cli.common import add_goal_consumer_options, add_runtime_options, fail
 
 NAME = "pipeline"
 HELP = "Run a pipeline orchestrator: consume loom.goals.<pipeline>, run its stages, publish goal results."
@@ -45,13 +44,11 @@ def run(args: argparse.Namespace) -> int:
         if not spec.name:  # plain YAML without a name: the file's stem, validated like any name
             spec = type(spec).model_validate(spec.model_dump() | {"name": resource.name})
     except (LoadError, ValueError) as exc:
-        print(f"loom pipeline: invalid config:\n{exc}", file=sys.stderr)
-        return 2
+        return fail("loom pipeline", f"invalid config:\n{exc}")
     try:
         state_url = state_store_url(spec.state_store, args.state_store, os.environ)
     except StateStoreConfigError as exc:
-        print(f"loom pipeline: {exc}", file=sys.stderr)
-        return 2
+        return fail("loom pipeline", exc)
     options = PipelineOptions(
         ack_wait=args.ack_wait,
         max_deliver=args.max_deliver,

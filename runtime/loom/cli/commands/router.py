@@ -10,7 +10,7 @@ from loom.api.loader import LoadError
 from loom.api.router_policy import RouterConfig
 from loom.bus import Bus
 from loom.cli.commands._serve import Ready, RoleRun, configure_logging, serve_on_bus
-from loom.cli.common import add_runtime_options
+from loom.cli.common import add_runtime_options, fail
 
 NAME = "router"
 HELP = "Run a router replica (tier overrides, rate limits, dead letters)."
@@ -115,8 +115,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         build_limiter(config.policy, options)
     except ValueError as exc:
-        print(f"router: {exc}", file=sys.stderr)
-        return 2
+        return fail("router", exc)
 
     def build(bus: Bus) -> tuple[RoleRun, Ready]:
         service = RouterService(bus, config, options)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from loom.api.loader import LoadError
-from loom.cli.common import add_runtime_options
+from loom.cli.common import add_runtime_options, fail
 
 NAME = "scheduler"
 HELP = "Run the scheduler: dispatch goals or tasks on cron or interval schedules."
@@ -31,8 +30,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         schedules = load_schedules(args.config)
     except LoadError as exc:
-        print(f"loom scheduler: invalid config:\n{exc}", file=sys.stderr)
-        return 2
+        return fail("loom scheduler", f"invalid config:\n{exc}")
 
     def build(bus: Bus) -> tuple[RoleRun, Ready]:
         service = SchedulerService(bus, schedules)

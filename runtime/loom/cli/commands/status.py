@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 
+from loom.cli.common import fail
 from loom.local.state import RunState, default_run_dir, pid_alive, read_state
 from loom.local.view import Snapshot, collect, consumers_table, header, processes_table, tiers_table
 
@@ -93,10 +94,7 @@ def run(args: argparse.Namespace) -> int:
     state = _state(run_dir)
     monitor = args.nats_monitor_url or (state.nats_monitor_url if state else None)
     if state is None and not monitor:
-        print(
-            f"loom status: no `loom up` state in {run_dir} and no --nats-monitor-url given", file=sys.stderr
-        )
-        return 1
+        return fail("loom status", f"no `loom up` state in {run_dir} and no --nats-monitor-url given", 1)
     live = state is not None and state.phase not in ("stopped", "failed", "dead")
     processes = state.processes if (state and live) else []
 
@@ -106,11 +104,9 @@ def run(args: argparse.Namespace) -> int:
 
     snap = asyncio.run(gather())
     if state is not None:
-        snap.nats_url, snap.local_llm_url, snap.started_at = (
-            state.nats_url,
-            state.local_llm_url,
-            state.started_at,
-        )
+        snap.nats_url = state.nats_url
+        snap.local_llm_url = state.local_llm_url
+        snap.started_at = state.started_at
     if args.json:
         print(json.dumps(as_json(state, snap), indent=2, sort_keys=True))
     else:

@@ -11,20 +11,15 @@ import asyncio
 import json
 import os
 import sys
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
 
 from loom import tracing
 from loom.api.router_policy import DEFAULT_MAX_PAYLOAD_BYTES
-from loom.bus import Bus, BusAuthError, BusError
-from loom.cli.common import (
-    add_local_credentials_option,
-    add_runtime_options,
-    client_nats_settings,
-    explain_refusal,
-)
-from loom.local.credentials import LocalCredentialsError
+from loom.bus import Bus
+from loom.cli.common import add_local_credentials_option, add_runtime_options, fail, run_client
 from loom.logs import setup_logging
 from loom.messages import (
     GoalMessage,
@@ -223,8 +218,7 @@ async def _main(args: argparse.Namespace, msg: TaskMessage | GoalMessage, settin
             try:
                 target = goal_target(list((await bus.consumer_filters(STREAM_GOALS)).values()))
             except NoGoalTarget as exc:
-                print(f"loom submit: {exc}", file=sys.stderr)
-                return 2
+                return fail("loom submit", exc)
             if target is not None:
                 print(
                     f"no --pipeline given: sending the goal to pipeline {target!r}, the only one",
@@ -273,25 +267,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         msg = build_message(args)
     except ValidationError as exc:
-        print(f"loom submit: {describe_validation_error(exc)}", file=sys.stderr)
-        return 2
+        return fail("loom submit", describe_validation_error(exc))
     except (ValueError, OSError) as exc:
-        print(f"loom submit: {exc}", file=sys.stderr)
-        return 2
+        return fail("loom submit", exc)
     what = "goal" if isinstance(msg, GoalMessage) else "task"
     too_large = payload_problem(len(msg.to_bytes()), args.max_payload_bytes, what, "--max-payload-bytes")
     if too_large is not None:
-        print(f"loom submit: {too_large}", file=sys.stderr)
-        return 2
-    try:
-        settings = client_nats_settings(args, "loom-submit", tenant=msg.tenant)
-    except LocalCredentialsError as exc:
-        print(f"loom submit: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return asyncio.run(_main(args, msg, settings))
-    except BusError as exc:
-        print(f"loom submit: {exc}", file=sys.stderr)
-        if isinstance(exc, BusAuthError):
-            explain_refusal(args, settings, "loom submit")
-        return 2
+        return fail("loom submit", too_large)
+    return run_client(args, "loom submit", partial(_main, args, msg), tenant=msg.tenant, bus_error=2)

@@ -21,12 +21,14 @@ import os
 import signal
 import sys
 from collections.abc import Iterator, Mapping
+from functools import partial
 from pathlib import Path
 
 import yaml
 
 from loom.api.loader import LoadError, load_paths
 from loom.bus_auth import Credential, server_authorization
+from loom.cli.common import fail
 from loom.local.credentials import (
     SERVER_CONFIG_FILE,
     LocalCredentials,
@@ -123,9 +125,7 @@ def _free_ports() -> Iterator[int]:
             yield port
 
 
-def _fail(message: str, code: int = 2) -> int:
-    print(f"loom up: {message}", file=sys.stderr)
-    return code
+_fail = partial(fail, "loom up")
 
 
 def write_configs(plan: LocalPlan) -> None:

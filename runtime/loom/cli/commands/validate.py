@@ -69,11 +69,12 @@ class FileReport:
     #: Policies the file defines (a RouterPolicy, or a router config's policy), with a label.
     policies: list[tuple[str, RouterPolicySpec]] = field(default_factory=list)
 
-    def problem(self, text: str) -> None:
-        """Record a problem once; loaders' lines that already name the file are kept as they are."""
-        line = text if text.startswith(str(self.path)) else f"{self.path}: {text}"
-        if line not in self.problems:
-            self.problems.append(line)
+    def problem(self, *texts: str) -> None:
+        """Record each problem once; loaders' lines that already name the file are kept as they are."""
+        for text in texts:
+            line = text if text.startswith(str(self.path)) else f"{self.path}: {text}"
+            if line not in self.problems:
+                self.problems.append(line)
 
 
 def check_file(path: Path, base_dir: Path | None = None) -> FileReport:
@@ -110,8 +111,7 @@ def _check_resources(report: FileReport, text: str, base_dir: Path, *, explicit_
     try:
         report.resources = load_text(text, str(report.path))
     except LoadError as exc:
-        for p in exc.problems:
-            report.problem(p)
+        report.problem(*exc.problems)
         return
     for r in report.resources:
         label = _label(r)
@@ -183,8 +183,7 @@ def _check_router_config(report: FileReport) -> None:
     try:
         cfg = load_router_config([report.path])
     except LoadError as exc:
-        for p in exc.problems:
-            report.problem(p)
+        report.problem(*exc.problems)
         return
     report.found.append(f"RouterConfig ({len(cfg.workers or {})} worker types)")
     report.policies.append((f"the router config {report.path}", cfg.policy))
@@ -199,8 +198,7 @@ def _check_orchestrator(report: FileReport) -> None:
     try:
         config, catalog = load_config(report.path)
     except LoadError as exc:
-        for p in exc.problems:
-            report.problem(p)
+        report.problem(*exc.problems)
         return
     report.found.append(f"Orchestrator/{config.name} (workers: {', '.join(sorted(catalog))})")
     report.notes.append(f"relative worker paths are read from {report.path.resolve().parent}")
@@ -212,8 +210,7 @@ def _check_gateway(report: FileReport) -> None:
     try:
         plan = load_gateway(report.path)
     except GatewayConfigError as exc:
-        for p in exc.problems:
-            report.problem(p)
+        report.problem(*exc.problems)
         return
     report.found.append(f"MCPGateway/{plan.config.name} (tools: {', '.join(sorted(plan.tools))})")
     report.notes.append(
@@ -301,21 +298,17 @@ def check_across(reports: list[FileReport], policy_file: str | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     missing = [str(p) for p in map(Path, args.files) if not p.exists()]
-    total = 0
     for m in missing:
         print(f"{m}: no such file or directory", file=sys.stderr)
-        total += 1
+    total = len(missing)
     base_dir = Path(os.path.abspath(args.base_dir)) if args.base_dir else None
     reports = skip_knowledge([check_file(p, base_dir) for p in expand_paths(args.files) if p.exists()])
-    if args.policy:
-        try:
-            check_across(reports, args.policy)
-        except LoadError as exc:
-            for p in exc.problems:
-                print(f"--policy: {p}", file=sys.stderr)
-            total += len(exc.problems)
-    else:
-        check_across(reports, None)
+    try:
+        check_across(reports, args.policy)
+    except LoadError as exc:  # of --policy: the files' own problems are in their reports
+        for p in exc.problems:
+            print(f"--policy: {p}", file=sys.stderr)
+        total += len(exc.problems)
     for report in reports:
         total += len(report.problems)
         for p in report.problems:

@@ -12,7 +12,7 @@ from loom.api.router_policy import FALLBACK_TIERS_ENV, RouterPolicySpec, TierDef
 from loom.api.worker import WorkerSpec
 from loom.bus import Bus
 from loom.cli.commands._serve import Ready, RoleRun, configure_logging, serve_on_bus
-from loom.cli.common import add_runtime_options
+from loom.cli.common import add_runtime_options, fail
 from loom.llm.endpoints import ENDPOINTS_ENV
 from loom.worker.engine import build_engine
 from loom.worker.knowledge import knowledge_problems
@@ -93,8 +93,7 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(exc.problems), file=sys.stderr)
         return 2
     except (ImportError, TypeError, ValueError, KeyError) as exc:
-        print(f"loom worker: {exc}", file=sys.stderr)
-        return 2
+        return fail("loom worker", exc)
     from loom.worker.runtime import WorkerOptions, WorkerRuntime
 
     options = WorkerOptions(ack_grace=args.ack_grace_seconds, drain_grace=args.drain_grace_seconds)

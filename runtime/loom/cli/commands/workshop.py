@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from loom.cli.common import add_local_credentials_option, add_nats_options, client_nats_settings
+from loom.cli.common import add_local_credentials_option, add_nats_options, client_nats_settings, fail
 
 NAME = "workshop"
 HELP = "Web UI to test, edit and evaluate workers (loopback by default)."
@@ -91,8 +91,7 @@ def run(args: argparse.Namespace) -> int:
         project = Project(root, args.paths)
         nats = client_nats_settings(args, "loom-workshop", tenant=None) if args.nats_url else None
     except (BindError, ConfinementError, LocalCredentialsError) as exc:
-        print(f"loom workshop: {exc}", file=sys.stderr)
-        return 2
+        return fail("loom workshop", exc)
     app = create_app(Settings(project=project, token=token, local_llm_url=args.local_llm_url, nats=nats))
     print(f"loom workshop: serving {project.root} on http://{args.host}:{args.port}/", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
