@@ -155,16 +155,8 @@ def render_report(report: dict[str, Any]) -> str:
     if report["entities"]:
         lines += ["", "## Entities", ""] + [f"- {e}" for e in report["entities"]]
     facts = report["key_facts"]
-    shown = [
-        (label, facts[key])
-        for key, label in (
-            ("dates", "Dates"),
-            ("numbers", "Numbers"),
-            ("emails", "E-mail"),
-            ("urls", "Links"),
-        )
-        if facts[key]
-    ]
+    labels = {"dates": "Dates", "numbers": "Numbers", "emails": "E-mail", "urls": "Links"}
+    shown = [(label, facts[key]) for key, label in labels.items() if facts[key]]
     if shown:
         lines += ["", "## Key facts", ""] + [f"- **{label}:** {', '.join(values)}" for label, values in shown]
     return "\n".join(lines) + "\n"

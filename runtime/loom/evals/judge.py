@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from loom.evals.scorers import Score
+from loom.evals.scorers import Score, failed_score
 from loom.evals.suite import JudgeScorer
 from loom.llm.base import ChatRequest, Message, Provider, token_usage
 from loom.llm.errors import ProviderError
@@ -86,9 +86,7 @@ async def judge(
     try:
         response = await provider.complete(request)
     except ProviderError as exc:
-        return Score(
-            scorer.label, scorer.type, scorer.weight, 0.0, {}, f"judge call failed: {exc}"
-        ), TokenUsage()
+        return failed_score(scorer, f"judge call failed: {exc}"), TokenUsage()
     usage = token_usage(response.usage)
     details: dict[str, Any] = {"model": response.model, "raw": response.text}
     try:

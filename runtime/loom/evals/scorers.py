@@ -113,7 +113,7 @@ def fields(s: FieldsScorer, output: Any, expected: Any) -> Score:
         ("/" + k.replace("~", "~0").replace("/", "~1"), 1.0) for k in (expected or {})
     ]
     if not wanted:
-        return Score(s.label, s.type, s.weight, 0.0, {}, "no fields to compare: the expected output is empty")
+        return failed_score(s, "no fields to compare: the expected output is empty")
     per_field: dict[str, Any] = {}
     got = 0.0
     total = 0.0
@@ -139,11 +139,11 @@ def schema(s: SchemaScorer, output: Any, worker_schema: dict[str, Any] | None) -
     """Validity against the scorer's schema, else the worker's output schema."""
     chosen = s.schema_ if s.schema_ is not None else worker_schema
     if not chosen:
-        return Score(s.label, s.type, s.weight, 0.0, {}, "no schema: the worker has no output schema")
+        return failed_score(s, "no schema: the worker has no output schema")
     try:
         errs = errors_for(output, chosen)
     except Exception as exc:  # jsonschema's SchemaError: the suite's schema is broken, say so
-        return Score(s.label, s.type, s.weight, 0.0, {}, f"invalid schema: {exc}")
+        return failed_score(s, f"invalid schema: {exc}")
     return Score(s.label, s.type, s.weight, 0.0 if errs else 1.0, {"errors": errs})
 
 
@@ -214,7 +214,7 @@ def score_deterministic(
 
 
 def failed_score(scorer: Any, error: str) -> Score:
-    """A zero for a scorer that could not run because the case produced no output."""
+    """A zero for a scorer that could not run (no output, nothing to compare, no usable schema)."""
     return Score(scorer.label, scorer.type, scorer.weight, 0.0, {}, error)
 
 

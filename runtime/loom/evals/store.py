@@ -136,15 +136,9 @@ class SqliteRunStore:
                 (suite, name),
             ).fetchone()
         if row is None:
-            known = sorted(self.baselines(suite))
-            raise StoreError(
-                f"{self.path}: suite {suite!r} has no baseline {name!r}"
-                + (
-                    f" (baselines: {', '.join(known)})"
-                    if known
-                    else " (no baseline saved yet: --save-baseline)"
-                )
-            )
+            known = ", ".join(sorted(self.baselines(suite)))
+            hint = f" (baselines: {known})" if known else " (no baseline saved yet: --save-baseline)"
+            raise StoreError(f"{self.path}: suite {suite!r} has no baseline {name!r}{hint}")
         return RunResult.from_dict(json.loads(row[0]))
 
     def baselines(self, suite: str) -> dict[str, str]:

@@ -62,12 +62,8 @@ def app_name(filename: str, given: str = "") -> str:
     """The app's folder name: ``given``, else the archive's file name without ``.zip``."""
     name = given.strip() or PurePosixPath(filename.replace("\\", "/")).name.removesuffix(".zip")
     if not _NAME.fullmatch(name):
-        raise BundleError(
-            [
-                f"app name {name!r}: use lower-case letters, digits and '-' "
-                "(at most 63, no leading or trailing '-')"
-            ]
-        )
+        rule = "use lower-case letters, digits and '-' (at most 63, no leading or trailing '-')"
+        raise BundleError([f"app name {name!r}: {rule}"])
     return name
 
 

@@ -14,6 +14,7 @@ import io
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,15 @@ def _is_worker(doc: Any, name: str) -> bool:
     return doc.get("name") == name
 
 
+def _doc(docs: list[Any], source: str, kind: str, name: str) -> Any:
+    """The document of the Worker or Pipeline ``name``; EditError when the file has none."""
+    matches = _is_worker if kind == "Worker" else _is_pipeline
+    doc = next((d for d in docs if matches(d, name)), None)
+    if doc is None:
+        raise EditError([f"{source}: no {kind} {name!r} in this file"])
+    return doc
+
+
 def _key(body: CommentedMap, camel: bool, snake: str) -> str:
     head, *rest = snake.split("_")
     camel_key = head + "".join(p.title() for p in rest)
@@ -87,6 +97,15 @@ def _key(body: CommentedMap, camel: bool, snake: str) -> str:
         if k in body:
             return k
     return camel_key if camel else snake
+
+
+def _set(body: CommentedMap, camel: bool, snake: str, value: Any) -> None:
+    """Set a field (None removes it); an unchanged value keeps its exact text."""
+    key = _key(body, camel, snake)
+    if value is None:
+        body.pop(key, None)
+    elif _plain(body.get(key)) != _plain(value):
+        body[key] = value
 
 
 def parse_schema(text: str, label: str) -> Any:
@@ -122,10 +141,7 @@ class WorkerEdit:
 
 def current(text: str, source: str, worker: str) -> WorkerEdit:
     """The edit boxes' starting texts, taken from the file's own nodes (flow style and comments kept)."""
-    doc = next((d for d in _load_all(text) if _is_worker(d, worker)), None)
-    if doc is None:
-        raise EditError([f"{source}: no Worker {worker!r} in this file"])
-    body, camel = _body(doc)
+    body, camel = _body(_doc(_load_all(text), source, "Worker", worker))
     prompt = body.get(_key(body, camel, "system_prompt")) or ""
     return WorkerEdit(
         system_prompt=str(prompt),
@@ -137,10 +153,7 @@ def current(text: str, source: str, worker: str) -> WorkerEdit:
 def apply_edit(text: str, source: str, worker: str, edit: WorkerEdit) -> tuple[str, Resource]:
     """The file's new text with the edit applied, and the worker as it then loads; EditError if invalid."""
     docs = _load_all(text)
-    target = next((d for d in docs if _is_worker(d, worker)), None)
-    if target is None:
-        raise EditError([f"{source}: no Worker {worker!r} in this file"])
-    body, camel = _body(target)
+    body, camel = _body(_doc(docs, source, "Worker", worker))
     prompt = edit.system_prompt.replace("\r\n", "\n")
     pkey = _key(body, camel, "system_prompt")
     if prompt.strip():
@@ -155,12 +168,7 @@ def apply_edit(text: str, source: str, worker: str, edit: WorkerEdit) -> tuple[s
         ("input_schema", edit.input_schema, "input schema"),
         ("output_schema", edit.output_schema, "output schema"),
     ):
-        key = _key(body, camel, snake)
-        value = parse_schema(raw, label)
-        if value is None:
-            body.pop(key, None)
-        elif _plain(body.get(key)) != _plain(value):  # unchanged schemas keep their exact text
-            body[key] = value
+        _set(body, camel, snake, parse_schema(raw, label))
     new_text = _dump_all(docs)
     return new_text, validated(new_text, source, worker)
 
@@ -173,16 +181,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def validated(text: str, source: str, worker: str) -> Resource:
-    """The worker as the new text loads, or EditError with every problem of the file."""
+def _loaded(text: str, source: str, kind: str, name: str, matches: Callable[[Resource], bool]) -> Resource:
+    """The ``kind`` the new text loads as that ``matches``, or EditError with every problem of the file."""
     try:
         resources = load_text(text, source)
     except LoadError as exc:
         raise EditError(exc.problems) from None
-    for res in resources:
-        if res.kind == "Worker" and worker in (res.spec.worker_type, res.name):
-            return res
-    raise EditError([f"{source}: the edit leaves no Worker {worker!r}"])
+    found = next((r for r in resources if r.kind == kind and matches(r)), None)
+    if found is None:
+        raise EditError([f"{source}: the edit leaves no {kind} {name!r}"])
+    return found
+
+
+def validated(text: str, source: str, worker: str) -> Resource:
+    """The worker as the new text loads, or EditError with every problem of the file."""
+    return _loaded(text, source, "Worker", worker, lambda r: worker in (r.spec.worker_type, r.name))
 
 
 def unified_diff(old: str, new: str, label: str) -> str:
@@ -198,9 +211,7 @@ def clone_text(text: str, source: str, worker: str, new_name: str) -> str:
     """The worker's document alone, renamed to ``new_name`` (comments kept), validated."""
     if not NAME_RE.match(new_name):
         raise EditError([f"{new_name!r} is not a valid worker name (lowercase letters, digits, - and _)"])
-    doc = next((d for d in _load_all(text) if _is_worker(d, worker)), None)
-    if doc is None:
-        raise EditError([f"{source}: no Worker {worker!r} in this file"])
+    doc = _doc(_load_all(text), source, "Worker", worker)
     if "apiVersion" in doc:
         doc["metadata"]["name"] = new_name.replace("_", "-")
         if "name" in doc["spec"]:
@@ -229,15 +240,17 @@ def _is_pipeline(doc: Any, name: str) -> bool:
     return doc.get("name") == name and any(k in doc for k in ("pipeline_stages", "pipelineStages"))
 
 
-def _stage_node(docs: list[Any], source: str, pipeline: str, stage: str) -> tuple[Any, bool]:
-    doc = next((d for d in docs if _is_pipeline(d, pipeline)), None)
-    if doc is None:
-        raise EditError([f"{source}: no Pipeline {pipeline!r} in this file"])
-    body, camel = _body(doc)
-    stages = body.get(_key(body, camel, "pipeline_stages")) or []
-    node = next((s for s in stages if isinstance(s, dict) and s.get("name") == stage), None)
-    if node is None:
+def _stage_index(stages: Any, source: str, pipeline: str, stage: str) -> int:
+    index = next((i for i, s in enumerate(stages) if isinstance(s, dict) and s.get("name") == stage), None)
+    if index is None:
         raise EditError([f"{source}: Pipeline {pipeline!r} has no stage {stage!r}"])
+    return index
+
+
+def _stage_node(docs: list[Any], source: str, pipeline: str, stage: str) -> tuple[Any, bool]:
+    body, camel = _body(_doc(docs, source, "Pipeline", pipeline))
+    stages = body.get(_key(body, camel, "pipeline_stages")) or []
+    node = stages[_stage_index(stages, source, pipeline, stage)]
     return node, camel or any(k in node for k in ("workerType", "inputMapping", "dependsOn"))
 
 
@@ -277,16 +290,13 @@ def apply_stage_edit(
     """The file's new text with the stage edited, and the pipeline as it then loads; EditError if invalid."""
     docs = _load_all(text)
     node, camel = _stage_node(docs, source, pipeline, stage)
-    problems: list[str] = []
     mapping = parse_schema(edit.input_mapping, "input mapping")
     timeout: float | None = None
     if edit.timeout_seconds.strip():
         try:
             timeout = float(edit.timeout_seconds)
         except ValueError:
-            problems.append(f"timeout: {edit.timeout_seconds!r} is not a number")
-    if problems:
-        raise EditError(problems)
+            raise EditError([f"timeout: {edit.timeout_seconds!r} is not a number"]) from None
     deps = [d.strip() for d in edit.depends_on.split(",") if d.strip()] if edit.depends_on.strip() else None
     values: dict[str, Any] = {
         "worker_type": edit.worker_type.strip() or None,
@@ -297,32 +307,19 @@ def apply_stage_edit(
         "timeout_seconds": (int(timeout) if timeout is not None and timeout.is_integer() else timeout),
     }
     for snake, value in values.items():
-        key = _key(node, camel, snake)
-        if value is None:
-            node.pop(key, None)
-        elif _plain(node.get(key)) != _plain(value):
-            node[key] = value
-    new_text = _dump_all(docs)
-    return new_text, _validated_pipeline(new_text, source, pipeline)
+        _set(node, camel, snake, value)
+    return _validated_pipeline(docs, source, pipeline)
 
 
 def _stages(docs: list[Any], source: str, pipeline: str) -> Any:
-    doc = next((d for d in docs if _is_pipeline(d, pipeline)), None)
-    if doc is None:
-        raise EditError([f"{source}: no Pipeline {pipeline!r} in this file"])
-    body, camel = _body(doc)
+    body, camel = _body(_doc(docs, source, "Pipeline", pipeline))
     return body[_key(body, camel, "pipeline_stages")]
 
 
-def _validated_pipeline(text: str, source: str, pipeline: str) -> Resource:
-    try:
-        resources = load_text(text, source)
-    except LoadError as exc:
-        raise EditError(exc.problems) from None
-    for res in resources:
-        if res.kind == "Pipeline" and res.spec.pipeline_name == pipeline:
-            return res
-    raise EditError([f"{source}: the edit leaves no Pipeline {pipeline!r}"])
+def _validated_pipeline(docs: list[Any], source: str, pipeline: str) -> tuple[str, Resource]:
+    """The edited documents' text, and the pipeline as it then loads."""
+    text = _dump_all(docs)
+    return text, _loaded(text, source, "Pipeline", pipeline, lambda r: r.spec.pipeline_name == pipeline)
 
 
 def insert_stage(
@@ -340,20 +337,15 @@ def insert_stage(
     if after and after not in names:
         raise EditError([f"no stage {after!r} to insert after"])
     stages.insert(names.index(after) + 1 if after else len(stages), stage)
-    new_text = _dump_all(docs)
-    return new_text, _validated_pipeline(new_text, source, pipeline)
+    return _validated_pipeline(docs, source, pipeline)
 
 
 def remove_stage(text: str, source: str, pipeline: str, stage: str) -> tuple[str, Resource]:
     """The pipeline without ``stage``; EditError when another stage still reads or depends on it."""
     docs = _load_all(text)
     stages = _stages(docs, source, pipeline)
-    index = next((i for i, s in enumerate(stages) if isinstance(s, dict) and s.get("name") == stage), None)
-    if index is None:
-        raise EditError([f"{source}: Pipeline {pipeline!r} has no stage {stage!r}"])
-    del stages[index]
-    new_text = _dump_all(docs)
-    return new_text, _validated_pipeline(new_text, source, pipeline)
+    del stages[_stage_index(stages, source, pipeline, stage)]
+    return _validated_pipeline(docs, source, pipeline)
 
 
 # -- files and versions --------------------------------------------------------------------------

@@ -51,15 +51,7 @@ def form_fields(schema: Mapping[str, Any] | None) -> list[FormField] | None:
     for name, sub in schema["properties"].items():
         sub = sub if isinstance(sub, dict) else {}
         widget, options = _widget(sub)
-        fields.append(
-            FormField(
-                name=name,
-                widget=widget,
-                required=name in required,
-                options=options,
-                description=str(sub.get("description", "")),
-            )
-        )
+        fields.append(FormField(name, widget, name in required, options, str(sub.get("description", ""))))
     return fields
 
 

@@ -35,10 +35,13 @@ def suites(snap: Snapshot) -> list[tuple[str, Any, list[str]]]:
 def routes(ctx: Ctx) -> list[Route]:
     project = ctx.project
 
-    def find(snap: Snapshot, name: str) -> tuple[str, Any]:
+    def find(request: Request) -> tuple[Snapshot, str, Any]:
+        """The project, and the file and suite the path names."""
+        snap = project.load()
+        name = request.path_params["suite"]
         for rel, suite, _ in suites(snap):
             if suite is not None and suite.name == name:
-                return rel, suite
+                return snap, rel, suite
         raise LookupError(f"no eval suite {name!r} in the project")
 
     def store_of(rel: str) -> SqliteRunStore:
@@ -87,8 +90,7 @@ def routes(ctx: Ctx) -> list[Route]:
         return HTMLResponse("created", headers={"HX-Redirect": f"/evals/{suite.name}"})
 
     async def suite_page(request: Request) -> Response:
-        snap = project.load()
-        rel, suite = find(snap, request.path_params["suite"])
+        snap, rel, suite = find(request)
         store = store_of(rel)
         known = store.path.exists()
         w = next((x for x in snap.workers() if x.name == suite.worker), None)
@@ -105,8 +107,7 @@ def routes(ctx: Ctx) -> list[Route]:
         )
 
     async def run(request: Request) -> Response:
-        snap = project.load()
-        rel, suite = find(snap, request.path_params["suite"])
+        snap, rel, suite = find(request)
         values = await form(request)
         try:
             w = snap.worker(suite.worker)
@@ -123,8 +124,7 @@ def routes(ctx: Ctx) -> list[Route]:
         return ctx.page(request, "_run.html", run=started)
 
     async def baseline(request: Request) -> Response:
-        snap = project.load()
-        rel, suite = find(snap, request.path_params["suite"])
+        _, rel, suite = find(request)
         values = await form(request)
         name = values.get("name", "").strip()
         if not name:
@@ -139,8 +139,7 @@ def routes(ctx: Ctx) -> list[Route]:
         )
 
     async def remove_baseline(request: Request) -> Response:
-        snap = project.load()
-        rel, suite = find(snap, request.path_params["suite"])
+        _, rel, suite = find(request)
         name = (await form(request)).get("name", "")
         try:
             store_of(rel).remove_baseline(suite.name, name)

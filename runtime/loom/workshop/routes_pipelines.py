@@ -3,6 +3,8 @@ on a running system with its stage timeline."""
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -39,11 +41,15 @@ def routes(ctx: Ctx) -> list[Route]:
         items = [(r, layout(r.spec), snap.relative(r.source)) for r in snap.of_kind("Pipeline")]
         return ctx.page(request, "pipelines.html", items=items, snap=snap, tab="pipelines")
 
-    async def pipeline(request: Request) -> Response:
+    def opened(request: Request) -> tuple[Snapshot, Resource, str, str]:
+        """The project, the pipeline the path names, and its file: path (relative) and text."""
         snap = project.load()
         res = find(snap, request.path_params["name"])
         rel = snap.relative(res.source)
-        text = project.read(rel)
+        return snap, res, rel, project.read(rel)
+
+    async def pipeline(request: Request) -> Response:
+        snap, res, rel, text = opened(request)
         name = res.spec.pipeline_name
         stages = [(s, edits.current_stage(text, rel, name, s.name)) for s in res.spec.pipeline_stages]
         return ctx.page(
@@ -59,30 +65,12 @@ def routes(ctx: Ctx) -> list[Route]:
 
     def saved(request: Request, rel: str, old: str, new: str, edited: Resource, note: str) -> Response:
         """Keep the edited file (and its version), then show the diff and the new graph."""
-        version = edits.save(project.root, rel, old, new, ctx.versions, note)
-        return ctx.page(
-            request,
-            "_stage_saved.html",
-            rel=rel,
-            version=version,
-            diff=edits.unified_diff(old, new, rel),
-            g=layout(edited.spec),
-        )
+        return ctx.saved(request, rel, old, new, note, "_stage_saved.html", g=layout(edited.spec))
 
     async def edit_stage(request: Request) -> Response:
-        snap = project.load()
-        res = find(snap, request.path_params["name"])
-        rel = snap.relative(res.source)
-        old = project.read(rel)
+        _, res, rel, old = opened(request)
         values = await form(request)
-        edit = edits.StageEdit(
-            worker_type=values.get("worker_type", ""),
-            tier=values.get("tier", ""),
-            input_mapping=values.get("input_mapping", ""),
-            depends_on=values.get("depends_on", ""),
-            condition=values.get("condition", ""),
-            timeout_seconds=values.get("timeout_seconds", ""),
-        )
+        edit = edits.StageEdit(**{f.name: values.get(f.name, "") for f in fields(edits.StageEdit)})
         stage = request.path_params["stage"]
         try:
             new, edited = edits.apply_stage_edit(old, rel, res.spec.pipeline_name, stage, edit)
@@ -94,10 +82,7 @@ def routes(ctx: Ctx) -> list[Route]:
 
     async def change(request: Request) -> Response:
         """Add a stage (after one, or last) or remove one; saved like a stage edit."""
-        snap = project.load()
-        res = find(snap, request.path_params["name"])
-        rel = snap.relative(res.source)
-        old = project.read(rel)
+        _, res, rel, old = opened(request)
         values = await form(request)
         name = res.spec.pipeline_name
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,14 @@ def routes(ctx: Ctx) -> list[Route]:
         snap = project.load()
         return ctx.page(request, "workers.html", snap=snap, workers=snap.workers(), tab="workers")
 
-    async def worker(request: Request) -> Response:
+    def located(request: Request) -> tuple[Snapshot, WorkerEntry, str]:
+        """The project, the worker the path names, and its file relative to the project."""
         snap = project.load()
         e = entry(snap, request.path_params["name"])
-        rel = snap.relative(e.resource.source)
+        return snap, e, snap.relative(e.resource.source)
+
+    async def worker(request: Request) -> Response:
+        snap, e, rel = located(request)
         return ctx.page(
             request,
             "worker.html",
@@ -76,16 +81,10 @@ def routes(ctx: Ctx) -> list[Route]:
         return ctx.page(request, "_run.html", run=run)
 
     async def proposed(request: Request) -> tuple[Snapshot, WorkerEntry, str, str, str, Any]:
-        snap = project.load()
-        e = entry(snap, request.path_params["name"])
-        rel = snap.relative(e.resource.source)
+        snap, e, rel = located(request)
         old = project.read(rel)
         values = await form(request)
-        edit = edits.WorkerEdit(
-            system_prompt=values.get("system_prompt", ""),
-            input_schema=values.get("input_schema", ""),
-            output_schema=values.get("output_schema", ""),
-        )
+        edit = edits.WorkerEdit(**{f.name: values.get(f.name, "") for f in fields(edits.WorkerEdit)})
         new, res = edits.apply_edit(old, rel, e.name, edit)
         return snap, e, rel, old, new, res
 
@@ -109,31 +108,20 @@ def routes(ctx: Ctx) -> list[Route]:
             return ctx.problems(request, exc.problems, status=422)
         if new == old:
             return ctx.problems(request, ["nothing changed"], status=422)
-        version = edits.save(project.root, rel, old, new, ctx.versions, "edit")
-        return ctx.page(
-            request, "_saved.html", rel=rel, version=version, diff=edits.unified_diff(old, new, rel)
-        )
+        return ctx.saved(request, rel, old, new, "edit")
 
     async def restore(request: Request) -> Response:
-        snap = project.load()
-        e = entry(snap, request.path_params["name"])
-        rel = snap.relative(e.resource.source)
+        _, e, rel = located(request)
         vid = (await form(request)).get("version", "")
         try:
             text = ctx.versions.read(rel, vid)
             edits.validated(text, rel, e.name)
         except edits.EditError as exc:
             return ctx.problems(request, exc.problems, status=422)
-        old = project.read(rel)
-        version = edits.save(project.root, rel, old, text, ctx.versions, f"restore {vid[:19]}")
-        return ctx.page(
-            request, "_saved.html", rel=rel, version=version, diff=edits.unified_diff(old, text, rel)
-        )
+        return ctx.saved(request, rel, project.read(rel), text, f"restore {vid[:19]}")
 
     async def clone(request: Request) -> Response:
-        snap = project.load()
-        e = entry(snap, request.path_params["name"])
-        rel = snap.relative(e.resource.source)
+        snap, e, rel = located(request)
         new_name = (await form(request)).get("new_name", "").strip()
         if any(w.name == new_name for w in snap.workers()):
             return ctx.problems(request, [f"a Worker {new_name!r} exists already"], status=422)

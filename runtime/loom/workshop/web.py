@@ -13,7 +13,7 @@ from starlette.responses import HTMLResponse
 from starlette.templating import Jinja2Templates
 
 from loom.workshop.connection import Connection
-from loom.workshop.edits import Versions
+from loom.workshop.edits import Versions, save, unified_diff
 from loom.workshop.project import Project, schema_summary
 from loom.workshop.runs import Runs
 from loom.workshop.security import CSRF_FIELD
@@ -75,6 +75,13 @@ class Ctx:
 
     def problems(self, request: Request, items: list[str], status: int = 400) -> HTMLResponse:
         return self.page(request, "_problems.html", status, problems=items)
+
+    def saved(
+        self, request: Request, rel: str, old: str, new: str, note: str, name: str = "_saved.html", **ctx: Any
+    ) -> HTMLResponse:
+        """Write ``new`` to the project file ``rel`` (its versions kept), then show the version and diff."""
+        version = save(self.project.root, rel, old, new, self.versions, note)
+        return self.page(request, name, rel=rel, version=version, diff=unified_diff(old, new, rel), **ctx)
 
 
 async def form(request: Request) -> dict[str, str]:
