@@ -9,7 +9,6 @@ pick the goal up where it was left instead of starting over.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -48,53 +47,38 @@ class Checkpoint(BaseModel):
         return cls.model_validate_json(data)
 
 
-class CheckpointStore(ABC):
-    """Where checkpoints live. Keys are ``[A-Za-z0-9_.-]`` strings chosen by the owner."""
-
-    @abstractmethod
-    async def save(self, key: str, checkpoint: Checkpoint) -> None:
-        """Write (replace) the checkpoint under ``key``."""
-
-    @abstractmethod
-    async def load(self, key: str) -> Checkpoint | None:
-        """The checkpoint under ``key``, or None."""
-
-    @abstractmethod
-    async def delete(self, key: str) -> None:
-        """Forget ``key`` (no error when absent)."""
-
-    async def close(self) -> None:  # noqa: B027 - optional hook
-        """Release connections."""
-
-
-class KeyValueCheckpointStore(CheckpointStore):
-    """Checkpoints as JSON in any :class:`~loom.state_store.KeyValueStore`."""
+class CheckpointStore:
+    """Checkpoints as JSON under ``[A-Za-z0-9_.-]`` keys chosen by the owner, in any
+    :class:`~loom.state_store.KeyValueStore`."""
 
     def __init__(self, store: KeyValueStore):
         self.store = store
 
     async def save(self, key: str, checkpoint: Checkpoint) -> None:
+        """Write (replace) the checkpoint under ``key``."""
         await self.store.put(key, checkpoint.to_bytes())
 
     async def load(self, key: str) -> Checkpoint | None:
+        """The checkpoint under ``key``, or None."""
         data = await self.store.get(key)
         return None if data is None else Checkpoint.from_bytes(data)
 
     async def delete(self, key: str) -> None:
+        """Forget ``key`` (no error when absent)."""
         await self.store.delete(key)
 
     async def close(self) -> None:
         await self.store.close()
 
 
-class KVCheckpointStore(KeyValueCheckpointStore):
+class KVCheckpointStore(CheckpointStore):
     """Checkpoints in the bus's Key-Value bucket ``loom-checkpoints`` (JetStream: no extra infrastructure)."""
 
     def __init__(self, bus: RoleBus, *, bucket: str = CHECKPOINT_BUCKET, ttl: float | None = None):
         super().__init__(bus.key_value_store(bucket, ttl=ttl))
 
 
-class RedisCheckpointStore(KeyValueCheckpointStore):
+class RedisCheckpointStore(CheckpointStore):
     """Checkpoints in Redis or Valkey (``redis://[:password@]host:port/db``), under ``loom:checkpoint:``."""
 
     def __init__(self, url: str, *, ttl: float | None = None, prefix: str = REDIS_PREFIX):

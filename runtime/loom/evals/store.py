@@ -4,7 +4,7 @@ SQLite (the standard library's ``sqlite3``) rather than DuckDB: it is always the
 optional extra), a run is a handful of row-sized records written once and read back whole — not
 analytics — and one file with transactions is safe to commit or cache in CI. Each run is stored
 as its JSON document (the same ``to_dict`` the reports use), so readers need no schema of their
-own. :class:`RunStore` is the interface a NATS KV store for connected mode can implement too.
+own.
 """
 
 from __future__ import annotations
@@ -13,31 +13,12 @@ import json
 import sqlite3
 from contextlib import closing
 from pathlib import Path
-from typing import Protocol
 
 from loom.evals.runner import RunResult, now_iso
 
 
 class StoreError(Exception):
     """A run or baseline that was asked for is not there, or the store cannot be used."""
-
-
-class RunStore(Protocol):
-    """Runs and named baselines of suites."""
-
-    def save_run(self, run: RunResult) -> None: ...
-
-    def run(self, run_id: str) -> RunResult: ...
-
-    def runs(self, suite: str, limit: int = 20) -> list[RunResult]: ...
-
-    def save_baseline(self, suite: str, name: str, run_id: str) -> None: ...
-
-    def remove_baseline(self, suite: str, name: str) -> None: ...
-
-    def baseline(self, suite: str, name: str) -> RunResult: ...
-
-    def baselines(self, suite: str) -> dict[str, str]: ...
 
 
 def default_store_path(suite_path: str | Path) -> Path:
@@ -67,7 +48,7 @@ CREATE TABLE IF NOT EXISTS baselines (
 
 
 class SqliteRunStore:
-    """A :class:`RunStore` in one SQLite file (created on first use)."""
+    """Runs and named baselines of suites in one SQLite file (created on first use)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
