@@ -164,10 +164,6 @@ def _declare_and_read() -> list[str]:
     return out
 
 
-def _submit_any_tenant() -> list[str]:
-    return [*INCOMING_SUBJECTS]
-
-
 def permissions(identity: Identity) -> Permissions:
     """The publish/subscribe permissions of ``identity``: the one rule every deployment uses."""
     me = identity
@@ -197,12 +193,12 @@ def permissions(identity: Identity) -> Permissions:
             pub += _bucket(b)
     elif me.role in (Role.PIPELINE, Role.ORCHESTRATOR):
         name = goal_consumer(me.pipeline if me.role is Role.PIPELINE else None)
-        pub += [*_submit_any_tenant(), f"{RESULTS_PREFIX}.>", DEAD_LETTER, *_consumer(STREAM_GOALS, name)]
+        pub += [*INCOMING_SUBJECTS, f"{RESULTS_PREFIX}.>", DEAD_LETTER, *_consumer(STREAM_GOALS, name)]
         for b in PIPELINE_BUCKETS:
             pub += _bucket(b)
         sub.append(f"{RESULTS_PREFIX}.>")  # stage results of the goals it runs, for any tenant
     elif me.role is Role.SCHEDULER:
-        pub += [*_submit_any_tenant(), "loom.goals.>"]
+        pub += [*INCOMING_SUBJECTS, "loom.goals.>"]
         for b in SCHEDULER_BUCKETS:
             pub += _bucket(b)
     else:  # pragma: no cover - every Role is handled above

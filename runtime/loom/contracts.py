@@ -54,11 +54,7 @@ def _format(err: Any) -> str:
 
 def errors_for(instance: Any, schema: dict[str, Any] | None) -> list[str]:
     """Every way ``instance`` breaks ``schema`` (empty when valid or when there is no schema)."""
-    if not schema:
-        return []
-    validator = validator_for(schema)
-    errs = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
-    return [_format(e) for e in errs[:MAX_ERRORS]]
+    return Contract(schema).errors(instance)
 
 
 class Contract:
@@ -84,17 +80,13 @@ class Contract:
 
     def check_input(self, payload: Any) -> None:
         """Raise :class:`InputContractError` when the payload breaks the schema."""
-        if self._validator is not None:
-            errs = self.errors(payload)
-            if errs:
-                raise InputContractError(errs)
+        if self._validator is not None and (errs := self.errors(payload)):
+            raise InputContractError(errs)
 
     def check_output(self, output: Any) -> None:
         """Raise :class:`OutputContractError` when the output breaks the schema."""
-        if self._validator is not None:
-            errs = self.errors(output)
-            if errs:
-                raise OutputContractError(errs)
+        if self._validator is not None and (errs := self.errors(output)):
+            raise OutputContractError(errs)
 
 
 __all__ = [

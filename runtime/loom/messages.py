@@ -95,10 +95,7 @@ def _token(what: str) -> Any:
     """A field validator: the value becomes a subject token (see :func:`loom.subjects.token_problem`)."""
 
     def check(value: Any) -> Any:
-        if value is None:
-            return value
-        problem = token_problem(value, what)
-        if problem is not None:
+        if value is not None and (problem := token_problem(value, what)) is not None:
             raise ValueError(problem)
         return value
 

@@ -33,9 +33,7 @@ class FieldDef:
 def parse_fields(text: str) -> list[FieldDef]:
     """``"text:string, count:integer, notes?"`` -> fields (type defaults to string; ``?`` = optional)."""
     fields: list[FieldDef] = []
-    for raw in (p.strip() for p in text.split(",")):
-        if not raw:
-            continue
+    for raw in filter(None, (p.strip() for p in text.split(","))):
         m = _FIELD_RE.match(raw)
         if not m:
             raise ValueError(f"field {raw!r}: expected name[:type][?], e.g. text:string or notes:string?")
@@ -148,9 +146,7 @@ class PipelineAnswers:
 def parse_mapping(text: str) -> dict[str, str]:
     """``"file_ref=goal.context.file_ref, text=extract.output.text"`` -> {field: path}."""
     out: dict[str, str] = {}
-    for raw in (p.strip() for p in text.split(",")):
-        if not raw:
-            continue
+    for raw in filter(None, (p.strip() for p in text.split(","))):
         key, sep, path = (s.strip() for s in raw.partition("="))
         if not sep or not key or not path:
             raise ValueError(f"mapping {raw!r}: expected field=path, e.g. text=goal.context.text")
@@ -169,9 +165,7 @@ def parse_stage(text: str) -> StageAnswers:
 
 def default_mapping(stages: list[StageAnswers]) -> dict[str, str]:
     """What a new stage reads when nothing is said: the goal's text first, then the previous output."""
-    if not stages:
-        return {"text": "goal.context.text"}
-    return {"text": f"{stages[-1].name}.output.text"}
+    return {"text": f"{stages[-1].name}.output.text" if stages else "goal.context.text"}
 
 
 def pipeline_document(a: PipelineAnswers) -> dict[str, Any]:

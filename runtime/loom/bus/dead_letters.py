@@ -6,7 +6,6 @@ import logging
 from dataclasses import dataclass
 
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError, NotFoundError
 
 from loom.audit import AuditRecord, unpack
 from loom.bus.connection import BusError
@@ -33,23 +32,11 @@ class DeadLettersMixin(PublishMixin, StreamsMixin):
     async def dead_letters(self) -> list[StoredDeadLetter]:
         """Every stored dead letter, oldest first."""
         out: list[StoredDeadLetter] = []
-        try:
-            info = await self.js.stream_info(STREAM_DEAD_LETTER)
-        except NotFoundError:
-            return out
-        seq = int(info.state.first_seq or 1)
-        last = int(info.state.last_seq or 0)
-        while seq <= last:
+        async for seq, data in self._scan(STREAM_DEAD_LETTER, DEAD_LETTER):
             try:
-                raw = await self.js.get_msg(STREAM_DEAD_LETTER, seq, subject=DEAD_LETTER, next=True)
-            except NotFoundError:
-                break
-            assert raw.seq is not None
-            try:
-                out.append(StoredDeadLetter(raw.seq, DeadLetter.from_bytes(raw.data or b"")))
+                out.append(StoredDeadLetter(seq, DeadLetter.from_bytes(data)))
             except ValueError as exc:
-                log.warning("dead letter #%d is unreadable: %s", raw.seq, exc)
-            seq = raw.seq + 1
+                log.warning("dead letter #%d is unreadable: %s", seq, exc)
         return out
 
     async def find_dead_letter(self, dead_letter_id: str) -> StoredDeadLetter | None:
@@ -99,33 +86,16 @@ class AuditMixin(StreamsMixin):
             duplicate_window=DUPLICATE_WINDOW,
             description="Audit trail: one record per task and goal outcome.",
         )
-        if existing and stream_config_matches(existing, config.as_dict()):
-            return
-        try:
-            await self.js.add_stream(config)
-        except BadRequestError as exc:
-            if exc.err_code != 10058:
-                raise
-            await self.js.update_stream(config)
+        if not (existing and stream_config_matches(existing, config.as_dict())):
+            await self._put_stream(config)
 
     async def audit_records(self, tenant: str | None = None) -> list[AuditRecord]:
         """Every stored audit record (of one tenant when given), oldest first."""
         out: list[AuditRecord] = []
         subject = f"{AUDIT_PREFIX}.{tenant}" if tenant else f"{AUDIT_PREFIX}.>"
-        try:
-            info = await self.js.stream_info(STREAM_AUDIT)
-        except NotFoundError:
-            return out
-        seq, last = int(info.state.first_seq or 1), int(info.state.last_seq or 0)
-        while seq <= last:
+        async for seq, data in self._scan(STREAM_AUDIT, subject):
             try:
-                raw = await self.js.get_msg(STREAM_AUDIT, seq, subject=subject, next=True)
-            except NotFoundError:
-                break
-            assert raw.seq is not None
-            try:
-                out.extend(unpack(raw.data or b""))
+                out.extend(unpack(data))
             except ValueError as exc:
-                log.warning("audit message #%d is unreadable: %s", raw.seq, exc)
-            seq = raw.seq + 1
+                log.warning("audit message #%d is unreadable: %s", seq, exc)
         return out

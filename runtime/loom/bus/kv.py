@@ -38,11 +38,8 @@ class KeyValueMixin(StreamsMixin):
     async def key_value(self, bucket: str, *, ttl: float | None = None) -> KeyValue:
         """A JetStream Key-Value bucket, created (file storage, the setting's replicas) if missing; the
         first creator's ttl wins. An existing bucket with other replicas than the setting is scaled."""
-        try:
-            kv = await self.js.key_value(bucket)
-        except BucketNotFoundError:
-            pass
-        else:
+        kv = await self.existing_key_value(bucket)
+        if kv is not None:
             await self._scale_bucket(bucket)
             return kv
         replicas = replicas_for(self.settings.replicas, None)

@@ -7,6 +7,7 @@ import base64
 import dataclasses
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -200,18 +201,22 @@ class StreamsMixin(BusBase):
             if existing and stream_config_matches(existing, config.as_dict()):
                 continue
             try:
-                try:
-                    await self.js.add_stream(config)
-                except BadRequestError as exc:
-                    if exc.err_code != 10058:  # stream name already in use with a different configuration
-                        raise
-                    await self.js.update_stream(config)
+                await self._put_stream(config)
             except APIError as exc:
                 if replicas > 1:
                     raise _replicas_error(f"stream {config.name}", replicas, exc) from exc
                 raise
             if existing and int(existing.get("num_replicas") or 1) != replicas:
                 await self.wait_stream_leader(config.name or "")
+
+    async def _put_stream(self, config: js_api.StreamConfig) -> None:
+        """Create ``config``'s stream, or update it when it exists with another configuration."""
+        try:
+            await self.js.add_stream(config)
+        except BadRequestError as exc:
+            if exc.err_code != 10058:  # stream name already in use with a different configuration
+                raise
+            await self.js.update_stream(config)
 
     async def wait_stream_leader(self, stream: str, timeout: float = UNAVAILABLE_RETRY) -> None:  # noqa: ASYNC109
         """Until ``stream`` has a leader and every replica is current (after it was scaled, new
@@ -253,6 +258,23 @@ class StreamsMixin(BusBase):
             headers,
             _parse_time(m["time"]) if m.get("time") else None,
         )
+
+    async def _scan(self, stream: str, subject: str) -> AsyncIterator[tuple[int, bytes]]:
+        """Every message of ``stream`` on ``subject`` with its sequence, oldest first (none when the
+        stream is missing)."""
+        try:
+            info = await self.js.stream_info(stream)
+        except NotFoundError:
+            return
+        seq, last = int(info.state.first_seq or 1), int(info.state.last_seq or 0)
+        while seq <= last:
+            try:
+                raw = await self.js.get_msg(stream, seq, subject=subject, next=True)
+            except NotFoundError:
+                break
+            assert raw.seq is not None
+            yield raw.seq, raw.data or b""
+            seq = raw.seq + 1
 
     async def stream_messages(self, stream: str) -> int:
         """Messages currently stored in a stream."""
