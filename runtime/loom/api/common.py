@@ -31,9 +31,6 @@ TIER_MAX_LENGTH = 20
 TierName = Annotated[str, Field(pattern=TIER_PATTERN, min_length=1, max_length=TIER_MAX_LENGTH)]
 WorkerType = Annotated[str, Field(pattern=WORKER_TYPE_PATTERN, min_length=1, max_length=40)]
 
-#: The original Loom's tier names, used as defaults.
-DEFAULT_TIERS = ("local", "standard", "frontier")
-
 
 def cel(rule: str, message: str) -> dict[str, str]:
     """One ``x-kubernetes-validations`` entry."""

@@ -63,6 +63,11 @@ class KindInfo:
         return f"{API_GROUP}/{API_VERSION}"
 
 
+def _column(name: str, type_: str, json_path: str, description: str) -> dict[str, Any]:
+    """A ``kubectl get`` column (``additionalPrinterColumns`` entry)."""
+    return {"name": name, "type": type_, "jsonPath": json_path, "description": description}
+
+
 #: A tier name at its longest, for the child-name budget.
 _LONGEST_TIER = "-" + "t" * TIER_MAX_LENGTH
 #: Hex digits of the spec hash in an EvalSuite's Job name (``<name>-eval-<hash>``).
@@ -78,19 +83,9 @@ KINDS: tuple[KindInfo, ...] = (
         component="worker",
         child_suffixes=("-config", "-metrics", _LONGEST_TIER),
         columns=(
-            {
-                "name": "Tiers",
-                "type": "string",
-                "jsonPath": ".status.tierNames",
-                "description": "Served tiers.",
-            },
-            {
-                "name": "Replicas",
-                "type": "string",
-                "jsonPath": ".status.replicaSummary",
-                "description": "Ready/desired replicas over all tiers.",
-            },
-            {"name": "Lag", "type": "integer", "jsonPath": ".status.lag", "description": "Consumer lag."},
+            _column("Tiers", "string", ".status.tierNames", "Served tiers."),
+            _column("Replicas", "string", ".status.replicaSummary", "Ready/desired replicas over all tiers."),
+            _column("Lag", "integer", ".status.lag", "Consumer lag."),
         ),
         description=(
             "A narrowly scoped, stateless LLM or processor worker type; one Deployment per model tier."
@@ -107,14 +102,7 @@ KINDS: tuple[KindInfo, ...] = (
         status_model=PipelineStatus,
         component="pipeline",
         child_suffixes=("-config", "-pipeline"),
-        columns=(
-            {
-                "name": "Stages",
-                "type": "integer",
-                "jsonPath": ".status.stages",
-                "description": "Stage count.",
-            },
-        ),
+        columns=(_column("Stages", "integer", ".status.stages", "Stage count."),),
         description="A multi-stage workflow over worker types, run by a pipeline orchestrator Deployment.",
         name_use="the Deployment <name>-pipeline and the ConfigMap <name>-config",
     ),
@@ -126,14 +114,7 @@ KINDS: tuple[KindInfo, ...] = (
         status_model=RouterPolicyStatus,
         component="router",
         child_suffixes=("-config", "-router"),
-        columns=(
-            {
-                "name": "Tiers",
-                "type": "string",
-                "jsonPath": ".status.tierNames",
-                "description": "Defined tiers.",
-            },
-        ),
+        columns=(_column("Tiers", "string", ".status.tierNames", "Defined tiers."),),
         description="Model tiers, tier overrides and rate limits for the router of a namespace.",
         name_use="the Deployment <name>-router and the ConfigMap <name>-config",
         named=False,
@@ -147,25 +128,10 @@ KINDS: tuple[KindInfo, ...] = (
         component="scheduler",
         child_suffixes=("-config", "-scheduler"),
         columns=(
-            {
-                "name": "Schedule",
-                "type": "string",
-                "jsonPath": ".status.schedule",
-                "description": "Cron or interval.",
-            },
-            {
-                "name": "Last",
-                "type": "date",
-                "jsonPath": ".status.lastScheduleTime",
-                "description": "Last fire.",
-            },
-            {
-                # A string, not a date: kubectl shows dates as an age, and a future time as <invalid>.
-                "name": "Next",
-                "type": "string",
-                "jsonPath": ".status.nextScheduleTime",
-                "description": "Next fire (RFC 3339, UTC).",
-            },
+            _column("Schedule", "string", ".status.schedule", "Cron or interval."),
+            _column("Last", "date", ".status.lastScheduleTime", "Last fire."),
+            # A string, not a date: kubectl shows dates as an age, and a future time as <invalid>.
+            _column("Next", "string", ".status.nextScheduleTime", "Next fire (RFC 3339, UTC)."),
         ),
         description="Cron or fixed-interval dispatch of a goal or a task.",
         name_use="the Deployment <name>-scheduler and the ConfigMap <name>-config",
@@ -179,24 +145,11 @@ KINDS: tuple[KindInfo, ...] = (
         component="eval",
         child_suffixes=("-eval-config", "-eval-nats", "-eval-" + "0" * EVAL_JOB_HASH_LENGTH),
         columns=(
-            {
-                "name": "Worker",
-                "type": "string",
-                "jsonPath": ".spec.worker",
-                "description": "Worker type under test.",
-            },
-            {
-                "name": "Score",
-                "type": "number",
-                "jsonPath": ".status.lastRun.score",
-                "description": "Aggregate score of the last run.",
-            },
-            {
-                "name": "Passed",
-                "type": "boolean",
-                "jsonPath": ".status.lastRun.passed",
-                "description": "Whether the last run passed its threshold.",
-            },
+            _column("Worker", "string", ".spec.worker", "Worker type under test."),
+            _column("Score", "number", ".status.lastRun.score", "Aggregate score of the last run."),
+            _column(
+                "Passed", "boolean", ".status.lastRun.passed", "Whether the last run passed its threshold."
+            ),
         ),
         description=(
             "Eval cases and scorers for a worker type, run by the operator as a Job through the "

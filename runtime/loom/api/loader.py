@@ -18,7 +18,7 @@ from typing import Any, TypeAlias
 
 import yaml
 from pydantic import BaseModel, ValidationError
-from pydantic.alias_generators import to_camel
+from pydantic.alias_generators import to_camel, to_snake
 
 from loom.api.common import GROUP_VERSION
 from loom.api.kinds import KINDS, KindName
@@ -280,8 +280,6 @@ def _cross_field_problems(
     Validates again without the failing top-level fields and keeps only the model-level errors,
     so one run of ``loom validate`` names every problem.
     """
-    from pydantic.alias_generators import to_camel, to_snake
-
     bad = {str(err["loc"][0]) for err in exc.errors() if err["loc"]}
     if not bad:
         return []

@@ -168,16 +168,15 @@ class ModelEndpoints(SpecModel):
     @model_validator(mode="after")
     def _entries_parse(self) -> ModelEndpoints:
         problems = []
-        for entry in self.allowed_urls:
-            try:
-                parse_allowed_url(entry)
-            except ValueError as exc:
-                problems.append(f"allowedUrls: {exc}")
-        for entry in self.allowed_networks:
-            try:
-                parse_network(entry)
-            except ValueError as exc:
-                problems.append(f"allowedNetworks: {exc}")
+        for label, entries, parse in (
+            ("allowedUrls", self.allowed_urls, parse_allowed_url),
+            ("allowedNetworks", self.allowed_networks, parse_network),
+        ):
+            for entry in entries:
+                try:
+                    parse(entry)
+                except ValueError as exc:
+                    problems.append(f"{label}: {exc}")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -145,11 +144,6 @@ def estimate_tokens(payload_size: int, max_output_tokens: int) -> int:
     return payload_size // 4 + max_output_tokens
 
 
-def _is_router_config(doc: Any) -> bool:
-    """A plain RouterConfig document (``policy``/``workers``), by the loader's one kind rule."""
-    return isinstance(doc, dict) and infer_kind(doc) == "RouterConfig"
-
-
 def load_router_config(paths: list[str | Path]) -> RouterConfig:
     """A RouterConfig from files and directories.
 
@@ -168,7 +162,8 @@ def load_router_config(paths: list[str | Path]) -> RouterConfig:
         except yaml.YAMLError as exc:
             problems.append(f"{path}: invalid YAML: {exc}")
             continue
-        if docs and all(_is_router_config(d) for d in docs):
+        # plain RouterConfig documents (``policy``/``workers``), by the loader's one kind rule
+        if docs and all(isinstance(d, dict) and infer_kind(d) == "RouterConfig" for d in docs):
             for i, doc in enumerate(docs):
                 try:
                     configs.append(RouterConfig.model_validate(doc))
@@ -195,8 +190,6 @@ def load_router_config(paths: list[str | Path]) -> RouterConfig:
     if configs:
         config = configs[0]
         if workers:
-            merged = dict(config.workers or {})
-            merged.update(workers)
-            config = config.model_copy(update={"workers": merged})
+            config = config.model_copy(update={"workers": {**(config.workers or {}), **workers}})
         return config
     return RouterConfig(policy=policies[0] if policies else RouterPolicySpec(), workers=workers or None)

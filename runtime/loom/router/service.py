@@ -40,7 +40,15 @@ from pydantic import ValidationError
 from loom import metrics, tracing
 from loom.api.router_policy import RouterConfig, RouterPolicySpec
 from loom.audit import dead_letter_record
-from loom.bus import ADVISORY_CONSUMER, STREAM_ADVISORIES, BusError, Delivery, RouterBus, kv_put
+from loom.bus import (
+    ADVISORY_CONSUMER,
+    STREAM_ADVISORIES,
+    BusError,
+    Delivery,
+    RouterBus,
+    StoredMessage,
+    kv_put,
+)
 from loom.clock import Clock
 from loom.costs import COST_SCALE
 from loom.dead_letters import build_dead_letter, dead_letter_of
@@ -60,7 +68,7 @@ from loom.messages import (
 from loom.quotas import payload_problem
 from loom.router.budget_ledger import BudgetLedger, Exhausted, budget_usage
 from loom.router.budgets import BUDGETS_BUCKET, BUDGETS_TTL, Hold, estimate_usage
-from loom.router.limits import AdmissionQueue, Limiter, Request, Ticket
+from loom.router.limits import AdmissionQueue, Limiter, LimitSet, Request, Ticket
 from loom.router.routing import Rejection, Route, RoutingTable, estimate_tokens
 from loom.router.shared_limits import (
     DEFAULT_LEASE_SECONDS,
@@ -68,6 +76,8 @@ from loom.router.shared_limits import (
     LIMITS_BUCKET,
     SharedLimits,
     limits_mode,
+    wait_any,
+    wait_event,
 )
 from loom.router.usage import LOCAL_USE_KEY, local_use
 from loom.subjects import ROUTER_CONSUMER, STREAM_GOALS, STREAM_INCOMING, STREAM_TASKS, tenant_of_subject
@@ -173,12 +183,11 @@ class RouterService:
             max_ack_pending=o.max_in_flight * self.limiter.replicas,
         )
         await self.bus.ensure_advisory_consumer()
-        shared_kv = local_kv = None
-        ttl = max(3600.0, 4 * o.limit_window)  # windows outlive their counters by far; leases are renewed
-        if self.shared is not None:
-            shared_kv = await self.bus.key_value(LIMITS_BUCKET, ttl=ttl)
-        elif self._has_limits():  # in memory: a snapshot of the use, for status and `loom budget`
-            local_kv = await self.bus.key_value(LIMITS_BUCKET, ttl=ttl)
+        limits_kv = None
+        # shared, or in memory (then a snapshot of the use, for status and `loom budget`)
+        if self.shared is not None or self._has_limits():
+            ttl = max(3600.0, 4 * o.limit_window)  # windows outlive their counters by far; leases are renewed
+            limits_kv = await self.bus.key_value(LIMITS_BUCKET, ttl=ttl)
         if self.table.policy.budgets.tiers or self.table.policy.budgets.tenants:
             kv = await self.bus.key_value(BUDGETS_BUCKET, ttl=BUDGETS_TTL)
             self.ledger = BudgetLedger(self.table.policy, kv)
@@ -200,9 +209,11 @@ class RouterService:
             side.append(
                 self._every("router-budgets", o.budget_interval, self._read_budgets, "reading budgets")
             )
-        side += self._shared_task(shared_kv, stop)
-        if local_kv:
-            store = partial(self._store_local_use, local_kv)
+        if self.shared is not None:
+            run = self.shared.run(limits_kv, self._limit_sets, self._waiting_requests, self.wake, stop)
+            side.append(asyncio.create_task(run, name="router-shared-limits"))
+        elif limits_kv:
+            store = partial(self._store_local_use, limits_kv)
             side.append(self._every("router-local-use", o.budget_interval, store, "storing the limit use"))
         side.append(
             asyncio.create_task(
@@ -235,18 +246,11 @@ class RouterService:
             with contextlib.suppress(Exception):
                 await results_sub.unsubscribe()
 
-    def _shared_task(self, kv: Any, stop: asyncio.Event) -> list[asyncio.Task[None]]:
-        if self.shared is None:
-            return []
+    def _limit_sets(self) -> list[LimitSet]:
+        return [*self.limiter.tiers.values(), *self.limiter.tenants.values()]
 
-        def sets() -> list[Any]:
-            return [*self.limiter.tiers.values(), *self.limiter.tenants.values()]
-
-        def waiting() -> list[Request]:
-            return [req for _, req in self.queue.waiting]
-
-        run = self.shared.run(kv, sets, waiting, self.wake, stop)
-        return [asyncio.create_task(run, name="router-shared-limits")]
+    def _waiting_requests(self) -> list[Request]:
+        return [req for _, req in self.queue.waiting]
 
     # -- incoming tasks -----------------------------------------------------------------------------------
 
@@ -541,30 +545,19 @@ class RouterService:
             if res.next_wake is not None:
                 timeout = min(timeout, res.next_wake - now)
             self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wait_either(stop), timeout=max(timeout, 0.001))
+            await wait_any(self.wake, stop, max(timeout, 0.001))
         for _, req in list(self.queue.waiting):
             self.queue.cancel(req)
             fut = req.item[0] if req.item else None
             if fut is not None and not fut.done():
                 fut.set_exception(_ShuttingDown())
 
-    async def _wait_either(self, stop: asyncio.Event) -> None:
-        w = asyncio.ensure_future(self.wake.wait())
-        s = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({w, s}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            w.cancel()
-            s.cancel()
-
     async def _keepalive_loop(self, stop: asyncio.Event) -> None:
         """An in-progress ack for every held task (waiting for capacity or for budget) each third of
         ``ack_wait``, so the server does not redeliver it. The server counts ``ack_wait`` in real time,
         so this loop sleeps in real time, whatever clock the router's decisions read."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self._keepalive)
+            await wait_event(stop, self._keepalive)
             if stop.is_set():
                 return
             held = [req.item[1] for _, req in self.queue.waiting if req.item]
@@ -604,15 +597,14 @@ class RouterService:
                     await step()
                 except Exception as exc:
                     log.debug("%s failed: %s", what, exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=interval)
+                await wait_event(stop, interval)
 
         return asyncio.create_task(loop(), name=name)
 
     async def _store_local_use(self, kv: Any) -> None:
         """Store this router's in-memory limit use (it is all the use), every ``budget_interval``."""
-        sets = [*self.limiter.tiers.values(), *self.limiter.tenants.values()]
-        await kv_put(kv, LOCAL_USE_KEY, local_use(sets, self.clock(), time.time()), within=self.bus.timeout)
+        use = local_use(self._limit_sets(), self.clock(), time.time())
+        await kv_put(kv, LOCAL_USE_KEY, use, within=self.bus.timeout)
 
     def _update_gauges(self) -> None:
         now = self.clock()
@@ -663,9 +655,7 @@ class RouterService:
                     f"no worker consumes {subject} (no consumer was ever created for it); "
                     f"waited {age:.0f}s, no_worker_wait is {wait:g}s"
                 )
-                dl, result = _dead_stored(
-                    DeadLetterReason.NO_WORKER, stored.stream, stored.seq, subject, stored.data, detail, None
-                )
+                dl, result = _dead_stored(DeadLetterReason.NO_WORKER, stored, detail, None)
                 await self.bus.publish_dead_letter(dl)
                 if await self.bus.delete_stream_message(STREAM_TASKS, stored.seq):  # once across replicas
                     if result is not None:
@@ -694,15 +684,7 @@ class RouterService:
             await d.ack()  # settled meanwhile (acked, or already dead-lettered)
             return
         detail = f"delivered {deliveries} times to consumer {consumer} without being settled"
-        dl, result = _dead_stored(
-            DeadLetterReason.MAX_DELIVERIES,
-            stored.stream,
-            stored.seq,
-            stored.subject,
-            stored.data,
-            detail,
-            deliveries,
-        )
+        dl, result = _dead_stored(DeadLetterReason.MAX_DELIVERIES, stored, detail, deliveries)
         with tracing.span("max deliveries", parent=tracing.extract(stored.headers)):
             await self.bus.publish_dead_letter(dl)
             if result is not None:
@@ -714,29 +696,21 @@ class RouterService:
 
 
 def _dead_stored(
-    code: DeadLetterReason,
-    stream: str,
-    seq: int,
-    subject: str,
-    data: bytes,
-    detail: str,
-    deliveries: int | None,
+    code: DeadLetterReason, stored: StoredMessage, detail: str, deliveries: int | None
 ) -> tuple[DeadLetter, TaskResult | GoalResult | None]:
     """The dead letter of a stored message that will not be done, and the failed result its caller awaits."""
+    stream, seq, subject, data = stored.stream, stored.seq, stored.subject, stored.data
     error = f"{code.value}: {detail}"
     goal: GoalMessage | None = None
     task: TaskMessage | None = None
     tier: str | None = None
+    # not routed yet: the subject names the tenant
+    tenant = {"tenant": tenant_of_subject(subject)} if stream in (STREAM_GOALS, STREAM_INCOMING) else {}
     with contextlib.suppress(ValidationError):  # unreadable originals are dead-lettered all the same
         if stream == STREAM_GOALS:
-            goal = GoalMessage.model_validate_json(data)
+            goal = GoalMessage.model_validate_json(data).model_copy(update=tenant)
         else:
-            task = TaskMessage.model_validate_json(data)
-    if stream in (STREAM_GOALS, STREAM_INCOMING):  # not routed yet: the subject names the tenant
-        if goal is not None:
-            goal = goal.model_copy(update={"tenant": tenant_of_subject(subject)})
-        if task is not None:
-            task = task.model_copy(update={"tenant": tenant_of_subject(subject)})
+            task = TaskMessage.model_validate_json(data).model_copy(update=tenant)
     parts = subject.split(".")
     if stream == STREAM_TASKS and len(parts) == 4:  # loom.tasks.<worker type>.<tier>
         tier = parts[3]

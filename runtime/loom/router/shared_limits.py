@@ -303,9 +303,9 @@ class SharedLimits:
                     wake.set()
             except Exception as exc:  # NATS away: what is held stays held, the next round tries again
                 log.warning("shared limits: round failed (%s); trying again", exc)
-                await _wait(stop, 1.0)
+                await wait_event(stop, 1.0)
                 continue
-            await _wait_any(self._poke, stop, self.next_round_in(list(sets())))
+            await wait_any(self._poke, stop, self.next_round_in(list(sets())))
         with contextlib.suppress(Exception):  # hand back the slots no task uses; the rest expire
             await self.sync(kv, list(sets()), (), stopping=True)
 
@@ -418,12 +418,14 @@ class SharedLimits:
         return pool.granted != held_before
 
 
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
+async def wait_event(event: asyncio.Event, seconds: float) -> None:
+    """Until ``event`` is set or ``seconds`` pass."""
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
+        await asyncio.wait_for(event.wait(), timeout=seconds)
 
 
-async def _wait_any(a: asyncio.Event, b: asyncio.Event, seconds: float) -> None:
+async def wait_any(a: asyncio.Event, b: asyncio.Event, seconds: float) -> None:
+    """Until ``a`` or ``b`` is set or ``seconds`` pass."""
     wa = asyncio.ensure_future(a.wait())
     wb = asyncio.ensure_future(b.wait())
     try:
