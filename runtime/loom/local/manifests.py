@@ -151,14 +151,9 @@ def worker_manifest(res: Resource) -> dict[str, Any]:
     spec: WorkerSpec = res.spec
     base = Path(res.source).parent if res.source else Path.cwd()
     updates: dict[str, Any] = {}
-    if spec.knowledge_sources:
-        updates["knowledge_sources"] = [
-            s.model_copy(update={"path": _absolute(s.path, base)}) for s in spec.knowledge_sources
-        ]
-    if spec.knowledge_silos:
-        updates["knowledge_silos"] = [
-            s.model_copy(update={"path": _absolute(s.path, base)}) for s in spec.knowledge_silos
-        ]
+    for key in ("knowledge_sources", "knowledge_silos"):
+        if entries := getattr(spec, key):
+            updates[key] = [s.model_copy(update={"path": _absolute(s.path, base)}) for s in entries]
     if spec.workspace_dir:
         updates["workspace_dir"] = _absolute(spec.workspace_dir, base)
     fixed = Resource(
@@ -190,26 +185,21 @@ def worker_tier_env(
 ) -> tuple[dict[str, str], TierDefinition]:
     """``LOOM_TIER_CONFIG`` (and ``LOOM_LOCAL_LLM_URL``) for a worker on a tier, and the endpoint
     allow-list of local mode: the policy's, plus the embedded model server on loopback."""
-    tdef = worker_tier(policy, tier)
     endpoints_of = policy or RouterPolicySpec()
     env: dict[str, str] = local_mode_env(endpoints_of)
-    if tdef.backend == "local" and not tdef.base_url and local_llm_url:
-        tdef = tdef.model_copy(update={"base_url": local_llm_url})
+
+    def served_locally(d: TierDefinition) -> TierDefinition:
+        """A tier (or a fallback) on the local model without a URL reaches the embedded server."""
+        if not (d.backend == "local" and not d.base_url and local_llm_url):
+            return d
         env["LOOM_LOCAL_LLM_URL"] = local_llm_url
         env.update(local_mode_env(endpoints_of, local_llm_url))
+        return d.model_copy(update={"base_url": local_llm_url})
+
+    tdef = served_locally(worker_tier(policy, tier))
     env[TIER_CONFIG_ENV] = tdef.worker_config()
     if policy is not None and tdef.fallback:
-        fallbacks = policy.fallback_tiers(tier, mounted_keys=False)
-        if local_llm_url and any(f.backend == "local" and not f.base_url for f in fallbacks):
-            # A fallback on the local model reaches the same embedded server as a local tier.
-            fallbacks = [
-                f.model_copy(update={"base_url": local_llm_url})
-                if f.backend == "local" and not f.base_url
-                else f
-                for f in fallbacks
-            ]
-            env["LOOM_LOCAL_LLM_URL"] = local_llm_url
-            env.update(local_mode_env(endpoints_of, local_llm_url))
+        fallbacks = [served_locally(f) for f in policy.fallback_tiers(tier, mounted_keys=False)]
         env[FALLBACK_TIERS_ENV] = fallback_config(fallbacks)
     return env, tdef
 

@@ -183,7 +183,7 @@ def goal_context_keys(spec: PipelineSpec) -> tuple[dict[str, list[tuple[str, str
     required: set[str] = set()
     instruction = False
     for stage in spec.pipeline_stages:
-        paths = [(key, path) for key, path in stage.input_mapping.items()]
+        paths = list(stage.input_mapping.items())
         if stage.condition and (m := CONDITION_RE.match(stage.condition)):
             paths.append(("", m.group("path")))
         for key, path in paths:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ from loom.contrib.duckdb.sql import (
     order_by_sql,
     quote,
 )
-from loom.contrib.rag.embedders import make_embedding_provider
+from loom.contrib.rag.embedders import LazyEmbedding
 from loom.worker.embeddings import EmbeddingProvider
 
 ACTIONS = ("search", "filter", "stats", "get", "vector_search")
@@ -45,12 +46,13 @@ class _Plan:
 
     columns: dict[str, Any]
     select: list[str]
+    select_sql: str
     filters: dict[str, str]
     aggregates: list[str]
     order_by: str | None
 
 
-class DuckDBQueryBackend(SyncProcessingBackend):
+class DuckDBQueryBackend(LazyEmbedding, SyncProcessingBackend):
     """Configurable query actions against one table (see the module docstring)."""
 
     def __init__(
@@ -73,6 +75,9 @@ class DuckDBQueryBackend(SyncProcessingBackend):
         default_limit: int = 20,
         embedder: EmbeddingProvider | None = None,
     ):
+        super().__init__(
+            embedding_provider, embedding_model, embedding_base_url, embedding_api_key_env, embedder
+        )
         self.db_path = db_path
         self.table_name = table_name
         self.id_column = id_column
@@ -85,10 +90,6 @@ class DuckDBQueryBackend(SyncProcessingBackend):
         self.embedding_column = embedding_column
         self.max_results = max_results
         self.default_limit = min(default_limit, max_results)
-        self._embedding_args = (
-            embedding_provider, embedding_model, embedding_base_url, embedding_api_key_env
-        )
-        self._embedder = embedder
         self._plan: _Plan | None = None
         self._plan_lock = threading.Lock()
         reserved = {"action", "query", "limit", "offset", "id", "group_by", "embedding", "order_by"}
@@ -142,31 +143,18 @@ class DuckDBQueryBackend(SyncProcessingBackend):
             payload = {**payload, "embedding": await self.embedder.embed(query)}
         return await super().process(payload, config)
 
-    @property
-    def embedder(self) -> EmbeddingProvider:
-        if self._embedder is None:
-            self._embedder = make_embedding_provider(*self._embedding_args)
-        return self._embedder
-
     def process_sync(self, payload: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
         action = payload.get("action")
         if action not in ACTIONS:
             raise DuckDBError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
-        con = connect(self.db_path, read_only=True)
-        try:
+        with closing(connect(self.db_path, read_only=True)) as con:
             plan = self._checked_plan(con)
             output = getattr(self, f"_{action}")(con, plan, payload)
-        finally:
-            con.close()
         return {"output": {"action": action, **output}, "model_used": "duckdb"}
 
     def query(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Run one payload synchronously and return its output (for scripts and tests)."""
         return self.process_sync(payload, {})["output"]
-
-    async def close(self) -> None:
-        if self._embedder is not None:
-            await self._embedder.close()
 
     # -- the checked configuration ------------------------------------------------------------------------
 
@@ -185,11 +173,14 @@ class DuckDBQueryBackend(SyncProcessingBackend):
                 filters = {name: filter_sql(frag, known) for name, frag in self.filter_fields.items()}
                 aggregates = [aggregate_sql(a, known)[0] for a in self.stats_aggregates]
                 order = order_by_sql(self.default_order_by, known) if self.default_order_by else None
-                self._plan = _Plan(cols, select, filters, aggregates, order)
+                select_sql = ", ".join(quote(c) for c in select)
+                self._plan = _Plan(cols, select, select_sql, filters, aggregates, order)
             return self._plan
 
-    def _where(self, plan: _Plan, payload: dict[str, Any]) -> tuple[list[str], list[Any]]:
-        clauses, params = [], []
+    def _where(self, plan: _Plan, payload: dict[str, Any], *required: str) -> tuple[str, list[Any]]:
+        """`` WHERE`` with the ``required`` clauses and the payload's filters ('' without any), and its
+        parameters."""
+        clauses, params = list(required), []
         for name, sql in plan.filters.items():
             if name in payload and payload[name] is not None:
                 value = payload[name]
@@ -197,7 +188,7 @@ class DuckDBQueryBackend(SyncProcessingBackend):
                     raise DuckDBError(f"filter {name!r} takes one value, not {type(value).__name__}")
                 clauses.append(sql)
                 params.append(value)
-        return clauses, params
+        return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
 
     def _unknown_keys(self, payload: dict[str, Any], allowed: set[str]) -> None:
         extra = sorted(set(payload) - allowed - {"action"} - set(self.filter_fields))
@@ -222,19 +213,17 @@ class DuckDBQueryBackend(SyncProcessingBackend):
                 f"{self.table_name} has no full-text index; create it with "
                 f"PRAGMA create_fts_index('{self.table_name}', '{self.id_column}', <text columns>)"
             )
-        clauses, params = self._where(plan, payload)
+        where, params = self._where(plan, payload, "score IS NOT NULL")
         fts = quote(f"fts_main_{self.table_name}")
         score = f"{fts}.match_bm25({quote(self.id_column)}, ?)"
-        where = " AND ".join(["score IS NOT NULL", *clauses])
-        select = ", ".join(quote(c) for c in plan.select)
-        sql = (f"SELECT * FROM (SELECT {select}, {score} AS score FROM {quote(self.table_name)}) "
-               f"WHERE {where} ORDER BY score DESC LIMIT ?")
+        sql = (f"SELECT * FROM (SELECT {plan.select_sql}, {score} AS score FROM {quote(self.table_name)})"
+               f"{where} ORDER BY score DESC LIMIT ?")
         results = self._rows(con, sql, [query, *params, self._limit(payload)], [*plan.select, "score"])
         return {"count": len(results), "results": results}
 
     def _filter(self, con: Any, plan: _Plan, payload: dict[str, Any]) -> dict[str, Any]:
         self._unknown_keys(payload, {"limit", "offset", "order_by"})
-        clauses, params = self._where(plan, payload)
+        where, params = self._where(plan, payload)
         if isinstance(payload.get("order_by"), str):
             order = order_by_sql(payload["order_by"], list(plan.columns))
         elif payload.get("order_by") is not None:
@@ -242,22 +231,19 @@ class DuckDBQueryBackend(SyncProcessingBackend):
         else:
             order = plan.order_by or quote(self.id_column)
         offset = bounded_int(payload.get("offset"), "offset", 0, 0, 10**9)
-        select = ", ".join(quote(c) for c in plan.select)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT {select} FROM {quote(self.table_name)}{where} ORDER BY {order} LIMIT ? OFFSET ?"
+        table = quote(self.table_name)
+        sql = f"SELECT {plan.select_sql} FROM {table}{where} ORDER BY {order} LIMIT ? OFFSET ?"
         results = self._rows(con, sql, [*params, self._limit(payload), offset], plan.select)
         return {"count": len(results), "results": results}
 
     def _stats(self, con: Any, plan: _Plan, payload: dict[str, Any]) -> dict[str, Any]:
         self._unknown_keys(payload, {"group_by"})
-        clauses, params = self._where(plan, payload)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = self._where(plan, payload)
         aggs = ", ".join(plan.aggregates)
         group = payload.get("group_by")
         if group is None:
             cur = con.execute(f"SELECT {aggs} FROM {quote(self.table_name)}{where}", params)
-            names = [d[0] for d in cur.description]
-            return {"stats": row_dict(names, cur.fetchone())}
+            return {"stats": row_dict([d[0] for d in cur.description], cur.fetchone())}
         group = check_identifier(group, self.stats_groups, "stats group")
         g = quote(group)
         cur = con.execute(
@@ -270,8 +256,8 @@ class DuckDBQueryBackend(SyncProcessingBackend):
         self._unknown_keys(payload, {"id"})
         if payload.get("id") is None or isinstance(payload["id"], dict | list):
             raise DuckDBError(f"get needs id (the record's {self.id_column})")
-        select = ", ".join(quote(c) for c in plan.select)
-        sql = f"SELECT {select} FROM {quote(self.table_name)} WHERE {quote(self.id_column)} = ? LIMIT 1"
+        sql = (f"SELECT {plan.select_sql} FROM {quote(self.table_name)} "
+               f"WHERE {quote(self.id_column)} = ? LIMIT 1")
         rows = self._rows(con, sql, [payload["id"]], plan.select)
         return {"found": bool(rows), "result": rows[0] if rows else None}
 
@@ -281,10 +267,8 @@ class DuckDBQueryBackend(SyncProcessingBackend):
         assert column is not None
         similarity, dims = similarity_sql(column)
         vector = check_vector(payload.get("embedding"), dims)
-        clauses, params = self._where(plan, payload)
-        where = " AND ".join([f"{quote(column.name)} IS NOT NULL", *clauses])
-        select = ", ".join(quote(c) for c in plan.select)
-        sql = (f"SELECT {select}, {similarity} AS similarity FROM {quote(self.table_name)} "
-               f"WHERE {where} ORDER BY similarity DESC LIMIT ?")
+        where, params = self._where(plan, payload, f"{quote(column.name)} IS NOT NULL")
+        sql = (f"SELECT {plan.select_sql}, {similarity} AS similarity FROM {quote(self.table_name)}"
+               f"{where} ORDER BY similarity DESC LIMIT ?")
         results = self._rows(con, sql, [vector, *params, self._limit(payload)], [*plan.select, "similarity"])
         return {"count": len(results), "results": results}

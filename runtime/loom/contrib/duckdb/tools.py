@@ -8,6 +8,7 @@ each call (a writer elsewhere is seen at the next call) and introspect the colum
 from __future__ import annotations
 
 import asyncio
+from contextlib import closing
 from typing import Any
 
 from loom.contrib.duckdb.connection import Column, DuckDBError, columns, connect
@@ -24,6 +25,20 @@ HIDDEN_COLUMNS = frozenset({"embedding", "full_text"})
 def _like_pattern(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
+
+
+def _definition(name: str, description: str, required: str, properties: dict[str, Any]) -> dict[str, Any]:
+    """A tool definition whose input is an object of ``properties`` (nothing else), ``required`` given."""
+    return {
+        "name": name,
+        "description": description,
+        "input_schema": {
+            "type": "object",
+            "required": [required],
+            "properties": properties,
+            "additionalProperties": False,
+        },
+    }
 
 
 class DuckDBViewTool(SyncToolProvider):
@@ -46,29 +61,19 @@ class DuckDBViewTool(SyncToolProvider):
         self.tool_name = tool_name or view_name
 
     def get_definition(self) -> dict[str, Any]:
-        return {
-            "name": self.tool_name,
-            "description": self.description,
-            "input_schema": {
-                "type": "object",
-                "required": ["operation"],
-                "properties": {
-                    "operation": {"enum": ["search", "list"], "description": "search (needs query) or list"},
-                    "query": {"type": "string", "minLength": 1, "description": "text to look for"},
-                    "column": {"type": "string", "description": "search only this text column"},
-                    "limit": {"type": "integer", "minimum": 1, "maximum": self.max_results},
-                    "offset": {"type": "integer", "minimum": 0},
-                },
-                "additionalProperties": False,
-            },
-        }
+        return _definition(self.tool_name, self.description, "operation", {
+            "operation": {"enum": ["search", "list"], "description": "search (needs query) or list"},
+            "query": {"type": "string", "minLength": 1, "description": "text to look for"},
+            "column": {"type": "string", "description": "search only this text column"},
+            "limit": {"type": "integer", "minimum": 1, "maximum": self.max_results},
+            "offset": {"type": "integer", "minimum": 0},
+        })
 
     def execute_sync(self, arguments: dict[str, Any]) -> Any:
         op = arguments.get("operation")
         limit = bounded_int(arguments.get("limit"), "limit", self.max_results, 1, self.max_results)
         offset = bounded_int(arguments.get("offset"), "offset", 0, 0, 10**9)
-        con = connect(self.db_path, read_only=True, extensions=())
-        try:
+        with closing(connect(self.db_path, read_only=True, extensions=())) as con:
             cols = columns(con, self.view_name)
             names = [c.name for c in cols]
             select = ", ".join(quote(n) for n in names)
@@ -89,8 +94,6 @@ class DuckDBViewTool(SyncToolProvider):
                 raise DuckDBError(f"unknown operation {op!r}; use search or list")
             sql += f" ORDER BY {quote(names[0])} LIMIT ? OFFSET ?"
             rows = con.execute(sql, [*params, limit, offset]).fetchall()
-        finally:
-            con.close()
         results = [row_dict(names, r) for r in rows]
         return {"operation": op, "count": len(results), "results": results}
 
@@ -126,19 +129,10 @@ class DuckDBVectorTool(ToolProvider):
         )
 
     def get_definition(self) -> dict[str, Any]:
-        return {
-            "name": self.tool_name,
-            "description": self.description,
-            "input_schema": {
-                "type": "object",
-                "required": ["query"],
-                "properties": {
-                    "query": {"type": "string", "minLength": 1, "description": "what to look for"},
-                    "limit": {"type": "integer", "minimum": 1, "maximum": self.max_results},
-                },
-                "additionalProperties": False,
-            },
-        }
+        return _definition(self.tool_name, self.description, "query", {
+            "query": {"type": "string", "minLength": 1, "description": "what to look for"},
+            "limit": {"type": "integer", "minimum": 1, "maximum": self.max_results},
+        })
 
     async def execute(self, arguments: dict[str, Any]) -> Any:
         query = arguments.get("query")
@@ -150,8 +144,7 @@ class DuckDBVectorTool(ToolProvider):
 
     def search(self, vector: list[float], limit: int) -> dict[str, Any]:
         """The ``limit`` nearest rows to ``vector`` (blocking)."""
-        con = connect(self.db_path, read_only=True)
-        try:
+        with closing(connect(self.db_path, read_only=True)) as con:
             cols = {c.name: c for c in columns(con, self.table_name)}
             emb = cols.get(check_identifier(self.embedding_column, cols, "embedding column"))
             assert emb is not None
@@ -163,8 +156,6 @@ class DuckDBVectorTool(ToolProvider):
                 f"WHERE {quote(emb.name)} IS NOT NULL ORDER BY similarity DESC LIMIT ?",
                 [check_vector(vector, dims), limit],
             ).fetchall()
-        finally:
-            con.close()
         results = [row_dict([*names, "similarity"], r) for r in rows]
         return {"count": len(results), "results": results}
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from loom.backends import BackendError, ProcessingBackend
 from loom.contrib.rag.chunking import Chunk, chunk_document, dedupe
-from loom.contrib.rag.embedders import make_embedding_provider
+from loom.contrib.rag.embedders import LazyEmbedding
 from loom.contrib.rag.ingest import (
     SUFFIXES,
     Document,
@@ -35,7 +35,6 @@ from loom.contrib.rag.ingest import (
     record_document,
 )
 from loom.contrib.rag.store import RagStore, nearest, stats, window
-from loom.worker.embeddings import EmbeddingProvider
 
 MAX_K = 50
 
@@ -45,28 +44,7 @@ def context_text(chunks: list[dict[str, Any]]) -> str:
     return "\n".join(f"[{n}] ({c.get('source') or '?'}) {c['text']}" for n, c in enumerate(chunks, 1))
 
 
-class _Embedding:
-    def __init__(self, provider: str, model: str | None, base_url: str | None, api_key_env: str | None):
-        self._args = (provider, model, base_url, api_key_env)
-        self._embedder: EmbeddingProvider | None = None
-
-    @property
-    def embedder(self) -> EmbeddingProvider:
-        if self._embedder is None:
-            self._embedder = make_embedding_provider(*self._args)
-        return self._embedder
-
-    @property
-    def model_name(self) -> str:
-        """The embedding model's name, as the store records it with each ingest."""
-        return str(getattr(self.embedder, "model", None) or self._args[1] or self._args[0])
-
-    async def close(self) -> None:
-        if self._embedder is not None:
-            await self._embedder.close()
-
-
-class RagIngestBackend(_Embedding, ProcessingBackend):
+class RagIngestBackend(LazyEmbedding, ProcessingBackend):
     """Ingest ``paths`` (inside ``corpus_dir``), ``text``, ``markdown`` or ``records`` into the store."""
 
     def __init__(
@@ -158,7 +136,7 @@ class RagIngestBackend(_Embedding, ProcessingBackend):
         return {"output": output, "model_used": self.model_name}
 
 
-class RagRetrieveBackend(_Embedding, ProcessingBackend):
+class RagRetrieveBackend(LazyEmbedding, ProcessingBackend):
     """``{"question", "k"?}`` → the nearest chunks and a citable ``context``."""
 
     def __init__(

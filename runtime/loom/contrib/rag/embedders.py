@@ -118,6 +118,37 @@ def make_embedding_provider(
     return GuardedEmbeddingProvider(inner, rules_from_env(e))
 
 
+class LazyEmbedding:
+    """A backend's embedding provider, built from its configuration fields at first use (or given)."""
+
+    def __init__(
+        self,
+        provider: str,
+        model: str | None,
+        base_url: str | None,
+        api_key_env: str | None,
+        embedder: EmbeddingProvider | None = None,
+    ):
+        self._embedding_args = (provider, model, base_url, api_key_env)
+        self._embedder = embedder
+
+    @property
+    def embedder(self) -> EmbeddingProvider:
+        if self._embedder is None:
+            self._embedder = make_embedding_provider(*self._embedding_args)
+        return self._embedder
+
+    @property
+    def model_name(self) -> str:
+        """The embedding model's name, as the store records it with each ingest."""
+        provider, model = self._embedding_args[:2]
+        return str(getattr(self.embedder, "model", None) or model or provider)
+
+    async def close(self) -> None:
+        if self._embedder is not None:
+            await self._embedder.close()
+
+
 def _check_endpoint(url: str, env: Mapping[str, str]) -> None:
     try:
         check_url(url, rules_from_env(env))

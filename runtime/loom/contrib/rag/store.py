@@ -11,10 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from loom.contrib.duckdb.connection import DuckDBError, connect
+from loom.contrib.duckdb.connection import DuckDBError, connect, has_fts_index
 from loom.contrib.duckdb.rows import row_dict
 from loom.contrib.rag.chunking import Chunk
 
@@ -143,8 +144,7 @@ class RagStore:
 
 def nearest(db_path: str | Path, vector: Sequence[float], k: int) -> list[dict[str, Any]]:
     """The ``k`` chunks nearest to ``vector`` by cosine similarity (read-only)."""
-    con = connect(db_path, read_only=True)
-    try:
+    with closing(connect(db_path, read_only=True)) as con:
         kind = _embedding_type(con)
         if kind is None:
             raise DuckDBError(f"{db_path} has no {TABLE} table: ingest something first")
@@ -158,23 +158,18 @@ def nearest(db_path: str | Path, vector: Sequence[float], k: int) -> list[dict[s
             f"ORDER BY array_cosine_distance(embedding, {vec}) LIMIT ?",
             [list(vector), list(vector), k],
         ).fetchall()
-    finally:
-        con.close()
     return [row_dict([*RESULT_COLUMNS, "score"], r) for r in rows]
 
 
 def window(db_path: str | Path, since: dt.datetime, until: dt.datetime, limit: int) -> list[dict[str, Any]]:
     """Chunks with ``since <= timestamp < until``, oldest first (a stream window to summarise)."""
-    con = connect(db_path, read_only=True, extensions=())
-    try:
+    with closing(connect(db_path, read_only=True, extensions=())) as con:
         cols = ", ".join(RESULT_COLUMNS)
         rows = con.execute(
             f"SELECT {cols} FROM {TABLE} WHERE timestamp >= ? AND timestamp < ? "
             "ORDER BY timestamp, chunk_id LIMIT ?",
             [utc_naive(since), utc_naive(until), limit],
         ).fetchall()
-    finally:
-        con.close()
     return [row_dict(RESULT_COLUMNS, r) for r in rows]
 
 
@@ -212,8 +207,7 @@ def stats(db_path: str | Path) -> dict[str, Any]:
     if not out["exists"]:
         return out
     out["bytes"] = file_bytes(path)
-    con = connect(path, read_only=True, extensions=())
-    try:
+    with closing(connect(path, read_only=True, extensions=())) as con:
         kind = _embedding_type(con)
         if kind is None:
             return out
@@ -239,17 +233,10 @@ def stats(db_path: str | Path) -> dict[str, Any]:
                 ).fetchall()
             ]
         out["indexes"] = {
-            "full_text": _schema_exists(con, f"fts_main_{TABLE}"),
+            "full_text": has_fts_index(con, TABLE),
             "vector": _index_exists(con, f"{TABLE}_embedding_hnsw"),
         }
-    finally:
-        con.close()
     return out
-
-
-def _schema_exists(con: Any, name: str) -> bool:
-    row = con.execute("SELECT count(*) FROM duckdb_schemas() WHERE schema_name = ?", [name]).fetchone()
-    return bool(row and row[0])
 
 
 def _index_exists(con: Any, name: str) -> bool:
