@@ -81,10 +81,9 @@ def build_provider(
 
     ``rules`` default to the process's (``LOOM_MODEL_ENDPOINTS`` and ``LOOM_LOCAL_MODE``).
     """
-    e = os.environ if env is None else env
-    url, allowed = check_tier_endpoint(tier, e, rules)
+    url, allowed = check_tier_endpoint(tier, env, rules)
     where = f"tier {tier.name!r} ({tier.backend})"
-    return GuardedProvider(_raw_provider(tier, e, url, where, max_connections), url, allowed)
+    return GuardedProvider(_raw_provider(tier, env, url, where, max_connections), url, allowed)
 
 
 def check_tier_endpoint(
@@ -105,7 +104,7 @@ def check_tier_endpoint(
 
 
 def _raw_provider(
-    tier: TierDefinition, env: Mapping[str, str], url: str, where: str, max_connections: int
+    tier: TierDefinition, env: Mapping[str, str] | None, url: str, where: str, max_connections: int
 ) -> Provider:
     if tier.backend == "local":
         from loom.llm.openai_provider import OpenAIProvider

@@ -203,17 +203,6 @@ class HttpPool:
         return f"HttpPool({self.base_url!r}, max {self.max_connections} connections)"
 
 
-def make_client(
-    base_url: str,
-    *,
-    timeout: float,
-    headers: Mapping[str, str] | None = None,
-    max_connections: int = DEFAULT_MAX_CONNECTIONS,
-) -> HttpPool:
-    """A pooled client; relative paths are appended to the base URL."""
-    return HttpPool(base_url, timeout=timeout, headers=headers, max_connections=max_connections)
-
-
 async def post_json(client: HttpPool, path: str, body: dict[str, Any]) -> dict[str, Any]:
     """POST ``body`` as JSON and return the JSON object answered, or raise a typed error."""
     try:

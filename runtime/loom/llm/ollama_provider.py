@@ -13,7 +13,7 @@ from typing import Any
 
 from loom.llm.base import ChatRequest, ChatResponse, Message, Provider, ToolCall, Usage
 from loom.llm.errors import InvalidModelOutput, Unavailable
-from loom.llm.http import DEFAULT_MAX_CONNECTIONS, make_client, post_json
+from loom.llm.http import DEFAULT_MAX_CONNECTIONS, HttpPool, post_json
 from loom.llm.openai_provider import function_tools
 
 
@@ -87,7 +87,7 @@ class OllamaProvider(Provider):
     ):
         super().__init__(model)
         self.base_url = base_url
-        self._client = make_client(base_url, timeout=timeout, max_connections=max_connections)
+        self._client = HttpPool(base_url, timeout=timeout, max_connections=max_connections)
 
     def build_body(self, request: ChatRequest) -> dict[str, Any]:
         """The JSON body for one request."""

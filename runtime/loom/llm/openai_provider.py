@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from loom.llm.base import ChatRequest, ChatResponse, Message, Provider, ToolCall, ToolSpec, Usage
 from loom.llm.errors import InvalidModelOutput, Unavailable
-from loom.llm.http import DEFAULT_MAX_CONNECTIONS, make_client, post_json
+from loom.llm.http import DEFAULT_MAX_CONNECTIONS, HttpPool, post_json
 
 #: How the response schema is sent: OpenAI's ``json_schema``, llama.cpp's ``json_object`` + ``schema``,
 #: or not at all (the prompt's schema directive still applies).
@@ -124,9 +124,7 @@ class OpenAIProvider(Provider):
         self.base_url = base_url
         self.structured = structured
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = make_client(
-            base_url, timeout=timeout, headers=headers, max_connections=max_connections
-        )
+        self._client = HttpPool(base_url, timeout=timeout, headers=headers, max_connections=max_connections)
 
     def build_body(self, request: ChatRequest) -> dict[str, Any]:
         """The JSON body for one request."""

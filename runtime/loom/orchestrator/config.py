@@ -93,8 +93,7 @@ def load_catalog(config: OrchestratorConfig, base_dir: Path) -> dict[str, Worker
             problems += exc.problems
     if problems:
         raise LoadError(problems)
-    resolved = [resolve_schema_refs(spec) for spec in specs]
-    catalog = {spec.worker_type: spec for spec in resolved}
+    catalog = {spec.worker_type: spec for spec in map(resolve_schema_refs, specs)}
     if not catalog:
         raise LoadError(["workers: no Worker found"])
     return catalog

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from loom.api.worker import WorkerSpec
@@ -67,14 +67,7 @@ class Subtask:
     attempt: int = 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "worker_type": self.worker_type,
-            "payload": self.payload,
-            "tier": self.tier,
-            "why": self.why,
-            "attempt": self.attempt,
-        }
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Subtask:

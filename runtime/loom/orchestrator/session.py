@@ -89,11 +89,10 @@ class SessionState:
     @classmethod
     def from_checkpoint(cls, cp: Checkpoint) -> SessionState:
         d = cp.data
-        pending = {p["id"]: dc.Subtask.from_dict(p) for p in cp.pending}
         return cls(
             goal=GoalMessage.model_validate(d["goal"]),
             started_at=float(d["started_at"]),
-            pending=pending,
+            pending={p["id"]: dc.Subtask.from_dict(p) for p in cp.pending},
             completed={c["id"]: {k: v for k, v in c.items() if k != "id"} for c in cp.completed},
             rejected=list(d.get("rejected", [])),
             decisions=list(cp.decisions),

@@ -84,11 +84,6 @@ class PipelinePlan:
         return Gate("run", payload=payload)
 
 
-def final_output(outputs: dict[str, Any]) -> dict[str, Any]:
-    """A goal's result output: every completed stage's output under the stage's name."""
-    return dict(outputs)
-
-
 def stage_task_id(goal_id: str, stage: str, attempt: int) -> str:
     """The task id of one attempt of one stage: the same after a restart, so results still match."""
     return f"{goal_id}.{stage}.{attempt}"

@@ -69,10 +69,8 @@ class PipelineService:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume goals until ``stop`` is set (the bus stays open: its owner closes it)."""
         bus = self.bus
-        closing: list[StateStore] = []
+        store = await StateStore.open(bus, ttl=self.options.state_ttl, url=self.options.state_url)
         try:
-            store = await StateStore.open(bus, ttl=self.options.state_ttl, url=self.options.state_url)
-            closing.append(store)
             self.runner = GoalRunner(bus, self.plan, store, clock=self.clock)
             spec = self.plan.spec
             durable = await bus.ensure_goal_consumer(
@@ -94,8 +92,7 @@ class PipelineService:
             )
         finally:
             self.ready.clear()
-            for store in closing:
-                await store.close()
+            await store.close()
 
     async def _handle(self, bus: RoleBus, d: Delivery) -> None:
         assert self.runner is not None

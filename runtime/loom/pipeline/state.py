@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from loom.api.pipeline import STATE_STORE_URL_ENV, PipelineStateStore
 from loom.messages import GoalMessage, GoalResult, StageRecord, TaskStatus, TokenUsage
-from loom.pipeline.plan import TERMINAL, PipelinePlan, final_output
+from loom.pipeline.plan import TERMINAL, PipelinePlan
 from loom.state_store import KeyValueStore, NatsKeyValueStore, open_key_value_store
 
 if TYPE_CHECKING:
@@ -275,7 +275,7 @@ class GoalState(BaseModel):
         result = GoalResult(
             goal_id=self.goal_id,
             status=TaskStatus.FAILED if error else TaskStatus.COMPLETED,
-            output=final_output({n: s.output for n, s in self.stages.items() if s.status == "completed"}),
+            output={n: s.output for n, s in self.stages.items() if s.status == "completed"},
             error=error,
             pipeline=self.pipeline,
             stages=[s.record(name) for name, s in self.stages.items()],

@@ -8,7 +8,7 @@ from typing import Any
 from loom.llm.endpoints import EndpointRules
 from loom.llm.errors import Unavailable
 from loom.llm.guarded import require_endpoint
-from loom.llm.http import make_client, post_json
+from loom.llm.http import HttpPool, post_json
 
 
 class EmbeddingProvider(ABC):
@@ -42,7 +42,7 @@ class _HttpEmbeddings(EmbeddingProvider):
         self.model = model
         self.base_url = base_url
         self._dimensions: int | None = None
-        self._client = make_client(base_url, timeout=timeout, headers=headers)
+        self._client = HttpPool(base_url, timeout=timeout, headers=headers)
 
     @property
     def dimensions(self) -> int | None:

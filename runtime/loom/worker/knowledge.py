@@ -161,40 +161,38 @@ def plan_silo_updates(raw: Any, silos: dict[str, FolderSilo]) -> tuple[list[Silo
     changes: list[SiloChange] = []
     problems: list[str] = []
     for i, item in enumerate(raw):
-        where = f"silo_updates/{i}"
-        if not isinstance(item, dict):
-            problems.append(f"{where}: must be an object")
-            continue
-        name, action, filename = item.get("silo"), item.get("action"), item.get("filename")
-        silo = silos.get(name) if isinstance(name, str) else None
-        if silo is None:
-            problems.append(f"{where}: unknown silo {name!r}")
-            continue
-        if not silo.writable:
-            problems.append(f"{where}: silo {name!r} is read-only")
-            continue
-        if action not in ("add", "modify", "delete"):
-            problems.append(f"{where}: action must be add, modify or delete")
-            continue
-        content = item.get("content")
-        if action != "delete" and not isinstance(content, str):
-            problems.append(f"{where}: {action} needs string content")
-            continue
-        try:
-            target = confined(silo.root, str(filename))
-        except WorkspaceError as exc:
-            problems.append(f"{where}: {exc}".replace("the workspace", f"silo {name!r}"))
-            continue
-        if target == silo.root.resolve() or target.name == IGNORE_FILE or target.is_dir():
-            problems.append(f"{where}: {filename!r} is not a writable file of silo {name!r}")
-            continue
-        if action == "modify" and not target.is_file():
-            problems.append(f"{where}: cannot modify {filename!r}: no such file")
-            continue
-        changes.append(
-            SiloChange(silo.name, action, str(filename), target, None if action == "delete" else content)
-        )
+        checked = _check_silo_update(f"silo_updates/{i}", item, silos)
+        if isinstance(checked, str):
+            problems.append(checked)
+        else:
+            changes.append(checked)
     return ([], problems) if problems else (changes, [])
+
+
+def _check_silo_update(where: str, item: Any, silos: dict[str, FolderSilo]) -> SiloChange | str:
+    """One update as a change, or the problem with it."""
+    if not isinstance(item, dict):
+        return f"{where}: must be an object"
+    name, action, filename = item.get("silo"), item.get("action"), item.get("filename")
+    silo = silos.get(name) if isinstance(name, str) else None
+    if silo is None:
+        return f"{where}: unknown silo {name!r}"
+    if not silo.writable:
+        return f"{where}: silo {name!r} is read-only"
+    if action not in ("add", "modify", "delete"):
+        return f"{where}: action must be add, modify or delete"
+    content = item.get("content")
+    if action != "delete" and not isinstance(content, str):
+        return f"{where}: {action} needs string content"
+    try:
+        target = confined(silo.root, str(filename))
+    except WorkspaceError as exc:
+        return f"{where}: {exc}".replace("the workspace", f"silo {name!r}")
+    if target == silo.root.resolve() or target.name == IGNORE_FILE or target.is_dir():
+        return f"{where}: {filename!r} is not a writable file of silo {name!r}"
+    if action == "modify" and not target.is_file():
+        return f"{where}: cannot modify {filename!r}: no such file"
+    return SiloChange(silo.name, action, str(filename), target, None if action == "delete" else content)
 
 
 def apply_silo_changes(changes: list[SiloChange]) -> None:
