@@ -250,31 +250,24 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
             except KubeError as exc:
                 raise _translate(exc) from None
 
-    for plural in PLURALS:
-
         @kopf.on.event(API_GROUP, API_VERSION, plural, registry=registry, id="bus-users")
         async def bus_users_changed(memo: Any, **_: Any) -> None:
             bus_users: BusUsers | None = memo.get("bus_users")
             if bus_users is not None:
                 bus_users.changed()
 
-    @kopf.on.event(API_GROUP, API_VERSION, "workers", registry=registry, id="worker-catalog")
-    async def worker_changed(namespace: str | None, memo: Any, **_: Any) -> None:
-        controller: Controller | None = memo.get("controller")
-        if controller is not None and namespace:
-            controller.worker_event(namespace)
+    # A Worker, Pipeline or RouterPolicy changed: Kopf passes the kind's Controller method as ``param``.
+    for plural, handler_id, event in (
+        ("workers", "worker-catalog", Controller.worker_event),
+        ("pipelines", "pipeline-names", Controller.pipeline_event),
+        ("routerpolicies", "policy-tiers", Controller.policy_event),
+    ):
 
-    @kopf.on.event(API_GROUP, API_VERSION, "pipelines", registry=registry, id="pipeline-names")
-    async def pipeline_changed(namespace: str | None, memo: Any, **_: Any) -> None:
-        controller: Controller | None = memo.get("controller")
-        if controller is not None and namespace:
-            controller.pipeline_event(namespace)
-
-    @kopf.on.event(API_GROUP, API_VERSION, "routerpolicies", registry=registry, id="policy-tiers")
-    async def policy_changed(namespace: str | None, memo: Any, **_: Any) -> None:
-        controller: Controller | None = memo.get("controller")
-        if controller is not None and namespace:
-            controller.policy_event(namespace)
+        @kopf.on.event(API_GROUP, API_VERSION, plural, registry=registry, id=handler_id, param=event)
+        async def namespace_changed(namespace: str | None, memo: Any, param: Any = None, **_: Any) -> None:
+            controller: Controller | None = memo.get("controller")
+            if controller is not None and namespace:
+                param(controller, namespace)
 
     # ---------------------------------------------------------------- children
 

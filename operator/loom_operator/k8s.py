@@ -42,6 +42,7 @@ PLURALS: dict[tuple[str, str], str] = {
     **{(k.api_version, k.kind): k.plural for k in KINDS},
     ("kopf.dev/v1", "ClusterKopfPeering"): "clusterkopfpeerings",
     ("kopf.dev/v1", "KopfPeering"): "kopfpeerings",
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): "customresourcedefinitions",
 }
 
 
@@ -274,13 +275,7 @@ class Kube:
 
     async def crd_exists(self, name: str) -> bool:
         """Whether a CustomResourceDefinition is installed (e.g. ``scaledobjects.keda.sh``)."""
-        try:
-            await self._request(
-                "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{quote(name)}"
-            )
-        except NotFound:
-            return False
-        return True
+        return await self.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, name) is not None
 
     async def post_event(
         self,

@@ -138,11 +138,7 @@ def identity_secret(owner: Owner, cred: Credential) -> dict[str, Any]:
     }
 
 
-def _annotation(cred_or_user: Credential | str) -> str:
-    if isinstance(cred_or_user, Credential):
-        blob = f"{cred_or_user.identity.user}\x00{cred_or_user.password}"
-    else:
-        blob = cred_or_user
+def _annotation(blob: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -179,7 +175,7 @@ def with_identity(
             prefix,
         ]
         extra.append(identity_secret(owner, cred))
-        mark = _annotation(cred)
+        mark = _annotation(f"{cred.identity.user}\x00{cred.password}")
     elif settings.nats_auth == "creds":
         name = creds_secret_name(owner)
         env = [{"name": "LOOM_NATS_CREDS", "value": f"{CREDS_DIR}/creds"}, prefix]

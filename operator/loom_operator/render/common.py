@@ -71,11 +71,8 @@ def labels(owner: Owner, tier: str | None = None) -> dict[str, str]:
 
 
 def selector(owner: Owner, tier: str | None = None) -> dict[str, str]:
-    """Immutable Deployment selector: name, component, owner (and tier)."""
-    out = {NAME_LABEL: "loom", COMPONENT_LABEL: COMPONENTS[owner.kind], KIND_LABELS[owner.kind]: owner.name}
-    if tier is not None:
-        out[TIER_LABEL] = tier
-    return out
+    """Immutable Deployment selector: the labels but managed-by (name, component, owner and tier)."""
+    return {k: v for k, v in labels(owner, tier).items() if k != MANAGED_BY_LABEL}
 
 
 def child_selector(owner: Owner) -> str:
