@@ -105,19 +105,16 @@ def compare_runs(run: RunResult, baseline: RunResult, *, name: str, tolerance: f
     changes: list[CaseChange] = []
     for case in run.cases:
         before = baseline.case(case.case_id)
-        if before is None:
-            changes.append(CaseChange(case.case_id, Verdict.NEW, None, case.score, None, case.passed))
-        else:
-            changes.append(
-                CaseChange(
-                    case.case_id,
-                    case_verdict(before, case, tolerance),
-                    before.score,
-                    case.score,
-                    before.passed,
-                    case.passed,
-                )
+        changes.append(
+            CaseChange(
+                case.case_id,
+                Verdict.NEW if before is None else case_verdict(before, case, tolerance),
+                None if before is None else before.score,
+                case.score,
+                None if before is None else before.passed,
+                case.passed,
             )
+        )
     for before in baseline.cases:
         if run.case(before.case_id) is None:
             changes.append(
@@ -131,7 +128,6 @@ def inline_baseline(suite: EvalSuite) -> RunResult | None:
     reaches the suite's case threshold (the rule the run itself is held to)."""
     if suite.baseline is None:
         return None
-    pass_score = suite.pass_score
     cases = [
         CaseResult(
             case_id=case_id,
@@ -140,7 +136,7 @@ def inline_baseline(suite: EvalSuite) -> RunResult | None:
             output=None,
             scores=[],
             score=score,
-            passed=score >= pass_score,
+            passed=score >= suite.pass_score,
         )
         for case_id, score in suite.baseline.scores.items()
     ]
@@ -152,7 +148,7 @@ def inline_baseline(suite: EvalSuite) -> RunResult | None:
         mode="baseline",
         started_at="",
         threshold=suite.threshold,
-        case_threshold=pass_score,
+        case_threshold=suite.pass_score,
         cases=cases,
     )
 

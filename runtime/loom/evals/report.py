@@ -79,20 +79,9 @@ def print_table(run: RunResult, comparison: Comparison | None, out: TextIO) -> N
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"eval {run.suite} — worker {run.worker}, tier {run.tier or '-'} ({run.mode})")
-    for col in (
-        "case",
-        "score",
-        "pass",
-        "scorers",
-        "tokens",
-        "ms",
-        "retries",
-        "model",
-        "vs baseline",
-        "error",
-    ):
-        table.add_column(col)
+    columns = ("case", "score", "pass", "scorers", "tokens", "ms", "retries", "model", "vs baseline", "error")
+    title = f"eval {run.suite} — worker {run.worker}, tier {run.tier or '-'} ({run.mode})"
+    table = Table(*columns, title=title)
     for case in run.cases:
         verdict = comparison.verdict_of(case.case_id) if comparison else None
         table.add_row(

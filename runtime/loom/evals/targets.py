@@ -235,8 +235,7 @@ class EngineTarget:
             out.tokens, out.model = outcome.token_usage, outcome.model_used
         if error is not None:
             out.error, out.error_code = str(error), error.code
-            out.tokens = error.token_usage or TokenUsage()
-            out.model = error.model_used
+            out.tokens, out.model = error.token_usage or TokenUsage(), error.model_used
         if out.model is None and replies:
             out.model = replies[-1].model or None
         return out

@@ -285,10 +285,7 @@ class Apps:
 
     def restore(self, name: str, archive_id: str) -> App:
         """Install a kept archive again (an earlier version, or a removed app)."""
-        if not archive_id.isdigit():
-            raise BundleError([f"no archive {archive_id!r} of app {name!r}"])
-        path = self._archives(name) / f"{archive_id}.zip"
-        if not path.is_file():
+        if not archive_id.isdigit() or not (path := self._archives(name) / f"{archive_id}.zip").is_file():
             raise BundleError([f"no archive {archive_id!r} of app {name!r}"])
         return self.install(name, path.read_bytes())
 

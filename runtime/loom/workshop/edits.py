@@ -71,20 +71,22 @@ def _body(doc: Any) -> tuple[CommentedMap, bool]:
     return doc, not any(k in doc for k in ("system_prompt", "input_schema", "output_schema", "worker_kind"))
 
 
-def _is_worker(doc: Any, name: str) -> bool:
+def _defines(doc: Any, kind: str, name: str) -> bool:
+    """Whether ``doc`` is the Worker or Pipeline ``name``: a manifest, or a plain file (a plain
+    pipeline has its stages)."""
     if not isinstance(doc, dict):
         return False
     if "apiVersion" in doc:
-        if doc.get("kind") != "Worker" or not isinstance(doc.get("spec"), dict):
+        if doc.get("kind") != kind or not isinstance(doc.get("spec"), dict):
             return False
         return name in (doc["spec"].get("name"), (doc.get("metadata") or {}).get("name"))
-    return doc.get("name") == name
+    has_stages = any(k in doc for k in ("pipeline_stages", "pipelineStages"))
+    return doc.get("name") == name and (kind == "Worker" or has_stages)
 
 
 def _doc(docs: list[Any], source: str, kind: str, name: str) -> Any:
     """The document of the Worker or Pipeline ``name``; EditError when the file has none."""
-    matches = _is_worker if kind == "Worker" else _is_pipeline
-    doc = next((d for d in docs if matches(d, name)), None)
+    doc = next((d for d in docs if _defines(d, kind, name)), None)
     if doc is None:
         raise EditError([f"{source}: no {kind} {name!r} in this file"])
     return doc
@@ -142,9 +144,8 @@ class WorkerEdit:
 def current(text: str, source: str, worker: str) -> WorkerEdit:
     """The edit boxes' starting texts, taken from the file's own nodes (flow style and comments kept)."""
     body, camel = _body(_doc(_load_all(text), source, "Worker", worker))
-    prompt = body.get(_key(body, camel, "system_prompt")) or ""
     return WorkerEdit(
-        system_prompt=str(prompt),
+        system_prompt=str(body.get(_key(body, camel, "system_prompt")) or ""),
         input_schema=schema_text(body.get(_key(body, camel, "input_schema"))),
         output_schema=schema_text(body.get(_key(body, camel, "output_schema"))),
     )
@@ -164,11 +165,8 @@ def apply_edit(text: str, source: str, worker: str, edit: WorkerEdit) -> tuple[s
         )
     elif pkey in body:
         del body[pkey]
-    for snake, raw, label in (
-        ("input_schema", edit.input_schema, "input schema"),
-        ("output_schema", edit.output_schema, "output schema"),
-    ):
-        _set(body, camel, snake, parse_schema(raw, label))
+    _set(body, camel, "input_schema", parse_schema(edit.input_schema, "input schema"))
+    _set(body, camel, "output_schema", parse_schema(edit.output_schema, "output schema"))
     new_text = _dump_all(docs)
     return new_text, validated(new_text, source, worker)
 
@@ -224,20 +222,6 @@ def clone_text(text: str, source: str, worker: str, new_name: str) -> str:
 
 
 # -- pipeline stages ----------------------------------------------------------------------------
-
-
-def _is_pipeline(doc: Any, name: str) -> bool:
-    if not isinstance(doc, dict):
-        return False
-    if "apiVersion" in doc:
-        spec = doc.get("spec")
-        meta = doc.get("metadata") or {}
-        return (
-            doc.get("kind") == "Pipeline"
-            and isinstance(spec, dict)
-            and name in (spec.get("name"), meta.get("name"))
-        )
-    return doc.get("name") == name and any(k in doc for k in ("pipeline_stages", "pipelineStages"))
 
 
 def _stage_index(stages: Any, source: str, pipeline: str, stage: str) -> int:

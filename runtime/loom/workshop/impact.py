@@ -46,9 +46,7 @@ def impact(resources: Sequence[Resource], worker: str, new: WorkerSpec) -> list[
     required = set((new.input_schema or {}).get("required") or [])
     inputs = _fields(new.input_schema)
     closed = (new.input_schema or {}).get("additionalProperties") is False
-    for res in resources:
-        if res.kind != "Pipeline":
-            continue
+    for res in (r for r in resources if r.kind == "Pipeline"):
         spec: PipelineSpec = res.spec
         by_stage = {
             s.name: StageUse(spec.pipeline_name, s.name)

@@ -78,9 +78,7 @@ def stores(resources: list[Resource]) -> list[Store]:
     """Every store the manifests name, with the workers and pipelines that use it, by path."""
     found: dict[str, Store] = {}
     names: dict[str, Store] = {}
-    for res in resources:
-        if res.kind != "Worker":
-            continue
+    for res in (r for r in resources if r.kind == "Worker"):
         spec: WorkerSpec = res.spec
         cls = backend_class(spec)
         db = spec.backend_config.get("db_path") if cls else None
@@ -94,9 +92,7 @@ def stores(resources: list[Resource]) -> list[Store]:
         if cls != "RagWindowBackend" and embedding_of(spec.backend_config) not in store.embedding:
             store.embedding.append(embedding_of(spec.backend_config))
         names[spec.worker_type] = store
-    for res in resources:
-        if res.kind != "Pipeline":
-            continue
+    for res in (r for r in resources if r.kind == "Pipeline"):
         for stage in res.spec.pipeline_stages:
             used = names.get(stage.worker_type)
             label = f"{res.spec.pipeline_name} ({stage.name})"

@@ -102,8 +102,7 @@ def routes(ctx: Ctx) -> list[Route]:
         return saved(request, rel, old, new, edited, note)
 
     async def run_goal(request: Request) -> Response:
-        snap = project.load()
-        res = find(snap, request.path_params["name"])
+        res = find(project.load(), request.path_params["name"])
         values = await form(request)
         context, bad = forms.payload_from_json(values.get("context", "") or "{}")
         try:

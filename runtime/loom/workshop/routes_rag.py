@@ -14,8 +14,7 @@ def routes(ctx: Ctx) -> list[Route]:
     project = ctx.project
 
     async def index(request: Request) -> Response:
-        snap = project.load()
-        return ctx.page(request, "rag.html", stores=stores(snap.resources), tab="rag")
+        return ctx.page(request, "rag.html", stores=stores(project.load().resources), tab="rag")
 
     async def stats(request: Request) -> Response:
         """Ask a store's ``RagStoreBackend`` worker for its statistics (a background run the page polls)."""
@@ -26,13 +25,8 @@ def routes(ctx: Ctx) -> list[Route]:
             return ctx.problems(
                 request, [f"no RAG store worker {name!r} (on RagStoreBackend) in the project"]
             )
-        policy, problems = snap.policy()
-        if problems:
-            return ctx.problems(request, problems)
         worker = snap.worker(str(name))
-        run = ctx.runs.test(
-            worker.resource, policy, worker.spec.default_model_tier, dict(STATS_QUERY), "rag-stats"
-        )
-        return ctx.page(request, "_run.html", run=run)
+        tier = worker.spec.default_model_tier
+        return ctx.test(request, snap, worker.resource, tier, dict(STATS_QUERY), "rag-stats")
 
     return [Route("/rag", index), Route("/rag/stats", stats, methods=["POST"])]

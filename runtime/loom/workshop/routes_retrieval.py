@@ -14,8 +14,7 @@ def routes(ctx: Ctx) -> list[Route]:
     project = ctx.project
 
     async def index(request: Request) -> Response:
-        snap = project.load()
-        workers = [w for w in snap.workers() if searches(w.spec)]
+        workers = [w for w in project.load().workers() if searches(w.spec)]
         chosen = request.query_params.get("worker")
         return ctx.page(request, "retrieval.html", workers=workers, chosen=chosen, tab="retrieval")
 
@@ -34,13 +33,7 @@ def routes(ctx: Ctx) -> list[Route]:
             return ctx.problems(request, [f"k: {values.get('k')!r} is not an integer"])
         if not question:
             return ctx.problems(request, ["type a question"])
-        policy, problems = snap.policy()
-        if problems:
-            return ctx.problems(request, problems)
-        tier = worker.spec.default_model_tier
         payload = query(worker.spec, question, k)
-        return ctx.page(
-            request, "_run.html", run=ctx.runs.test(worker.resource, policy, tier, payload, "retrieval")
-        )
+        return ctx.test(request, snap, worker.resource, worker.spec.default_model_tier, payload, "retrieval")
 
     return [Route("/retrieval", index), Route("/retrieval/search", search, methods=["POST"])]

@@ -56,8 +56,7 @@ def routes(ctx: Ctx) -> list[Route]:
         )
 
     async def test(request: Request) -> Response:
-        snap = project.load()
-        e = entry(snap, request.path_params["name"])
+        snap, e, _ = located(request)
         values = await form(request)
         tier = values.get("tier") or e.spec.default_model_tier
         if e.spec.worker_kind == "llm" and tier not in e.spec.served_tiers:
@@ -68,10 +67,7 @@ def routes(ctx: Ctx) -> list[Route]:
             payload, bad = forms.payload_from_form(forms.form_fields(e.spec.input_schema) or [], values)
         if bad:
             return ctx.problems(request, bad)
-        policy, policy_problems = snap.policy()
-        if policy_problems:
-            return ctx.problems(request, policy_problems)
-        return ctx.page(request, "_run.html", run=ctx.runs.test(e.resource, policy, tier, payload))
+        return ctx.test(request, snap, e.resource, tier, payload, "test")
 
     async def run_state(request: Request) -> Response:
         try:

@@ -217,8 +217,7 @@ class Runs:
                 out = await target.run("test", payload)
             finally:
                 await target.close()
-            tries = attempts(out.raw_replies or [], worker.spec.output_schema)
-            return TestOutcome(tier, payload, out, tries)
+            return TestOutcome(tier, payload, out, attempts(out.raw_replies or [], worker.spec.output_schema))
 
         return self._start(kind, f"{kind} {worker.spec.worker_type} on {tier}", work)
 

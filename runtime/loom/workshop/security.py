@@ -64,10 +64,7 @@ def origin_allowed(origin: str | None, host_header: str | None) -> bool:
 
 
 def csrf_problem(
-    method: str,
-    headers: Mapping[str, str],
-    form_token: str | None,
-    expected: str,
+    method: str, headers: Mapping[str, str], form_token: str | None, expected: str
 ) -> str | None:
     """Why a request must be refused as cross-site, or None when it may proceed."""
     if method.upper() in SAFE_METHODS:

@@ -12,9 +12,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.templating import Jinja2Templates
 
+from loom.api.loader import Resource
 from loom.workshop.connection import Connection
 from loom.workshop.edits import Versions, save, unified_diff
-from loom.workshop.project import Project, schema_summary
+from loom.workshop.project import Project, Snapshot, schema_summary
 from loom.workshop.runs import Runs
 from loom.workshop.security import CSRF_FIELD
 
@@ -82,6 +83,15 @@ class Ctx:
         """Write ``new`` to the project file ``rel`` (its versions kept), then show the version and diff."""
         version = save(self.project.root, rel, old, new, self.versions, note)
         return self.page(request, name, rel=rel, version=version, diff=unified_diff(old, new, rel), **ctx)
+
+    def test(
+        self, request: Request, snap: Snapshot, res: Resource, tier: str, payload: dict[str, Any], kind: str
+    ) -> HTMLResponse:
+        """Start a ``kind`` run of the worker ``res`` (refused while the RouterPolicy is unusable)."""
+        policy, problems = snap.policy()
+        if problems:
+            return self.problems(request, problems)
+        return self.page(request, "_run.html", run=self.runs.test(res, policy, tier, payload, kind))
 
 
 async def form(request: Request) -> dict[str, str]:
