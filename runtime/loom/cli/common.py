@@ -7,8 +7,9 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable, Coroutine
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from loom.local.state import DEFAULT_RUN_DIR, default_run_dir
 from loom.settings import (
@@ -20,17 +21,14 @@ from loom.settings import (
     parse_replicas,
 )
 
+T = TypeVar("T")
 
-def _replicas(text: str) -> int | None:
+
+def _option_type(parse: Callable[[str], T], text: str) -> T:
+    """``parse(text)`` as an option's ``type`` (bound with ``partial``): its ValueError becomes
+    argparse's usage error."""
     try:
-        return parse_replicas(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _publish_timeout(text: str) -> float:
-    try:
-        return parse_publish_timeout(text)
+        return parse(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -57,14 +55,14 @@ def add_nats_options(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--nats-replicas",
-        type=_replicas,
+        type=partial(_option_type, parse_replicas),
         default=env(REPLICAS_ENV),
         help="replicas of Loom's streams and Key-Value buckets, 1-5 (3 on a 3-node JetStream cluster); "
         f"unset: new ones get 1, existing ones keep theirs; env {REPLICAS_ENV}",
     )
     g.add_argument(
         "--nats-publish-timeout",
-        type=_publish_timeout,
+        type=partial(_option_type, parse_publish_timeout),
         default=env(PUBLISH_TIMEOUT_ENV),
         metavar="SECONDS",
         help="how long a publish into a stream or a JetStream API request may take before it fails "

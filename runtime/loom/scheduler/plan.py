@@ -43,9 +43,7 @@ def next_fire(spec: ScheduleSpec, after: datetime) -> datetime:
     after = _aware(after)
     if spec.interval_seconds is not None:
         step = spec.interval_seconds
-        ts = after.timestamp()
-        n = int(ts // step) + 1
-        return datetime.fromtimestamp(n * step, UTC)
+        return datetime.fromtimestamp((int(after.timestamp() // step) + 1) * step, UTC)
     assert spec.cron is not None
     local = after.astimezone(ZoneInfo(spec.timezone))
     nxt: datetime = croniter(spec.cron, local).get_next(datetime)
@@ -118,12 +116,9 @@ def decide(spec: ScheduleSpec, last_fire: datetime | None, now: datetime) -> Dec
     upcoming = next_fire(spec, now)
     if spec.suspend:
         return Decision(fire=None, next_fire=upcoming, handled_up_to=last_fire)
-    if last_fire is None:
-        newest = slot_at_or_before(spec, now)
-        if newest is not None and newest == now:
-            return Decision(fire=newest, next_fire=upcoming, handled_up_to=newest)
-        return Decision(fire=None, next_fire=upcoming, handled_up_to=newest)
     newest = slot_at_or_before(spec, now)
+    if last_fire is None:
+        return Decision(fire=newest if newest == now else None, next_fire=upcoming, handled_up_to=newest)
     if newest is None or newest <= last_fire:
         return Decision(fire=None, next_fire=upcoming, handled_up_to=last_fire)
     due_count = count_slots_between(spec, last_fire, newest)

@@ -100,15 +100,11 @@ def stable_id(dispatch: str) -> str:
 
 def load_schedules(paths: Iterable[str | Path]) -> list[ScheduleSpec]:
     """Schedules from manifests, plain YAML or the original's ``schedules:`` list files."""
-    resources = load_paths(paths)
-    specs: list[ScheduleSpec] = []
-    for r in resources:
-        if r.kind != "Schedule":
-            continue
-        spec: ScheduleSpec = r.spec
-        if not spec.name:
-            spec = spec.model_copy(update={"name": r.name})
-        specs.append(spec)
+    specs: list[ScheduleSpec] = [
+        r.spec if r.spec.name else r.spec.model_copy(update={"name": r.name})
+        for r in load_paths(paths)
+        if r.kind == "Schedule"
+    ]
     if not specs:
         raise LoadError([f"{', '.join(map(str, paths))}: no Schedule found"])
     names = [s.schedule_name for s in specs]

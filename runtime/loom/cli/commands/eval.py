@@ -223,13 +223,6 @@ async def _run(
             await bus.close()
 
 
-def _export_baseline(store: SqliteRunStore, suite: str, name: str) -> int:
-    """Print a saved baseline as the suite's ``baseline:`` block."""
-    doc = {"baseline": baseline_of(store.baseline(suite, name), name).to_manifest_dict()}
-    print(yaml.safe_dump(doc, sort_keys=False), end="")
-    return 0
-
-
 def _progress(case: Any) -> None:
     print(f"  {case.case_id}: {case.score:.3f} {'pass' if case.passed else 'FAIL'}", file=sys.stderr)
 
@@ -247,8 +240,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         suite, worker, tier, policy = _prepare(args)
         store = SqliteRunStore(args.store or default_store_path(args.suite))
-        if args.export_baseline:
-            return _export_baseline(store, suite.name, args.export_baseline)
+        if args.export_baseline:  # print it as the suite's ``baseline:`` block
+            saved = baseline_of(store.baseline(suite.name, args.export_baseline), args.export_baseline)
+            print(yaml.safe_dump({"baseline": saved.to_manifest_dict()}, sort_keys=False), end="")
+            return 0
         # --baseline names a saved one; without it, the suite's own (spec.baseline), if it has one.
         baseline = store.baseline(suite.name, args.baseline) if args.baseline else inline_baseline(suite)
         baseline_name = args.baseline or (suite.baseline.name if suite.baseline else "")

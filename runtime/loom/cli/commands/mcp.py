@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
 import os
 import sys
@@ -98,9 +97,8 @@ def run(args: argparse.Namespace) -> int:
         if security.warning:
             logging.getLogger("loom.mcp").warning(security.warning)
             print(f"\n*** WARNING: {security.warning} ***\n", file=sys.stderr, flush=True)
-    url = resolve_nats_url(args.nats_url, plan.config.nats_url)
-    args.nats_url = url
-    settings = dataclasses.replace(nats_settings(args, name=f"loom-mcp-{plan.config.name}"), url=url)
+    args.nats_url = resolve_nats_url(args.nats_url, plan.config.nats_url)
+    settings = nats_settings(args, name=f"loom-mcp-{plan.config.name}")
     from loom.local.credentials import LocalCredentialsError, client_settings
 
     try:

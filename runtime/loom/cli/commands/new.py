@@ -19,6 +19,7 @@ from typing import Literal, TextIO, TypeVar
 from loom.api.common import TIER_PATTERN, WORKER_TYPE_PATTERN
 from loom.api.loader import LoadError, load_text
 from loom.api.pipeline import STAGE_NAME_PATTERN
+from loom.cli.common import fail
 from loom.scaffold import (
     PipelineAnswers,
     StageAnswers,
@@ -220,22 +221,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nloom new: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:
-        print(f"loom new: {exc}", file=sys.stderr)
-        return 2
+        return fail("loom new", exc)
     target = args.output_file or f"{name}.yaml"
     try:
         resources = load_text(text, target)
     except LoadError as exc:
-        problems = "\n".join(exc.problems)
-        print(f"loom new: these answers do not make a valid config:\n{problems}", file=sys.stderr)
-        return 2
+        return fail("loom new", "these answers do not make a valid config:\n" + "\n".join(exc.problems))
     if target == "-":
         sys.stdout.write(text)
         return 0
     path = Path(target)
     if path.exists() and not args.force:
-        print(f"loom new: {path} exists; use --force to replace it", file=sys.stderr)
-        return 1
+        return fail("loom new", f"{path} exists; use --force to replace it", 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     found = ", ".join(f"{r.kind}/{r.name}" for r in resources)

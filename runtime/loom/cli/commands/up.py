@@ -198,8 +198,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(str(exc))
     run_dir: Path = args.run_dir.resolve()
-    live = running_state(run_dir)
-    if live is not None:
+    if (live := running_state(run_dir)) is not None:
         return _fail(
             f"already running (pid {live.pid}) with run dir {run_dir}; stop it or use another --run-dir", 1
         )

@@ -163,11 +163,7 @@ def _check_worker(report: FileReport, label: str, spec: Any, base_dir: Path, exp
     report.knowledge += [(Path(os.path.abspath(resolve_path(p, base_dir))), label) for p in paths]
     for p in knowledge_problems(spec, base_dir):
         report.problem(f"{label}: {p}")
-    relative = [
-        p
-        for p in [*(s.path for s in spec.knowledge_sources), *(s.path for s in spec.knowledge_silos)]
-        if p and not Path(p).expanduser().is_absolute()
-    ]
+    relative = [p for p in paths if p and not Path(p).expanduser().is_absolute()]
     if relative and spec.worker_kind == "llm":
         origin = "--base-dir" if explicit_base else "the config file's folder"
         note = f"relative knowledge paths are read from {base_dir} ({origin})"

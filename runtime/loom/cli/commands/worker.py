@@ -81,8 +81,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         spec, tier = _load(args)
         base_dir = args.base_dir or os.path.dirname(os.path.abspath(args.config))
-        missing = knowledge_problems(spec, Path(base_dir))
-        if missing:
+        if missing := knowledge_problems(spec, Path(base_dir)):
             raise LoadError([f"loom worker: {args.config}: {p}" for p in missing])
         engine = build_engine(spec, tier, base_dir=base_dir)  # configuration errors surface before connecting
         if spec.worker_kind == "llm":
