@@ -156,8 +156,7 @@ def render() -> str:
     out = [HEADER]
     for title, model in SECTIONS:
         out.append(f"\n## {title}\n")
-        doc = (model.__doc__ or "").strip().splitlines()[0]
-        out.append(f"{doc}\n")
+        out.append((model.__doc__ or "").strip().splitlines()[0] + "\n")
         out.append(model_table(model))
         rules = _rules(model)
         if rules:

@@ -252,5 +252,4 @@ class EvalSuiteSpec(SpecModel):
     def judges_on(self, tier: str) -> set[str]:
         """The tiers the judges call when the suite runs on ``tier`` (a judge without its own tier
         uses it): what a run must reach, and nothing more."""
-        judges = [s for c in self.cases for s in self.scorers_for(c) if isinstance(s, JudgeScorer)]
-        return {s.tier or tier for s in judges}
+        return {s.tier or tier for c in self.cases for s in self.scorers_for(c) if isinstance(s, JudgeScorer)}

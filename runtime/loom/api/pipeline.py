@@ -166,9 +166,7 @@ class PipelineSpec(SpecModel):
 def mapping_source_stage(path: str) -> str | None:
     """The stage a mapping/condition path reads from, or None for ``goal.*`` paths."""
     head, _, rest = path.partition(".")
-    if head == "goal":
-        return None
-    return head if rest.startswith("output") else None
+    return head if head != "goal" and rest.startswith("output") else None
 
 
 def stage_dependencies(spec: PipelineSpec) -> dict[str, set[str]]:

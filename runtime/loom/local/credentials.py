@@ -47,11 +47,6 @@ def credentials_path(run_dir: Path) -> Path:
     return run_dir / CREDENTIALS_FILE
 
 
-def tenant_user(tenant: str) -> str:
-    """The NATS user of a tenant (:func:`loom.bus_auth.tenant_identity`, as on a cluster)."""
-    return tenant_identity(tenant).user
-
-
 def named_tenants(resources: Sequence[Resource]) -> list[str]:
     """The default tenant plus every tenant the manifests name (RouterPolicy tenant limits, Schedules,
     EvalSuites: ``loom up`` runs a suite as its tenant's submitter)."""
@@ -99,7 +94,8 @@ def plan_identities(plan: LocalPlan, tenants: Iterable[str]) -> tuple[dict[str, 
             problem = token_problem(tenant, "tenant")
             if problem is not None:
                 raise LocalCredentialsError(f"cannot make a bus identity for tenant {tenant!r}: {problem}")
-            everyone[tenant_user(tenant)] = tenant_identity(tenant)
+            ident = tenant_identity(tenant)
+            everyone[ident.user] = ident
     except ValueError as exc:
         if isinstance(exc, LocalCredentialsError):
             raise

@@ -50,8 +50,7 @@ class RunState:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunState:
         """Parse a state file's content (unknown keys ignored)."""
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 def write_state(run_dir: Path, state: RunState) -> None:
@@ -65,9 +64,8 @@ def write_state(run_dir: Path, state: RunState) -> None:
 
 def read_state(run_dir: Path) -> RunState | None:
     """The state file's content, or None when there is none."""
-    path = run_dir / STATE_FILE
     try:
-        return RunState.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        return RunState.from_dict(json.loads((run_dir / STATE_FILE).read_text(encoding="utf-8")))
     except FileNotFoundError:
         return None
 

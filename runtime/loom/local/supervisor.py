@@ -158,9 +158,9 @@ class Supervisor:
             if spec.name in self._failures:
                 raise SupervisorError(self._failures[spec.name])
             if time.monotonic() > deadline:
-                restarts = self.status[spec.name].restarts
                 raise SupervisorError(
-                    f"{spec.name} not ready within {spec.ready_timeout:.0f}s (restarts: {restarts}); "
+                    f"{spec.name} not ready within {spec.ready_timeout:.0f}s "
+                    f"(restarts: {self.status[spec.name].restarts}); "
                     f"last log lines:\n{self.log_tail(spec.name)}"
                 )
             await asyncio.sleep(self.poll_interval / 5)
@@ -170,8 +170,7 @@ class Supervisor:
         path = self.log_path(name)
         if not path.exists():
             return "(no log)"
-        text = path.read_text(encoding="utf-8", errors="replace").splitlines()
-        return "\n".join(text[-lines:])
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
 
     async def _probe(self, url: str) -> bool:
         assert self._http is not None
@@ -228,8 +227,7 @@ class Supervisor:
                 st.pid = None
                 if self.stopping:
                     break
-                ran = time.monotonic() - started
-                failures = 1 if ran >= self.backoff.reset_after else failures + 1
+                failures = 1 if time.monotonic() - started >= self.backoff.reset_after else failures + 1
                 st.restarts += 1
                 st.state = "backoff"
                 self.on_change()

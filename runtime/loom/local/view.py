@@ -186,8 +186,7 @@ def tiers_table(snap: Snapshot) -> Table:
     for col in ("tier", "routed", "in flight", "waiting for limit", "limit rejections", "bucket left"):
         table.add_column(col, justify="left" if col == "tier" else "right")
     router = next((snap.metrics.get(p["name"], []) for p in snap.processes if p.get("role") == "router"), [])
-    tiers = sorted({lab["tier"] for _, lab, _ in router if "tier" in lab})
-    for tier in tiers:
+    for tier in sorted({lab["tier"] for _, lab, _ in router if "tier" in lab}):
         buckets = [
             f"{lab.get('limit', '?')}={_num(v)}"
             for n, lab, v in router
