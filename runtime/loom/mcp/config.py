@@ -368,8 +368,7 @@ def load_gateway(path: str | Path) -> GatewayPlan:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise GatewayConfigError([f"{path}: invalid YAML: {exc}"]) from None
-    config = parse_config(doc, str(path))
-    return build_plan(config, path.resolve().parent, str(path))
+    return build_plan(parse_config(doc, str(path)), path.resolve().parent, str(path))
 
 
 def tool_message_fields(tool: ToolDef, arguments: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -254,8 +254,7 @@ class Apps:
         """Check, validate and install an archive as ``apps/<name>/`` (replacing the installed version)."""
         folder = self.folder(name)
         files = read_bundle(data)
-        resources = validate(files, name)
-        problems = clashes(resources, split(Project(self.root).load(), f"{APPS_DIR}/{name}/")[1])
+        problems = clashes(validate(files, name), split(Project(self.root).load(), f"{APPS_DIR}/{name}/")[1])
         if problems:
             raise BundleError(problems)
         stamp = time.time_ns()

@@ -125,11 +125,7 @@ def parse_schema(text: str, label: str) -> Any:
 
 def schema_text(schema: Any) -> str:
     """A schema as YAML for the edit box."""
-    if schema is None:
-        return ""
-    out = io.StringIO()
-    _yaml().dump(schema, out)
-    return out.getvalue()
+    return "" if schema is None else _dump_all([schema])
 
 
 @dataclass(frozen=True)

@@ -53,9 +53,8 @@ def impact(resources: Sequence[Resource], worker: str, new: WorkerSpec) -> list[
             for s in spec.pipeline_stages
             if s.worker_type == worker
         }
-        mine = set(by_stage)
         for stage in spec.pipeline_stages:
-            if stage.name in mine:
+            if stage.name in by_stage:
                 use = by_stage[stage.name]
                 for missing in sorted(required - set(stage.input_mapping)):
                     use.breaks.append(f"inputMapping lacks required input field {missing!r}")
@@ -68,7 +67,7 @@ def impact(resources: Sequence[Resource], worker: str, new: WorkerSpec) -> list[
             for where, path in paths:
                 source = mapping_source_stage(path)
                 name = _output_field(path)
-                if source in mine and outputs is not None and name is not None and name not in outputs:
+                if source in by_stage and outputs is not None and name is not None and name not in outputs:
                     by_stage[source].breaks.append(f"{where} reads {path!r}: no field {name!r} in the output")
         uses += by_stage.values()
     return uses

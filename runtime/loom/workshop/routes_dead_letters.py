@@ -66,8 +66,7 @@ def routes(ctx: Ctx) -> list[Route]:
 
     async def remove(request: Request) -> Response:
         stored = await find(request.path_params["id"])
-        bus = await ctx.connection.bus()
-        gone = await bus.delete_stream_message(STREAM_DEAD_LETTER, stored.seq)
+        gone = await (await ctx.connection.bus()).delete_stream_message(STREAM_DEAD_LETTER, stored.seq)
         note = "Removed" if gone else "Already removed:"
         return HTMLResponse(
             f'<p class="ok" id="removed">{note} dead letter {stored.dead_letter.dead_letter_id}.</p>'

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import tempfile
 import time
@@ -307,8 +308,6 @@ class Runs:
 
 def _take(live: GoalOutcome, data: bytes, run: Run) -> None:
     """One message on the goal's result subject: a stage's task result, or the goal's own result."""
-    import json
-
     doc = json.loads(data)
     if "task_id" not in doc:
         live.result = GoalResult.model_validate(doc)

@@ -80,8 +80,6 @@ def access_problem(
     token: str | None, *, bearer: str | None, cookie: str | None, query: str | None
 ) -> str | None:
     """Why a request lacks access when the Workshop has a token, or None when it may proceed."""
-    if not token:
-        return None
-    if same(bearer, token) or same(cookie, token) or same(query, token):
+    if not token or same(bearer, token) or same(cookie, token) or same(query, token):
         return None
     return "this Workshop needs its access token: open it with ?token=TOKEN"
