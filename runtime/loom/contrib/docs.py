@@ -98,14 +98,10 @@ def excerpt(text: str, max_chars: int) -> str:
 
 def extract_facts(text: str, max_excerpt_chars: int = 1200) -> dict[str, Any]:
     """Counts, title, dates, numbers, e-mail addresses, URLs, language and an excerpt of a text."""
-    urls = _URL_RE.findall(text)
-    emails = _EMAIL_RE.findall(text)
-    dates = _DATE_RE.findall(text)
     # Numbers that belong to a URL, address, date or time of day are not facts of their own.
     masked = text
     for pattern in (_URL_RE, _EMAIL_RE, _DATE_RE, _TIME_RE):
         masked = pattern.sub(" ", masked)
-    numbers = [n.strip() for n in _NUMBER_RE.findall(masked)]
     words = _WORD_RE.findall(text)
     return {
         "title": guess_title(text),
@@ -114,10 +110,10 @@ def extract_facts(text: str, max_excerpt_chars: int = 1200) -> dict[str, Any]:
         "line_count": len(text.splitlines()),
         "char_count": len(text),
         "language": guess_language(words),
-        "dates": _unique(dates),
-        "numbers": _unique(numbers),
-        "emails": _unique(emails),
-        "urls": _unique([u.rstrip(".,;:") for u in urls]),
+        "dates": _unique(_DATE_RE.findall(text)),
+        "numbers": _unique([n.strip() for n in _NUMBER_RE.findall(masked)]),
+        "emails": _unique(_EMAIL_RE.findall(text)),
+        "urls": _unique([u.rstrip(".,;:") for u in _URL_RE.findall(text)]),
         "excerpt": excerpt(text, max_excerpt_chars),
     }
 

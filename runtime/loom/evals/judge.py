@@ -82,9 +82,8 @@ async def judge(
     scorer: JudgeScorer, provider: Provider, case_input: Any, expected: Any, output: Any
 ) -> tuple[Score, TokenUsage]:
     """Ask the judge; the score keeps its reasoning (or why there is none) and the model's raw reply."""
-    request = judge_request(scorer, case_input, expected, output)
     try:
-        response = await provider.complete(request)
+        response = await provider.complete(judge_request(scorer, case_input, expected, output))
     except ProviderError as exc:
         return failed_score(scorer, f"judge call failed: {exc}"), TokenUsage()
     usage = token_usage(response.usage)

@@ -42,14 +42,7 @@ class Score:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "scorer": self.scorer,
-            "type": self.type,
-            "weight": self.weight,
-            "score": self.score,
-            "details": self.details,
-            "error": self.error,
-        }
+        return dict(self.__dict__)
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> Score:

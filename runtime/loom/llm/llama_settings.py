@@ -201,13 +201,12 @@ def settings_from_env(
     cores), overridden by ``LOOM_LOCAL_N_BATCH``, ``LOOM_LOCAL_THREADS`` (per server) and
     ``LOOM_LOCAL_PROMPT_CACHE``."""
     batch = _positive_int(env, BATCH_ENV)
-    threads = _positive_int(env, THREADS_ENV)
     return LlamaServerSettings(
         model=model,
         port=port,
         host=host,
         n_ctx=n_ctx,
-        n_threads=threads or threads_per_server(cores, servers),
+        n_threads=_positive_int(env, THREADS_ENV) or threads_per_server(cores, servers),
         n_batch=batch or DEFAULT_BATCH,
         prompt_cache=_flag(env, CACHE_ENV, True),
         alias=alias,

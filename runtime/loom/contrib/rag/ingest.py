@@ -75,8 +75,7 @@ def read_markdown(text: str, source: str) -> list[Document]:
         m = None if fenced else _HEADING.match(line)
         if m:
             flush()
-            level = len(m.group(1))
-            del path[level - 1:]
+            del path[len(m.group(1)) - 1:]
             path.append(m.group(2))
         else:
             body.append(line)

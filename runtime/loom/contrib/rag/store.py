@@ -101,10 +101,8 @@ class RagStore:
             if len(v) != self.dims:
                 raise DuckDBError(f"embedding of {c.chunk_id} has {len(v)} dimensions, not {self.dims}")
             d = c.doc
-            meta = json.dumps(d.metadata, default=str)
-            when = utc_naive(d.timestamp)
-            rows.append([c.chunk_id, c.content_hash, d.id, d.source, d.author, when, c.position, d.title,
-                         c.text, meta, list(v)])
+            rows.append([c.chunk_id, c.content_hash, d.id, d.source, d.author, utc_naive(d.timestamp),
+                         c.position, d.title, c.text, json.dumps(d.metadata, default=str), list(v)])
         if not rows:
             return 0
         before = self.count()
