@@ -63,15 +63,24 @@ def test_worker_tiers_get_network_policies_the_server_accepts(
     def policies() -> dict[str, client.V1NetworkPolicy]:
         return {p.metadata.name: p for p in net.list_namespaced_network_policy(loom.ns).items}
 
-    nps = wait_for(lambda: len(policies()) == 2 and policies(), 30, what="two NetworkPolicies")
+    def model_rules(np: client.V1NetworkPolicy) -> list[client.V1NetworkPolicyEgressRule]:
+        return [r for r in np.spec.egress if r.ports and {p.port for p in r.ports} == {443, 8000}]
+
+    # A Worker reconciled before the operator saw its RouterPolicy is rendered again once it does
+    # (until then its vllm tier is a local default, on port 443 only): wait for that rendering.
+    def rendered() -> dict[str, client.V1NetworkPolicy] | None:
+        found = policies()
+        ok = len(found) == 2 and "w-vllm" in found and model_rules(found["w-vllm"])
+        return found if ok else None
+
+    nps = wait_for(rendered, 30, what="two NetworkPolicies, w-vllm rendered with the RouterPolicy's tier")
     vllm = nps["w-vllm"]
     assert vllm.metadata.owner_references[0].kind == "Worker"
     pods = loom.apps.read_namespaced_deployment("w-vllm", loom.ns).spec.template.metadata.labels
     assert pods["loom.dev/bus-client"] == "true"
     assert all(pods[k] == v for k, v in vllm.spec.pod_selector.match_labels.items())
     # As stored by the server: public addresses on 443 and 8000, plus the listed private ranges.
-    model = [r for r in vllm.spec.egress if r.ports and {p.port for p in r.ports} == {443, 8000}]
-    (rule,) = model
+    (rule,) = model_rules(vllm)
     blocks = [peer.ip_block for peer in rule.to]
     assert blocks[0].cidr == "0.0.0.0/0" and "169.254.0.0/16" in blocks[0]._except
     assert [b.cidr for b in blocks[2:]] == ["10.96.0.0/12", "10.8.0.0/16"]
