@@ -347,7 +347,10 @@ class Reconciler:
     # ----------------------------------------------------------------- status
 
     def _lock(self, key: Key) -> asyncio.Lock:
-        return self._locks.setdefault(key, asyncio.Lock())
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
 
     async def refresh(
         self, kind: str, namespace: str, name: str, children: Callable[[], Sequence[ChildDeployment]]
